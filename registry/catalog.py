@@ -1,0 +1,395 @@
+"""Models, versions and aliases: the registry's business rules.
+
+Every function here owns its transaction.  Version numbers come from a per-model
+counter bumped by ``UPDATE ... SET last_version = last_version + 1`` inside the
+push transaction: the row lock (PostgreSQL) or the write lock (SQLite)
+serialises concurrent pushes, a rolled-back push gives its number back, and the
+unique constraint on ``(model_id, version)`` backs it up.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from registry import jobs
+from registry.db import Database
+from registry.entities import (
+    FAILED,
+    QUEUED,
+    READY,
+    FileInfo,
+    ModelInfo,
+    NewFile,
+    Page,
+    VersionInfo,
+)
+from registry.errors import Conflict, InvalidRequest, NotFound
+from registry.models import Alias, ModelVersion, RegisteredModel, VersionFile, utcnow
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+RESERVED_ALIASES = {"latest"}
+MAX_PAGE_SIZE = 1000
+
+
+def validate_model_name(name: str) -> str:
+    if not MODEL_NAME_RE.match(name or ""):
+        raise InvalidRequest(
+            f"invalid model name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit",
+            code="invalid_model_name",
+        )
+    return name
+
+
+def validate_alias_name(alias: str) -> str:
+    if not ALIAS_RE.match(alias or "") or alias in RESERVED_ALIASES:
+        raise InvalidRequest(
+            f"invalid alias {alias!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a "
+            "letter ('latest' is reserved: it always means the newest ready version)",
+            code="invalid_alias",
+        )
+    return alias
+
+
+# -- page tokens ---------------------------------------------------------------
+
+def _encode_token(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> object:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        return json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(
+            "invalid page_token: pass the next_page_token of the previous page unchanged",
+            code="invalid_page_token",
+        ) from exc
+
+
+def _page_size(page_size: int | None, default: int = 100) -> int:
+    size = default if page_size is None else page_size
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidRequest(f"page_size must be between 1 and {MAX_PAGE_SIZE}", code="invalid_page_size")
+    return size
+
+
+# -- loading helpers -------------------------------------------------------------
+
+def _model_row(session: Session, name: str) -> RegisteredModel:
+    row = session.scalar(sa.select(RegisteredModel).where(RegisteredModel.name == name))
+    if row is None:
+        raise NotFound(f"model {name!r} does not exist: push a version to create it", code="model_not_found")
+    return row
+
+
+def _aliases_by_version(session: Session, version_ids: Sequence[int]) -> dict[int, list[str]]:
+    if not version_ids:
+        return {}
+    rows = session.execute(
+        sa.select(Alias.version_id, Alias.name).where(Alias.version_id.in_(version_ids)).order_by(Alias.name)
+    )
+    out: dict[int, list[str]] = {}
+    for version_id, name in rows:
+        out.setdefault(version_id, []).append(name)
+    return out
+
+
+def _version_entities(session: Session, model_name: str, rows: Sequence[ModelVersion]) -> list[VersionInfo]:
+    ids = [row.id for row in rows]
+    files: dict[int, list[FileInfo]] = {}
+    if ids:
+        for f in session.scalars(
+            sa.select(VersionFile).where(VersionFile.version_id.in_(ids)).order_by(VersionFile.id)
+        ):
+            files.setdefault(f.version_id, []).append(FileInfo(f.role, f.filename, f.sha256, f.size))
+    aliases = _aliases_by_version(session, ids)
+    return [
+        VersionInfo(
+            id=row.id,
+            model=model_name,
+            version=row.version,
+            status=row.status,
+            status_message=row.status_message,
+            source=row.source,
+            description=row.description,
+            requested_output_nodes=row.requested_output_nodes,
+            requested_input_nodes=row.requested_input_nodes,
+            output_nodes=row.output_nodes,
+            output_nodes_detected=row.output_nodes_detected,
+            input_nodes=row.input_nodes,
+            frozen_sha256=row.frozen_sha256,
+            frozen_size=row.frozen_size,
+            tf_version=row.tf_version,
+            conversion=row.conversion,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            ready_at=row.ready_at,
+            files=files.get(row.id, []),
+            aliases=aliases.get(row.id, []),
+        )
+        for row in rows
+    ]
+
+
+def _resolve_version_row(session: Session, model: RegisteredModel, ref: str) -> ModelVersion:
+    ref = (ref or "").strip()
+    if ref.isdigit():
+        row = session.scalar(
+            sa.select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == int(ref))
+        )
+        if row is None:
+            raise NotFound(
+                f"model {model.name!r} has no version {int(ref)} "
+                f"(versions go up to {model.last_version})",
+                code="version_not_found",
+            )
+        return row
+    if ref == "latest":
+        row = session.scalar(
+            sa.select(ModelVersion)
+            .where(ModelVersion.model_id == model.id, ModelVersion.status == READY)
+            .order_by(ModelVersion.version.desc())
+            .limit(1)
+        )
+        if row is None:
+            raise NotFound(
+                f"model {model.name!r} has no ready version yet: wait for a conversion to finish "
+                "or ask for a version number",
+                code="version_not_found",
+            )
+        return row
+    row = session.scalar(
+        sa.select(ModelVersion)
+        .join(Alias, Alias.version_id == ModelVersion.id)
+        .where(Alias.model_id == model.id, Alias.name == ref)
+    )
+    if row is None:
+        known = session.scalars(sa.select(Alias.name).where(Alias.model_id == model.id).order_by(Alias.name)).all()
+        hint = f"its aliases are: {', '.join(known)}" if known else "it has no aliases"
+        raise NotFound(
+            f"model {model.name!r} has no version or alias {ref!r}: use a version number, "
+            f"'latest' or an alias ({hint})",
+            code="version_not_found",
+        )
+    return row
+
+
+# -- pushing -------------------------------------------------------------------------
+
+def create_version(
+    db: Database,
+    name: str,
+    *,
+    source: str,
+    files: Sequence[NewFile],
+    description: str = "",
+    output_nodes: list[str] | None = None,
+    input_nodes: list[str] | None = None,
+    max_attempts: int = 3,
+) -> VersionInfo:
+    """Register the next version of ``name`` (creating the model on first push)
+    and queue its conversion, all in one transaction."""
+    validate_model_name(name)
+    for attempt in range(5):
+        try:
+            with db.transaction() as session:
+                model_id = _get_or_create_model_id(session, name)
+                # Bump the counter first: this takes the lock that serialises pushes.
+                session.execute(
+                    sa.update(RegisteredModel)
+                    .where(RegisteredModel.id == model_id)
+                    .values(last_version=RegisteredModel.last_version + 1, updated_at=utcnow())
+                )
+                number = session.scalar(sa.select(RegisteredModel.last_version).where(RegisteredModel.id == model_id))
+                row = ModelVersion(
+                    model_id=model_id,
+                    version=number,
+                    status=QUEUED,
+                    status_message="waiting for a converter worker",
+                    source=source,
+                    description=description,
+                    requested_output_nodes=output_nodes or None,
+                    requested_input_nodes=input_nodes or None,
+                )
+                session.add(row)
+                session.flush()
+                session.add_all(
+                    VersionFile(version_id=row.id, role=f.role, filename=f.filename, sha256=f.sha256, size=f.size)
+                    for f in files
+                )
+                jobs.enqueue(session, version_id=row.id, max_attempts=max_attempts)
+                session.flush()
+                return _version_entities(session, name, [row])[0]
+        except IntegrityError:
+            # Another push created the model (or took the number) first: go again.
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _get_or_create_model_id(session: Session, name: str) -> int:
+    model_id = session.scalar(sa.select(RegisteredModel.id).where(RegisteredModel.name == name))
+    if model_id is None:
+        model = RegisteredModel(name=name)
+        session.add(model)
+        session.flush()
+        model_id = model.id
+    return model_id
+
+
+# -- reading ---------------------------------------------------------------------------
+
+def get_version(db: Database, name: str, ref: str) -> VersionInfo:
+    validate_model_name(name)
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        row = _resolve_version_row(session, model, ref)
+        return _version_entities(session, name, [row])[0]
+
+
+def get_version_by_id(db: Database, version_id: int) -> VersionInfo:
+    with db.transaction() as session:
+        row = session.get(ModelVersion, version_id)
+        if row is None:
+            raise NotFound(f"version id {version_id} does not exist", code="version_not_found")
+        model_name = session.scalar(sa.select(RegisteredModel.name).where(RegisteredModel.id == row.model_id))
+        return _version_entities(session, model_name, [row])[0]
+
+
+def list_versions(
+    db: Database, name: str, *, page_size: int | None = None, page_token: str | None = None, status: str | None = None
+) -> Page:
+    """Versions newest first, by keyset on the version number."""
+    validate_model_name(name)
+    size = _page_size(page_size)
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        query = sa.select(ModelVersion).where(ModelVersion.model_id == model.id)
+        if status:
+            query = query.where(ModelVersion.status == status)
+        if page_token:
+            before = _decode_token(page_token)
+            if not isinstance(before, int):
+                raise InvalidRequest("invalid page_token for this listing", code="invalid_page_token")
+            query = query.where(ModelVersion.version < before)
+        rows = session.scalars(query.order_by(ModelVersion.version.desc()).limit(size + 1)).all()
+        token = _encode_token(rows[size - 1].version) if len(rows) > size else None
+        return Page(_version_entities(session, name, rows[:size]), token)
+
+
+def _model_entities(session: Session, rows: Sequence[RegisteredModel]) -> list[ModelInfo]:
+    ids = [row.id for row in rows]
+    if not ids:
+        return []
+    counts = dict(
+        session.execute(
+            sa.select(ModelVersion.model_id, sa.func.count())
+            .where(ModelVersion.model_id.in_(ids))
+            .group_by(ModelVersion.model_id)
+        ).all()
+    )
+    latest = dict(
+        session.execute(
+            sa.select(ModelVersion.model_id, sa.func.max(ModelVersion.version))
+            .where(ModelVersion.model_id.in_(ids), ModelVersion.status == READY)
+            .group_by(ModelVersion.model_id)
+        ).all()
+    )
+    aliases: dict[int, dict[str, int]] = {}
+    for model_id, alias, number in session.execute(
+        sa.select(Alias.model_id, Alias.name, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.id == Alias.version_id)
+        .where(Alias.model_id.in_(ids))
+        .order_by(Alias.name)
+    ):
+        aliases.setdefault(model_id, {})[alias] = number
+    return [
+        ModelInfo(
+            name=row.name,
+            description=row.description,
+            version_count=counts.get(row.id, 0),
+            latest_version=latest.get(row.id),
+            last_version=row.last_version,
+            aliases=aliases.get(row.id, {}),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+        for row in rows
+    ]
+
+
+def get_model(db: Database, name: str) -> ModelInfo:
+    validate_model_name(name)
+    with db.transaction() as session:
+        return _model_entities(session, [_model_row(session, name)])[0]
+
+
+def list_models(
+    db: Database, *, page_size: int | None = None, page_token: str | None = None, query: str | None = None
+) -> Page:
+    """Models by name, by keyset on the name; ``query`` filters by substring."""
+    size = _page_size(page_size)
+    with db.transaction() as session:
+        stmt = sa.select(RegisteredModel)
+        if query:
+            escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            stmt = stmt.where(RegisteredModel.name.ilike(f"%{escaped}%", escape="\\"))
+        if page_token:
+            after = _decode_token(page_token)
+            if not isinstance(after, str):
+                raise InvalidRequest("invalid page_token for this listing", code="invalid_page_token")
+            stmt = stmt.where(RegisteredModel.name > after)
+        rows = session.scalars(stmt.order_by(RegisteredModel.name).limit(size + 1)).all()
+        token = _encode_token(rows[size - 1].name) if len(rows) > size else None
+        return Page(_model_entities(session, rows[:size]), token)
+
+
+# -- aliases ----------------------------------------------------------------------------
+
+def set_alias(db: Database, name: str, alias: str, version: int) -> VersionInfo:
+    """Point ``alias`` at ``version`` (creating or moving it)."""
+    validate_model_name(name)
+    validate_alias_name(alias)
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        row = _resolve_version_row(session, model, str(version))
+        if row.status == FAILED:
+            raise Conflict(
+                f"version {row.version} of {name!r} failed to convert ({row.status_message}); "
+                "point the alias at a version that is ready or still converting",
+                code="version_failed",
+            )
+        existing = session.scalar(sa.select(Alias).where(Alias.model_id == model.id, Alias.name == alias))
+        if existing is None:
+            session.add(Alias(model_id=model.id, name=alias, version_id=row.id))
+        else:
+            existing.version_id = row.id
+            existing.updated_at = utcnow()
+        session.flush()
+        return _version_entities(session, name, [row])[0]
+
+
+def delete_alias(db: Database, name: str, alias: str) -> None:
+    validate_model_name(name)
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        deleted = session.execute(sa.delete(Alias).where(Alias.model_id == model.id, Alias.name == alias)).rowcount
+        if not deleted:
+            raise NotFound(f"model {name!r} has no alias {alias!r}", code="alias_not_found")
+
+
+def is_blob_referenced(db: Database, digest: str) -> bool:
+    with db.transaction() as session:
+        in_files = session.scalar(sa.select(sa.exists().where(VersionFile.sha256 == digest)))
+        as_frozen = session.scalar(sa.select(sa.exists().where(ModelVersion.frozen_sha256 == digest)))
+        return bool(in_files or as_frozen)

@@ -1,0 +1,73 @@
+"""Settings: the one place where environment variables are read.
+
+Every setting has an environment variable and a documented default (see the
+README's "Configuration" table).  The embedded default keeps everything under
+one data directory, ``REGISTRY_HOME`` (``./registry-data``): a SQLite file and a
+local blob folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_PORT = 8080
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    storage_url: str
+    server_url: str
+    embedded_workers: int = 1
+    job_lease_seconds: float = 60.0
+    job_max_attempts: int = 3
+    worker_poll_seconds: float = 1.0
+    convert_timeout_seconds: float = 900.0
+    convert_memory_mb: int = 8192
+    verify_tolerance: float = 1e-4
+    max_upload_bytes: int = 20 * 1024**3
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        home = Path(_env("REGISTRY_HOME", "./registry-data")).expanduser().resolve()
+        settings = cls(
+            home=home,
+            database_url=_env("REGISTRY_DATABASE_URL", f"sqlite:///{home / 'registry.db'}"),
+            storage_url=_env("REGISTRY_STORAGE", (home / "blobs").as_uri()),
+            server_url=_env("REGISTRY_URL", f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/"),
+            embedded_workers=int(_env("REGISTRY_EMBEDDED_WORKERS", "1")),
+            job_lease_seconds=float(_env("REGISTRY_JOB_LEASE_SECONDS", "60")),
+            job_max_attempts=int(_env("REGISTRY_JOB_MAX_ATTEMPTS", "3")),
+            worker_poll_seconds=float(_env("REGISTRY_WORKER_POLL_SECONDS", "1")),
+            convert_timeout_seconds=float(_env("REGISTRY_CONVERT_TIMEOUT_SECONDS", "900")),
+            convert_memory_mb=int(_env("REGISTRY_CONVERT_MEMORY_MB", "8192")),
+            verify_tolerance=float(_env("REGISTRY_VERIFY_TOLERANCE", "1e-4")),
+            max_upload_bytes=int(_env("REGISTRY_MAX_UPLOAD_BYTES", str(20 * 1024**3))),
+        )
+        return replace(settings, **overrides) if overrides else settings
+
+    @property
+    def uses_embedded_defaults(self) -> bool:
+        return self.database_url.startswith("sqlite") and self.storage_url.startswith("file:")
+
+    def ensure_home(self) -> None:
+        """Create the data directory the embedded defaults live in."""
+        if self.uses_embedded_defaults or self.database_url.startswith("sqlite"):
+            self.home.mkdir(parents=True, exist_ok=True)
+
+
+def truthy(value: str | None) -> bool:
+    return value is not None and _bool(value)

@@ -1,0 +1,136 @@
+"""The conversion itself, run as ``python -m registry.converter.child REQUEST.json``.
+
+Reads a request written by ``registry.converter.runner``, writes the frozen
+graph and ``result.json`` into the work directory.  Runs in a child process
+with memory, CPU-time and file-size limits set by the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def convert(request: dict) -> dict:
+    """Freeze, scan and verify one upload; return the result record."""
+    import tensorflow as tf
+
+    from registry.converter import graphs, ops
+    from registry.converter.freeze import freeze, restore_key_map
+    from registry.converter.verify import verify
+    from registry.errors import ConversionError
+
+    started = time.perf_counter()
+    files = request["files"]
+    source = request["source"]
+    meta = graphs.load_meta_graph(Path(files["meta"])) if files.get("meta") else None
+    if source == "frozen":
+        graph_def = graphs.load_graph_def(Path(files["frozen"]), "frozen graph")
+    elif files.get("graph"):
+        graph_def = graphs.load_graph_def(Path(files["graph"]), "inference graph")
+    elif meta is not None:
+        graph_def = meta.graph_def
+    else:
+        raise ConversionError("nothing to convert: upload a .meta file, an inference graph or a frozen graph",
+                              code="missing_graph")
+
+    upload_scan = ops.scan(graphs.all_nodes(graph_def))
+
+    requested = request.get("output_nodes") or []
+    if requested:
+        outputs = graphs.require_nodes(graph_def, requested, "output")
+        detected = False
+    else:
+        outputs = graphs.detect_outputs(graph_def)
+        detected = True
+    requested_inputs = request.get("input_nodes") or []
+    if requested_inputs:
+        requested_inputs = graphs.require_nodes(graph_def, requested_inputs, "input")
+
+    pruned, dropped = graphs.extract_subgraph(graph_def, outputs)
+    # Keys can differ from node names; a Saver's restore ops say which key is which.
+    key_map = restore_key_map(meta.graph_def) if meta is not None else {}
+    key_map.update(restore_key_map(graph_def))
+    freeze_started = time.perf_counter()
+    frozen, report = freeze(pruned, files.get("checkpoint_prefix"), key_map)
+    freeze_seconds = time.perf_counter() - freeze_started
+    report.dropped_control_edges = dropped
+
+    frozen_scan = ops.scan(graphs.all_nodes(frozen))
+    inputs = graphs.detect_inputs(frozen, requested_inputs or None)
+
+    data = frozen.SerializeToString()
+    output_path = Path(request["output_path"])
+    output_path.write_bytes(data)
+
+    if frozen_scan["flagged"]:
+        verification = {
+            "status": "skipped",
+            "reason": "the graph contains flagged ops and was not run: "
+            + ", ".join(f"{f['op']} ({f['category']})" for f in frozen_scan["flags"]),
+            "max_abs_diff": None,
+            "tolerance": request["verify_tolerance"],
+        }
+    else:
+        verification = verify(
+            frozen, pruned, files.get("checkpoint_prefix") if report.variables else None,
+            report.variable_keys, outputs, inputs, request["verify_tolerance"],
+        )
+    return {
+        "ok": True,
+        "output_nodes": outputs,
+        "output_nodes_detected": detected,
+        "input_nodes": inputs,
+        "tf_version": tf.__version__,
+        "conversion": {
+            "verification": verification,
+            "safety": {
+                "op_histogram": frozen_scan["op_histogram"],
+                "flags": frozen_scan["flags"],
+                "flagged": frozen_scan["flagged"],
+                "upload_flags": upload_scan["flags"],
+            },
+            "nodes": {"uploaded": len(graph_def.node), "frozen": len(frozen.node)},
+            "variables": report.variables,
+            "variable_bytes": report.variable_bytes,
+            "dropped_control_edges": report.dropped_control_edges,
+            "freeze_seconds": round(freeze_seconds, 4),
+            "total_seconds": round(time.perf_counter() - started, 4),
+        },
+    }
+
+
+def main(argv: list[str]) -> int:
+    request_path = Path(argv[1])
+    request = json.loads(request_path.read_text())
+    result_path = Path(request["result_path"])
+    try:
+        from registry.errors import ConversionError
+
+        try:
+            result = convert(request)
+        except ConversionError as exc:
+            result = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+        except MemoryError:
+            result = {"ok": False, "error": {"code": "out_of_memory", "message": "conversion ran out of memory"}}
+    except Exception as exc:  # an unexpected failure: report it with its trace for the logs
+        result = {
+            "ok": False,
+            "unexpected": True,
+            "error": {"code": "converter_crashed", "message": f"{type(exc).__name__}: {exc}"},
+            "traceback": traceback.format_exc(),
+        }
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,238 @@
+"""Freezing: inline checkpoint values into an inference graph as constants.
+
+Unlike TensorFlow's ``freeze_graph`` this builds no Saver and opens no Session:
+variable values come straight from a checkpoint reader and the GraphDef is
+rewritten in place (``VariableV2``/``VarHandleOp`` become ``Const``,
+``ReadVariableOp`` becomes ``Identity``, ``ResourceGather`` becomes
+``GatherV2``).  The upload's own restore and initializer ops never run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tensorflow.core.framework import graph_pb2, node_def_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.python.framework import dtypes, tensor_util
+from tensorflow.python.training import py_checkpoint_reader
+
+from registry.converter.graphs import closest_names, node_name
+from registry.errors import ConversionError
+
+VARIABLE_OPS = {"VariableV2", "Variable"}
+RESOURCE_VARIABLE_OPS = {"VarHandleOp"}
+
+
+@dataclass
+class FreezeReport:
+    variables: int = 0
+    variable_bytes: int = 0
+    dropped_control_edges: int = 0
+    variable_keys: dict[str, str] = field(default_factory=dict)
+
+
+def open_checkpoint(prefix: str):
+    try:
+        return py_checkpoint_reader.NewCheckpointReader(prefix)
+    except Exception as exc:  # the reader raises a variety of errors for bad files
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(
+            f"the checkpoint cannot be read ({message}): upload the .index file and every "
+            ".data-NNNNN-of-NNNNN shard written together by the same save",
+            code="invalid_checkpoint",
+        ) from exc
+
+
+def restore_key_map(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
+    """Variable node → checkpoint key, read statically from the graph's restore ops.
+
+    A Saver's restore subgraph is ``RestoreV2(tensor_names=Const) → [Identity] →
+    Assign/AssignVariableOp(variable)``; following it tells which key holds each
+    variable even when keys differ from node names.  Nothing is run.
+    """
+    nodes = {n.name: n for n in graph_def.node}
+    consumers: dict[str, list] = {}
+    for node in graph_def.node:
+        for ref in node.input:
+            if not ref.startswith("^"):
+                consumers.setdefault(ref if ":" in ref else ref + ":0", []).append(node)
+    mapping: dict[str, str] = {}
+    for node in graph_def.node:
+        if node.op != "RestoreV2" or len(node.input) < 2:
+            continue
+        names_node = nodes.get(node_name(node.input[1]))
+        if names_node is None or names_node.op != "Const":
+            continue
+        keys = [k.decode() for k in names_node.attr["value"].tensor.string_val]
+        for index, key in enumerate(keys):
+            pending = [f"{node.name}:{index}"]
+            while pending:
+                tensor = pending.pop()
+                for consumer in consumers.get(tensor, []):
+                    if consumer.op == "Identity":
+                        pending.append(consumer.name + ":0")
+                    elif consumer.op in ("Assign", "AssignVariableOp") and len(consumer.input) >= 2:
+                        mapping[node_name(consumer.input[0])] = key
+    return mapping
+
+
+def _const_node(name: str, value: np.ndarray, dtype_enum: int) -> node_def_pb2.NodeDef:
+    node = node_def_pb2.NodeDef(name=name, op="Const")
+    node.attr["dtype"].type = dtype_enum
+    if value.dtype.kind in "OSU":
+        proto = tensor_util.make_tensor_proto(value, dtype=dtypes.as_dtype(dtype_enum))
+    else:
+        # Write the bytes directly: make_tensor_proto is several times slower on big arrays.
+        proto = tensor_pb2.TensorProto(
+            dtype=dtype_enum,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in value.shape]
+            ),
+            tensor_content=np.ascontiguousarray(value).tobytes(),
+        )
+    node.attr["value"].tensor.CopyFrom(proto)
+    return node
+
+
+def _declared_shape(node) -> list[int] | None:
+    if "shape" not in node.attr or node.attr["shape"].shape.unknown_rank:
+        return None
+    return [d.size for d in node.attr["shape"].shape.dim]
+
+
+def freeze(
+    graph_def: graph_pb2.GraphDef,
+    checkpoint_prefix: str | None,
+    key_map: dict[str, str] | None = None,
+) -> tuple[graph_pb2.GraphDef, FreezeReport]:
+    """Return a copy of ``graph_def`` (already pruned to the outputs) with every
+    variable replaced by its checkpoint value."""
+    report = FreezeReport()
+    variables = [n for n in graph_def.node if n.op in VARIABLE_OPS | RESOURCE_VARIABLE_OPS]
+    if variables and checkpoint_prefix is None:
+        raise ConversionError(
+            f"the graph has {len(variables)} variables but no checkpoint was uploaded: "
+            "push the .index and .data files too, or upload an already-frozen graph",
+            code="missing_checkpoint",
+        )
+    reader = open_checkpoint(checkpoint_prefix) if variables else None
+    shapes = reader.get_variable_to_shape_map() if reader else {}
+    key_map = key_map or {}
+
+    values: dict[str, tuple[np.ndarray, int]] = {}
+    for node in variables:
+        key = key_map.get(node.name, node.name)
+        if key not in shapes:
+            close = closest_names(key, shapes.keys())
+            hint = f" Closest keys in the checkpoint: {', '.join(close)}." if close else ""
+            raise ConversionError(
+                f"variable {node.name!r} is not in the checkpoint.{hint} The graph and the checkpoint do "
+                "not belong together: upload the checkpoint saved from this graph",
+                code="checkpoint_mismatch",
+            )
+        dtype_enum = node.attr["dtype"].type
+        declared = _declared_shape(node)
+        if declared is not None and list(shapes[key]) != declared and -1 not in declared:
+            raise ConversionError(
+                f"variable {node.name!r} has shape {declared} in the graph but {list(shapes[key])} in the "
+                "checkpoint: upload the checkpoint saved from this graph",
+                code="checkpoint_mismatch",
+            )
+        value = reader.get_tensor(key)
+        expected = dtypes.as_dtype(dtype_enum).base_dtype
+        if value.dtype != expected.as_numpy_dtype and not (value.dtype.kind in "OSU" and expected == dtypes.string):
+            raise ConversionError(
+                f"variable {node.name!r} is {expected.name} in the graph but {value.dtype} in the checkpoint: "
+                "upload the checkpoint saved from this graph",
+                code="checkpoint_mismatch",
+            )
+        values[node.name] = (value, dtypes.as_dtype(dtype_enum).base_dtype.as_datatype_enum)
+        report.variable_keys[node.name] = key
+        report.variable_bytes += value.nbytes
+    report.variables = len(values)
+
+    resource_vars = {n.name for n in variables if n.op in RESOURCE_VARIABLE_OPS}
+    # Tensors that carry a resource handle (the VarHandleOp and Identity copies of it).
+    handle_of: dict[str, str] = {name: name for name in resource_vars}
+    changed = True
+    while changed:
+        changed = False
+        for node in graph_def.node:
+            if node.op == "Identity" and node.name not in handle_of and node.attr["T"].type == types_pb2.DT_RESOURCE:
+                source = node_name(node.input[0])
+                if source in handle_of:
+                    handle_of[node.name] = handle_of[source]
+                    changed = True
+
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name in values:
+            value, dtype_enum = values[node.name]
+            new = _const_node(node.name, value, dtype_enum)
+        elif node.name in handle_of:  # an Identity of a handle: now an Identity of a value
+            new = out.node.add()
+            new.CopyFrom(node)
+            new.attr["T"].type = values[handle_of[node.name]][1]
+            _clean(new)
+            continue
+        elif any(node_name(i) in handle_of for i in node.input if not i.startswith("^")):
+            new, extra = _rewrite_resource_consumer(node, handle_of, values)
+            out.node.extend(extra)
+        else:
+            new = node_def_pb2.NodeDef()
+            new.CopyFrom(node)
+        _clean(new)
+        out.node.add().CopyFrom(new)
+    return out, report
+
+
+def _rewrite_resource_consumer(
+    node, handle_of: dict[str, str], values
+) -> tuple[node_def_pb2.NodeDef, list[node_def_pb2.NodeDef]]:
+    """The value-reading op that replaces a reader of a (now constant) variable,
+    with any constants it needs."""
+    var = handle_of[node_name(node.input[0])]
+    dtype_enum = values[var][1]
+    new = node_def_pb2.NodeDef()
+    new.CopyFrom(node)
+    if node.op == "ReadVariableOp":
+        new.op = "Identity"
+        del new.attr["dtype"]
+        new.attr["T"].type = dtype_enum
+        return new, []
+    if node.op == "ResourceGather":
+        if node.attr["batch_dims"].i:
+            raise ConversionError(
+                f"node {node.name!r} gathers from variable {var!r} with batch_dims; freezing it is not "
+                "supported: pass output nodes that avoid it or upload a frozen graph",
+                code="unsupported_graph",
+            )
+        new.op = "GatherV2"
+        axis_name = f"{node.name}/frozen_axis"
+        new.input.insert(2, axis_name)
+        for attr in ("dtype", "validate_indices", "batch_dims"):
+            if attr in new.attr:
+                del new.attr[attr]
+        new.attr["Tparams"].type = dtype_enum
+        new.attr["Taxis"].type = types_pb2.DT_INT32
+        new.attr["batch_dims"].i = 0
+        return new, [_const_node(axis_name, np.array(0, dtype=np.int32), types_pb2.DT_INT32)]
+    if node.op == "VariableShape":
+        new.op = "Shape"
+        new.attr["T"].type = dtype_enum
+        return new, []
+    raise ConversionError(
+        f"node {node.name!r} ({node.op}) uses variable {var!r} in a way the freezer does not support; "
+        "only reads (ReadVariableOp, ResourceGather, VariableShape) can be frozen. Pass output nodes of "
+        "the inference part of the graph (is_training=False), or upload a frozen graph",
+        code="unsupported_graph",
+    )
+
+
+def _clean(node: node_def_pb2.NodeDef) -> None:
+    """Clear device placements and colocation hints that name stripped nodes."""
+    node.device = ""
+    if "_class" in node.attr:
+        del node.attr["_class"]

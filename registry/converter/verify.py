@@ -1,0 +1,154 @@
+"""Verification: does the frozen graph compute what the checkpoint did?
+
+Runs the frozen graph and the un-frozen inference graph, whose variables we
+load with our own ``RestoreV2`` (never the upload's restore or init ops), on the
+same deterministic input, and reports the largest absolute difference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+from registry.converter.freeze import RESOURCE_VARIABLE_OPS, VARIABLE_OPS
+from registry.errors import ConversionError
+
+tf1 = tf.compat.v1
+SEED = 20260101
+
+
+class CannotVerify(Exception):
+    """Verification is impossible for a reason that is not the upload's fault."""
+
+
+def deterministic_feeds(inputs: list[dict], graph: tf.Graph) -> dict:
+    """A fixed pseudo-random value for every required input."""
+    rng = np.random.default_rng(SEED)
+    feeds = {}
+    for spec in inputs:
+        if spec.get("optional"):
+            continue
+        tensor = graph.get_tensor_by_name(spec["name"] + ":0")
+        shape = tensor.shape
+        if shape.rank is None:
+            raise CannotVerify(f"input {spec['name']!r} has an unknown rank")
+        dims = [1 if d is None else d for d in shape.as_list()]
+        dtype = tensor.dtype.base_dtype
+        if dtype.is_floating:
+            value = rng.random(dims).astype(dtype.as_numpy_dtype)
+        elif dtype.is_integer:
+            value = rng.integers(0, 2, size=dims).astype(dtype.as_numpy_dtype)
+        elif dtype == tf.bool:
+            value = np.zeros(dims, dtype=bool)
+        else:
+            raise CannotVerify(f"input {spec['name']!r} is {dtype.name}; no deterministic value to feed it")
+        feeds[tensor] = value
+    return feeds
+
+
+def _run(graph: tf.Graph, outputs: list[str], inputs: list[dict], setup=None) -> list[np.ndarray]:
+    config = tf1.ConfigProto(inter_op_parallelism_threads=1, intra_op_parallelism_threads=2)
+    with tf1.Session(graph=graph, config=config) as session:
+        if setup is not None:
+            session.run(setup)
+        feeds = deterministic_feeds(inputs, graph)
+        fetches = [graph.get_tensor_by_name(name + ":0") for name in outputs]
+        return session.run(fetches, feed_dict=feeds)
+
+
+def run_frozen(frozen: graph_pb2.GraphDef, outputs: list[str], inputs: list[dict]) -> list[np.ndarray]:
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(frozen, name="")
+    return _run(graph, outputs, inputs)
+
+
+def run_restored(
+    pruned: graph_pb2.GraphDef, checkpoint_prefix: str, variable_keys: dict[str, str],
+    outputs: list[str], inputs: list[dict],
+) -> list[np.ndarray]:
+    """Run the inference graph with its variables restored from the checkpoint."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(pruned, name="")
+        variables = [n for n in pruned.node if n.op in VARIABLE_OPS | RESOURCE_VARIABLE_OPS]
+        if not variables:
+            return _run(graph, outputs, inputs)
+        with tf.name_scope("registry_verify_restore"):
+            restored = tf.raw_ops.RestoreV2(
+                prefix=checkpoint_prefix,
+                tensor_names=[variable_keys[n.name] for n in variables],
+                shape_and_slices=[""] * len(variables),
+                dtypes=[tf.as_dtype(n.attr["dtype"].type).base_dtype for n in variables],
+            )
+            assigns = []
+            for node, value in zip(variables, restored):
+                target = graph.get_operation_by_name(node.name).outputs[0]
+                if node.op in RESOURCE_VARIABLE_OPS:
+                    assigns.append(tf.raw_ops.AssignVariableOp(resource=target, value=value))
+                else:
+                    assigns.append(tf.raw_ops.Assign(ref=target, value=value, validate_shape=False).op)
+    return _run(graph, outputs, inputs, setup=assigns)
+
+
+def max_abs_difference(a: list[np.ndarray], b: list[np.ndarray], names: list[str]) -> tuple[float, str | None]:
+    worst, where = 0.0, None
+    for name, x, y in zip(names, a, b):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape:
+            return float("inf"), name
+        if x.dtype.kind in "fciub":
+            diff = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+        else:
+            diff = 0.0 if np.array_equal(x, y) else float("inf")
+        if np.isnan(diff):
+            diff = 0.0 if np.array_equal(np.isnan(x), np.isnan(y)) else float("inf")
+        if where is None or diff > worst:
+            worst, where = diff, name
+    return worst, where
+
+
+RANDOM_OPS = {"RandomUniform", "RandomStandardNormal", "TruncatedNormal", "RandomUniformInt", "Multinomial"}
+
+
+def verify(
+    frozen: graph_pb2.GraphDef, pruned: graph_pb2.GraphDef, checkpoint_prefix: str | None,
+    variable_keys: dict[str, str], outputs: list[str], inputs: list[dict], tolerance: float,
+) -> dict:
+    """Compare frozen and restored outputs; raise ConversionError when they differ."""
+    try:
+        frozen_out = run_frozen(frozen, outputs, inputs)
+        if checkpoint_prefix is None:
+            return {"status": "ran", "max_abs_diff": None, "tolerance": tolerance,
+                    "outputs": _describe(outputs, frozen_out),
+                    "note": "uploaded already frozen: ran it once, nothing to compare against"}
+        restored_out = run_restored(pruned, checkpoint_prefix, variable_keys, outputs, inputs)
+    except CannotVerify as exc:
+        return {"status": "skipped", "reason": str(exc), "max_abs_diff": None, "tolerance": tolerance}
+    except (tf.errors.OpError, ValueError, TypeError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        raise ConversionError(
+            f"the frozen graph does not run on a test input: {message.strip().splitlines()[0]}. "
+            "Check the output and input nodes, or export an inference graph (is_training=False)",
+            code="verification_failed",
+        ) from exc
+    diff, where = max_abs_difference(frozen_out, restored_out, outputs)
+    if diff > tolerance:
+        random_ops = sorted({n.op for n in pruned.node if n.op in RANDOM_OPS})
+        hint = (
+            f" The graph contains random ops ({', '.join(random_ops)}), so each run differs: "
+            "export an inference graph without dropout or sampling (is_training=False)."
+            if random_ops else ""
+        )
+        raise ConversionError(
+            f"the frozen graph does not reproduce the checkpoint: output {where!r} differs by {diff:.3g} "
+            f"(tolerance {tolerance:g}).{hint}",
+            code="verification_failed",
+        )
+    return {"status": "passed", "max_abs_diff": diff, "tolerance": tolerance,
+            "outputs": _describe(outputs, frozen_out)}
+
+
+def _describe(names: list[str], values: list[np.ndarray]) -> list[dict]:
+    return [{"name": n, "dtype": str(np.asarray(v).dtype), "test_shape": list(np.shape(v))} for n, v in zip(names, values)]

@@ -1,0 +1,127 @@
+"""Plain records the services hand out; ORM rows never leave the services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+READY, QUEUED, CONVERTING, FAILED = "ready", "queued", "converting", "failed"
+VERSION_STATUSES = (QUEUED, CONVERTING, READY, FAILED)
+
+# What a version was pushed as.
+SOURCE_META = "checkpoint+meta"
+SOURCE_GRAPH = "checkpoint+graph"
+SOURCE_FROZEN = "frozen"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    role: str
+    filename: str
+    sha256: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "filename": self.filename, "sha256": self.sha256, "size": self.size}
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    id: int
+    model: str
+    version: int
+    status: str
+    status_message: str
+    source: str
+    description: str
+    requested_output_nodes: list[str] | None
+    requested_input_nodes: list[str] | None
+    output_nodes: list[str] | None
+    output_nodes_detected: bool | None
+    input_nodes: list[dict[str, Any]] | None
+    frozen_sha256: str | None
+    frozen_size: int | None
+    tf_version: str | None
+    conversion: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    ready_at: datetime | None
+    files: list[FileInfo] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+
+    def file(self, role: str) -> FileInfo | None:
+        return next((f for f in self.files if f.role == role), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        conversion = self.conversion or {}
+        return {
+            "model": self.model,
+            "version": self.version,
+            "status": self.status,
+            "status_message": self.status_message,
+            "source": self.source,
+            "description": self.description,
+            "aliases": list(self.aliases),
+            "output_nodes": self.output_nodes,
+            "output_nodes_detected": self.output_nodes_detected,
+            "requested_output_nodes": self.requested_output_nodes,
+            "input_nodes": self.input_nodes,
+            "frozen": (
+                {"sha256": self.frozen_sha256, "size": self.frozen_size}
+                if self.frozen_sha256
+                else None
+            ),
+            "tensorflow_version": self.tf_version,
+            "verification": conversion.get("verification"),
+            "safety": conversion.get("safety"),
+            "conversion": {k: v for k, v in conversion.items() if k not in ("verification", "safety")} or None,
+            "files": [f.to_dict() for f in self.files],
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "ready_at": _iso(self.ready_at),
+        }
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    version_count: int
+    latest_version: int | None  # newest ready version
+    last_version: int  # highest number ever handed out
+    aliases: dict[str, int]
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "version_count": self.version_count,
+            "latest_version": self.latest_version,
+            "last_version": self.last_version,
+            "aliases": dict(self.aliases),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_page_token: str | None
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """An uploaded file already stored as a blob, to be attached to a version."""
+
+    role: str
+    filename: str
+    sha256: str
+    size: int

@@ -1,0 +1,72 @@
+"""Domain errors: each kind of failure carries its own code and HTTP status.
+
+Services raise these; the API turns them into ``{"error": {"code", "message"}}``
+in one place (``registry.api.errors``).  Messages say what went wrong and what
+to do about it.
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base class of every error a user can act on."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InvalidRequest(RegistryError):
+    """The request itself is malformed or names something invalid."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class InvalidUpload(InvalidRequest):
+    """An uploaded file is missing, empty or not what its field says it is."""
+
+    code = "invalid_upload"
+
+
+class NotFound(RegistryError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(RegistryError):
+    code = "conflict"
+    status = 409
+
+
+class PayloadTooLarge(RegistryError):
+    code = "payload_too_large"
+    status = 413
+
+
+class StorageError(RegistryError):
+    """The blob store failed; nothing the client sent was wrong."""
+
+    code = "storage_error"
+    status = 503
+
+
+class ConversionError(RegistryError):
+    """Freezing a version failed for a reason the uploader can fix.
+
+    Raised inside the converter; recorded as the version's ``status_message``
+    rather than answered over HTTP.
+    """
+
+    code = "conversion_failed"
+    status = 422

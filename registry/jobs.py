@@ -1,0 +1,170 @@
+"""The job queue, kept in the database so that it survives restarts.
+
+A worker claims a job by taking a lease (``lease_owner`` + ``lease_expires_at``)
+and renews it while it works.  A job whose lease has expired, because its worker
+died or hung, is claimable again; each claim counts as an attempt and a job that
+has used up its attempts is failed with its last error.  Claims use
+``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it (PostgreSQL),
+and a conditional ``UPDATE`` everywhere, so two workers never both win a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from registry.db import Database
+from registry.entities import CONVERTING, FAILED, QUEUED, READY
+from registry.models import Job, ModelVersion, utcnow
+
+CONVERT = "convert"
+RUNNING, SUCCEEDED = "running", "succeeded"
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    kind: str
+    version_id: int
+    attempt: int
+    max_attempts: int
+    owner: str
+
+
+def enqueue(session: Session, *, version_id: int, kind: str = CONVERT, max_attempts: int = 3) -> None:
+    """Add a job inside the caller's transaction, so it exists iff the version does."""
+    session.add(Job(kind=kind, version_id=version_id, status=QUEUED, max_attempts=max_attempts))
+
+
+def _claimable(now):
+    return sa.or_(
+        sa.and_(Job.status == QUEUED, Job.run_after <= now),
+        sa.and_(Job.status == RUNNING, Job.lease_expires_at < now),
+    )
+
+
+def claim(db: Database, owner: str, lease_seconds: float) -> ClaimedJob | None:
+    """Take the oldest claimable job, or return None when there is none."""
+    while True:
+        with db.transaction() as session:
+            now = utcnow()
+            job = session.scalar(
+                sa.select(Job)
+                .where(_claimable(now))
+                .order_by(Job.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if job is None:
+                return None
+            if job.attempts >= job.max_attempts:
+                # Its last worker died or lost the lease on the final attempt.
+                reason = (
+                    f"conversion was interrupted {job.attempts} times (worker died or lost its lease)"
+                    + (f"; last error: {job.last_error}" if job.last_error else "")
+                )
+                _fail(session, job, reason)
+                continue
+            won = session.execute(
+                sa.update(Job)
+                .where(Job.id == job.id, Job.status == job.status, Job.attempts == job.attempts)
+                .values(
+                    status=RUNNING,
+                    attempts=Job.attempts + 1,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if not won:
+                continue  # somebody else took it between our read and write
+            session.execute(
+                sa.update(ModelVersion)
+                .where(ModelVersion.id == job.version_id)
+                .values(status=CONVERTING, status_message=f"converting (attempt {job.attempts + 1})", updated_at=now)
+            )
+            return ClaimedJob(job.id, job.kind, job.version_id, job.attempts + 1, job.max_attempts, owner)
+
+
+def heartbeat(db: Database, job: ClaimedJob, lease_seconds: float) -> bool:
+    """Renew the lease; False means the job is no longer ours and work must stop."""
+    with db.transaction() as session:
+        now = utcnow()
+        return bool(
+            session.execute(
+                sa.update(Job)
+                .where(Job.id == job.id, Job.status == RUNNING, Job.lease_owner == job.owner)
+                .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+            ).rowcount
+        )
+
+
+def _owned(session: Session, job: ClaimedJob) -> Job | None:
+    row = session.get(Job, job.id, with_for_update=True)
+    if row is None or row.status != RUNNING or row.lease_owner != job.owner:
+        return None
+    return row
+
+
+def finish(db: Database, job: ClaimedJob, *, ready: bool, message: str, fields: dict[str, Any]) -> bool:
+    """Record the outcome of a conversion on the version and close the job.
+
+    Returns False (and changes nothing) if the lease was lost meanwhile.
+    """
+    with db.transaction() as session:
+        row = _owned(session, job)
+        if row is None:
+            return False
+        now = utcnow()
+        row.status = SUCCEEDED if ready else FAILED
+        row.lease_owner = None
+        row.lease_expires_at = None
+        row.last_error = None if ready else message
+        values = dict(fields, status=READY if ready else FAILED, status_message=message, updated_at=now)
+        if ready:
+            values["ready_at"] = now
+        session.execute(sa.update(ModelVersion).where(ModelVersion.id == job.version_id).values(**values))
+        return True
+
+
+def retry_later(db: Database, job: ClaimedJob, error: str, backoff: Callable[[int], float] | None = None) -> bool:
+    """Give the job back after an infrastructure failure, or fail it for good
+    once it has used its attempts.  Returns True when it will be retried."""
+    delay = (backoff or (lambda attempt: min(60.0, 2.0**attempt)))(job.attempt)
+    with db.transaction() as session:
+        row = _owned(session, job)
+        if row is None:
+            return False
+        if row.attempts >= row.max_attempts:
+            _fail(session, row, f"conversion failed {row.attempts} times; last error: {error}")
+            return False
+        now = utcnow()
+        row.status = QUEUED
+        row.lease_owner = None
+        row.lease_expires_at = None
+        row.last_error = error
+        row.run_after = now + timedelta(seconds=delay)
+        session.execute(
+            sa.update(ModelVersion)
+            .where(ModelVersion.id == job.version_id)
+            .values(status=QUEUED, status_message=f"will retry: {error}", updated_at=now)
+        )
+        return True
+
+
+def _fail(session: Session, job: Job, reason: str) -> None:
+    now = utcnow()
+    job.status = FAILED
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.last_error = reason
+    session.execute(
+        sa.update(ModelVersion)
+        .where(ModelVersion.id == job.version_id)
+        .values(status=FAILED, status_message=reason, updated_at=now)
+    )

@@ -1,0 +1,150 @@
+"""SQLAlchemy 2 models.  ORM rows stay inside the services; the rest of the
+code works with the plain entities in ``registry.entities``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timezone-aware UTC datetimes on every engine (SQLite drops the zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: sa.JSON, list[Any]: sa.JSON}
+
+
+class RegisteredModel(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    # Highest version number ever handed out; bumped with an UPDATE inside the
+    # push transaction so concurrent pushes serialise on this row.
+    last_version: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    versions: Mapped[list["ModelVersion"]] = relationship(back_populates="model", lazy="raise")
+    aliases: Mapped[list["Alias"]] = relationship(back_populates="model", lazy="raise")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        sa.UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),
+        sa.Index("ix_model_versions_model_status_version", "model_id", "status", "version"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    status_message: Mapped[str] = mapped_column(sa.Text, default="")
+    source: Mapped[str] = mapped_column(sa.String(32))
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    requested_output_nodes: Mapped[list[Any] | None] = mapped_column(default=None)
+    requested_input_nodes: Mapped[list[Any] | None] = mapped_column(default=None)
+    output_nodes: Mapped[list[Any] | None] = mapped_column(default=None)
+    output_nodes_detected: Mapped[bool | None] = mapped_column(default=None)
+    input_nodes: Mapped[list[Any] | None] = mapped_column(default=None)
+    frozen_sha256: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    frozen_size: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
+    tf_version: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+    conversion: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    model: Mapped[RegisteredModel] = relationship(back_populates="versions", lazy="raise")
+    files: Mapped[list["VersionFile"]] = relationship(
+        back_populates="version", lazy="raise", order_by="VersionFile.id"
+    )
+
+
+class VersionFile(Base):
+    """One uploaded file of a version, by role (meta, index, data, graph, frozen, labels)."""
+
+    __tablename__ = "version_files"
+    __table_args__ = (sa.Index("ix_version_files_sha256", "sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    role: Mapped[str] = mapped_column(sa.String(16))
+    filename: Mapped[str] = mapped_column(sa.String(255))
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+
+    version: Mapped[ModelVersion] = relationship(back_populates="files", lazy="raise")
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+    __table_args__ = (sa.UniqueConstraint("model_id", "name", name="uq_aliases_model_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(64))
+    version_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    model: Mapped[RegisteredModel] = relationship(back_populates="aliases", lazy="raise")
+    version: Mapped[ModelVersion] = relationship(lazy="raise")
+
+
+class Job(Base):
+    """A unit of background work (today: converting one version).
+
+    Jobs live here rather than in memory so they survive restarts; a worker
+    holds a lease it must renew, and an expired lease makes the job claimable
+    again.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (sa.Index("ix_jobs_status_run_after", "status", "run_after"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    version_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    run_after: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(128), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

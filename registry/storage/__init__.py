@@ -1,0 +1,121 @@
+"""Blob storage: content-addressed by sha256, written as streams.
+
+Blobs are addressed ``sha256/<d[:2]>/<d[2:4]>/<digest>``.  A writer hashes what
+it is given while it writes to a temporary name, and the blob appears under its
+final key only in :meth:`BlobWriter.finish`, so a reader never sees half a blob
+and an interrupted upload leaves nothing behind once aborted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+from urllib.parse import urlparse
+
+from registry.errors import InvalidRequest
+
+CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    sha256: str
+    size: int
+    created: bool = True  # False when an identical blob was already stored
+
+
+def blob_key(digest: str) -> str:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a sha256 hex digest: {digest!r}")
+    return f"sha256/{digest[:2]}/{digest[2:4]}/{digest}"
+
+
+class BlobWriter(ABC):
+    """A blob being written: ``write`` chunks, then ``finish`` or ``abort``."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        self._write(data)
+        return len(data)
+
+    @property
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    @abstractmethod
+    def _write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def finish(self) -> BlobRef:
+        """Publish the blob under its content key and return its reference."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop everything written so far; safe to call more than once."""
+
+
+class BlobStorage(ABC):
+    """Where blobs live.  Implementations: local folder (default), S3."""
+
+    url: str
+
+    @abstractmethod
+    def writer(self) -> BlobWriter: ...
+
+    @abstractmethod
+    def open(self, digest: str) -> BinaryIO:
+        """A readable, seekable stream of the blob; raises FileNotFoundError."""
+
+    @abstractmethod
+    def size(self, digest: str) -> int: ...
+
+    @abstractmethod
+    def exists(self, digest: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, digest: str) -> None: ...
+
+    @abstractmethod
+    def materialize(self, digest: str, dest: Path) -> None:
+        """Make the blob readable as the local file ``dest`` (for TensorFlow,
+        which reads checkpoints by path)."""
+
+    @abstractmethod
+    def iter_digests(self) -> Iterator[str]: ...
+
+    def put_stream(self, stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> BlobRef:
+        """Store everything read from ``stream``; never holds it whole in memory."""
+        writer = self.writer()
+        try:
+            while chunk := stream.read(chunk_size):
+                writer.write(chunk)
+            return writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def put_file(self, path: Path) -> BlobRef:
+        with open(path, "rb") as stream:
+            return self.put_stream(stream)
+
+
+def open_storage(url: str) -> BlobStorage:
+    """The storage backend a ``REGISTRY_STORAGE`` URL names."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        from registry.storage.local import LocalStorage
+
+        path = parsed.path if parsed.scheme else url
+        return LocalStorage(Path(path))
+    raise InvalidRequest(
+        f"unsupported storage URL {url!r}: use file:///path/to/folder",
+        code="bad_storage_url",
+    )
