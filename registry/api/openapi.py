@@ -1,0 +1,224 @@
+"""The OpenAPI 3.1 description of /api/v1.  Tests check it against the routes
+the app really has and validate real responses against these schemas."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from registry import __version__
+
+_nullable_str = {"type": ["string", "null"]}
+_nullable_int = {"type": ["integer", "null"]}
+_str_list_or_null = {"type": ["array", "null"], "items": {"type": "string"}}
+_datetime = {"type": "string", "format": "date-time"}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict:
+    return _json(_ref("Error"), description)
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "description": "Model name",
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}}
+_REF = {"name": "ref", "in": "path", "required": True,
+        "description": "A version number, `latest` (newest ready version) or an alias",
+        "schema": {"type": "string"}}
+_ALIAS = {"name": "alias", "in": "path", "required": True, "schema": {"type": "string"}}
+_PAGE = [
+    {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+    {"name": "page_token", "in": "query", "schema": {"type": "string"},
+     "description": "The next_page_token of the previous page"},
+]
+
+_SCHEMAS = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+    "Model": {
+        "type": "object",
+        "required": ["name", "description", "version_count", "latest_version", "last_version", "aliases",
+                     "created_at", "updated_at"],
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "version_count": {"type": "integer"},
+            "latest_version": {**_nullable_int, "description": "Newest ready version"},
+            "last_version": {"type": "integer", "description": "Highest version number handed out"},
+            "aliases": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "created_at": _datetime,
+            "updated_at": _datetime,
+        },
+    },
+    "InputNode": {
+        "type": "object", "required": ["name", "dtype", "shape", "optional"],
+        "properties": {
+            "name": {"type": "string"},
+            "dtype": {"type": "string"},
+            "shape": {"type": ["array", "null"], "items": {"type": ["integer", "null"]}},
+            "optional": {"type": "boolean", "description": "PlaceholderWithDefault: feeding it is optional"},
+        },
+    },
+    "File": {
+        "type": "object", "required": ["role", "filename", "sha256", "size"],
+        "properties": {
+            "role": {"type": "string", "enum": ["meta", "index", "data", "graph", "frozen", "labels"]},
+            "filename": {"type": "string"}, "sha256": {"type": "string"}, "size": {"type": "integer"},
+        },
+    },
+    "Version": {
+        "type": "object",
+        "required": ["model", "version", "status", "status_message", "source", "output_nodes", "input_nodes",
+                     "frozen", "tensorflow_version", "created_at", "files", "aliases"],
+        "properties": {
+            "model": {"type": "string"},
+            "version": {"type": "integer", "minimum": 1},
+            "status": {"type": "string", "enum": ["queued", "converting", "ready", "failed"]},
+            "status_message": {"type": "string"},
+            "source": {"type": "string", "enum": ["checkpoint+meta", "checkpoint+graph", "frozen"]},
+            "description": {"type": "string"},
+            "aliases": {"type": "array", "items": {"type": "string"}},
+            "output_nodes": _str_list_or_null,
+            "output_nodes_detected": {"type": ["boolean", "null"]},
+            "requested_output_nodes": _str_list_or_null,
+            "input_nodes": {"type": ["array", "null"], "items": _ref("InputNode")},
+            "frozen": {"type": ["object", "null"], "required": ["sha256", "size"],
+                       "properties": {"sha256": {"type": "string"}, "size": {"type": "integer"}}},
+            "tensorflow_version": _nullable_str,
+            "verification": {"type": ["object", "null"], "properties": {
+                "status": {"type": "string", "enum": ["passed", "skipped", "ran"]},
+                "max_abs_diff": {"type": ["number", "null"]},
+                "tolerance": {"type": "number"}}},
+            "safety": {"type": ["object", "null"], "properties": {
+                "op_histogram": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "flags": {"type": "array"}, "flagged": {"type": "boolean"},
+                "upload_flags": {"type": "array"}}},
+            "conversion": {"type": ["object", "null"]},
+            "files": {"type": "array", "items": _ref("File")},
+            "created_at": _datetime,
+            "updated_at": _datetime,
+            "ready_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "ModelList": {
+        "type": "object", "required": ["models", "next_page_token"],
+        "properties": {"models": {"type": "array", "items": _ref("Model")}, "next_page_token": _nullable_str},
+    },
+    "VersionList": {
+        "type": "object", "required": ["versions", "next_page_token"],
+        "properties": {"versions": {"type": "array", "items": _ref("Version")}, "next_page_token": _nullable_str},
+    },
+    "AliasBody": {
+        "type": "object", "required": ["version"],
+        "properties": {"version": {"type": "integer", "minimum": 1}},
+    },
+    "Alias": {
+        "type": "object", "required": ["model", "alias", "version"],
+        "properties": {"model": {"type": "string"}, "alias": {"type": "string"}, "version": {"type": "integer"}},
+    },
+}
+
+_BLOB_HEADERS = {
+    "ETag": {"schema": {"type": "string"}, "description": "The blob's sha256, quoted"},
+    "Content-Length": {"schema": {"type": "integer"}},
+    "Content-Disposition": {"schema": {"type": "string"}},
+    "Accept-Ranges": {"schema": {"type": "string"}},
+}
+
+
+def _blob(description: str, mimetype: str) -> dict:
+    return {
+        "200": {"description": description, "headers": _BLOB_HEADERS,
+                "content": {mimetype: {"schema": {"type": "string", "format": "binary"}}}},
+        "206": {"description": "The requested byte range", "headers": _BLOB_HEADERS,
+                "content": {mimetype: {"schema": {"type": "string", "format": "binary"}}}},
+        "304": {"description": "Not modified (If-None-Match matched the ETag)"},
+        "404": _error("Unknown model, version, alias or file"),
+        "416": _error("The range is not satisfiable"),
+    }
+
+
+@cache
+def openapi_document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "TensorFlow model registry", "version": __version__,
+                 "description": "Push TensorFlow checkpoints, get back verified frozen graphs by version."},
+        "paths": {
+            "/api/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                             "responses": {"200": _json({"type": "object"}, "OpenAPI document")}}},
+            "/api/v1/models": {"get": {
+                "operationId": "listModels", "summary": "Models by name",
+                "parameters": [*_PAGE, {"name": "q", "in": "query", "schema": {"type": "string"},
+                                        "description": "Substring of the name"}],
+                "responses": {"200": _json(_ref("ModelList"), "A page of models"),
+                              "400": _error("Bad page size or token")}}},
+            "/api/v1/models/{name}": {"get": {
+                "operationId": "getModel", "parameters": [_NAME],
+                "responses": {"200": _json(_ref("Model"), "The model"),
+                              "400": _error("Invalid model name"), "404": _error("No such model")}}},
+            "/api/v1/models/{name}/versions": {
+                "get": {"operationId": "listVersions", "summary": "Versions, newest first",
+                        "parameters": [_NAME, *_PAGE, {"name": "status", "in": "query", "schema": {
+                            "type": "string", "enum": ["queued", "converting", "ready", "failed"]}}],
+                        "responses": {"200": _json(_ref("VersionList"), "A page of versions"),
+                                      "400": _error("Bad parameters"), "404": _error("No such model")}},
+                "post": {
+                    "operationId": "pushVersion",
+                    "summary": "Push the next version (creates the model on first push)",
+                    "parameters": [_NAME],
+                    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                        "type": "object",
+                        "properties": {
+                            "meta": {"type": "string", "format": "binary", "description": "model.ckpt.meta"},
+                            "index": {"type": "string", "format": "binary", "description": "model.ckpt.index"},
+                            "data": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                     "description": "every model.ckpt.data-NNNNN-of-NNNNN shard"},
+                            "graph": {"type": "string", "format": "binary",
+                                      "description": "inference GraphDef, binary .pb or text .pbtxt"},
+                            "frozen": {"type": "string", "format": "binary",
+                                       "description": "an already-frozen GraphDef, instead of a checkpoint"},
+                            "labels": {"type": "string", "format": "binary", "description": "one label per line"},
+                            "output_nodes": {"type": "string", "description": "comma-separated node names"},
+                            "input_nodes": {"type": "string", "description": "comma-separated node names"},
+                            "description": {"type": "string"},
+                        }}}}},
+                    "responses": {
+                        "202": {**_json(_ref("Version"), "Registered and queued for conversion"),
+                                "headers": {"Location": {"schema": {"type": "string"}}}},
+                        "400": _error("Missing, empty or invalid files or fields"),
+                        "413": _error("Upload larger than the limit")}}},
+            "/api/v1/models/{name}/versions/{ref}": {"get": {
+                "operationId": "getVersion", "parameters": [_NAME, _REF],
+                "responses": {"200": _json(_ref("Version"), "The version"),
+                              "400": _error("Invalid model name"),
+                              "404": _error("No such model, version or alias")}}},
+            "/api/v1/models/{name}/versions/{ref}/frozen.pb": {"get": {
+                "operationId": "downloadFrozen", "parameters": [_NAME, _REF],
+                "responses": {**_blob("The frozen GraphDef", "application/octet-stream"),
+                              "409": _error("The version is not ready")}}},
+            "/api/v1/models/{name}/versions/{ref}/labels.txt": {"get": {
+                "operationId": "downloadLabels", "parameters": [_NAME, _REF],
+                "responses": _blob("The labels file", "text/plain")}},
+            "/api/v1/models/{name}/aliases/{alias}": {
+                "put": {"operationId": "setAlias", "parameters": [_NAME, _ALIAS],
+                        "requestBody": {"required": True,
+                                        "content": {"application/json": {"schema": _ref("AliasBody")}}},
+                        "responses": {"200": _json(_ref("Alias"), "The alias now points at the version"),
+                                      "400": _error("Invalid alias or body"),
+                                      "404": _error("No such model or version"),
+                                      "409": _error("The version failed")}},
+                "delete": {"operationId": "deleteAlias", "parameters": [_NAME, _ALIAS],
+                           "responses": {"204": {"description": "Deleted"},
+                                         "404": _error("No such model or alias")}}},
+        },
+        "components": {"schemas": _SCHEMAS},
+    }

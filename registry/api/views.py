@@ -1,0 +1,142 @@
+"""Thin handlers: parse the request, call a service, shape the answer."""
+
+from __future__ import annotations
+
+from flask import g, request, send_file, url_for
+
+from registry import catalog, uploads
+from registry.api import bp
+from registry.api.openapi import openapi_document
+from registry.app import get_registry
+from registry.entities import READY, VERSION_STATUSES
+from registry.errors import Conflict, InvalidRequest, NotFound
+
+
+def _int_arg(name: str) -> int | None:
+    value = request.args.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be a whole number, not {value!r}", code=f"invalid_{name}") from exc
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return openapi_document()
+
+
+@bp.get("/models")
+def list_models():
+    page = catalog.list_models(
+        get_registry().db,
+        page_size=_int_arg("page_size"),
+        page_token=request.args.get("page_token"),
+        query=request.args.get("q"),
+    )
+    return {"models": [m.to_dict() for m in page.items], "next_page_token": page.next_page_token}
+
+
+@bp.get("/models/<name>")
+def get_model(name: str):
+    return catalog.get_model(get_registry().db, name).to_dict()
+
+
+@bp.get("/models/<name>/versions")
+def list_versions(name: str):
+    status = request.args.get("status")
+    if status and status not in VERSION_STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(VERSION_STATUSES)}", code="invalid_status")
+    page = catalog.list_versions(
+        get_registry().db, name,
+        page_size=_int_arg("page_size"), page_token=request.args.get("page_token"), status=status,
+    )
+    return {"versions": [v.to_dict() for v in page.items], "next_page_token": page.next_page_token}
+
+
+@bp.post("/models/<name>/versions")
+def push_version(name: str):
+    registry = get_registry()
+    catalog.validate_model_name(name)
+    if request.mimetype != "multipart/form-data":
+        raise InvalidRequest(
+            "send the files as multipart/form-data (fields meta, index, data, graph, frozen, labels)",
+            code="invalid_content_type",
+        )
+    g.upload_storage = registry.storage  # file parts stream into blob storage
+    files = [
+        uploads.ReceivedFile(field, part.filename or field, part.stream)
+        for field, part in request.files.items(multi=True)
+    ]
+    push = uploads.PushRequest(
+        files=files,
+        output_nodes=uploads.parse_node_list(request.form.get("output_nodes"), "output node"),
+        input_nodes=uploads.parse_node_list(request.form.get("input_nodes"), "input node"),
+        description=request.form.get("description", ""),
+    )
+    version = uploads.push(
+        registry.db, registry.storage, name, push, max_attempts=registry.settings.job_max_attempts
+    )
+    registry.notify_workers()
+    location = url_for("api.get_version", name=name, ref=str(version.version))
+    return version.to_dict(), 202, {"Location": location}
+
+
+@bp.get("/models/<name>/versions/<ref>")
+def get_version(name: str, ref: str):
+    return catalog.get_version(get_registry().db, name, ref).to_dict()
+
+
+def _send_blob(digest: str, download_name: str, mimetype: str):
+    storage = get_registry().storage
+    try:
+        stream = storage.open(digest)
+    except FileNotFoundError as exc:
+        raise NotFound(f"the blob {digest} is missing from storage; ask an operator", code="blob_missing") from exc
+    response = send_file(
+        stream, mimetype=mimetype, as_attachment=True, download_name=download_name,
+        etag=digest, conditional=True, max_age=0,
+    )
+    response.headers["X-Content-SHA256"] = digest
+    return response
+
+
+@bp.get("/models/<name>/versions/<ref>/frozen.pb")
+def download_frozen(name: str, ref: str):
+    version = catalog.get_version(get_registry().db, name, ref)
+    if version.status != READY or not version.frozen_sha256:
+        detail = f": {version.status_message}" if version.status_message else ""
+        raise Conflict(
+            f"version {version.version} of {name!r} is {version.status}{detail}; "
+            "its frozen graph exists once it is ready",
+            code="version_not_ready",
+        )
+    return _send_blob(version.frozen_sha256, f"{name}-v{version.version}.pb", "application/octet-stream")
+
+
+@bp.get("/models/<name>/versions/<ref>/labels.txt")
+def download_labels(name: str, ref: str):
+    version = catalog.get_version(get_registry().db, name, ref)
+    labels = version.file("labels")
+    if labels is None:
+        raise NotFound(f"version {version.version} of {name!r} has no labels file", code="labels_not_found")
+    return _send_blob(labels.sha256, f"{name}-v{version.version}-labels.txt", "text/plain")
+
+
+@bp.put("/models/<name>/aliases/<alias>")
+def set_alias(name: str, alias: str):
+    body = request.get_json(silent=True)
+    number = body.get("version") if isinstance(body, dict) else None
+    if isinstance(number, str) and number.isdigit():
+        number = int(number)
+    if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+        raise InvalidRequest('send a JSON body like {"version": 3}', code="invalid_alias_body")
+    version = catalog.set_alias(get_registry().db, name, alias, number)
+    return {"model": name, "alias": alias, "version": version.version}
+
+
+@bp.delete("/models/<name>/aliases/<alias>")
+def delete_alias(name: str, alias: str):
+    catalog.delete_alias(get_registry().db, name, alias)
+    return "", 204

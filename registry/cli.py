@@ -1,0 +1,269 @@
+"""The ``registry`` command: run the server and worker, push, pull and list."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from registry.config import DEFAULT_PORT, Settings
+
+
+def _client(url: str | None):
+    from registry.client import RegistryClient
+
+    return RegistryClient(url or Settings.from_env().server_url)
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(getattr(exc, "message", str(exc)))
+
+
+url_option = click.option("--url", envvar="REGISTRY_URL", default=None,
+                          help=f"Registry URL (REGISTRY_URL; default http://127.0.0.1:{DEFAULT_PORT}).")
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def main(verbose: bool) -> None:
+    """A model registry for TensorFlow checkpoints and frozen graphs."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--workers", type=int, default=None,
+              help="Converter threads inside the server (REGISTRY_EMBEDDED_WORKERS, default 1; 0 for none).")
+def serve(host: str, port: int, workers: int | None) -> None:
+    """Run the registry (API) with embedded converter workers."""
+    from werkzeug.serving import make_server
+
+    from registry.app import create_app
+
+    overrides = {"embedded_workers": workers} if workers is not None else {}
+    settings = Settings.from_env(**overrides)
+    app = create_app(settings, start_workers=True)
+    server = make_server(host, port, app, threaded=True)
+    url = f"http://{host}:{server.port}"
+    click.echo(f"Registry listening on {url}")
+    click.echo(f"  data: {settings.database_url}  blobs: {settings.storage_url}")
+    click.echo(f"  try:  REGISTRY_URL={url} registry push NAME path/to/model.ckpt --wait")
+    sys.stdout.flush()
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.extensions["registry"].stop_workers.set()
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations up to the newest."""
+    from registry.db import Database
+
+    settings = Settings.from_env()
+    settings.ensure_home()
+    Database(settings.database_url).upgrade()
+    click.echo(f"database at head: {settings.database_url}")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Process the jobs waiting now, then exit.")
+def worker(once: bool) -> None:
+    """Run a converter worker (any number of them, anywhere)."""
+    from registry.db import Database
+    from registry.storage import open_storage
+    from registry.worker import Worker
+
+    settings = Settings.from_env()
+    settings.ensure_home()
+    db = Database(settings.database_url)
+    db.upgrade()
+    w = Worker(settings, db, open_storage(settings.storage_url))
+    if once:
+        while w.run_once():
+            pass
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(f"worker {w.owner} waiting for jobs")
+    try:
+        w.run_forever(stop)
+    except KeyboardInterrupt:
+        pass
+
+
+def _progress(total: int, description: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=description,
+                disable=not sys.stderr.isatty(), file=sys.stderr)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("checkpoint_prefix", required=False, type=click.Path(path_type=Path))
+@click.option("--graph", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Inference GraphDef (.pb or .pbtxt) to freeze instead of the .meta graph.")
+@click.option("--frozen", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Register an already-frozen GraphDef instead of a checkpoint.")
+@click.option("--output-nodes", default="", help="Comma-separated output node names (detected when left out).")
+@click.option("--input-nodes", default="", help="Comma-separated input node names (placeholders when left out).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Labels, one per line.")
+@click.option("--description", default="")
+@click.option("--wait", is_flag=True, help="Wait until the version is ready or failed.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
+@url_option
+def push(name, checkpoint_prefix, graph, frozen, output_nodes, input_nodes, labels, description, wait, timeout, url):
+    """Push a checkpoint (CHECKPOINT_PREFIX, e.g. train/model.ckpt) as the next version of NAME."""
+    from registry.client import ClientError, checkpoint_files
+
+    files: list[tuple[str, Path]] = []
+    if frozen:
+        if checkpoint_prefix:
+            raise click.UsageError("give either a checkpoint prefix or --frozen, not both")
+        files.append(("frozen", frozen))
+    else:
+        if not checkpoint_prefix:
+            raise click.UsageError("give a checkpoint prefix (e.g. train/model.ckpt) or --frozen FILE")
+        found = checkpoint_files(checkpoint_prefix)
+        missing = [k for k in ("index", "data") if k not in found]
+        if missing:
+            raise click.ClickException(
+                f"no checkpoint at {checkpoint_prefix}: missing {checkpoint_prefix}.index / .data-*-of-* files"
+            )
+        if "meta" not in found and not graph:
+            raise click.ClickException(f"no {checkpoint_prefix}.meta: pass the inference graph with --graph")
+        for role in ("meta", "index", "data"):
+            files.extend((role, p) for p in found.get(role, []))
+        if graph:
+            files.append(("graph", graph))
+    if labels:
+        files.append(("labels", labels))
+    fields = {k: v for k, v in {"output_nodes": output_nodes, "input_nodes": input_nodes,
+                                "description": description}.items() if v}
+    client = _client(url)
+    total = sum(p.stat().st_size for _, p in files)
+    try:
+        with _progress(total, f"push {name}") as bar:
+            record = client.push(name, files, fields, progress=bar.update)
+        click.echo(f"{name} version {record['version']}: {record['status']}")
+        if wait:
+            record = client.wait(name, record["version"], timeout=timeout)
+            _print_version(record)
+            if record["status"] != "ready":
+                sys.exit(1)
+    except ClientError as exc:
+        _fail(exc)
+
+
+def _print_version(v: dict) -> None:
+    click.echo(f"{v['model']} version {v['version']}: {v['status']} - {v['status_message']}")
+    if v.get("output_nodes"):
+        detected = " (detected)" if v.get("output_nodes_detected") else ""
+        click.echo(f"  outputs{detected}: {', '.join(v['output_nodes'])}")
+    for node in v.get("input_nodes") or []:
+        click.echo(f"  input: {node['name']} {node['dtype']} {node['shape']}")
+    if v.get("frozen"):
+        click.echo(f"  frozen.pb: {v['frozen']['size']} bytes, sha256 {v['frozen']['sha256']}")
+
+
+def _split_ref(spec: str) -> tuple[str, str]:
+    name, _, ref = spec.partition(":")
+    return name, ref or "latest"
+
+
+@main.command()
+@click.argument("spec", metavar="NAME[:REF]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the frozen graph (default NAME-vN.pb).")
+@url_option
+def pull(spec: str, output: Path | None, url: str | None) -> None:
+    """Download a version's frozen graph (REF: number, alias or latest) and check its sha256."""
+    from registry.client import ClientError
+
+    name, ref = _split_ref(spec)
+    client = _client(url)
+    try:
+        record = client.get_version(name, ref)
+        dest = output or Path(f"{name}-v{record['version']}.pb")
+        bar = None
+
+        def start(total: int) -> None:
+            nonlocal bar
+            bar = _progress(total, f"pull {name}:{record['version']}")
+
+        client.pull(name, str(record["version"]), dest, progress=lambda n: bar.update(n), on_start=start)
+        if bar is not None:
+            bar.close()
+        click.echo(f"{dest}: {name} version {record['version']}, sha256 {record['frozen']['sha256']} (verified)")
+        if record.get("output_nodes"):
+            click.echo(f"  outputs: {', '.join(record['output_nodes'])}")
+    except ClientError as exc:
+        _fail(exc)
+
+
+@main.command("ls")
+@click.argument("name", required=False)
+@click.option("--limit", default=50, show_default=True, help="Versions to show for NAME.")
+@url_option
+def ls(name: str | None, limit: int, url: str | None) -> None:
+    """List models, or the versions of NAME (newest first)."""
+    from registry.client import ClientError
+
+    client = _client(url)
+    try:
+        if name is None:
+            rows = [(m["name"], str(m["version_count"]), str(m["latest_version"] or "-"),
+                     ", ".join(f"{k}={v}" for k, v in m["aliases"].items()) or "-") for m in client.list_models()]
+            _table(("MODEL", "VERSIONS", "LATEST", "ALIASES"), rows)
+        else:
+            rows = [(str(v["version"]), v["status"], v["source"], ", ".join(v["output_nodes"] or []) or "-",
+                     ", ".join(v["aliases"]) or "-", v["created_at"][:19]) for v in client.list_versions(name, limit)]
+            _table(("VERSION", "STATUS", "SOURCE", "OUTPUTS", "ALIASES", "CREATED"), rows)
+    except ClientError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int, required=False)
+@click.option("--delete", is_flag=True, help="Remove the alias.")
+@url_option
+def alias(name: str, alias: str, version: int | None, delete: bool, url: str | None) -> None:
+    """Point ALIAS of NAME at VERSION (or remove it with --delete)."""
+    from registry.client import ClientError
+
+    client = _client(url)
+    try:
+        if delete:
+            client.delete_alias(name, alias)
+            click.echo(f"{name}: alias {alias} removed")
+        elif version is None:
+            raise click.UsageError("give the version number the alias should point at")
+        else:
+            client.set_alias(name, alias, version)
+            click.echo(f"{name}: {alias} -> version {version}")
+    except ClientError as exc:
+        _fail(exc)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    for row in (header, *rows):
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    main()

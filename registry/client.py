@@ -1,0 +1,207 @@
+"""HTTP client for the registry's API, used by the CLI.
+
+Uploads stream from disk as a multipart body of known length and downloads
+stream to a temporary file that is renamed only once its sha256 checks out, so
+neither holds a checkpoint in memory and an interrupted pull leaves no file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from registry.errors import RegistryError
+
+CHUNK = 1024 * 1024
+
+
+class ClientError(RegistryError):
+    """The server answered with an error, or could not be reached."""
+
+
+@dataclass
+class _Part:
+    field: str
+    header: bytes
+    path: Path | None = None
+    value: bytes = b""
+
+    @property
+    def length(self) -> int:
+        return len(self.header) + (self.path.stat().st_size if self.path else len(self.value)) + 2
+
+
+class MultipartBody:
+    """A multipart/form-data body streamed from files, with its length known up front."""
+
+    def __init__(self, fields: dict[str, str], files: list[tuple[str, Path]],
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.boundary = uuid.uuid4().hex
+        self.progress = progress
+        self.parts: list[_Part] = []
+        for name, value in fields.items():
+            header = (f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n").encode()
+            self.parts.append(_Part(name, header, value=value.encode()))
+        for name, path in files:
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            header = (
+                f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                f"filename=\"{path.name}\"\r\nContent-Type: {ctype}\r\n\r\n"
+            ).encode()
+            self.parts.append(_Part(name, header, path=path))
+        self.closing = f"--{self.boundary}--\r\n".encode()
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    @property
+    def file_bytes(self) -> int:
+        return sum(p.path.stat().st_size for p in self.parts if p.path)
+
+    def __len__(self) -> int:
+        return sum(p.length for p in self.parts) + len(self.closing)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self.parts:
+            yield part.header
+            if part.path is None:
+                yield part.value
+            else:
+                with open(part.path, "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        if self.progress:
+                            self.progress(len(chunk))
+                        yield chunk
+            yield b"\r\n"
+        yield self.closing
+
+
+def checkpoint_files(prefix: Path) -> dict[str, list[Path]]:
+    """The ``.meta``, ``.index`` and ``.data-*`` files written for a checkpoint prefix."""
+    prefix = Path(prefix)
+    found: dict[str, list[Path]] = {}
+    meta = Path(f"{prefix}.meta")
+    index = Path(f"{prefix}.index")
+    data = sorted(prefix.parent.glob(f"{prefix.name}.data-*-of-*"))
+    if meta.is_file():
+        found["meta"] = [meta]
+    if index.is_file():
+        found["index"] = [index]
+    if data:
+        found["data"] = data
+    return found
+
+
+class RegistryClient:
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        try:
+            response = self.session.request(method, f"{self.url}{path}", timeout=kwargs.pop("timeout", self.timeout),
+                                            **kwargs)
+        except requests.ConnectionError as exc:
+            raise ClientError(f"cannot reach the registry at {self.url}: is `registry serve` running? "
+                              "(set --url or REGISTRY_URL)", code="unreachable", status=503) from exc
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                raise ClientError(error["message"], code=error["code"], status=response.status_code)
+            except (ValueError, KeyError, TypeError):
+                raise ClientError(f"{method} {path} answered {response.status_code}: {response.text[:200]}",
+                                  status=response.status_code) from None
+        return response
+
+    def list_models(self, query: str | None = None) -> Iterator[dict]:
+        token = None
+        while True:
+            params = {"page_token": token} if token else {}
+            if query:
+                params["q"] = query
+            page = self._request("GET", "/api/v1/models", params=params).json()
+            yield from page["models"]
+            token = page["next_page_token"]
+            if not token:
+                return
+
+    def list_versions(self, name: str, limit: int | None = None) -> Iterator[dict]:
+        token, seen = None, 0
+        while True:
+            params = {"page_token": token} if token else {}
+            page = self._request("GET", f"/api/v1/models/{name}/versions", params=params).json()
+            for version in page["versions"]:
+                yield version
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            token = page["next_page_token"]
+            if not token:
+                return
+
+    def get_model(self, name: str) -> dict:
+        return self._request("GET", f"/api/v1/models/{name}").json()
+
+    def get_version(self, name: str, ref: str | int) -> dict:
+        return self._request("GET", f"/api/v1/models/{name}/versions/{ref}").json()
+
+    def push(self, name: str, files: list[tuple[str, Path]], fields: dict[str, str],
+             progress: Callable[[int], None] | None = None) -> dict:
+        body = MultipartBody(fields, files, progress)
+        return self._request(
+            "POST", f"/api/v1/models/{name}/versions", data=body,
+            headers={"Content-Type": body.content_type, "Content-Length": str(len(body))}, timeout=None,
+        ).json()
+
+    def wait(self, name: str, version: int, timeout: float = 3600.0, poll: float = 0.5) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.get_version(name, version)
+            if record["status"] in ("ready", "failed"):
+                return record
+            if time.monotonic() > deadline:
+                raise ClientError(f"version {version} of {name} is still {record['status']} after {timeout:g} s",
+                                  code="timeout", status=504)
+            time.sleep(poll)
+
+    def pull(self, name: str, ref: str, dest: Path, progress: Callable[[int], None] | None = None,
+             on_start: Callable[[int], None] | None = None) -> dict:
+        """Download the frozen graph to ``dest``; verify its sha256 before it appears there."""
+        record = self.get_version(name, ref)
+        response = self._request("GET", f"/api/v1/models/{name}/versions/{record['version']}/frozen.pb", stream=True)
+        expected = response.headers.get("X-Content-SHA256") or response.headers.get("ETag", "").strip('"')
+        if on_start:
+            on_start(int(response.headers.get("Content-Length", 0)))
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+        digest = hashlib.sha256()
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in response.iter_content(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+            if digest.hexdigest() != expected:
+                raise ClientError(f"download corrupted: sha256 {digest.hexdigest()} != {expected}; pull again",
+                                  code="checksum_mismatch", status=502)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return record
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict:
+        return self._request("PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"version": version}).json()
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._request("DELETE", f"/api/v1/models/{name}/aliases/{alias}")

@@ -1,0 +1,132 @@
+"""Runs one conversion in a child process with resource limits.
+
+The parent never imports TensorFlow.  The child gets an address-space limit
+(``REGISTRY_CONVERT_MEMORY_MB``), a CPU-time limit, a file-size limit and a
+wall-clock timeout; whatever it does, the parent gets back an
+:class:`Outcome` it can record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_OUTPUT_BYTES = 3 * 1024**3  # a GraphDef cannot exceed 2 GiB anyway
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    message: str
+    code: str = ""
+    retryable: bool = False
+    result: dict | None = None
+    lost_lease: bool = False
+
+
+def _limits(memory_mb: int, cpu_seconds: int) -> Callable[[], None]:
+    def apply() -> None:
+        memory = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_OUTPUT_BYTES, MAX_OUTPUT_BYTES))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    noise = ("cuda", "cuInit", "oneDNN", "cpu_feature_guard", "rebuild TensorFlow", "MLIR", "absl::InitializeLog")
+    kept = [line for line in text.splitlines() if line.strip() and not any(n in line for n in noise)]
+    return "\n".join(kept[-lines:])
+
+
+def run_conversion(
+    request: dict,
+    workdir: Path,
+    *,
+    timeout: float,
+    memory_mb: int,
+    heartbeat: Callable[[], bool] | None = None,
+    heartbeat_every: float = 10.0,
+) -> Outcome:
+    """Run ``registry.converter.child`` on ``request``; wait, renewing the lease."""
+    request = dict(request, result_path=str(workdir / "result.json"))
+    request_path = workdir / "request.json"
+    request_path.write_text(json.dumps(request))
+    log_path = workdir / "converter.log"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    cpu_seconds = int(timeout * max(1, os.cpu_count() or 1)) + 10
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "registry.converter.child", str(request_path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir, env=env,
+            preexec_fn=_limits(memory_mb, cpu_seconds), start_new_session=True,
+        )
+        started = last_beat = time.monotonic()
+        while True:
+            try:
+                child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if now - started > timeout:
+                _kill(child)
+                return Outcome(False, f"conversion took longer than {timeout:g} s and was stopped "
+                               "(REGISTRY_CONVERT_TIMEOUT_SECONDS)", code="conversion_timeout")
+            if heartbeat is not None and now - last_beat >= heartbeat_every:
+                last_beat = now
+                if not heartbeat():
+                    _kill(child)
+                    return Outcome(False, "lost the job's lease", lost_lease=True, retryable=True)
+
+    result_path = Path(request["result_path"])
+    tail = _log_tail(log_path)
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+        if result.get("ok"):
+            return Outcome(True, "", result=result)
+        error = result["error"]
+        if error["code"] == "out_of_memory":
+            return Outcome(False, _memory_message(memory_mb), code="out_of_memory")
+        return Outcome(False, error["message"], code=error["code"], retryable=bool(result.get("unexpected")))
+    if _looks_like_memory_failure(child.returncode, tail):
+        return Outcome(False, _memory_message(memory_mb), code="out_of_memory")
+    if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL) and time.monotonic() - started > timeout * 0.9:
+        return Outcome(False, f"conversion used more than its CPU time limit ({cpu_seconds} s)", code="conversion_timeout")
+    if child.returncode == -signal.SIGXFSZ:
+        return Outcome(False, "the frozen graph would be larger than the file-size limit", code="output_too_large")
+    detail = f" ({tail.splitlines()[-1]})" if tail else ""
+    return Outcome(False, f"the converter process crashed with exit status {child.returncode}{detail}",
+                   code="converter_crashed", retryable=True)
+
+
+def _looks_like_memory_failure(returncode: int, tail: str) -> bool:
+    markers = ("bad_alloc", "MemoryError", "Cannot allocate memory", "OOM", "out of memory", "ResourceExhausted")
+    return returncode != 0 and any(m in tail for m in markers)
+
+
+def _memory_message(memory_mb: int) -> str:
+    return (f"conversion ran out of memory (limit {memory_mb} MB, REGISTRY_CONVERT_MEMORY_MB); "
+            "the graph or checkpoint is too large for this worker")
+
+
+def _kill(child: subprocess.Popen) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.wait()

@@ -1,0 +1,305 @@
+"""Pushing a version: receive untrusted files as streams, check them, register them.
+
+Each uploaded file streams straight into a blob writer while a running sha256
+and a protobuf wire scan look at it; nothing is held whole in memory.  Blobs are
+published only after every check passes, and a push that fails for any reason
+aborts its writers and removes blobs it created, so it leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from registry import catalog
+from registry.db import Database
+from registry.entities import SOURCE_FROZEN, SOURCE_GRAPH, SOURCE_META, NewFile, VersionInfo
+from registry.errors import InvalidUpload
+from registry.protowire import GRAPH_DEF_FIELDS, META_GRAPH_DEF_FIELDS, WireScanner
+from registry.storage import BlobRef, BlobStorage, BlobWriter
+
+INDEX_MAGIC = bytes.fromhex("57fb808b247547db")  # TensorBundle/LevelDB table footer, little-endian
+DATA_SHARD_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/>]*(:\d+)?$")
+FILE_FIELDS = ("meta", "index", "data", "graph", "frozen", "labels")
+MAX_LABELS_BYTES = 16 * 1024 * 1024
+HEAD_BYTES = 4096
+
+
+class UploadSink:
+    """The file object werkzeug's form parser writes an uploaded part into."""
+
+    def __init__(self, writer: BlobWriter) -> None:
+        self.writer = writer
+        self.scanner = WireScanner()
+        self.head = bytearray()
+        self.tail = b""
+        self.ref: BlobRef | None = None
+        self.finished = False
+
+    # werkzeug's parser calls write() for every chunk, then seek(0).
+    def write(self, data: bytes) -> int:
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+        self.tail = (self.tail + bytes(data[-16:]))[-16:]
+        self.scanner.feed(data)
+        return self.writer.write(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return self.writer.size
+
+    def read(self, size: int = -1) -> bytes:  # FileStorage may probe it; there is nothing to re-read
+        return b""
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def size(self) -> int:
+        return self.writer.size
+
+    def looks_like_text(self) -> bool:
+        head = bytes(self.head).lstrip()
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # The head may end inside a multi-byte character.
+            if exc.start < len(head) - 4:
+                return False
+        return bool(head) and (head[:1].isalpha() or head[:1] == b"#")
+
+    def publish(self) -> BlobRef:
+        self.ref = self.writer.finish()
+        self.finished = True
+        return self.ref
+
+    def abort(self) -> None:
+        if not self.finished:
+            self.writer.abort()
+            self.finished = True
+
+
+@dataclass
+class ReceivedFile:
+    field: str
+    filename: str
+    sink: UploadSink
+
+
+@dataclass
+class PushRequest:
+    files: list[ReceivedFile]
+    output_nodes: list[str] = field(default_factory=list)
+    input_nodes: list[str] = field(default_factory=list)
+    description: str = ""
+
+
+def parse_node_list(value: str | None, kind: str) -> list[str]:
+    names = [part.strip() for part in (value or "").split(",") if part.strip()]
+    for name in names:
+        if not NODE_NAME_RE.match(name):
+            raise InvalidUpload(
+                f"{kind} {name!r} is not a valid TensorFlow node name: pass comma-separated names "
+                "such as InceptionV3/Predictions/Reshape_1",
+                code="invalid_node_name",
+            )
+    return names
+
+
+def _by_field(files: Iterable[ReceivedFile]) -> dict[str, list[ReceivedFile]]:
+    out: dict[str, list[ReceivedFile]] = {}
+    for f in files:
+        if f.field not in FILE_FIELDS:
+            raise InvalidUpload(
+                f"unknown file field {f.field!r}: send meta, index, data (repeatable), graph, frozen or labels",
+                code="unknown_field",
+            )
+        out.setdefault(f.field, []).append(f)
+    for name, items in out.items():
+        if name != "data" and len(items) > 1:
+            raise InvalidUpload(f"send one {name!r} file, not {len(items)}", code="duplicate_field")
+    return out
+
+
+def _check_not_empty(f: ReceivedFile) -> None:
+    if f.sink.size == 0:
+        raise InvalidUpload(
+            f"the {f.field!r} file {f.filename!r} is empty: upload the real file", code="empty_file"
+        )
+
+
+def _check_graph(f: ReceivedFile, what: str) -> None:
+    if f.field == "graph" and f.sink.looks_like_text():
+        return  # a .pbtxt: the converter parses it
+    scan = f.sink.scanner
+    if scan.matches(GRAPH_DEF_FIELDS) and scan.counts.get(1, 0) >= 1:
+        return
+    if scan.matches(META_GRAPH_DEF_FIELDS) and scan.counts.get(3):
+        raise InvalidUpload(
+            f"the {f.field!r} file {f.filename!r} looks like a MetaGraphDef (.meta), not a GraphDef: "
+            "send it as 'meta'",
+            code="invalid_graph",
+        )
+    reason = scan.error or "it has no nodes"
+    raise InvalidUpload(
+        f"the {f.field!r} file {f.filename!r} is not a TensorFlow {what} ({reason}): upload the binary .pb"
+        + (" or text .pbtxt" if f.field == "graph" else "")
+        + " exactly as written",
+        code="invalid_graph",
+    )
+
+
+def _check_meta(f: ReceivedFile) -> None:
+    scan = f.sink.scanner
+    if scan.matches(META_GRAPH_DEF_FIELDS) and scan.counts.get(2) == 1 and scan.counts.get(1, 0) <= 1:
+        return
+    reason = scan.error or "it holds no graph"
+    if scan.error is None and scan.matches(GRAPH_DEF_FIELDS) and scan.counts.get(1, 0) > 1:
+        reason = "it looks like a GraphDef: send that as 'graph' (inference graph) or 'frozen'"
+    raise InvalidUpload(
+        f"the 'meta' file {f.filename!r} is not a MetaGraphDef ({reason}): upload the model.ckpt.meta "
+        "written by tf.compat.v1.train.Saver",
+        code="invalid_meta_graph",
+    )
+
+
+def _check_index(f: ReceivedFile) -> None:
+    if f.sink.tail[-8:] != INDEX_MAGIC:
+        raise InvalidUpload(
+            f"the 'index' file {f.filename!r} is not a checkpoint index (no TensorBundle footer; truncated?): "
+            "upload the model.ckpt.index written with the .data shards",
+            code="invalid_checkpoint_index",
+        )
+
+
+def _check_data(shards: list[ReceivedFile]) -> list[ReceivedFile]:
+    """Shards named ``*.data-0000i-of-0000N``, all N of them, each once; returned in order."""
+    numbered = []
+    for shard in shards:
+        match = DATA_SHARD_RE.search(shard.filename)
+        if not match:
+            raise InvalidUpload(
+                f"data file {shard.filename!r} is not named like a checkpoint shard "
+                "(model.ckpt.data-00000-of-00001): keep the names the Saver wrote",
+                code="invalid_data_shard",
+            )
+        numbered.append((int(match.group(1)), int(match.group(2)), shard))
+    totals = {total for _, total, _ in numbered}
+    if len(totals) != 1:
+        raise InvalidUpload("data shards come from different saves (their -of-N counts differ)", code="invalid_data_shard")
+    total = totals.pop()
+    indices = sorted(i for i, _, _ in numbered)
+    if indices != list(range(total)):
+        missing = sorted(set(range(total)) - set(indices))
+        detail = f"missing shard(s) {', '.join(f'{m:05d}' for m in missing)}" if missing else "a shard is repeated"
+        raise InvalidUpload(
+            f"the checkpoint has {total} data shard(s) but the upload has {len(shards)} ({detail}): "
+            "upload every .data-NNNNN-of-NNNNN file",
+            code="missing_data_shard",
+        )
+    return [shard for _, _, shard in sorted(numbered, key=lambda t: t[0])]
+
+
+def _check_labels(f: ReceivedFile) -> None:
+    if f.sink.size > MAX_LABELS_BYTES:
+        raise InvalidUpload(f"the labels file is larger than {MAX_LABELS_BYTES // 2**20} MiB", code="invalid_labels")
+    try:
+        bytes(f.sink.head).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(f.sink.head) - 4:
+            raise InvalidUpload("the labels file is not UTF-8 text (one label per line)", code="invalid_labels") from exc
+
+
+def plan_push(request: PushRequest) -> tuple[str, list[ReceivedFile]]:
+    """Check which files came and that each is what it claims; return the
+    version's source kind and the files in the order they are recorded."""
+    files = _by_field(request.files)
+    for items in files.values():
+        for f in items:
+            _check_not_empty(f)
+    if "frozen" in files:
+        extra = sorted(set(files) - {"frozen", "labels"})
+        if extra:
+            raise InvalidUpload(
+                f"a frozen graph is registered as is: do not send {', '.join(extra)} with it", code="conflicting_files"
+            )
+        _check_graph(files["frozen"][0], "GraphDef")
+        source = SOURCE_FROZEN
+        ordered = files["frozen"]
+    else:
+        if "index" not in files or "data" not in files:
+            missing = [name for name in ("index", "data") if name not in files]
+            if not files.keys() - {"labels"}:
+                raise InvalidUpload(
+                    "no model files: send meta + index + data (a checkpoint), graph + index + data, "
+                    "or a single frozen graph",
+                    code="missing_files",
+                )
+            raise InvalidUpload(
+                f"the checkpoint is incomplete: missing {' and '.join(missing)} "
+                "(send model.ckpt.index and every model.ckpt.data-NNNNN-of-NNNNN)",
+                code="missing_files",
+            )
+        if "meta" not in files and "graph" not in files:
+            raise InvalidUpload(
+                "a checkpoint needs its graph: send the .meta file, an inference graph ('graph'), or both",
+                code="missing_files",
+            )
+        if "meta" in files:
+            _check_meta(files["meta"][0])
+        if "graph" in files:
+            _check_graph(files["graph"][0], "GraphDef")
+        _check_index(files["index"][0])
+        shards = _check_data(files["data"])
+        source = SOURCE_GRAPH if "graph" in files else SOURCE_META
+        ordered = files.get("meta", []) + files.get("graph", []) + files["index"] + shards
+    if "labels" in files:
+        _check_labels(files["labels"][0])
+        ordered = ordered + files["labels"]
+    return source, ordered
+
+
+def push(
+    db: Database, storage: BlobStorage, name: str, request: PushRequest, *, max_attempts: int = 3
+) -> VersionInfo:
+    """Validate, publish blobs and register the next version with a queued conversion."""
+    catalog.validate_model_name(name)
+    if len(request.description) > 10_000:
+        raise InvalidUpload("description is longer than 10,000 characters", code="invalid_description")
+    try:
+        source, ordered = plan_push(request)
+    except BaseException:
+        abort(request.files)
+        raise
+    published: list[BlobRef] = []
+    try:
+        for f in ordered:
+            published.append(f.sink.publish())
+        return catalog.create_version(
+            db,
+            name,
+            source=source,
+            files=[NewFile(f.field, f.filename, f.sink.ref.sha256, f.sink.ref.size) for f in ordered],
+            description=request.description,
+            output_nodes=request.output_nodes,
+            input_nodes=request.input_nodes,
+            max_attempts=max_attempts,
+        )
+    except BaseException:
+        abort(request.files)
+        for ref in published:
+            if ref.created and not catalog.is_blob_referenced(db, ref.sha256):
+                storage.delete(ref.sha256)
+        raise
+
+
+def abort(files: Iterable[ReceivedFile]) -> None:
+    for f in files:
+        f.sink.abort()

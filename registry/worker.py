@@ -1,0 +1,161 @@
+"""The converter worker: claims conversion jobs and records their outcome.
+
+Runs as ``registry worker`` (any number, on any machine that reaches the
+database and blob storage) and, in the embedded default, as background threads
+inside ``registry serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+from registry import catalog, jobs
+from registry.config import Settings
+from registry.converter.runner import Outcome, run_conversion
+from registry.db import Database
+from registry.entities import VersionInfo
+from registry.storage import BlobStorage
+from registry.uploads import DATA_SHARD_RE
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: Settings, db: Database, storage: BlobStorage, name: str | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.storage = storage
+        self.owner = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def run_once(self) -> bool:
+        """Process one job if there is one; return whether there was."""
+        job = jobs.claim(self.db, self.owner, self.settings.job_lease_seconds)
+        if job is None:
+            return False
+        self.process(job)
+        return True
+
+    def run_forever(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
+        log.info("worker %s started", self.owner)
+        while not stop.is_set():
+            try:
+                if self.run_once():
+                    continue
+            except Exception:  # the database may be briefly away: log, wait, go on
+                log.exception("worker %s: claiming a job failed", self.owner)
+            if wake is not None:
+                wake.wait(self.settings.worker_poll_seconds)
+                wake.clear()
+            else:
+                stop.wait(self.settings.worker_poll_seconds)
+
+    def process(self, job: jobs.ClaimedJob) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix=f"convert-{job.version_id}-"))
+        try:
+            version = catalog.get_version_by_id(self.db, job.version_id)
+            log.info("converting %s v%d (attempt %d)", version.model, version.version, job.attempt)
+            request = self._prepare(version, workdir)
+            outcome = run_conversion(
+                request, workdir,
+                timeout=self.settings.convert_timeout_seconds,
+                memory_mb=self.settings.convert_memory_mb,
+                heartbeat=lambda: jobs.heartbeat(self.db, job, self.settings.job_lease_seconds),
+                heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3),
+            )
+            self._record(job, version, outcome, workdir)
+        except Exception as exc:
+            log.exception("conversion of version id %d failed", job.version_id)
+            jobs.retry_later(self.db, job, f"{type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _prepare(self, version: VersionInfo, workdir: Path) -> dict:
+        """Lay the version's blobs out as the files TensorFlow expects."""
+        files: dict[str, str] = {}
+        prefix = workdir / "model.ckpt"
+        for f in version.files:
+            if f.role == "meta":
+                target = workdir / "model.ckpt.meta"
+            elif f.role == "index":
+                target = workdir / "model.ckpt.index"
+            elif f.role == "data":
+                match = DATA_SHARD_RE.search(f.filename)
+                target = workdir / f"model.ckpt.data-{match.group(1)}-of-{match.group(2)}"
+            elif f.role == "graph":
+                target = workdir / "inference_graph"
+            elif f.role == "frozen":
+                target = workdir / "uploaded_frozen.pb"
+            else:
+                continue
+            self.storage.materialize(f.sha256, target)
+            if f.role in ("meta", "graph", "frozen"):
+                files[f.role] = str(target)
+        if version.file("index"):
+            files["checkpoint_prefix"] = str(prefix)
+        return {
+            "source": version.source,
+            "files": files,
+            "output_nodes": version.requested_output_nodes or [],
+            "input_nodes": version.requested_input_nodes or [],
+            "output_path": str(workdir / "frozen.pb"),
+            "verify_tolerance": self.settings.verify_tolerance,
+        }
+
+    def _record(self, job: jobs.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> None:
+        if outcome.lost_lease:
+            log.warning("lost the lease on job %d; another worker will take it", job.id)
+            return
+        if not outcome.ok:
+            if outcome.retryable:
+                jobs.retry_later(self.db, job, outcome.message)
+            else:
+                jobs.finish(self.db, job, ready=False, message=outcome.message, fields={})
+            return
+        result = outcome.result
+        ref = self.storage.put_file(workdir / "frozen.pb")
+        verification = result["conversion"]["verification"]
+        safety = result["conversion"]["safety"]
+        if safety["flagged"]:
+            flagged = ", ".join(f"{f['op']} ({f['category']})" for f in safety["flags"])
+            message = f"frozen, but flagged as unsafe to run: {flagged}"
+        elif verification["status"] == "passed":
+            message = f"frozen and verified (largest difference {verification['max_abs_diff']:.3g})"
+        else:
+            message = f"frozen; not verified: {verification.get('reason') or verification.get('note')}"
+        recorded = jobs.finish(
+            self.db, job, ready=True, message=message,
+            fields={
+                "output_nodes": result["output_nodes"],
+                "output_nodes_detected": result["output_nodes_detected"],
+                "input_nodes": result["input_nodes"],
+                "frozen_sha256": ref.sha256,
+                "frozen_size": ref.size,
+                "tf_version": result["tf_version"],
+                "conversion": result["conversion"],
+            },
+        )
+        if not recorded and ref.created and not catalog.is_blob_referenced(self.db, ref.sha256):
+            self.storage.delete(ref.sha256)
+        log.info("%s v%d: %s", version.model, version.version, message)
+
+
+def start_embedded_workers(registry, count: int) -> list[threading.Thread]:
+    """Background worker threads for the one-process embedded default."""
+    stop = registry.stop_workers
+    threads = []
+    for i in range(count):
+        worker = Worker(registry.settings, registry.db, registry.storage)
+        thread = threading.Thread(
+            target=worker.run_forever, args=(stop, registry.work_available), name=f"registry-worker-{i}", daemon=True
+        )
+        thread.start()
+        threads.append(thread)
+    registry.workers = threads
+    return threads
