@@ -35,12 +35,16 @@ def open_checkpoint(prefix: str):
     try:
         return py_checkpoint_reader.NewCheckpointReader(prefix)
     except Exception as exc:  # the reader raises a variety of errors for bad files
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError(
-            f"the checkpoint cannot be read ({message}): upload the .index file and every "
+            f"the checkpoint cannot be read ({_first_line(exc)}): upload the .index file and every "
             ".data-NNNNN-of-NNNNN shard written together by the same save",
             code="invalid_checkpoint",
         ) from exc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def restore_key_map(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
@@ -138,7 +142,14 @@ def freeze(
                 "checkpoint: upload the checkpoint saved from this graph",
                 code="checkpoint_mismatch",
             )
-        value = reader.get_tensor(key)
+        try:
+            value = reader.get_tensor(key)
+        except Exception as exc:
+            raise ConversionError(
+                f"variable {key!r} cannot be read from the checkpoint ({_first_line(exc)}): a .data shard is "
+                "truncated or from another save; upload the files written together by one save",
+                code="invalid_checkpoint",
+            ) from exc
         expected = dtypes.as_dtype(dtype_enum).base_dtype
         if value.dtype != expected.as_numpy_dtype and not (value.dtype.kind in "OSU" and expected == dtypes.string):
             raise ConversionError(
@@ -175,7 +186,6 @@ def freeze(
             new = out.node.add()
             new.CopyFrom(node)
             new.attr["T"].type = values[handle_of[node.name]][1]
-            _clean(new)
             continue
         elif any(node_name(i) in handle_of for i in node.input if not i.startswith("^")):
             new, extra = _rewrite_resource_consumer(node, handle_of, values)
@@ -183,7 +193,6 @@ def freeze(
         else:
             new = node_def_pb2.NodeDef()
             new.CopyFrom(node)
-        _clean(new)
         out.node.add().CopyFrom(new)
     return out, report
 
@@ -229,10 +238,3 @@ def _rewrite_resource_consumer(
         "the inference part of the graph (is_training=False), or upload a frozen graph",
         code="unsupported_graph",
     )
-
-
-def _clean(node: node_def_pb2.NodeDef) -> None:
-    """Clear device placements and colocation hints that name stripped nodes."""
-    node.device = ""
-    if "_class" in node.attr:
-        del node.attr["_class"]

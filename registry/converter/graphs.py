@@ -229,6 +229,10 @@ def extract_subgraph(graph_def: graph_pb2.GraphDef, outputs: list[str]) -> tuple
                 ref for ref in node.input
                 if not (ref.startswith("^") and (node_name(ref) not in nodes or nodes[node_name(ref)].op in STRIPPABLE_CONTROL_OPS))
             )
+            # Device placements name the training cluster; colocation hints may name stripped nodes.
+            new.device = ""
+            if "_class" in new.attr:
+                del new.attr["_class"]
     _copy_used_functions(graph_def, out)
     return out, dropped
 

@@ -95,6 +95,8 @@ INFERENCE_OPS: frozenset[str] = frozenset(
     SegmentSum SegmentMean SegmentMax SegmentMin SparseSegmentMean SparseSegmentSum
     SparseSegmentSqrtN ResourceGather VarHandleOp VariableV2 Variable VarIsInitializedOp
     _Arg _Retval _FusedConv2D _FusedMatMul _FusedBatchNormEx
+    AsString StringFormat StringLength StringLower StringUpper StaticRegexReplace RegexReplace ReduceJoin
+    StringStrip LookupTableFind Softmax Sort
     """.split()
 )
 

@@ -109,6 +109,15 @@ def max_abs_difference(a: list[np.ndarray], b: list[np.ndarray], names: list[str
     return worst, where
 
 
+def error_summary(exc: Exception) -> str:
+    """The informative line of a TensorFlow error (they start with boilerplate)."""
+    message = getattr(exc, "message", None) or str(exc)
+    boilerplate = ("Graph execution error", "Detected at node", "Node:", "File ", "[[", "defined at")
+    lines = [line.strip() for line in message.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(boilerplate)]
+    return (useful or lines or [type(exc).__name__])[0]
+
+
 RANDOM_OPS = {"RandomUniform", "RandomStandardNormal", "TruncatedNormal", "RandomUniformInt", "Multinomial"}
 
 
@@ -127,9 +136,8 @@ def verify(
     except CannotVerify as exc:
         return {"status": "skipped", "reason": str(exc), "max_abs_diff": None, "tolerance": tolerance}
     except (tf.errors.OpError, ValueError, TypeError) as exc:
-        message = getattr(exc, "message", None) or str(exc)
         raise ConversionError(
-            f"the frozen graph does not run on a test input: {message.strip().splitlines()[0]}. "
+            f"the frozen graph does not run on a test input: {error_summary(exc)}. "
             "Check the output and input nodes, or export an inference graph (is_training=False)",
             code="verification_failed",
         ) from exc

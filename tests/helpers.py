@@ -1,0 +1,35 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+
+def checkpoint_form(model, *, graph: bool = False, labels: bytes | None = None, **fields) -> dict:
+    """A multipart form for the test client: a checkpoint push of a tfmodels.BuiltModel."""
+    form = {
+        "meta": (io.BytesIO(model.meta.read_bytes()), model.meta.name),
+        "index": (io.BytesIO(model.index.read_bytes()), model.index.name),
+        "data": [(io.BytesIO(p.read_bytes()), p.name) for p in model.data],
+    }
+    if graph:
+        form["graph"] = (io.BytesIO(model.inference_graph.read_bytes()), model.inference_graph.name)
+    if labels is not None:
+        form["labels"] = (io.BytesIO(labels), "labels.txt")
+    form.update(fields)
+    return form
+
+
+def frozen_form(path: Path, **fields) -> dict:
+    return {"frozen": (io.BytesIO(path.read_bytes()), path.name), **fields}
+
+
+def push(client, name: str, form: dict):
+    return client.post(f"/api/v1/models/{name}/versions", data=form, content_type="multipart/form-data")
+
+
+def blob_files(home: Path) -> list[Path]:
+    """Every stored blob and every leftover temporary upload under a registry home."""
+    root = home / "blobs"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
