@@ -223,6 +223,7 @@ def plan_push(request: PushRequest) -> tuple[str, list[ReceivedFile]]:
     files = _by_field(request.files)
     for items in files.values():
         for f in items:
+            f.sink.scanner.finish()
             _check_not_empty(f)
     if "frozen" in files:
         extra = sorted(set(files) - {"frozen", "labels"})
