@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from tensorflow.core.framework import graph_pb2  # noqa: E402
+from tensorflow.core.framework import graph_pb2, node_def_pb2  # noqa: E402
 from tensorflow.python.framework import tensor_util  # noqa: E402
 from tensorflow.python.tools import freeze_graph  # noqa: E402
 
@@ -362,6 +362,7 @@ class Comparison:
     nodes_theirs: int
     nodes_ours: int
     same_node_names: bool
+    differing_nodes: list[str]
     constants: int
     constant_bytes: int
     differing_constants: list[str]
@@ -370,8 +371,8 @@ class Comparison:
 
     @property
     def identical(self) -> bool:
-        return (self.same_node_names and not self.differing_constants and self.outputs_equal
-                and self.outputs_finite)
+        return (self.same_node_names and not self.differing_nodes and not self.differing_constants
+                and self.outputs_equal and self.outputs_finite)
 
 
 def load_graph_def(path: Path) -> graph_pb2.GraphDef:
@@ -382,6 +383,22 @@ def load_graph_def(path: Path) -> graph_pb2.GraphDef:
 
 def constants(graph_def: graph_pb2.GraphDef) -> dict[str, np.ndarray]:
     return {n.name: tensor_util.MakeNdarray(n.attr["value"].tensor) for n in graph_def.node if n.op == "Const"}
+
+
+def without_colocation(node: node_def_pb2.NodeDef) -> node_def_pb2.NodeDef:
+    """The node without its ``_class`` colocation hint, which the registry drops on purpose."""
+    copy = node_def_pb2.NodeDef()
+    copy.CopyFrom(node)
+    if "_class" in copy.attr:
+        del copy.attr["_class"]
+    return copy
+
+
+def differing_nodes(theirs: graph_pb2.GraphDef, ours: graph_pb2.GraphDef) -> list[str]:
+    """Names of nodes present in both graphs whose op, inputs or attributes differ."""
+    ours_by_name = {n.name: n for n in ours.node}
+    return sorted(n.name for n in theirs.node
+                  if n.name in ours_by_name and without_colocation(n) != without_colocation(ours_by_name[n.name]))
 
 
 def same_array(a: np.ndarray, b: np.ndarray) -> bool:
@@ -407,6 +424,7 @@ def compare(theirs_path: Path, ours_path: Path) -> Comparison:
         nodes_theirs=len(theirs.node),
         nodes_ours=len(ours.node),
         same_node_names={n.name for n in theirs.node} == {n.name for n in ours.node},
+        differing_nodes=differing_nodes(theirs, ours),
         constants=len(theirs_consts),
         constant_bytes=sum(v.nbytes for v in theirs_consts.values()),
         differing_constants=differing,
@@ -427,6 +445,7 @@ def print_table(rows: list[tuple[str, str]]) -> None:
 
 def main() -> int:
     tf.compat.v1.disable_eager_execution()
+    tf.get_logger().setLevel("ERROR")  # freeze_graph's deprecation warnings
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     info = ensure_model()
     theirs_out, ours_out = OUT_DIR / "frozen_freeze_graph.pb", OUT_DIR / "frozen_registry.pb"
@@ -461,6 +480,10 @@ def main() -> int:
         ("subprocess, median", f"{sub_theirs:.2f} s (freeze_graph), {sub_ours:.2f} s (registry), "
                                f"ratio {sub_ours / sub_theirs:.3f} (for information)"),
         ("same node names", "yes" if result.same_node_names else "NO"),
+        ("same ops, inputs, attributes", (f"{result.nodes_theirs - len(result.differing_nodes)}/{result.nodes_theirs}"
+                                          " nodes (ignoring _class colocation hints)")
+                                         + (f"; differ: {', '.join(result.differing_nodes[:5])}"
+                                            if result.differing_nodes else "")),
         ("constants bit-identical", f"{result.constants - len(result.differing_constants)}/{result.constants} "
                                     f"({result.constant_bytes / 1e6:.1f} MB)"
                                     + (f"; differ: {', '.join(result.differing_constants[:5])}"

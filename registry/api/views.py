@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import g, request, send_file, url_for
+from flask import Response, g, request, url_for
+from werkzeug.wsgi import wrap_file
 
 from registry import catalog, uploads
 from registry.api import bp
@@ -89,17 +90,20 @@ def get_version(name: str, ref: str):
 
 
 def _send_blob(digest: str, download_name: str, mimetype: str):
+    """Stream a blob with its sha256 as ETag; answers Range and If-None-Match."""
     storage = get_registry().storage
     try:
+        size = storage.size(digest)
         stream = storage.open(digest)
     except FileNotFoundError as exc:
         raise NotFound(f"the blob {digest} is missing from storage; ask an operator", code="blob_missing") from exc
-    response = send_file(
-        stream, mimetype=mimetype, as_attachment=True, download_name=download_name,
-        etag=digest, conditional=True, max_age=0,
-    )
+    response = Response(wrap_file(request.environ, stream), mimetype=mimetype, direct_passthrough=True)
+    response.content_length = size
+    response.set_etag(digest)
+    response.headers["Content-Disposition"] = f"attachment; filename={download_name}"
     response.headers["X-Content-SHA256"] = digest
-    return response
+    response.cache_control.no_cache = True
+    return response.make_conditional(request, accept_ranges=True, complete_length=size)
 
 
 @bp.get("/models/<name>/versions/<ref>/frozen.pb")

@@ -14,6 +14,8 @@ import time
 import traceback
 from pathlib import Path
 
+from registry.errors import ConversionError
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -24,7 +26,6 @@ def convert(request: dict) -> dict:
     from registry.converter import graphs, ops
     from registry.converter.freeze import freeze, restore_key_map
     from registry.converter.verify import verify
-    from registry.errors import ConversionError
 
     started = time.perf_counter()
     files = request["files"]
@@ -109,26 +110,31 @@ def convert(request: dict) -> dict:
     }
 
 
+def _is_memory_failure(exc: Exception) -> bool:
+    """Under the address-space limit TensorFlow fails to map its libraries or allocate."""
+    text = str(exc)
+    return any(m in text for m in ("failed to map segment", "Cannot allocate memory", "bad_alloc", "OOM"))
+
+
 def main(argv: list[str]) -> int:
-    request_path = Path(argv[1])
-    request = json.loads(request_path.read_text())
+    request = json.loads(Path(argv[1]).read_text())
     result_path = Path(request["result_path"])
     try:
-        from registry.errors import ConversionError
-
-        try:
-            result = convert(request)
-        except ConversionError as exc:
-            result = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
-        except MemoryError:
-            result = {"ok": False, "error": {"code": "out_of_memory", "message": "conversion ran out of memory"}}
-    except Exception as exc:  # an unexpected failure: report it with its trace for the logs
-        result = {
-            "ok": False,
-            "unexpected": True,
-            "error": {"code": "converter_crashed", "message": f"{type(exc).__name__}: {exc}"},
-            "traceback": traceback.format_exc(),
-        }
+        result = convert(request)
+    except ConversionError as exc:
+        result = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+    except MemoryError:
+        result = {"ok": False, "error": {"code": "out_of_memory", "message": "conversion ran out of memory"}}
+    except Exception as exc:  # unexpected: report it with its trace for the logs
+        if _is_memory_failure(exc):
+            result = {"ok": False, "error": {"code": "out_of_memory", "message": str(exc)}}
+        else:
+            result = {
+                "ok": False,
+                "unexpected": True,
+                "error": {"code": "converter_crashed", "message": f"{type(exc).__name__}: {exc}"},
+                "traceback": traceback.format_exc(),
+            }
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(result_path)
