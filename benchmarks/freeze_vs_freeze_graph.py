@@ -43,7 +43,7 @@ from registry.converter.child import convert  # noqa: E402
 TARGET_RATIO = 0.5
 MIN_CHECKPOINT_BYTES = 100 * 1000**2
 REPETITIONS = 5
-SUBPROCESS_REPETITIONS = 2
+SUBPROCESS_REPETITIONS = 3
 MODEL_VERSION = 1  # bump when the model below changes, to rebuild the cache
 IMAGE_SIZE = 299
 NUM_CLASSES = 1001

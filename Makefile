@@ -1,0 +1,30 @@
+# The two commands: `make run` (set up and run the registry on its embedded
+# default) and `make test` (set up and run the whole test suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/registry migrate
+	$(BIN)/registry serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/freeze_vs_freeze_graph.py
+	$(BIN)/python benchmarks/upload_memory.py
+
+clean:
+	rm -rf $(VENV) registry-data .pytest_cache benchmarks/.work

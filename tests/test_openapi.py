@@ -1,0 +1,84 @@
+"""The published OpenAPI document matches the routes and the responses."""
+
+from __future__ import annotations
+
+import re
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from tests.helpers import frozen_form, push
+
+METHODS = {"GET", "POST", "PUT", "DELETE", "PATCH"}
+
+
+def documented(client) -> dict:
+    return client.get("/api/v1/openapi.json").get_json()
+
+
+def test_every_api_route_is_documented_and_every_documented_route_exists(app, client):
+    doc = documented(client)
+    served = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/api/v1"):
+            path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+            served.update((path, m.lower()) for m in rule.methods & METHODS)
+    described = {(path, method) for path, item in doc["paths"].items() for method in item}
+    assert served == described
+
+
+def _validator(doc: dict, name: str):
+    """A validator for one of the document's component schemas, resolving its $refs."""
+    resource = Resource.from_contents(doc, default_specification=DRAFT202012)
+    registry = Registry().with_resource("urn:api", resource)
+    return jsonschema.Draft202012Validator({"$ref": f"urn:api#/components/schemas/{name}"}, registry=registry)
+
+
+@pytest.fixture
+def doc(client):
+    return documented(client)
+
+
+def test_push_answer_matches_the_version_schema(client, models, doc):
+    body = push(client, "cnn", frozen_form(models["frozen"].frozen_graph)).get_json()
+    _validator(doc, "Version").validate(body)
+
+
+def test_listings_match_their_schemas(client, models, doc):
+    push(client, "cnn", frozen_form(models["frozen"].frozen_graph))
+    client.put("/api/v1/models/cnn/aliases/production", json={"version": 1})
+    _validator(doc, "ModelList").validate(client.get("/api/v1/models").get_json())
+    _validator(doc, "Model").validate(client.get("/api/v1/models/cnn").get_json())
+    _validator(doc, "VersionList").validate(client.get("/api/v1/models/cnn/versions").get_json())
+    _validator(doc, "Alias").validate(client.put("/api/v1/models/cnn/aliases/staging", json={"version": 1}).get_json())
+
+
+def test_ready_version_matches_the_version_schema(client, registry, models, doc):
+    from registry.worker import Worker
+
+    push(client, "cnn", frozen_form(models["frozen"].frozen_graph))
+    Worker(registry.settings, registry.db, registry.storage).run_once()
+    body = client.get("/api/v1/models/cnn/versions/latest").get_json()
+    assert body["status"] == "ready"
+    _validator(doc, "Version").validate(body)
+
+
+def test_errors_match_the_error_schema_and_their_status_is_documented(client, doc):
+    validator = _validator(doc, "Error")
+    cases = [
+        (client.get("/api/v1/models/nope"), "/api/v1/models/{name}", "get"),
+        (client.get("/api/v1/models?page_size=0"), "/api/v1/models", "get"),
+        (client.post("/api/v1/models/x/versions", json={}), "/api/v1/models/{name}/versions", "post"),
+    ]
+    for response, path, method in cases:
+        validator.validate(response.get_json())
+        assert str(response.status_code) in doc["paths"][path][method]["responses"]
+
+
+def test_documented_statuses_cover_what_the_server_answers(client, models, doc):
+    paths = doc["paths"]
+    assert "202" in paths["/api/v1/models/{name}/versions"]["post"]["responses"]
+    assert "206" in paths["/api/v1/models/{name}/versions/{ref}/frozen.pb"]["get"]["responses"]
+    assert "409" in paths["/api/v1/models/{name}/versions/{ref}/frozen.pb"]["get"]["responses"]
