@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -252,7 +252,7 @@ def build_model() -> ModelInfo:
         parameters=sum(int(np.prod(v.shape)) for v in variables),
         graph_nodes=len(inference_graph.node),
     )
-    MODEL_INFO.write_text(json.dumps(info.__dict__))
+    MODEL_INFO.write_text(json.dumps(asdict(info)))
     return info
 
 

@@ -249,6 +249,7 @@ class PushResult:
     seconds: float
     blobs_ok: bool
     status: str
+    server_exit_code: int | None
 
     @property
     def throughput_mb_s(self) -> float:
@@ -297,6 +298,7 @@ def measure_push(checkpoint: Checkpoint, info: CheckpointInfo, home: Path) -> Pu
         seconds=seconds,
         blobs_ok=blobs_landed(home, record, info, files["data"]),
         status=record["status"],
+        server_exit_code=server.process.returncode,
     )
 
 
@@ -341,7 +343,8 @@ def main() -> int:
     small_result, large_result = results
     growth = large_result.peak_rss_bytes - small_result.peak_rss_bytes
     data_growth = large_result.data_bytes - small_result.data_bytes
-    passed = large_result.peak_rss_bytes < TARGET_PEAK_BYTES and all(r.landed for r in results)
+    stopped_cleanly = all(r.server_exit_code == 0 for r in results)
+    passed = large_result.peak_rss_bytes < TARGET_PEAK_BYTES and all(r.landed for r in results) and stopped_cleanly
 
     print("\nserver memory while pushing a checkpoint (registry serve --workers 0; RSS from /proc/<pid>/status)")
     print_table(results)
@@ -349,6 +352,8 @@ def main() -> int:
           f"({growth / data_growth * 100:+.2f}% of the extra upload)")
     print(f"  VmRSS samples every {SAMPLE_SECONDS * 1000:.0f} ms during the pushes: "
           + ", ".join(f"{r.samples} ({r.label})" for r in results))
+    print("  servers stopped cleanly on SIGTERM: "
+          + ("yes" if stopped_cleanly else f"NO (exit codes {[r.server_exit_code for r in results]})"))
     print(f"  target: peak RSS pushing {large_result.label} < {TARGET_PEAK_BYTES / MB:.0f} MB: "
           f"{large_result.peak_rss_bytes / MB:.1f} MB")
     print(f"  result: {'PASS' if passed else 'FAIL'}")

@@ -9,7 +9,7 @@ local blob folder.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DEFAULT_PORT = 8080
@@ -18,10 +18,6 @@ DEFAULT_PORT = 8080
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return default if value is None or value == "" else value
-
-
-def _bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,6 @@ class Settings:
     convert_memory_mb: int = 8192
     verify_tolerance: float = 1e-4
     max_upload_bytes: int = 20 * 1024**3
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -59,15 +54,6 @@ class Settings:
         )
         return replace(settings, **overrides) if overrides else settings
 
-    @property
-    def uses_embedded_defaults(self) -> bool:
-        return self.database_url.startswith("sqlite") and self.storage_url.startswith("file:")
-
     def ensure_home(self) -> None:
         """Create the data directory the embedded defaults live in."""
-        if self.uses_embedded_defaults or self.database_url.startswith("sqlite"):
-            self.home.mkdir(parents=True, exist_ok=True)
-
-
-def truthy(value: str | None) -> bool:
-    return value is not None and _bool(value)
+        self.home.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_OUTPUT_BYTES = 3 * 1024**3  # a GraphDef cannot exceed 2 GiB anyway
+CHILD_ENV = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS",
+             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS"}
 
 
 @dataclass
@@ -67,7 +69,9 @@ def run_conversion(
     request_path = workdir / "request.json"
     request_path.write_text(json.dumps(request))
     log_path = workdir / "converter.log"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    # The child runs untrusted graphs: it gets no database URL, credentials or tokens.
+    env = {k: v for k, v in os.environ.items() if k in CHILD_ENV}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     cpu_seconds = int(timeout * max(1, os.cpu_count() or 1)) + 10
     with open(log_path, "wb") as log:
         child = subprocess.Popen(
