@@ -59,6 +59,7 @@ def models(tmp_path_factory):
                                           inference_graph="binary"),
         "dropout_meta": tfmodels.build_checkpoint(root / "dropout_meta", resource=True, dropout=True),
         "frozen": tfmodels.build_frozen(root / "frozen"),
+        "embedding": tfmodels.build_embedding(root / "embedding"),
     }
 
 

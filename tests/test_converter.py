@@ -54,6 +54,15 @@ def test_inference_graph_plus_checkpoint_freezes_to_what_the_checkpoint_computes
     np.testing.assert_allclose(out, model.expected, rtol=0, atol=1e-6)
 
 
+def test_embedding_lookup_on_a_resource_variable_freezes(tmp_path, models):
+    model = models["embedding"]
+    convert(tmp_path, "checkpoint+meta", meta=model.meta, checkpoint_prefix=model.prefix)
+    nodes = frozen_ops(tmp_path / "frozen.pb")
+    assert "ResourceGather" not in {n.op for n in nodes.values()}
+    out = tfmodels.run_frozen(tmp_path / "frozen.pb", model.output, model.test_input)
+    np.testing.assert_allclose(out, model.expected, rtol=0, atol=1e-6)
+
+
 def test_sharded_fixture_really_has_two_shards(models):
     assert [p.name for p in models["sharded"].data] == [
         "model.ckpt.data-00000-of-00002", "model.ckpt.data-00001-of-00002"]

@@ -171,3 +171,23 @@ def run_frozen(path: Path, output: str, test_input: np.ndarray) -> np.ndarray:
         tf.graph_util.import_graph_def(graph_def, name="")
     with tf1.Session(graph=graph) as session:
         return session.run(output + ":0", {"input:0": test_input})
+
+
+def build_embedding(directory: Path) -> BuiltModel:
+    """Token ids → embedding lookup on a resource variable (ResourceGather) → softmax."""
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = directory / "model.ckpt"
+    ids = np.array([[1, 2, 3], [0, 4, 4]], dtype=np.int32)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(11)
+        x = tf1.placeholder(tf.int32, [None, 3], name="input")
+        table = tf1.get_variable("embedding", [5, 4], use_resource=True)
+        pooled = tf.reduce_mean(tf.nn.embedding_lookup(table, x), axis=1)
+        w = tf1.get_variable("dense", [4, CLASSES], use_resource=True)
+        tf.nn.softmax(tf.matmul(pooled, w), name="probs")
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())
+            expected = session.run("probs:0", {"input:0": ids})
+            tf1.train.Saver().save(session, str(prefix))
+    return BuiltModel(prefix=prefix, output="probs", test_input=ids, expected=expected)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from tensorflow.core.framework import graph_pb2, node_def_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
 from tensorflow.python.framework import dtypes, tensor_util
 from tensorflow.python.training import py_checkpoint_reader
 
@@ -80,22 +80,20 @@ def restore_key_map(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
     return mapping
 
 
-def _const_node(name: str, value: np.ndarray, dtype_enum: int) -> node_def_pb2.NodeDef:
-    node = node_def_pb2.NodeDef(name=name, op="Const")
+def _fill_const(node: node_def_pb2.NodeDef, name: str, value: np.ndarray, dtype_enum: int) -> None:
+    """Make ``node`` a Const holding ``value``, writing the bytes once."""
+    node.name = name
+    node.op = "Const"
     node.attr["dtype"].type = dtype_enum
+    tensor = node.attr["value"].tensor
     if value.dtype.kind in "OSU":
-        proto = tensor_util.make_tensor_proto(value, dtype=dtypes.as_dtype(dtype_enum))
-    else:
-        # Write the bytes directly: make_tensor_proto is several times slower on big arrays.
-        proto = tensor_pb2.TensorProto(
-            dtype=dtype_enum,
-            tensor_shape=tensor_shape_pb2.TensorShapeProto(
-                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in value.shape]
-            ),
-            tensor_content=np.ascontiguousarray(value).tobytes(),
-        )
-    node.attr["value"].tensor.CopyFrom(proto)
-    return node
+        tensor.CopyFrom(tensor_util.make_tensor_proto(value, dtype=dtypes.as_dtype(dtype_enum)))
+        return
+    # make_tensor_proto is several times slower on big arrays than writing the bytes directly.
+    tensor.dtype = dtype_enum
+    for size in value.shape:
+        tensor.tensor_shape.dim.add(size=size)
+    tensor.tensor_content = np.ascontiguousarray(value).tobytes()
 
 
 def _declared_shape(node) -> list[int] | None:
@@ -123,7 +121,9 @@ def freeze(
     shapes = reader.get_variable_to_shape_map() if reader else {}
     key_map = key_map or {}
 
-    values: dict[str, tuple[np.ndarray, int]] = {}
+    dtype_map = reader.get_variable_to_dtype_map() if reader else {}
+    # Check every variable against the checkpoint before reading any value.
+    dtype_of: dict[str, int] = {}
     for node in variables:
         key = key_map.get(node.name, node.name)
         if key not in shapes:
@@ -134,7 +134,6 @@ def freeze(
                 "not belong together: upload the checkpoint saved from this graph",
                 code="checkpoint_mismatch",
             )
-        dtype_enum = node.attr["dtype"].type
         declared = _declared_shape(node)
         if declared is not None and list(shapes[key]) != declared and -1 not in declared:
             raise ConversionError(
@@ -142,6 +141,19 @@ def freeze(
                 "checkpoint: upload the checkpoint saved from this graph",
                 code="checkpoint_mismatch",
             )
+        expected = dtypes.as_dtype(node.attr["dtype"].type).base_dtype
+        if dtype_map[key].base_dtype != expected:
+            raise ConversionError(
+                f"variable {node.name!r} is {expected.name} in the graph but {dtype_map[key].name} in the "
+                "checkpoint: upload the checkpoint saved from this graph",
+                code="checkpoint_mismatch",
+            )
+        dtype_of[node.name] = expected.as_datatype_enum
+        report.variable_keys[node.name] = key
+    report.variables = len(dtype_of)
+
+    def read(name: str) -> np.ndarray:
+        key = report.variable_keys[name]
         try:
             value = reader.get_tensor(key)
         except Exception as exc:
@@ -150,17 +162,8 @@ def freeze(
                 "truncated or from another save; upload the files written together by one save",
                 code="invalid_checkpoint",
             ) from exc
-        expected = dtypes.as_dtype(dtype_enum).base_dtype
-        if value.dtype != expected.as_numpy_dtype and not (value.dtype.kind in "OSU" and expected == dtypes.string):
-            raise ConversionError(
-                f"variable {node.name!r} is {expected.name} in the graph but {value.dtype} in the checkpoint: "
-                "upload the checkpoint saved from this graph",
-                code="checkpoint_mismatch",
-            )
-        values[node.name] = (value, dtypes.as_dtype(dtype_enum).base_dtype.as_datatype_enum)
-        report.variable_keys[node.name] = key
         report.variable_bytes += value.nbytes
-    report.variables = len(values)
+        return value
 
     resource_vars = {n.name for n in variables if n.op in RESOURCE_VARIABLE_OPS}
     # Tensors that carry a resource handle (the VarHandleOp and Identity copies of it).
@@ -179,31 +182,29 @@ def freeze(
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
     for node in graph_def.node:
-        if node.name in values:
-            value, dtype_enum = values[node.name]
-            new = _const_node(node.name, value, dtype_enum)
+        if node.name in dtype_of:
+            # Values are read one at a time, straight into the output graph.
+            _fill_const(out.node.add(), node.name, read(node.name), dtype_of[node.name])
         elif node.name in handle_of:  # an Identity of a handle: now an Identity of a value
             new = out.node.add()
             new.CopyFrom(node)
-            new.attr["T"].type = values[handle_of[node.name]][1]
-            continue
+            new.attr["T"].type = dtype_of[handle_of[node.name]]
         elif any(node_name(i) in handle_of for i in node.input if not i.startswith("^")):
-            new, extra = _rewrite_resource_consumer(node, handle_of, values)
+            new, extra = _rewrite_resource_consumer(node, handle_of, dtype_of)
             out.node.extend(extra)
+            out.node.add().CopyFrom(new)
         else:
-            new = node_def_pb2.NodeDef()
-            new.CopyFrom(node)
-        out.node.add().CopyFrom(new)
+            out.node.add().CopyFrom(node)
     return out, report
 
 
 def _rewrite_resource_consumer(
-    node, handle_of: dict[str, str], values
+    node, handle_of: dict[str, str], dtype_of: dict[str, int]
 ) -> tuple[node_def_pb2.NodeDef, list[node_def_pb2.NodeDef]]:
     """The value-reading op that replaces a reader of a (now constant) variable,
     with any constants it needs."""
     var = handle_of[node_name(node.input[0])]
-    dtype_enum = values[var][1]
+    dtype_enum = dtype_of[var]
     new = node_def_pb2.NodeDef()
     new.CopyFrom(node)
     if node.op == "ReadVariableOp":
@@ -227,7 +228,9 @@ def _rewrite_resource_consumer(
         new.attr["Tparams"].type = dtype_enum
         new.attr["Taxis"].type = types_pb2.DT_INT32
         new.attr["batch_dims"].i = 0
-        return new, [_const_node(axis_name, np.array(0, dtype=np.int32), types_pb2.DT_INT32)]
+        axis = node_def_pb2.NodeDef()
+        _fill_const(axis, axis_name, np.array(0, dtype=np.int32), types_pb2.DT_INT32)
+        return new, [axis]
     if node.op == "VariableShape":
         new.op = "Shape"
         new.attr["T"].type = dtype_enum
