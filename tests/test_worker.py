@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from registry import catalog, jobs
+from registry import jobs
 from registry.models import Job, utcnow
 from registry.worker import Worker
 from tests.helpers import checkpoint_form, frozen_form, push
@@ -134,31 +134,28 @@ def test_worker_killed_mid_job_loses_its_lease_and_the_job_is_done_by_another(tm
         assert session.scalar(sa.select(Job.attempts)) == 2
 
 
-def test_conversion_over_its_memory_limit_fails_the_version_saying_so(tmp_path, models):
+def convert_once_with(tmp_path, models, **overrides) -> dict:
+    """Push a checkpoint to a registry with these settings, run one worker pass, return the version."""
     from registry.app import create_app
     from tests.conftest import make_settings
 
-    settings = make_settings(tmp_path / "home", convert_memory_mb=400)
+    settings = make_settings(tmp_path / "home", **overrides)
     app = create_app(settings)
     push(app.test_client(), "cnn", checkpoint_form(models["resource_meta"]))
     registry = app.extensions["registry"]
     Worker(settings, registry.db, registry.storage).run_once()
-    record = version(app.test_client(), "cnn")
+    return version(app.test_client(), "cnn")
+
+
+def test_conversion_over_its_memory_limit_fails_the_version_saying_so(tmp_path, models):
+    record = convert_once_with(tmp_path, models, convert_memory_mb=400)
     assert record["status"] == "failed"
     assert "ran out of memory" in record["status_message"]
     assert "REGISTRY_CONVERT_MEMORY_MB" in record["status_message"]
 
 
 def test_conversion_over_its_time_limit_fails_the_version_saying_so(tmp_path, models):
-    from registry.app import create_app
-    from tests.conftest import make_settings
-
-    settings = make_settings(tmp_path / "home", convert_timeout_seconds=0.5)
-    app = create_app(settings)
-    push(app.test_client(), "cnn", checkpoint_form(models["resource_meta"]))
-    registry = app.extensions["registry"]
-    Worker(settings, registry.db, registry.storage).run_once()
-    record = version(app.test_client(), "cnn")
+    record = convert_once_with(tmp_path, models, convert_timeout_seconds=0.5)
     assert record["status"] == "failed"
     assert "longer than 0.5 s" in record["status_message"]
 
@@ -170,8 +167,3 @@ def test_blob_missing_from_storage_is_retried_not_lost(client, registry, models)
     record = version(client, "cnn")
     assert record["status"] == "queued"
     assert "will retry" in record["status_message"] and "missing" in record["status_message"]
-
-
-def test_pending_versions_are_not_lost_when_catalog_is_read_concurrently(client, registry, models):
-    push(client, "cnn", frozen_form(models["frozen"].frozen_graph))
-    assert catalog.get_version(registry.db, "cnn", "1").status == "queued"
