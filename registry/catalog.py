@@ -59,6 +59,51 @@ def validate_alias_name(alias: str) -> str:
     return alias
 
 
+def validate_preprocessing(values: dict) -> dict:
+    """label_image.py settings: whole sizes of 1-8192 pixels, a mean, and a non-zero std."""
+    from registry.entities import PREPROCESSING_KEYS
+
+    unknown = sorted(set(values) - set(PREPROCESSING_KEYS))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown preprocessing setting(s) {', '.join(unknown)}: use {', '.join(PREPROCESSING_KEYS)}",
+            code="invalid_preprocessing",
+        )
+    out: dict = {}
+    for key, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if number != number or number in (float("inf"), float("-inf")) or isinstance(value, bool):
+            raise InvalidRequest(f"{key} must be a number, not {value!r}", code="invalid_preprocessing")
+        if key in ("input_height", "input_width"):
+            if number != int(number) or not 1 <= number <= 8192:
+                raise InvalidRequest(f"{key} must be a whole number of pixels from 1 to 8192", code="invalid_preprocessing")
+            out[key] = int(number)
+        elif key == "input_std" and number == 0:
+            raise InvalidRequest("input_std must not be 0 (pixels are divided by it)", code="invalid_preprocessing")
+        else:
+            out[key] = number
+    return out
+
+
+def update_version(db: Database, name: str, ref: str, *, preprocessing: dict | None = None,
+                   description: str | None = None) -> VersionInfo:
+    """Edit what may change after a push: preprocessing settings and the description."""
+    validate_model_name(name)
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        row = _resolve_version_row(session, model, ref)
+        if preprocessing is not None:
+            row.preprocessing = {**(row.preprocessing or {}), **validate_preprocessing(preprocessing)} or None
+        if description is not None:
+            row.description = description
+        row.updated_at = utcnow()
+        session.flush()
+        return _version_entities(session, name, [row])[0]
+
+
 # -- page tokens ---------------------------------------------------------------
 
 def _encode_token(value: object) -> str:
@@ -134,6 +179,7 @@ def _version_entities(session: Session, model_name: str, rows: Sequence[ModelVer
             created_at=row.created_at,
             updated_at=row.updated_at,
             ready_at=row.ready_at,
+            preprocessing_settings=row.preprocessing,
             files=files.get(row.id, []),
             aliases=aliases.get(row.id, []),
         )
@@ -195,6 +241,7 @@ def create_version(
     description: str = "",
     output_nodes: list[str] | None = None,
     input_nodes: list[str] | None = None,
+    preprocessing: dict | None = None,
     max_attempts: int = 3,
 ) -> VersionInfo:
     """Register the next version of ``name`` (creating the model on first push)
@@ -220,6 +267,7 @@ def create_version(
                     description=description,
                     requested_output_nodes=output_nodes or None,
                     requested_input_nodes=input_nodes or None,
+                    preprocessing=validate_preprocessing(preprocessing) if preprocessing else None,
                 )
                 session.add(row)
                 session.flush()

@@ -31,7 +31,7 @@ class Settings:
     job_max_attempts: int = 3
     worker_poll_seconds: float = 1.0
     convert_timeout_seconds: float = 900.0
-    convert_memory_mb: int = 8192
+    convert_memory_mb: int = 16384
     verify_tolerance: float = 1e-4
     max_upload_bytes: int = 20 * 1024**3
 
@@ -48,7 +48,7 @@ class Settings:
             job_max_attempts=int(_env("REGISTRY_JOB_MAX_ATTEMPTS", "3")),
             worker_poll_seconds=float(_env("REGISTRY_WORKER_POLL_SECONDS", "1")),
             convert_timeout_seconds=float(_env("REGISTRY_CONVERT_TIMEOUT_SECONDS", "900")),
-            convert_memory_mb=int(_env("REGISTRY_CONVERT_MEMORY_MB", "8192")),
+            convert_memory_mb=int(_env("REGISTRY_CONVERT_MEMORY_MB", "16384")),
             verify_tolerance=float(_env("REGISTRY_VERIFY_TOLERANCE", "1e-4")),
             max_upload_bytes=int(_env("REGISTRY_MAX_UPLOAD_BYTES", str(20 * 1024**3))),
         )

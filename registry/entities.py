@@ -15,6 +15,13 @@ SOURCE_GRAPH = "checkpoint+graph"
 SOURCE_FROZEN = "frozen"
 
 
+# label_image.py's defaults; height and width come from the input's shape when it has one.
+DEFAULT_IMAGE_SIZE = 299
+DEFAULT_INPUT_MEAN = 0.0
+DEFAULT_INPUT_STD = 255.0
+PREPROCESSING_KEYS = ("input_height", "input_width", "input_mean", "input_std")
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
@@ -51,11 +58,37 @@ class VersionInfo:
     created_at: datetime
     updated_at: datetime
     ready_at: datetime | None
+    preprocessing_settings: dict[str, Any] | None = None
     files: list[FileInfo] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
 
     def file(self, role: str) -> FileInfo | None:
         return next((f for f in self.files if f.role == role), None)
+
+    @property
+    def image_input(self) -> dict[str, Any] | None:
+        """The input an image is fed to: a float tensor [batch, height, width, 3]."""
+        required = [i for i in self.input_nodes or [] if not i.get("optional")]
+        if len(required) != 1:
+            return None
+        spec = required[0]
+        shape = spec.get("shape")
+        if not spec["dtype"].startswith(("float", "bfloat")) or shape is None or len(shape) != 4:
+            return None
+        return spec if shape[3] in (None, 3) else None
+
+    @property
+    def preprocessing(self) -> dict[str, float | int]:
+        """Effective label_image.py settings: what was set, else the input's shape, else the defaults."""
+        shape = (self.image_input or {}).get("shape") or [None] * 4
+        settings = {
+            "input_height": shape[1] or DEFAULT_IMAGE_SIZE,
+            "input_width": shape[2] or DEFAULT_IMAGE_SIZE,
+            "input_mean": DEFAULT_INPUT_MEAN,
+            "input_std": DEFAULT_INPUT_STD,
+        }
+        settings.update(self.preprocessing_settings or {})
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         conversion = self.conversion or {}
@@ -71,6 +104,7 @@ class VersionInfo:
             "output_nodes_detected": self.output_nodes_detected,
             "requested_output_nodes": self.requested_output_nodes,
             "input_nodes": self.input_nodes,
+            "preprocessing": self.preprocessing,
             "frozen": (
                 {"sha256": self.frozen_sha256, "size": self.frozen_size}
                 if self.frozen_sha256

@@ -78,6 +78,8 @@ class ModelVersion(Base):
     frozen_size: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
     tf_version: Mapped[str | None] = mapped_column(sa.String(32), default=None)
     conversion: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # label_image.py settings given at push or edited later; unset keys use the defaults.
+    preprocessing: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     ready_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -23,43 +23,30 @@ INDEX_MAGIC = bytes.fromhex("57fb808b247547db")  # TensorBundle/LevelDB table fo
 DATA_SHARD_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/>]*(:\d+)?$")
 FILE_FIELDS = ("meta", "index", "data", "graph", "frozen", "labels")
+GRAPH_FIELDS = ("meta", "graph", "frozen")  # the parts whose protobuf wire format is checked
 MAX_LABELS_BYTES = 16 * 1024 * 1024
 HEAD_BYTES = 4096
 
 
 class UploadSink:
-    """The file object werkzeug's form parser writes an uploaded part into."""
+    """One uploaded part on its way into blob storage, with what we learn from
+    its bytes as they pass: head, tail and (for graph parts) the wire scan."""
 
-    def __init__(self, writer: BlobWriter) -> None:
+    def __init__(self, writer: BlobWriter, *, scan: bool = True) -> None:
         self.writer = writer
-        self.scanner = WireScanner()
+        self.scanner = WireScanner() if scan else None
         self.head = bytearray()
         self.tail = b""
         self.ref: BlobRef | None = None
         self.finished = False
 
-    # werkzeug's parser calls write() for every chunk, then seek(0).
     def write(self, data: bytes) -> int:
         if len(self.head) < HEAD_BYTES:
             self.head += data[: HEAD_BYTES - len(self.head)]
         self.tail = (self.tail + bytes(data[-16:]))[-16:]
-        self.scanner.feed(data)
+        if self.scanner is not None:
+            self.scanner.feed(data)
         return self.writer.write(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return self.writer.size
-
-    def read(self, size: int = -1) -> bytes:  # FileStorage may probe it; there is nothing to re-read
-        return b""
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     @property
     def size(self) -> int:
@@ -99,6 +86,7 @@ class PushRequest:
     output_nodes: list[str] = field(default_factory=list)
     input_nodes: list[str] = field(default_factory=list)
     description: str = ""
+    preprocessing: dict = field(default_factory=dict)
 
 
 def parse_node_list(value: str | None, kind: str) -> list[str]:
@@ -223,7 +211,8 @@ def plan_push(request: PushRequest) -> tuple[str, list[ReceivedFile]]:
     files = _by_field(request.files)
     for items in files.values():
         for f in items:
-            f.sink.scanner.finish()
+            if f.sink.scanner is not None:
+                f.sink.scanner.finish()
             _check_not_empty(f)
     if "frozen" in files:
         extra = sorted(set(files) - {"frozen", "labels"})
@@ -272,6 +261,7 @@ def push(
 ) -> VersionInfo:
     """Validate, publish blobs and register the next version with a queued conversion."""
     catalog.validate_model_name(name)
+    catalog.validate_preprocessing(request.preprocessing)
     if len(request.description) > 10_000:
         raise InvalidUpload("description is longer than 10,000 characters", code="invalid_description")
     try:
@@ -291,6 +281,7 @@ def push(
             description=request.description,
             output_nodes=request.output_nodes,
             input_nodes=request.input_nodes,
+            preprocessing=request.preprocessing,
             max_attempts=max_attempts,
         )
     except BaseException:

@@ -143,3 +143,36 @@ def test_errors_come_as_json_with_code_and_message(client):
     response = client.get("/api/v1/no/such/route")
     assert response.status_code == 404
     assert set(response.get_json()["error"]) == {"code", "message"}
+
+
+def test_preprocessing_defaults_to_label_image_and_is_settable_at_push(client, models):
+    plain = push(client, "cnn", frozen_form(models["frozen"].frozen_graph)).get_json()
+    assert plain["preprocessing"] == {"input_height": 299, "input_width": 299, "input_mean": 0.0, "input_std": 255.0}
+    tuned = push(client, "cnn", frozen_form(models["frozen"].frozen_graph, input_mean="128", input_std="128",
+                                            input_height="224")).get_json()
+    assert tuned["preprocessing"] == {"input_height": 224, "input_width": 299, "input_mean": 128.0, "input_std": 128.0}
+
+
+def test_preprocessing_can_be_edited_later(client, pushed):
+    response = client.patch("/api/v1/models/cnn/versions/2", json={"preprocessing": {"input_mean": 117},
+                                                                   "description": "mean fixed"})
+    assert response.status_code == 200
+    record = client.get("/api/v1/models/cnn/versions/2").get_json()
+    assert record["preprocessing"]["input_mean"] == 117.0 and record["description"] == "mean fixed"
+    assert client.get("/api/v1/models/cnn/versions/1").get_json()["preprocessing"]["input_mean"] == 0.0
+
+
+@pytest.mark.parametrize("values", [{"input_std": 0}, {"input_height": 0}, {"input_width": 2.5},
+                                    {"input_mean": "abc"}, {"mean": 1}])
+def test_invalid_preprocessing_is_refused(client, pushed, values):
+    response = client.patch("/api/v1/models/cnn/versions/1", json={"preprocessing": values})
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_preprocessing"
+
+
+def test_invalid_preprocessing_at_push_is_refused_and_leaves_nothing(client, settings, models):
+    from tests.helpers import blob_files
+
+    response = push(client, "cnn", frozen_form(models["frozen"].frozen_graph, input_std="0"))
+    assert response.status_code == 400
+    assert blob_files(settings.home) == []

@@ -119,3 +119,16 @@ def test_cli_push_without_a_checkpoint_says_what_is_missing(converting_server, t
     result = cli(converting_server, "push", "x", str(tmp_path / "model.ckpt"))
     assert result.returncode != 0
     assert "missing" in result.stderr and ".index" in result.stderr
+
+
+def test_the_same_upload_converts_to_the_same_bytes_every_time(converting_server, models):
+    """Each conversion runs in its own process; the frozen graph must not depend on that."""
+    client = RegistryClient(converting_server.url)
+    model = models["sharded"]
+    files = [("meta", model.meta), ("index", model.index)] + [("data", p) for p in model.data]
+    digests = set()
+    for _ in range(2):
+        record = client.wait("twice", client.push("twice", files, {})["version"], timeout=120)
+        assert record["status"] == "ready", record["status_message"]
+        digests.add(record["frozen"]["sha256"])
+    assert len(digests) == 1

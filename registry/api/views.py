@@ -7,9 +7,10 @@ from werkzeug.wsgi import wrap_file
 
 from registry import catalog, uploads
 from registry.api import bp
+from registry.api.multipart import read_push_form
 from registry.api.openapi import openapi_document
 from registry.app import get_registry
-from registry.entities import READY, VERSION_STATUSES
+from registry.entities import PREPROCESSING_KEYS, READY, VERSION_STATUSES
 from registry.errors import Conflict, InvalidRequest, NotFound
 
 
@@ -65,16 +66,16 @@ def push_version(name: str):
             "send the files as multipart/form-data (fields meta, index, data, graph, frozen, labels)",
             code="invalid_content_type",
         )
-    g.upload_storage = registry.storage  # file parts stream into blob storage
-    files = [
-        uploads.ReceivedFile(field, part.filename or field, part.stream)
-        for field, part in request.files.items(multi=True)
-    ]
+    sinks = g.setdefault("upload_sinks", [])  # aborted at teardown unless published
+    form, files = read_push_form(
+        request.stream, request.mimetype_params.get("boundary", "").encode("latin-1"), registry.storage, sinks
+    )
     push = uploads.PushRequest(
         files=files,
-        output_nodes=uploads.parse_node_list(request.form.get("output_nodes"), "output node"),
-        input_nodes=uploads.parse_node_list(request.form.get("input_nodes"), "input node"),
-        description=request.form.get("description", ""),
+        output_nodes=uploads.parse_node_list(form.get("output_nodes"), "output node"),
+        input_nodes=uploads.parse_node_list(form.get("input_nodes"), "input node"),
+        description=form.get("description", ""),
+        preprocessing={k: form[k] for k in PREPROCESSING_KEYS if form.get(k, "") != ""},
     )
     version = uploads.push(
         registry.db, registry.storage, name, push, max_attempts=registry.settings.job_max_attempts
@@ -87,6 +88,25 @@ def push_version(name: str):
 @bp.get("/models/<name>/versions/<ref>")
 def get_version(name: str, ref: str):
     return catalog.get_version(get_registry().db, name, ref).to_dict()
+
+
+@bp.patch("/models/<name>/versions/<ref>")
+def update_version(name: str, ref: str):
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not set(body) <= {"preprocessing", "description"} or not body:
+        raise InvalidRequest(
+            'send a JSON object with "preprocessing" (e.g. {"input_mean": 128, "input_std": 128}) '
+            'and/or "description"',
+            code="invalid_version_update",
+        )
+    preprocessing = body.get("preprocessing")
+    if preprocessing is not None and not isinstance(preprocessing, dict):
+        raise InvalidRequest('"preprocessing" must be an object', code="invalid_preprocessing")
+    description = body.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidRequest('"description" must be a string', code="invalid_version_update")
+    return catalog.update_version(get_registry().db, name, ref, preprocessing=preprocessing,
+                                  description=description).to_dict()
 
 
 def _send_blob(digest: str, download_name: str, mimetype: str):

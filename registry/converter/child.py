@@ -63,12 +63,13 @@ def convert(request: dict) -> dict:
     freeze_seconds = time.perf_counter() - freeze_started
     report.dropped_control_edges = dropped
 
+    # Deterministic: the same upload always gives the same bytes, hence the same sha256 and ETag.
+    output_path = Path(request["output_path"])
+    output_path.write_bytes(frozen.SerializeToString(deterministic=True))
+    uploaded_nodes, frozen_nodes = len(graph_def.node), len(frozen.node)
     frozen_scan = ops.scan(graphs.all_nodes(frozen))
     inputs = graphs.detect_inputs(frozen, requested_inputs or None)
-
-    data = frozen.SerializeToString()
-    output_path = Path(request["output_path"])
-    output_path.write_bytes(data)
+    del graph_def, meta, frozen  # verification needs the memory more than these
 
     if not request.get("verify", True):
         verification = {"status": "skipped", "reason": "verification turned off", "max_abs_diff": None,
@@ -83,7 +84,7 @@ def convert(request: dict) -> dict:
         }
     else:
         verification = verify(
-            frozen, pruned, files.get("checkpoint_prefix") if report.variables else None,
+            output_path, pruned, files.get("checkpoint_prefix") if report.variables else None,
             report.variable_keys, outputs, inputs, request["verify_tolerance"],
         )
     return {
@@ -100,7 +101,7 @@ def convert(request: dict) -> dict:
                 "flagged": frozen_scan["flagged"],
                 "upload_flags": upload_scan["flags"],
             },
-            "nodes": {"uploaded": len(graph_def.node), "frozen": len(frozen.node)},
+            "nodes": {"uploaded": uploaded_nodes, "frozen": frozen_nodes},
             "variables": report.variables,
             "variable_bytes": report.variable_bytes,
             "dropped_control_edges": report.dropped_control_edges,

@@ -109,6 +109,13 @@ def run_conversion(
         return Outcome(False, error["message"], code=error["code"], retryable=bool(result.get("unexpected")))
     if _looks_like_memory_failure(child.returncode, tail):
         return Outcome(False, _memory_message(memory_mb), code="out_of_memory")
+    if child.returncode in (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS):
+        # Under an address-space limit TensorFlow dies this way when an allocation fails;
+        # the same input would fail the same way again, so it is not retried.
+        name = signal.Signals(-child.returncode).name
+        return Outcome(False, f"the converter died with {name}; under the {memory_mb} MB address-space limit "
+                       "(REGISTRY_CONVERT_MEMORY_MB) this usually means it ran out of memory: raise the limit "
+                       "for graphs this large", code="out_of_memory")
     if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL) and time.monotonic() - started > timeout * 0.9:
         return Outcome(False, f"conversion used more than its CPU time limit ({cpu_seconds} s)", code="conversion_timeout")
     if child.returncode == -signal.SIGXFSZ:
