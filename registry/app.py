@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 from threading import Event
 from flask import Flask, g
 
@@ -24,6 +25,7 @@ class Registry:
     work_available: Event = field(default_factory=Event)
     stop_workers: Event = field(default_factory=Event)
     workers: list = field(default_factory=list)
+    labels: Any = None  # the LabelService, made on the first label/predict request
 
     def notify_workers(self) -> None:
         self.work_available.set()
@@ -45,7 +47,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, start_
     from registry.api import bp as api_bp
     from registry.api.errors import register_error_handlers
 
+    from registry.serving.rest import bp as serving_bp
+
     app.register_blueprint(api_bp)
+    app.register_blueprint(serving_bp)
     register_error_handlers(app)
 
     @app.teardown_request

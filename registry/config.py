@@ -34,6 +34,11 @@ class Settings:
     convert_memory_mb: int = 16384
     verify_tolerance: float = 1e-4
     max_upload_bytes: int = 20 * 1024**3
+    label_cache_mb: int = 2048
+    max_image_pixels: int = 50_000_000
+    compare_max_versions: int = 8
+    compare_max_images: int = 64
+    batch_max_size: int = 16
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -51,6 +56,11 @@ class Settings:
             convert_memory_mb=int(_env("REGISTRY_CONVERT_MEMORY_MB", "16384")),
             verify_tolerance=float(_env("REGISTRY_VERIFY_TOLERANCE", "1e-4")),
             max_upload_bytes=int(_env("REGISTRY_MAX_UPLOAD_BYTES", str(20 * 1024**3))),
+            label_cache_mb=int(_env("REGISTRY_LABEL_CACHE_MB", "2048")),
+            max_image_pixels=int(_env("REGISTRY_MAX_IMAGE_PIXELS", "50000000")),
+            compare_max_versions=int(_env("REGISTRY_COMPARE_MAX_VERSIONS", "8")),
+            compare_max_images=int(_env("REGISTRY_COMPARE_MAX_IMAGES", "64")),
+            batch_max_size=int(_env("REGISTRY_BATCH_MAX_SIZE", "16")),
         )
         return replace(settings, **overrides) if overrides else settings
 

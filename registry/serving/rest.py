@@ -1,0 +1,147 @@
+"""TensorFlow Serving's REST API (``/v1/models/...``) plus ``:label`` and ``:compare``.
+
+Paths, bodies and the error shape ``{"error": "..."}`` follow TF Serving's
+``api_rest.md``, so a client written for TF Serving works unchanged.  Importing
+this module does not load TensorFlow; the first request that runs a graph does.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from flask import Blueprint, current_app, jsonify, request
+
+from registry import catalog
+from registry.entities import CONVERTING, FAILED, QUEUED, READY
+from registry.errors import InvalidRequest, NotFound, RegistryError
+
+bp = Blueprint("serving", __name__)
+
+PATH = re.compile(
+    r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?$"
+)
+MAX_REQUEST_BYTES = 256 * 1024 * 1024
+_service_lock = threading.Lock()
+
+
+def label_service():
+    """The app's LabelService, made on first use (it is what loads TensorFlow)."""
+    registry = current_app.extensions["registry"]
+    with _service_lock:
+        if registry.labels is None:
+            from registry.serving.service import LabelService
+
+            registry.labels = LabelService(registry.settings, registry.db, registry.storage)
+    return registry.labels
+
+
+@bp.errorhandler(RegistryError)
+def _error(exc: RegistryError):
+    response = jsonify({"error": exc.message})
+    response.status_code = exc.status
+    return response
+
+
+@bp.before_request
+def _limit_body() -> None:
+    request.max_content_length = MAX_REQUEST_BYTES
+
+
+def _parse(spec: str) -> tuple[str, str | None, bool, str | None]:
+    match = PATH.match(spec)
+    if not match:
+        raise NotFound(f"no such path /v1/models/{spec}: use /v1/models/NAME[/versions/N|/labels/L]"
+                       "[/metadata|:predict|:label|:compare]", code="not_found")
+    name, version, label = match["name"], match["version"], match["label"]
+    if version is not None and not version.isdigit():
+        raise InvalidRequest(f"version must be a number, not {version!r} (use /labels/{version} for an alias)")
+    return name, version or label, bool(match["metadata"]), match["verb"]
+
+
+_STATE = {READY: "AVAILABLE", QUEUED: "START", CONVERTING: "LOADING", FAILED: "END"}
+
+
+def _version_status(version) -> dict:
+    failed = version.status == FAILED
+    return {"version": str(version.version), "state": _STATE[version.status],
+            "status": {"error_code": "UNKNOWN" if failed else "OK",
+                       "error_message": version.status_message if failed else ""}}
+
+
+@bp.get("/v1/models/<path:spec>")
+def get_model(spec: str):
+    name, ref, metadata, verb = _parse(spec)
+    if verb:
+        raise InvalidRequest(f":{verb} takes a POST", code="method_not_allowed", status=405)
+    registry = current_app.extensions["registry"]
+    if metadata:
+        service = label_service()
+        version = service.resolve(name, ref)
+        from registry.serving.signature import metadata_json
+
+        return metadata_json(name, version, service.graph(version))
+    if ref is not None:
+        return {"model_version_status": [_version_status(catalog.get_version(registry.db, name, ref))]}
+    versions = catalog.list_versions(registry.db, name, page_size=1000).items
+    return {"model_version_status": [_version_status(v) for v in versions]}
+
+
+def _images_from_request() -> list:
+    from registry.serving.service import Image
+
+    if request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
+        return [Image("image", request.get_data(cache=False))]
+    if request.mimetype == "multipart/form-data":
+        return [Image(f.filename or f"image{i + 1}", f.read()) for i, f in enumerate(request.files.getlist("image"))]
+    raise InvalidRequest("send the image as the raw body with an image content type (image/jpeg, image/png, ...) "
+                         "or as multipart field 'image'", code="invalid_content_type")
+
+
+def _values(name: str) -> list[str] | None:
+    """A list parameter: repeated fields, or one field of comma- or newline-separated values."""
+    raw = request.form.getlist(name) if request.mimetype == "multipart/form-data" else []
+    raw += request.args.getlist(name)
+    if not raw:
+        return None
+    if len(raw) == 1:
+        raw = [v for v in re.split(r"[\n,]", raw[0])]
+    return [v.strip() for v in raw if v.strip()]
+
+
+@bp.post("/v1/models/<path:spec>")
+def post_model(spec: str):
+    name, ref, metadata, verb = _parse(spec)
+    from registry.serving.service import validate_top_k
+
+    service = label_service()
+    top_k_arg = request.args.get("top_k") or (request.form.get("top_k") if request.mimetype == "multipart/form-data"
+                                              else None)
+    if verb == "label":
+        images = _images_from_request()
+        if len(images) != 1:
+            raise InvalidRequest(f"send exactly one image to :label (got {len(images)}); use :compare for several",
+                                 code="invalid_image")
+        return service.label(name, ref, images[0], validate_top_k(top_k_arg))
+    if verb == "compare":
+        if ref is not None:
+            raise InvalidRequest("compare runs on the model: POST /v1/models/NAME:compare with versions=1,2,...")
+        return service.compare(name, _images_from_request(), refs=_values("versions"),
+                               expected=_values("expected"), top_k=validate_top_k(top_k_arg))
+    if verb == "predict":
+        from registry.serving.tfs_json import format_predict, parse_predict
+
+        body = request.get_json(force=True, silent=True)  # TF Serving ignores the content type
+        if body is None:
+            raise InvalidRequest("the body is not valid JSON: send {\"instances\": [...]} or {\"inputs\": ...}",
+                                 code="invalid_json")
+        version = service.resolve(name, ref)
+        graph = service.graph(version)
+        feeds, form = parse_predict(body, graph.inputs)
+        outputs = graph.run(feeds)
+        return format_predict(outputs, graph.outputs, form)
+    if verb in ("classify", "regress"):
+        raise InvalidRequest(f":{verb} needs a SavedModel with a {verb} signature; frozen graphs answer :predict",
+                             code="unsupported")
+    raise NotFound(f"unknown method :{verb or ''}; use :predict, :label or :compare", code="not_found")

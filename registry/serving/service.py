@@ -1,0 +1,238 @@
+"""What the label service does, independent of HTTP or gRPC: resolve a
+version, load it (cached), label images, compare versions, predict."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from registry import catalog
+from registry.config import Settings
+from registry.db import Database
+from registry.entities import READY, VersionInfo
+from registry.errors import Conflict, InvalidRequest
+from registry.serving.cache import GraphCache
+from registry.serving.images import sniff
+from registry.storage import BlobStorage
+
+MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    data: bytes
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def validate_top_k(value, default: int = 5) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        top_k = int(value)
+    except (TypeError, ValueError):
+        top_k = 0
+    if not 1 <= top_k <= MAX_TOP_K or isinstance(value, bool):
+        raise InvalidRequest(f"top_k must be a whole number from 1 to {MAX_TOP_K}, not {value!r}",
+                             code="invalid_top_k")
+    return top_k
+
+
+class LabelService:
+    def __init__(self, settings: Settings, db: Database, storage: BlobStorage) -> None:
+        self.settings = settings
+        self.db = db
+        self.storage = storage
+        self.cache = GraphCache(settings.label_cache_mb * 1024 * 1024, self._load)
+
+    # -- versions ---------------------------------------------------------------------
+
+    def resolve(self, name: str, ref: str | None) -> VersionInfo:
+        """The version to serve, or a 409 saying why it cannot be served."""
+        version = catalog.get_version(self.db, name, ref or "latest")
+        if version.status != READY:
+            detail = f" ({version.status_message})" if version.status_message else ""
+            raise Conflict(f"version {version.version} of {name!r} is {version.status}{detail}; only ready "
+                           "versions can be served", code="version_not_ready")
+        safety = (version.conversion or {}).get("safety") or {}
+        if safety.get("flagged"):
+            ops = ", ".join(f"{f['op']} ({f['category']})" for f in safety.get("flags", []))
+            raise Conflict(f"version {version.version} of {name!r} was flagged as unsafe to run: {ops}; "
+                           "it is refused by the label service", code="version_flagged")
+        return version
+
+    def graph(self, version: VersionInfo):
+        """The loaded graph of a ready version (from the cache, or loaded now)."""
+        return self.cache.get((version.id, version.frozen_sha256))
+
+    def _load(self, key):
+        from registry.serving.loader import LoadedGraph
+
+        version = catalog.get_version_by_id(self.db, key[0])
+        with self.storage.open(version.frozen_sha256) as stream:
+            frozen = stream.read()
+        labels = None
+        labels_file = version.file("labels")
+        if labels_file is not None:
+            with self.storage.open(labels_file.sha256) as stream:
+                labels = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()]
+        return LoadedGraph(version, frozen, labels, max_batch=self.settings.batch_max_size)
+
+    def _timed_graph(self, version: VersionInfo):
+        started = time.perf_counter()
+        cold = (version.id, version.frozen_sha256) not in self.cache.keys()
+        graph = self.graph(version)
+        return graph, (_ms(time.perf_counter() - started) if cold else 0.0)
+
+    # -- labelling -----------------------------------------------------------------------
+
+    def _image_input(self, version: VersionInfo) -> dict:
+        spec = version.image_input
+        if spec is None:
+            described = ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in version.input_nodes or []) or "none"
+            raise InvalidRequest(
+                f"version {version.version} of {version.model!r} does not take an image (its inputs: {described}; "
+                "an image input is a float tensor [batch, height, width, 3]): use :predict instead",
+                code="not_an_image_model",
+            )
+        return spec
+
+    def _preprocess(self, version: VersionInfo, images: list[Image]) -> tuple[np.ndarray, float]:
+        from registry.serving.preprocess import preprocessor
+
+        p = version.preprocessing
+        pre = preprocessor(int(p["input_height"]), int(p["input_width"]), float(p["input_mean"]),
+                           float(p["input_std"]))
+        started = time.perf_counter()
+        batch = np.concatenate([pre(image.data, sniff(image.data, self.settings.max_image_pixels).format)
+                                for image in images])
+        return batch, time.perf_counter() - started
+
+    @staticmethod
+    def _scores(graph, outputs: dict, rows: int) -> np.ndarray:
+        """Per-image class scores from the first output, as label_image.py reads them."""
+        name = graph.outputs[0].name
+        scores = np.asarray(outputs[name])
+        scores = scores.reshape(rows, -1) if scores.size % rows == 0 and scores.ndim >= 1 else None
+        if scores is None or scores.shape[1] < 1:
+            raise InvalidRequest(f"output {name} is not one score per class ({np.shape(outputs[name])}): "
+                                 "use :predict", code="not_a_classifier")
+        return scores
+
+    def _top(self, graph, scores: np.ndarray, top_k: int) -> list[dict]:
+        k = min(top_k, scores.shape[0])
+        order = np.argsort(scores, kind="stable")[::-1][:k]
+        labels = graph.labels or []
+        return [{"index": int(i), "label": labels[i] if i < len(labels) and labels[i] else str(int(i)),
+                 "score": float(scores[i])} for i in order]
+
+    def label(self, name: str, ref: str | None, image: Image, top_k: int = 5) -> dict:
+        started = time.perf_counter()
+        version = self.resolve(name, ref)
+        spec = self._image_input(version)
+        batch, preprocess_s = self._preprocess(version, [image])
+        graph, load_ms = self._timed_graph(version)
+        run_started = time.perf_counter()
+        outputs = graph.run({f"{spec['name']}:0": batch}, [graph.outputs[0].name])
+        inference_s = time.perf_counter() - run_started
+        scores = self._scores(graph, outputs, 1)[0]
+        if top_k > scores.shape[0]:
+            raise InvalidRequest(f"top_k is {top_k} but the model has {scores.shape[0]} classes",
+                                 code="invalid_top_k")
+        return {
+            "model": name,
+            "version": version.version,
+            "predictions": self._top(graph, scores, top_k),
+            "timing_ms": {"load": load_ms, "preprocess": _ms(preprocess_s), "inference": _ms(inference_s),
+                          "total": _ms(time.perf_counter() - started)},
+        }
+
+    # -- comparing -------------------------------------------------------------------------
+
+    def _compare_versions(self, name: str, refs: list[str] | None) -> list[tuple[str, VersionInfo]]:
+        cap = self.settings.compare_max_versions
+        if refs:
+            if len(refs) > cap:
+                raise InvalidRequest(f"compare at most {cap} versions at once (REGISTRY_COMPARE_MAX_VERSIONS)",
+                                     code="too_many_versions")
+            chosen = [(ref, self.resolve(name, ref)) for ref in refs]
+        else:
+            page = catalog.list_versions(self.db, name, status=READY, page_size=cap)
+            chosen = [(str(v.version), self.resolve(name, str(v.version))) for v in page.items]
+            if not chosen:
+                raise Conflict(f"model {name!r} has no ready version to compare", code="version_not_ready")
+        unique: dict[int, tuple[str, VersionInfo]] = {}
+        for ref, version in chosen:
+            unique.setdefault(version.version, (ref, version))
+        return list(unique.values())
+
+    def compare(self, name: str, images: list[Image], refs: list[str] | None = None,
+                expected: list[str] | None = None, top_k: int = 5) -> dict:
+        """Run several versions on the same images; report each, and where they disagree."""
+        if not images:
+            raise InvalidRequest("send at least one image (multipart field 'image')", code="missing_image")
+        if len(images) > self.settings.compare_max_images:
+            raise InvalidRequest(f"compare at most {self.settings.compare_max_images} images at once "
+                                 "(REGISTRY_COMPARE_MAX_IMAGES)", code="too_many_images")
+        if expected is not None and len(expected) != len(images):
+            raise InvalidRequest(f"expected has {len(expected)} labels for {len(images)} images: give one per image",
+                                 code="invalid_expected")
+        for image in images:
+            sniff(image.data, self.settings.max_image_pixels)
+        chosen = self._compare_versions(name, refs)
+        for _, version in chosen:
+            self._image_input(version)
+
+        batches: dict[tuple, np.ndarray] = {}  # one preprocessing per distinct setting
+        preprocess_ms = 0.0
+        report = []
+        scores_by_version: dict[int, np.ndarray] = {}
+        for ref, version in chosen:
+            key = tuple(sorted(version.preprocessing.items()))
+            if key not in batches:
+                batches[key], seconds = self._preprocess(version, images)
+                preprocess_ms += _ms(seconds)
+            graph, load_ms = self._timed_graph(version)
+            spec = self._image_input(version)
+            run_started = time.perf_counter()
+            outputs = graph.run({f"{spec['name']}:0": batches[key]}, [graph.outputs[0].name])
+            latency = time.perf_counter() - run_started
+            scores = self._scores(graph, outputs, len(images))
+            scores_by_version[version.version] = scores
+            results = [{"image": image.name, "predictions": self._top(graph, row, top_k)}
+                       for image, row in zip(images, scores)]
+            entry = {"version": version.version, "ref": ref, "aliases": version.aliases,
+                     "load_ms": load_ms, "latency_ms": _ms(latency),
+                     "latency_per_image_ms": _ms(latency / len(images)), "results": results, "accuracy": None}
+            if expected is not None:
+                top1 = sum(r["predictions"][0]["label"] == e for r, e in zip(results, expected))
+                top5 = sum(e in [p["label"] for p in r["predictions"][:5]] for r, e in zip(results, expected))
+                entry["accuracy"] = {"top1": top1 / len(images), "top5": top5 / len(images),
+                                     "top5_of": min(5, top_k)}
+            report.append(entry)
+
+        per_image = []
+        for i, image in enumerate(images):
+            top1 = {str(e["version"]): e["results"][i]["predictions"][0]["label"] for e in report}
+            per_image.append({"image": image.name, "expected": expected[i] if expected else None,
+                              "top1": top1, "agree": len(set(top1.values())) == 1})
+        pairs = []
+        for a, b in itertools.combinations(report, 2):
+            sa, sb = scores_by_version[a["version"]], scores_by_version[b["version"]]
+            agree = [per_image[i]["top1"][str(a["version"])] == per_image[i]["top1"][str(b["version"])]
+                     for i in range(len(images))]
+            pairs.append({"a": a["version"], "b": b["version"], "top1_agreement": sum(agree) / len(images),
+                          "mean_abs_score_diff": float(np.mean(np.abs(sa - sb))) if sa.shape == sb.shape else None})
+        return {
+            "model": name,
+            "versions": report,
+            "images": per_image,
+            "agreement": {"pairs": pairs, "disagreements": [p["image"] for p in per_image if not p["agree"]]},
+            "timing_ms": {"preprocess": preprocess_ms, "preprocessing_runs": len(batches)},
+        }

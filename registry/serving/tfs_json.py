@@ -1,0 +1,155 @@
+"""TensorFlow Serving's REST JSON for :predict, both request formats.
+
+Row format: ``{"instances": [...]}``, one entry per example, each a value (one
+input) or an object keyed by input; answered with ``{"predictions": [...]}``.
+Columnar format: ``{"inputs": value-or-object}``, batch dimension included;
+answered with ``{"outputs": value-or-object}``.  Binary strings travel as
+``{"b64": "..."}``.  Errors are ``{"error": "..."}`` (see ``api_rest.md``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import numpy as np
+
+from registry.errors import InvalidRequest
+
+
+def _bad(message: str) -> InvalidRequest:
+    return InvalidRequest(message, code="invalid_predict_request")
+
+
+def _decode_strings(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise _bad('a binary value must be {"b64": "<base64 string>"}')
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as exc:
+            raise _bad(f"invalid base64 in b64 value: {exc}") from exc
+    if isinstance(value, list):
+        return [_decode_strings(v) for v in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return value
+
+
+def to_array(value: Any, spec, where: str) -> np.ndarray:
+    """A JSON value as an array of the input's dtype, or a 400 that says what is wrong."""
+    dtype = spec.dtype
+    if dtype.name == "string":
+        array = np.array(_decode_strings(value), dtype=object)
+    else:
+        if _contains(value, lambda v: isinstance(v, (str, dict))):
+            raise _bad(f"{where}: expected numbers for {spec.key} ({dtype.name}), got strings or objects")
+        if dtype.is_bool and _contains(value, lambda v: not isinstance(v, (bool, list))):
+            raise _bad(f"{where}: expected true/false for {spec.key} (bool)")
+        try:
+            array = np.array(value, dtype=dtype.as_numpy_dtype)
+        except (ValueError, TypeError) as exc:
+            raise _bad(f"{where}: {spec.key} is not a regular {dtype.name} tensor (ragged or mixed rows?): {exc}") from exc
+        if dtype.is_integer and _contains(value, lambda v: isinstance(v, float) and not float(v).is_integer()):
+            raise _bad(f"{where}: {spec.key} is {dtype.name}; got a fractional number")
+    if spec.shape is not None:
+        if array.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, array.shape)):
+            shape = [-1 if d is None else d for d in spec.shape]
+            raise _bad(f"{where}: {spec.key} must have shape {shape}, got {list(array.shape)}")
+    return array
+
+
+def _contains(value: Any, test) -> bool:
+    if isinstance(value, list):
+        return any(_contains(v, test) for v in value)
+    return test(value)
+
+
+def parse_predict(body: Any, inputs: list) -> tuple[dict[str, np.ndarray], str]:
+    """Feeds keyed by tensor name, and the format ("row" or "columnar") to answer in."""
+    if not isinstance(body, dict):
+        raise _bad('the body must be a JSON object with "instances" or "inputs"')
+    if "instances" in body and "inputs" in body:
+        raise _bad('send either "instances" (row format) or "inputs" (columnar format), not both')
+    signature = body.get("signature_name", "serving_default")
+    if signature not in ("serving_default", "", None):
+        raise _bad(f"unknown signature_name {signature!r}: this model has only 'serving_default'")
+    by_key = {s.key: s for s in inputs}
+    by_key.update({s.name.rsplit(":", 1)[0]: s for s in inputs})
+    required = [s for s in inputs if not getattr(s, "optional", False)]
+    if "instances" in body:
+        return _rows(body["instances"], inputs, by_key, required), "row"
+    if "inputs" in body:
+        return _columns(body["inputs"], inputs, by_key, required), "columnar"
+    raise _bad('missing "instances" (row format) or "inputs" (columnar format)')
+
+
+def _named(values: dict, by_key: dict, required: list, where: str) -> dict:
+    unknown = sorted(set(values) - set(by_key))
+    if unknown:
+        raise _bad(f"{where}: unknown input(s) {', '.join(unknown)}; inputs are "
+                   f"{', '.join(sorted({s.key for s in by_key.values()}))}")
+    named = {by_key[k].key: v for k, v in values.items()}
+    missing = [s.key for s in required if s.key not in named]
+    if missing:
+        raise _bad(f"{where}: missing input(s) {', '.join(missing)}")
+    return named
+
+
+def _rows(instances: Any, inputs: list, by_key: dict, required: list) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list) or not instances:
+        raise _bad('"instances" must be a non-empty list, one entry per example')
+    single = len(inputs) == 1
+    columns: dict[str, list] = {}
+    for i, instance in enumerate(instances):
+        where = f"instances[{i}]"
+        if isinstance(instance, dict) and not (single and set(instance) == {"b64"}):
+            named = _named(instance, by_key, required, where)
+        elif single:
+            named = {inputs[0].key: instance}
+        else:
+            raise _bad(f"{where}: this model has {len(inputs)} inputs; give each instance as an object "
+                       f"keyed by {', '.join(s.key for s in inputs)}")
+        if i and set(named) != set(columns):
+            raise _bad(f"{where}: every instance must name the same inputs")
+        for key, value in named.items():
+            columns.setdefault(key, []).append(value)
+    specs = {s.key: s for s in inputs}
+    return {specs[k].name: to_array(v, specs[k], "instances") for k, v in columns.items()}
+
+
+def _columns(values: Any, inputs: list, by_key: dict, required: list) -> dict[str, np.ndarray]:
+    if isinstance(values, dict) and not (len(inputs) == 1 and set(values) == {"b64"}):
+        named = _named(values, by_key, required, "inputs")
+    elif len(inputs) == 1:
+        named = {inputs[0].key: values}
+    else:
+        raise _bad(f'"inputs": this model has {len(inputs)} inputs; give an object keyed by '
+                   f"{', '.join(s.key for s in inputs)}")
+    specs = {s.key: s for s in inputs}
+    return {specs[k].name: to_array(v, specs[k], "inputs") for k, v in named.items()}
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    if array.dtype == object or array.dtype.kind == "S":
+        flat = [{"b64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v for v in array.ravel().tolist()]
+        return np.array(flat, dtype=object).reshape(array.shape).tolist()
+    return array.tolist()
+
+
+def format_predict(outputs: dict[str, np.ndarray], specs: list, form: str) -> dict:
+    """The answer in the format of the request."""
+    if form == "columnar":
+        if len(specs) == 1:
+            return {"outputs": _jsonable(outputs[specs[0].name])}
+        return {"outputs": {s.key: _jsonable(outputs[s.name]) for s in specs}}
+    rows = {s.key: np.asarray(outputs[s.name]) for s in specs}
+    counts = {a.shape[0] if a.ndim else None for a in rows.values()}
+    if len(counts) != 1 or None in counts:
+        raise _bad("the outputs do not share a batch dimension, so they cannot be split into rows: "
+                   'use the columnar format ("inputs")')
+    n = counts.pop()
+    if len(specs) == 1:
+        return {"predictions": _jsonable(rows[specs[0].key])}
+    return {"predictions": [{k: _jsonable(a[i]) for k, a in rows.items()} for i in range(n)]}
