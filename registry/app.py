@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from threading import Event
+from threading import Event, Lock
 from flask import Flask, g
 
 from registry.config import Settings
@@ -25,10 +25,21 @@ class Registry:
     work_available: Event = field(default_factory=Event)
     stop_workers: Event = field(default_factory=Event)
     workers: list = field(default_factory=list)
-    labels: Any = None  # the LabelService, made on the first label/predict request
+    _labels: Any = None
+    _labels_lock: Lock = field(default_factory=Lock)
 
     def notify_workers(self) -> None:
         self.work_available.set()
+
+    def label_service(self):
+        """The LabelService, made on the first request that needs it (it is what
+        loads TensorFlow and numpy)."""
+        with self._labels_lock:
+            if self._labels is None:
+                from registry.serving.service import LabelService
+
+                self._labels = LabelService(self.settings, self.db, self.storage)
+            return self._labels
 
 
 def create_app(settings: Settings | None = None, *, migrate: bool = True, start_workers: bool = False) -> Flask:

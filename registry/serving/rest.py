@@ -8,7 +8,6 @@ this module does not load TensorFlow; the first request that runs a graph does.
 from __future__ import annotations
 
 import re
-import threading
 
 from flask import Blueprint, current_app, jsonify, request
 
@@ -23,18 +22,10 @@ PATH = re.compile(
     r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?$"
 )
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
-_service_lock = threading.Lock()
 
 
 def label_service():
-    """The app's LabelService, made on first use (it is what loads TensorFlow)."""
-    registry = current_app.extensions["registry"]
-    with _service_lock:
-        if registry.labels is None:
-            from registry.serving.service import LabelService
-
-            registry.labels = LabelService(registry.settings, registry.db, registry.storage)
-    return registry.labels
+    return current_app.extensions["registry"].label_service()
 
 
 @bp.errorhandler(RegistryError)
