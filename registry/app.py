@@ -42,7 +42,9 @@ class Registry:
             return self._labels
 
 
-def create_app(settings: Settings | None = None, *, migrate: bool = True, start_workers: bool = False) -> Flask:
+def create_app(settings: Settings | None = None, *, migrate: bool = True, start_workers: bool = False,
+               serving_only: bool = False) -> Flask:
+    """The registry's WSGI app; ``serving_only`` leaves out the registry API (for ``label-serve``)."""
     settings = settings or Settings.from_env()
     settings.ensure_home()
     app = Flask(__name__)
@@ -60,7 +62,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, start_
 
     from registry.serving.rest import bp as serving_bp
 
-    app.register_blueprint(api_bp)
+    if not serving_only:
+        app.register_blueprint(api_bp)
     app.register_blueprint(serving_bp)
     register_error_handlers(app)
 

@@ -37,25 +37,23 @@ def main(verbose: bool) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
-@click.option("--workers", type=int, default=None,
-              help="Converter threads inside the server (REGISTRY_EMBEDDED_WORKERS, default 1; 0 for none).")
-def serve(host: str, port: int, workers: int | None) -> None:
-    """Run the registry (API) with embedded converter workers."""
+def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_port: int | None = None) -> None:
+    """Run ``app`` on a threaded HTTP server (and the gRPC API beside it) until stopped."""
     from werkzeug.serving import make_server
 
-    from registry.app import create_app
+    registry = app.extensions["registry"]
+    grpc_server = None
+    if grpc_port is not None:
+        from registry.serving.grpc_server import start_grpc_server
 
-    overrides = {"embedded_workers": workers} if workers is not None else {}
-    settings = Settings.from_env(**overrides)
-    app = create_app(settings, start_workers=True)
+        grpc_server, grpc_port = start_grpc_server(registry, host, grpc_port)
     server = make_server(host, port, app, threaded=True)
     url = f"http://{host}:{server.port}"
-    click.echo(f"Registry listening on {url}")
-    click.echo(f"  data: {settings.database_url}  blobs: {settings.storage_url}")
-    click.echo(f"  try:  REGISTRY_URL={url} registry push NAME path/to/model.ckpt --wait")
+    click.echo(f"{title} listening on {url}")
+    if grpc_server is not None:
+        click.echo(f"  TensorFlow Serving gRPC API on {host}:{grpc_port}")
+    for line in lines:
+        click.echo(line.format(url=url))
     sys.stdout.flush()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     try:
@@ -63,7 +61,43 @@ def serve(host: str, port: int, workers: int | None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        app.extensions["registry"].stop_workers.set()
+        registry.stop_workers.set()
+        if grpc_server is not None:
+            grpc_server.stop(grace=2)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--workers", type=int, default=None,
+              help="Converter threads inside the server (REGISTRY_EMBEDDED_WORKERS, default 1; 0 for none).")
+@click.option("--grpc-port", type=int, default=None,
+              help="Also serve TensorFlow Serving's gRPC API on this port (off by default).")
+def serve(host: str, port: int, workers: int | None, grpc_port: int | None) -> None:
+    """Run the registry: API, label service and embedded converter workers, in one process."""
+    from registry.app import create_app
+
+    overrides = {"embedded_workers": workers} if workers is not None else {}
+    settings = Settings.from_env(**overrides)
+    app = create_app(settings, start_workers=True)
+    _serve_http(app, host, port, "Registry", [
+        f"  data: {settings.database_url}  blobs: {settings.storage_url}",
+        "  label service (TF Serving REST): {url}/v1/models/NAME",
+        "  try:  REGISTRY_URL={url} registry push NAME path/to/model.ckpt --wait",
+    ], grpc_port)
+
+
+@main.command("label-serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8501, show_default=True, type=int, help="REST port (TF Serving's is 8501).")
+@click.option("--grpc-port", default=8500, show_default=True, type=int, help="gRPC port (TF Serving's is 8500).")
+@click.option("--no-grpc", is_flag=True, help="Serve REST only.")
+def label_serve(host: str, port: int, grpc_port: int, no_grpc: bool) -> None:
+    """Run a label service alone (any number of them): TF Serving's REST and gRPC APIs, :label, :compare."""
+    from registry.app import create_app
+
+    app = create_app(Settings.from_env(), serving_only=True)
+    _serve_http(app, host, port, "Label service", [], None if no_grpc else grpc_port)
 
 
 @main.command()
@@ -257,6 +291,78 @@ def alias(name: str, alias: str, version: int | None, delete: bool, url: str | N
             click.echo(f"{name}: {alias} -> version {version}")
     except ClientError as exc:
         _fail(exc)
+
+
+def _print_predictions(title: str, predictions: list[dict]) -> None:
+    click.echo(title)
+    _table(("RANK", "INDEX", "LABEL", "SCORE"),
+           [(str(r), str(p["index"]), p["label"], f"{p['score']:.5f}") for r, p in enumerate(predictions, 1)])
+
+
+@main.command()
+@click.argument("spec", metavar="NAME[:REF]")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--top-k", default=5, show_default=True)
+@url_option
+def label(spec: str, images: tuple[Path, ...], top_k: int, url: str | None) -> None:
+    """Label images with a version (REF: number, alias or latest), like label_image.py."""
+    from registry.client import ClientError
+
+    name, ref = _split_ref(spec)
+    client = _client(url)
+    try:
+        for image in images:
+            answer = client.label(name, ref, image, top_k)
+            timing = answer["timing_ms"]
+            _print_predictions(f"{image}: {name} version {answer['version']} "
+                               f"({timing['inference']:.1f} ms inference, {timing['total']:.1f} ms total)",
+                               answer["predictions"])
+    except ClientError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--versions", default=None, help="Comma-separated refs (default: the newest ready versions).")
+@click.option("--expected", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A file with the expected label of each image, one per line, in order.")
+@click.option("--top-k", default=5, show_default=True)
+@url_option
+def compare(name: str, images: tuple[Path, ...], versions: str | None, expected: Path | None, top_k: int,
+            url: str | None) -> None:
+    """Run several versions of NAME on the same images and show where they disagree."""
+    from registry.client import ClientError
+
+    labels = None
+    if expected is not None:
+        labels = [line.strip() for line in expected.read_text().splitlines() if line.strip()]
+    client = _client(url)
+    try:
+        answer = client.compare(name, list(images), versions.split(",") if versions else None, labels, top_k)
+    except ClientError as exc:
+        _fail(exc)
+    report = answer["versions"]
+    header = ("IMAGE", *(f"v{v['version']}" + (f" ({','.join(v['aliases'])})" if v["aliases"] else "")
+                         for v in report), *(("EXPECTED",) if labels else ()), "AGREE")
+    rows = []
+    for i, image in enumerate(answer["images"]):
+        cells = [f"{v['results'][i]['predictions'][0]['label']} {v['results'][i]['predictions'][0]['score']:.3f}"
+                 for v in report]
+        rows.append((image["image"], *cells, *((image["expected"],) if labels else ()),
+                     "yes" if image["agree"] else "NO"))
+    _table(header, rows)
+    click.echo("")
+    _table(("VERSION", "LATENCY MS", "PER IMAGE MS", "TOP-1", "TOP-5"),
+           [(str(v["version"]), f"{v['latency_ms']:.1f}", f"{v['latency_per_image_ms']:.1f}",
+             f"{v['accuracy']['top1']:.1%}" if v["accuracy"] else "-",
+             f"{v['accuracy']['top5']:.1%}" if v["accuracy"] else "-") for v in report])
+    for pair in answer["agreement"]["pairs"]:
+        diff = pair["mean_abs_score_diff"]
+        click.echo(f"v{pair['a']} vs v{pair['b']}: top-1 agreement {pair['top1_agreement']:.1%}"
+                   + (f", mean |score difference| {diff:.4f}" if diff is not None else ""))
+    if answer["agreement"]["disagreements"]:
+        click.echo("disagree on: " + ", ".join(answer["agreement"]["disagreements"]))
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

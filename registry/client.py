@@ -117,10 +117,12 @@ class RegistryClient:
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
-                raise ClientError(error["message"], code=error["code"], status=response.status_code)
             except (ValueError, KeyError, TypeError):
                 raise ClientError(f"{method} {path} answered {response.status_code}: {response.text[:200]}",
                                   status=response.status_code) from None
+            if isinstance(error, str):  # TF Serving's shape, used under /v1
+                raise ClientError(error, code="error", status=response.status_code)
+            raise ClientError(error["message"], code=error["code"], status=response.status_code)
         return response
 
     def list_models(self, query: str | None = None) -> Iterator[dict]:
@@ -199,6 +201,28 @@ class RegistryClient:
         finally:
             tmp.unlink(missing_ok=True)
         return record
+
+    def label(self, name: str, ref: str, image: Path, top_k: int = 5) -> dict:
+        path = f"/v1/models/{name}" + (f"/versions/{ref}" if ref.isdigit() else f"/labels/{ref}" if ref != "latest" else "")
+        ctype = mimetypes.guess_type(image.name)[0] or "application/octet-stream"
+        with open(image, "rb") as body:
+            return self._request("POST", f"{path}:label", params={"top_k": top_k}, data=body,
+                                 headers={"Content-Type": ctype}).json()
+
+    def compare(self, name: str, images: list[Path], versions: list[str] | None = None,
+                expected: list[str] | None = None, top_k: int = 5) -> dict:
+        fields: list[tuple[str, object]] = [("top_k", (None, str(top_k)))]
+        if versions:
+            fields.append(("versions", (None, ",".join(versions))))
+        if expected:
+            fields.append(("expected", (None, "\n".join(expected))))
+        handles = [open(p, "rb") for p in images]
+        try:
+            files = fields + [("image", (p.name, h)) for p, h in zip(images, handles)]
+            return self._request("POST", f"/v1/models/{name}:compare", files=files, timeout=None).json()
+        finally:
+            for h in handles:
+                h.close()
 
     def set_alias(self, name: str, alias: str, version: int) -> dict:
         return self._request("PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"version": version}).json()

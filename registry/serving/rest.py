@@ -110,11 +110,12 @@ def post_model(spec: str):
     top_k_arg = request.args.get("top_k") or (request.form.get("top_k") if request.mimetype == "multipart/form-data"
                                               else None)
     if verb == "label":
+        version = service.resolve(name, ref)  # refusals first: they matter more than the body
         images = _images_from_request()
         if len(images) != 1:
             raise InvalidRequest(f"send exactly one image to :label (got {len(images)}); use :compare for several",
                                  code="invalid_image")
-        return service.label(name, ref, images[0], validate_top_k(top_k_arg))
+        return service.label(version, images[0], validate_top_k(top_k_arg))
     if verb == "compare":
         if ref is not None:
             raise InvalidRequest("compare runs on the model: POST /v1/models/NAME:compare with versions=1,2,...")

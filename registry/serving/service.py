@@ -132,9 +132,9 @@ class LabelService:
         return [{"index": int(i), "label": labels[i] if i < len(labels) and labels[i] else str(int(i)),
                  "score": float(scores[i])} for i in order]
 
-    def label(self, name: str, ref: str | None, image: Image, top_k: int = 5) -> dict:
+    def label(self, version: VersionInfo, image: Image, top_k: int = 5) -> dict:
+        """label_image.py's top-k for one image, on a version from :meth:`resolve`."""
         started = time.perf_counter()
-        version = self.resolve(name, ref)
         spec = self._image_input(version)
         batch, preprocess_s = self._preprocess(version, [image])
         graph, load_ms = self._timed_graph(version)
@@ -146,7 +146,7 @@ class LabelService:
             raise InvalidRequest(f"top_k is {top_k} but the model has {scores.shape[0]} classes",
                                  code="invalid_top_k")
         return {
-            "model": name,
+            "model": version.model,
             "version": version.version,
             "predictions": self._top(graph, scores, top_k),
             "timing_ms": {"load": load_ms, "preprocess": _ms(preprocess_s), "inference": _ms(inference_s),
@@ -183,11 +183,11 @@ class LabelService:
         if expected is not None and len(expected) != len(images):
             raise InvalidRequest(f"expected has {len(expected)} labels for {len(images)} images: give one per image",
                                  code="invalid_expected")
-        for image in images:
-            sniff(image.data, self.settings.max_image_pixels)
         chosen = self._compare_versions(name, refs)
         for _, version in chosen:
             self._image_input(version)
+        for image in images:
+            sniff(image.data, self.settings.max_image_pixels)
 
         batches: dict[tuple, np.ndarray] = {}  # one preprocessing per distinct setting
         preprocess_ms = 0.0
@@ -217,16 +217,23 @@ class LabelService:
                                      "top5_of": min(5, top_k)}
             report.append(entry)
 
+        # Versions agree on a class by label when every one has a labels file, else by index.
+        by_label = all(self.graph(v).labels for _, v in chosen)
+
+        def top1(entry: dict, i: int):
+            best = entry["results"][i]["predictions"][0]
+            return best["label"] if by_label else best["index"]
+
         per_image = []
         for i, image in enumerate(images):
-            top1 = {str(e["version"]): e["results"][i]["predictions"][0]["label"] for e in report}
+            firsts = {str(e["version"]): top1(e, i) for e in report}
             per_image.append({"image": image.name, "expected": expected[i] if expected else None,
-                              "top1": top1, "agree": len(set(top1.values())) == 1})
+                              "top1": {str(e["version"]): e["results"][i]["predictions"][0]["label"] for e in report},
+                              "agree": len(set(firsts.values())) == 1})
         pairs = []
         for a, b in itertools.combinations(report, 2):
             sa, sb = scores_by_version[a["version"]], scores_by_version[b["version"]]
-            agree = [per_image[i]["top1"][str(a["version"])] == per_image[i]["top1"][str(b["version"])]
-                     for i in range(len(images))]
+            agree = [top1(a, i) == top1(b, i) for i in range(len(images))]
             pairs.append({"a": a["version"], "b": b["version"], "top1_agreement": sum(agree) / len(images),
                           "mean_abs_score_diff": float(np.mean(np.abs(sa - sb))) if sa.shape == sb.shape else None})
         return {

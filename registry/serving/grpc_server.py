@@ -1,0 +1,318 @@
+"""TensorFlow Serving's gRPC API (``PredictionService``, ``ModelService``) for the label service.
+
+Clients written for TF Serving (``tensorflow-serving-api`` stubs, port 8500)
+work unchanged: ``Predict`` and ``GetModelMetadata`` on the ``serving_default``
+signature of a frozen graph, ``GetModelStatus`` from the catalog.  Versions are
+chosen as TF Serving chooses them (``model_spec.version``, or
+``model_spec.version_label`` for our aliases, else the latest ready one), and
+registry errors become gRPC status codes.  The handlers reuse the label
+service and ``signature_def_json``, so REST and gRPC give the same answers.
+
+Importing this module loads TensorFlow; only the label service imports it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from registry import catalog
+from registry.entities import CONVERTING, FAILED, QUEUED, READY, VersionInfo
+from registry.errors import InvalidRequest, NotFound, RegistryError
+from registry.serving.signature import SIGNATURE, signature_def_json
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # as much as a REST :predict body may carry
+SIGNATURE_DEF_FIELD = "signature_def"
+
+_State = get_model_status_pb2.ModelVersionStatus.State
+_STATE = {READY: _State.AVAILABLE, QUEUED: _State.START, CONVERTING: _State.LOADING, FAILED: _State.END}
+_CODE = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.INVALID_ARGUMENT,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def _answer_errors(method: Handler) -> Handler:
+    """Turn a RegistryError into its gRPC status, and anything else into INTERNAL (logged)."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        try:
+            return method(self, request, context)
+        except RegistryError as exc:
+            code = _CODE.get(exc.status)
+            if code is None:
+                log.error("gRPC %s failed: %s", method.__name__, exc.message)
+                code = grpc.StatusCode.INTERNAL
+            message = exc.message
+        except Exception as exc:
+            log.exception("gRPC %s failed", method.__name__)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+        context.abort(code, message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _model_name(spec: model_pb2.ModelSpec) -> str:
+    if not spec.name:
+        raise InvalidRequest("model_spec.name is required", code="missing_model_name")
+    return spec.name
+
+
+def _ref(spec: model_pb2.ModelSpec) -> str | None:
+    """The catalog ref for ``model_spec``'s version choice; None means the latest ready version."""
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        if spec.version.value < 1:
+            raise NotFound(f"model {spec.name!r} has no version {spec.version.value}: versions start at 1",
+                           code="version_not_found")
+        return str(spec.version.value)
+    if choice == "version_label" and spec.version_label:
+        if spec.version_label.isdigit():
+            raise InvalidRequest(f"version_label {spec.version_label!r} is a number: set model_spec.version "
+                                 "for a version number", code="invalid_version_label")
+        return spec.version_label
+    return None
+
+
+def _check_signature(spec: model_pb2.ModelSpec) -> None:
+    if spec.signature_name not in ("", SIGNATURE):
+        raise InvalidRequest(f"unknown signature_name {spec.signature_name!r}: this model has only "
+                             f"{SIGNATURE!r}", code="unknown_signature")
+
+
+def _fill_spec(out: model_pb2.ModelSpec, version: VersionInfo, signature: str = SIGNATURE) -> None:
+    out.name = version.model
+    out.version.value = version.version
+    out.signature_name = signature
+
+
+def _dtype_name(enum: int) -> str:
+    return types_pb2.DataType.Name(enum) if enum in types_pb2.DataType.values() else f"dtype {enum}"
+
+
+def _shape(spec) -> list[int]:
+    return [-1 if d is None else d for d in spec.shape]
+
+
+def _input_array(key: str, proto: tensor_pb2.TensorProto, spec) -> np.ndarray:
+    """``proto`` as an array, checked against the input's dtype and shape."""
+    want = spec.dtype.as_datatype_enum
+    if proto.dtype != want:
+        raise InvalidRequest(f"input {key} must be {_dtype_name(want)}, got {_dtype_name(proto.dtype)}",
+                             code="invalid_input")
+    try:
+        array = tf.make_ndarray(proto)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"input {key} is not a valid TensorProto: {exc}", code="invalid_input") from exc
+    if spec.shape is not None and (
+        array.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, array.shape))
+    ):
+        raise InvalidRequest(f"input {key} must have shape {_shape(spec)}, got {list(array.shape)}",
+                             code="invalid_input")
+    return array
+
+
+def _feeds(graph, inputs) -> dict[str, np.ndarray]:
+    """Feeds keyed by tensor name from ``request.inputs`` (keyed by signature key or node name)."""
+    by_key = {s.key: s for s in graph.inputs}
+    by_key.update({s.name.rsplit(":", 1)[0]: s for s in graph.inputs})
+    valid = ", ".join(s.key for s in graph.inputs) or "none"
+    unknown = sorted(set(inputs) - set(by_key))
+    if unknown:
+        raise InvalidRequest(f"unknown input(s) {', '.join(unknown)}; the inputs of {SIGNATURE} are: {valid}",
+                             code="invalid_input")
+    feeds: dict[str, np.ndarray] = {}
+    for key, proto in inputs.items():
+        spec = by_key[key]
+        if spec.name in feeds:
+            raise InvalidRequest(f"input {spec.key} is given twice (by signature key and by node name)",
+                                 code="invalid_input")
+        feeds[spec.name] = _input_array(key, proto, spec)
+    missing = [s.key for s in graph.inputs if not s.optional and s.name not in feeds]
+    if missing:
+        raise InvalidRequest(f"missing input(s) {', '.join(missing)}; the inputs of {SIGNATURE} are: {valid}",
+                             code="invalid_input")
+    return feeds
+
+
+def _fetch(graph, output_filter) -> list:
+    """The output specs to compute: all of them, or those ``output_filter`` names (key or node name)."""
+    if not output_filter:
+        return list(graph.outputs)
+    by_key = {s.key: s for s in graph.outputs}
+    by_key.update({s.name.rsplit(":", 1)[0]: s for s in graph.outputs})
+    chosen = []
+    for key in output_filter:
+        spec = by_key.get(key)
+        if spec is None:
+            raise InvalidRequest(f"output_filter names unknown output {key!r}; the outputs of {SIGNATURE} are: "
+                                 f"{', '.join(s.key for s in graph.outputs)}", code="invalid_output_filter")
+        if spec in chosen:
+            raise InvalidRequest(f"output_filter names output {spec.key} twice", code="invalid_output_filter")
+        chosen.append(spec)
+    return chosen
+
+
+def _signature_def(graph) -> meta_graph_pb2.SignatureDef:
+    return json_format.ParseDict(signature_def_json(graph), meta_graph_pb2.SignatureDef())
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata on frozen graphs."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+
+    @_answer_errors
+    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        name = _model_name(request.model_spec)
+        _check_signature(request.model_spec)
+        service = self.registry.label_service()
+        version = service.resolve(name, _ref(request.model_spec))
+        graph = service.graph(version)
+        feeds = _feeds(graph, request.inputs)
+        specs = _fetch(graph, request.output_filter)
+        results = graph.run(feeds, [s.name for s in specs])
+        response = predict_pb2.PredictResponse()
+        _fill_spec(response.model_spec, version)
+        for spec in specs:
+            response.outputs[spec.key].CopyFrom(tf.make_tensor_proto(results[spec.name], dtype=spec.dtype))
+        return response
+
+    @_answer_errors
+    def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                         context) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        name = _model_name(request.model_spec)
+        if not request.metadata_field:
+            raise InvalidRequest(f"metadata_field is empty: ask for {SIGNATURE_DEF_FIELD!r}",
+                                 code="invalid_metadata_field")
+        unsupported = [f for f in request.metadata_field if f != SIGNATURE_DEF_FIELD]
+        if unsupported:
+            raise InvalidRequest(f"metadata field(s) {', '.join(map(repr, unsupported))} not supported: "
+                                 f"only {SIGNATURE_DEF_FIELD!r}", code="invalid_metadata_field")
+        service = self.registry.label_service()
+        version = service.resolve(name, _ref(request.model_spec))
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        signatures.signature_def[SIGNATURE].CopyFrom(_signature_def(service.graph(version)))
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        _fill_spec(response.model_spec, version, signature="")
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
+        return response
+
+    def _unimplemented(self, method: str, context) -> None:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      f"{method} needs a SavedModel with a {method.lower()} signature; frozen graphs answer Predict")
+
+    def Classify(self, request, context):
+        self._unimplemented("Classify", context)
+
+    def Regress(self, request, context):
+        self._unimplemented("Regress", context)
+
+    def MultiInference(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "MultiInference runs classify and regress signatures of a SavedModel; frozen graphs "
+                      "answer Predict")
+
+
+def _version_status(version: VersionInfo) -> get_model_status_pb2.ModelVersionStatus:
+    status = get_model_status_pb2.ModelVersionStatus(version=version.version, state=_STATE[version.status])
+    if version.status == FAILED:
+        status.status.error_code = 2  # tensorflow.error.UNKNOWN, as REST reports it
+        status.status.error_message = version.status_message or "conversion failed"
+    return status
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """``tensorflow.serving.ModelService``: version states from the catalog."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+
+    @_answer_errors
+    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
+                       context) -> get_model_status_pb2.GetModelStatusResponse:
+        name = _model_name(request.model_spec)
+        ref = _ref(request.model_spec)
+        db = self.registry.db
+        if ref is not None:
+            versions = [catalog.get_version(db, name, ref)]
+        else:
+            versions, token = [], None
+            while True:
+                page = catalog.list_versions(db, name, page_size=catalog.MAX_PAGE_SIZE, page_token=token)
+                versions += page.items
+                token = page.next_page_token
+                if not token:
+                    break
+        return get_model_status_pb2.GetModelStatusResponse(
+            model_version_status=[_version_status(v) for v in versions])
+
+    def HandleReloadConfigRequest(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "HandleReloadConfigRequest is not supported: versions come from the registry "
+                      "(push a version, or move an alias)")
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def start_grpc_server(registry, host: str = "127.0.0.1", port: int = 8500,
+                      max_workers: int = 16) -> tuple[grpc.Server, int]:
+    """Serve TF Serving's gRPC API for ``registry`` on ``host:port`` (0: any free port).
+
+    Returns the started server and the port it is bound to; raises RuntimeError
+    when the address cannot be bound (port taken, or host not an address here).
+    """
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-serving"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+        ],
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(registry), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
+    address = _address(host, port)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        server.stop(None)
+        raise RuntimeError(f"cannot serve gRPC on {address}: {exc} (is the port in use? pick another, "
+                           "or 0 for any free port)") from exc
+    if not bound:
+        server.stop(None)
+        raise RuntimeError(f"cannot serve gRPC on {address}: the port is in use or the host is not an address "
+                           "of this machine (pick another port, or 0 for any free port)")
+    server.start()
+    log.info("TensorFlow Serving gRPC API on %s", _address(host, bound))
+    return server, bound
