@@ -46,7 +46,10 @@ def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_po
     if grpc_port is not None:
         from registry.serving.grpc_server import start_grpc_server
 
-        grpc_server, grpc_port = start_grpc_server(registry, host, grpc_port)
+        try:
+            grpc_server, grpc_port = start_grpc_server(registry, host, grpc_port)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
     server = make_server(host, port, app, threaded=True)
     url = f"http://{host}:{server.port}"
     click.echo(f"{title} listening on {url}")

@@ -8,6 +8,8 @@ from typing import Any
 
 READY, QUEUED, CONVERTING, FAILED = "ready", "queued", "converting", "failed"
 VERSION_STATUSES = (QUEUED, CONVERTING, READY, FAILED)
+# How TensorFlow Serving names these states (ModelVersionStatus.State), for its REST and gRPC APIs.
+TF_SERVING_STATE = {QUEUED: "START", CONVERTING: "LOADING", READY: "AVAILABLE", FAILED: "END"}
 
 # What a version was pushed as.
 SOURCE_META = "checkpoint+meta"

@@ -35,7 +35,7 @@ from tensorflow_serving.apis import (
 )
 
 from registry import catalog
-from registry.entities import CONVERTING, FAILED, QUEUED, READY, VersionInfo
+from registry.entities import FAILED, TF_SERVING_STATE, VersionInfo
 from registry.errors import InvalidRequest, NotFound, RegistryError
 from registry.serving.signature import SIGNATURE, signature_def_json
 
@@ -45,7 +45,7 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # as much as a REST :predict body may car
 SIGNATURE_DEF_FIELD = "signature_def"
 
 _State = get_model_status_pb2.ModelVersionStatus.State
-_STATE = {READY: _State.AVAILABLE, QUEUED: _State.START, CONVERTING: _State.LOADING, FAILED: _State.END}
+
 _CODE = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
@@ -243,7 +243,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 def _version_status(version: VersionInfo) -> get_model_status_pb2.ModelVersionStatus:
-    status = get_model_status_pb2.ModelVersionStatus(version=version.version, state=_STATE[version.status])
+    status = get_model_status_pb2.ModelVersionStatus(version=version.version, state=_State.Value(TF_SERVING_STATE[version.status]))
     if version.status == FAILED:
         status.status.error_code = 2  # tensorflow.error.UNKNOWN, as REST reports it
         status.status.error_message = version.status_message or "conversion failed"

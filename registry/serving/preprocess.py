@@ -7,7 +7,6 @@ divide by the std.  One small graph per distinct setting, built once.
 
 from __future__ import annotations
 
-import threading
 from functools import lru_cache
 
 import numpy as np
@@ -38,7 +37,6 @@ class Preprocessor:
                 self.outputs[fmt] = tf.divide(tf.subtract(resized, [mean]), [std])
         self.session = tf1.Session(graph=self.graph, config=tf1.ConfigProto(intra_op_parallelism_threads=2,
                                                                              inter_op_parallelism_threads=1))
-        self._lock = threading.Lock()
 
     def __call__(self, data: bytes, fmt: str) -> np.ndarray:
         """A [1, height, width, 3] float32 batch from encoded image bytes."""

@@ -12,7 +12,7 @@ import re
 from flask import Blueprint, current_app, jsonify, request
 
 from registry import catalog
-from registry.entities import CONVERTING, FAILED, QUEUED, READY
+from registry.entities import FAILED, TF_SERVING_STATE
 from registry.errors import InvalidRequest, NotFound, RegistryError
 
 bp = Blueprint("serving", __name__)
@@ -51,12 +51,9 @@ def _parse(spec: str) -> tuple[str, str | None, bool, str | None]:
     return name, version or label, bool(match["metadata"]), match["verb"]
 
 
-_STATE = {READY: "AVAILABLE", QUEUED: "START", CONVERTING: "LOADING", FAILED: "END"}
-
-
 def _version_status(version) -> dict:
     failed = version.status == FAILED
-    return {"version": str(version.version), "state": _STATE[version.status],
+    return {"version": str(version.version), "state": TF_SERVING_STATE[version.status],
             "status": {"error_code": "UNKNOWN" if failed else "OK",
                        "error_message": version.status_message if failed else ""}}
 
