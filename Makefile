@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/registry migrate
-	$(BIN)/registry serve --host $(HOST) --port $(PORT)
+	$(BIN)/registry serve --host $(HOST) --port $(PORT) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

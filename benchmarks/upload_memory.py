@@ -195,7 +195,7 @@ class Server:
         env = dict(os.environ, REGISTRY_HOME=str(self.home))
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(REGISTRY_BIN), "serve", "--port", str(self.port), "--workers", "0"],
+                [str(REGISTRY_BIN), "serve", "--port", str(self.port), "--workers", "0", "--no-demo"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         self._wait_healthy()

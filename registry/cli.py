@@ -76,18 +76,27 @@ def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_po
               help="Converter threads inside the server (REGISTRY_EMBEDDED_WORKERS, default 1; 0 for none).")
 @click.option("--grpc-port", type=int, default=None,
               help="Also serve TensorFlow Serving's gRPC API on this port (off by default).")
-def serve(host: str, port: int, workers: int | None, grpc_port: int | None) -> None:
+@click.option("--no-demo", is_flag=True,
+              help="Do not seed the demo model 'digits' on first start (REGISTRY_DEMO=0).")
+def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_demo: bool) -> None:
     """Run the registry: API, label service and embedded converter workers, in one process."""
     from registry.app import create_app
+    from registry.demo import start_seeding
 
     overrides = {"embedded_workers": workers} if workers is not None else {}
+    if no_demo:
+        overrides["demo"] = False
     settings = Settings.from_env(**overrides)
     app = create_app(settings, start_workers=True)
-    _serve_http(app, host, port, "Registry", [
+    lines = [
         f"  data: {settings.database_url}  blobs: {settings.storage_url}",
         "  label service (TF Serving REST): {url}/v1/models/NAME",
         "  try:  REGISTRY_URL={url} registry push NAME path/to/model.ckpt --wait",
-    ], grpc_port)
+    ]
+    if start_seeding(app.extensions["registry"]) is not None:
+        lines.append("  demo: preparing model 'digits' in the background (trained now on scikit-learn's 8x8 "
+                     "digits; --no-demo or REGISTRY_DEMO=0 turns it off)")
+    _serve_http(app, host, port, "Registry", lines, grpc_port)
 
 
 @main.command("label-serve")

@@ -39,6 +39,7 @@ class Settings:
     compare_max_versions: int = 8
     compare_max_images: int = 64
     batch_max_size: int = 16
+    demo: bool = True
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -61,6 +62,7 @@ class Settings:
             compare_max_versions=int(_env("REGISTRY_COMPARE_MAX_VERSIONS", "8")),
             compare_max_images=int(_env("REGISTRY_COMPARE_MAX_IMAGES", "64")),
             batch_max_size=int(_env("REGISTRY_BATCH_MAX_SIZE", "16")),
+            demo=_env("REGISTRY_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
         return replace(settings, **overrides) if overrides else settings
 
