@@ -63,7 +63,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, start_
     from registry.serving.rest import bp as serving_bp
 
     if not serving_only:
+        from registry.web import bp as web_bp
+
         app.register_blueprint(api_bp)
+        app.register_blueprint(web_bp)
     app.register_blueprint(serving_bp)
     register_error_handlers(app)
 

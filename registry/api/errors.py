@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from registry.errors import RegistryError
@@ -12,7 +12,16 @@ from registry.errors import RegistryError
 log = logging.getLogger(__name__)
 
 
+def wants_json() -> bool:
+    """API clients get JSON; browsers on the pages get an HTML page."""
+    return request.path.startswith(("/api/", "/v1/")) or request.accept_mimetypes.best == "application/json"
+
+
 def error_response(status: int, code: str, message: str):
+    if not wants_json():
+        titles = {404: "Not found", 400: "That did not work", 409: "Not possible right now", 413: "Too large"}
+        page = render_template("error.html", title=titles.get(status, "Something went wrong"), message=message)
+        return page, status
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
     return response

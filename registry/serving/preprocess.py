@@ -35,8 +35,9 @@ class Preprocessor:
                 expanded = tf.expand_dims(tf.cast(image, tf.float32), 0)
                 resized = tf1.image.resize_bilinear(expanded, [height, width])
                 self.outputs[fmt] = tf.divide(tf.subtract(resized, [mean]), [std])
-        self.session = tf1.Session(graph=self.graph, config=tf1.ConfigProto(intra_op_parallelism_threads=2,
-                                                                             inter_op_parallelism_threads=1))
+        # Default config on purpose: the first Session in a process fixes TensorFlow's
+        # thread pools for every later one, the models' included.
+        self.session = tf1.Session(graph=self.graph)
 
     def __call__(self, data: bytes, fmt: str) -> np.ndarray:
         """A [1, height, width, 3] float32 batch from encoded image bytes."""

@@ -19,6 +19,7 @@ from registry.serving.images import sniff
 from registry.storage import BlobStorage
 
 MAX_TOP_K = 1000
+RESOLVE_TTL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,28 @@ class LabelService:
         self.db = db
         self.storage = storage
         self.cache = GraphCache(settings.label_cache_mb * 1024 * 1024, self._load)
+        self._resolved: dict[tuple[str, str], tuple[float, VersionInfo]] = {}
 
     # -- versions ---------------------------------------------------------------------
 
     def resolve(self, name: str, ref: str | None) -> VersionInfo:
-        """The version to serve, or a 409 saying why it cannot be served."""
-        version = catalog.get_version(self.db, name, ref or "latest")
+        """The version to serve, or a 409 saying why it cannot be served.
+
+        Answers are remembered for ``RESOLVE_TTL_S`` (a moved alias or a new
+        latest version is seen within that), which saves the catalog queries on
+        every request of a busy version.
+        """
+        key = (name, ref or "latest")
+        now = time.monotonic()
+        cached = self._resolved.get(key)
+        if cached is not None and now - cached[0] < RESOLVE_TTL_S:
+            return cached[1]
+        version = self._resolve(name, ref or "latest")
+        self._resolved[key] = (now, version)
+        return version
+
+    def _resolve(self, name: str, ref: str) -> VersionInfo:
+        version = catalog.get_version(self.db, name, ref)
         if version.status != READY:
             detail = f" ({version.status_message})" if version.status_message else ""
             raise Conflict(f"version {version.version} of {name!r} is {version.status}{detail}; only ready "

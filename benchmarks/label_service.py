@@ -1,0 +1,724 @@
+"""Label service latency and throughput against a plain ``Session.run``.
+
+Builds (once, cached under ``benchmarks/.work/label_service``) three versions
+of the Inception-v3-shaped CNN of ``freeze_vs_freeze_graph.py`` (same
+architecture, different seeds, ~112 MB checkpoints each), starts a real
+``registry serve`` on a free port with a fresh ``REGISTRY_HOME``, pushes them
+with ``RegistryClient`` (checkpoint + inference graph + labels, output node
+given), waits until they are ready and pulls the frozen graphs.  Then, in the
+same run and alternating so that the server and the plain run never compete
+for the CPU, it measures:
+
+* cold: the first ``:label`` of a version not loaded yet, against the plain
+  cold cost (parse + ``import_graph_def`` + ``Session`` + first run);
+* warm ``:label`` over HTTP (a 640x480 JPEG) against ``Session.run`` of the
+  same frozen graph on the already-preprocessed [1, 299, 299, 3] tensor;
+* ``:compare`` of the three versions on one image against the sum of the
+  three plain runs;
+* 16 concurrent ``:label`` clients against the best plain batched throughput
+  (batches of 1, 2, 4, 8 and 16 preprocessed images, swept before and after
+  the clients; the best images/s of all counts).
+
+Targets: warm ``:label`` p50 <= 1.15x plain p50; ``:compare`` p50 <= 1.2x the
+sum of the plain p50s; 16 concurrent clients without errors at >= 0.8x the best
+plain images/s; and the server's predictions equal the plain run's.  Exits 1
+when a target is missed.
+
+Run from the repository root: ``.venv/bin/python benchmarks/label_service.py``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.core.framework import graph_pb2  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import freeze_vs_freeze_graph as inception  # noqa: E402
+from registry.client import RegistryClient  # noqa: E402
+
+TARGET_LABEL_RATIO = 1.15
+TARGET_COMPARE_RATIO = 1.2
+TARGET_THROUGHPUT_RATIO = 0.8
+SEEDS = (11, 22, 33)
+MODEL_VERSION = 1  # bump when the models below change, to rebuild the cache
+MODEL_NAME = "inception-bench"
+WARM_UP = 5
+LABEL_SAMPLES = 50
+COMPARE_SAMPLES = 30
+CLIENTS = 16
+REQUESTS_PER_CLIENT = 8
+BATCH_SIZES = (1, 2, 4, 8, 16)
+MIN_BATCH_IMAGES = 48  # images timed per plain batch size (at least 3 runs)
+IMAGE_WIDTH, IMAGE_HEIGHT = 640, 480
+TOP_K = 5
+SCORE_TOLERANCE = 1e-5
+
+WORK = REPO / "benchmarks" / ".work" / "label_service"
+REGISTRY_BIN = Path(sys.executable).with_name("registry")
+INPUT_TENSOR = f"{inception.INPUT_NODE}:0"
+OUTPUT_TENSOR = f"{inception.OUTPUT_NODE}:0"
+
+
+# --------------------------------------------------------------------------
+# Inputs: three checkpoints, a labels file, a JPEG.
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelFiles:
+    seed: int
+
+    @property
+    def directory(self) -> Path:
+        return WORK / f"seed-{self.seed}"
+
+    @property
+    def prefix(self) -> Path:
+        return self.directory / "model.ckpt"
+
+    @property
+    def graph(self) -> Path:
+        return self.directory / "inference_graph.pb"
+
+    @property
+    def marker(self) -> Path:
+        return self.directory / "model.json"  # written last: marks a complete cache
+
+    def data_files(self) -> list[Path]:
+        return sorted(self.directory.glob(f"{self.prefix.name}.data-*-of-*"))
+
+    def push_files(self, labels: Path) -> list[tuple[str, Path]]:
+        return ([("index", Path(f"{self.prefix}.index"))] + [("data", p) for p in self.data_files()]
+                + [("graph", self.graph), ("labels", labels)])
+
+    def cached(self) -> bool:
+        if not (self.marker.is_file() and self.graph.is_file() and self.data_files()):
+            return False
+        info = json.loads(self.marker.read_text())
+        return info.get("version") == MODEL_VERSION and info.get("seed") == self.seed
+
+
+def build_model(model: ModelFiles) -> None:
+    """Inception-v3's topology with weights drawn from ``model.seed``: checkpoint and inference graph."""
+    model.directory.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(model.seed)
+        images = tf.compat.v1.placeholder(tf.float32, [None, inception.IMAGE_SIZE, inception.IMAGE_SIZE, 3],
+                                          name=inception.INPUT_NODE)
+        predictions = inception.inception_v3(images)
+        assert predictions.op.name == inception.OUTPUT_NODE, predictions.op.name
+        graph_def = graph.as_graph_def()
+        saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables())
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, str(model.prefix), write_meta_graph=False)
+    tf.io.write_graph(graph_def, str(model.directory), model.graph.name, as_text=False)
+    model.marker.write_text(json.dumps({"version": MODEL_VERSION, "seed": model.seed,
+                                        "data_bytes": sum(p.stat().st_size for p in model.data_files())}))
+
+
+def ensure_models() -> list[ModelFiles]:
+    models = [ModelFiles(seed) for seed in SEEDS]
+    for model in models:
+        if model.cached():
+            continue
+        print(f"building the seed-{model.seed} model in {model.directory.relative_to(REPO)} (once) ...", flush=True)
+        started = time.perf_counter()
+        build_model(model)
+        print(f"  built in {time.perf_counter() - started:.1f} s", flush=True)
+    return models
+
+
+def ensure_labels() -> Path:
+    path = WORK / "labels.txt"
+    if not path.is_file():
+        path.write_text("".join(f"class-{i:04d}\n" for i in range(inception.NUM_CLASSES)))
+    return path
+
+
+def ensure_jpeg() -> Path:
+    """A 640x480 JPEG of smooth synthetic content with a little seeded noise."""
+    path = WORK / "image.jpg"
+    if path.is_file():
+        return path
+    y, x = np.mgrid[0:IMAGE_HEIGHT, 0:IMAGE_WIDTH].astype(np.float32)
+    channels = [
+        128 + 100 * np.sin(x / 37.0) * np.cos(y / 53.0),
+        128 + 90 * np.cos((x + y) / 71.0),
+        255 * (x / IMAGE_WIDTH) * (1 - y / IMAGE_HEIGHT),
+    ]
+    noise = np.random.default_rng(7).normal(0, 12, (IMAGE_HEIGHT, IMAGE_WIDTH, 3))
+    pixels = np.clip(np.stack(channels, axis=-1) + noise, 0, 255).astype(np.uint8)
+    path.write_bytes(tf.io.encode_jpeg(pixels, quality=90).numpy())
+    return path
+
+
+def preprocess(jpeg: bytes, height: int, width: int, mean: float, std: float) -> np.ndarray:
+    """label_image.py's steps (decode, cast, batch, resize_bilinear, normalise), outside the server."""
+    image = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)
+    resized = tf.compat.v1.image.resize_bilinear(tf.expand_dims(image, 0), [height, width])
+    return ((resized - mean) / std).numpy()
+
+
+# --------------------------------------------------------------------------
+# The server.
+# --------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``registry serve --workers 1`` (API, converter and label service) on a fresh REGISTRY_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = WORK / "server.log"  # kept after the run, for post-mortems
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Server":
+        env = dict(os.environ, REGISTRY_HOME=str(self.home))
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(REGISTRY_BIN), "serve", "--port", str(self.port), "--workers", "1", "--no-demo"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        self._wait_healthy()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_path.read_text()}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the server did not answer /healthz within {timeout:g} s")
+
+    def stop(self) -> None:
+        """SIGTERM (the server shuts down cleanly on it); kill only if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def push_and_pull(client: RegistryClient, models: list[ModelFiles], labels: Path, dest: Path) -> list[Path]:
+    """Push each checkpoint as the next version, wait until all are ready, pull their frozen graphs."""
+    versions = []
+    for model in models:
+        record = client.push(MODEL_NAME, model.push_files(labels), {"output_nodes": inception.OUTPUT_NODE})
+        versions.append(record["version"])
+        print(f"  pushed seed {model.seed} as version {record['version']}", flush=True)
+    pulled = []
+    for version in versions:
+        record = client.wait(MODEL_NAME, version, timeout=600)
+        if record["status"] != "ready":
+            raise RuntimeError(f"version {version} is {record['status']}: {record['status_message']}")
+        path = dest / f"v{version}.pb"
+        client.pull(MODEL_NAME, str(version), path)
+        pulled.append(path)
+        print(f"  version {version} ready, frozen.pb {path.stat().st_size / 1e6:.1f} MB pulled", flush=True)
+    return pulled
+
+
+class LabelClient:
+    """``:label`` and ``:compare`` over one keep-alive connection, timed from the client."""
+
+    def __init__(self, url: str, jpeg: bytes) -> None:
+        self.url = f"{url}/v1/models/{MODEL_NAME}"
+        self.jpeg = jpeg
+        self.session = requests.Session()
+
+    def label(self, version: int) -> tuple[float, dict]:
+        started = time.perf_counter()
+        response = self.session.post(f"{self.url}/versions/{version}:label", params={"top_k": TOP_K},
+                                     data=self.jpeg, headers={"Content-Type": "image/jpeg"}, timeout=300)
+        seconds = time.perf_counter() - started
+        response.raise_for_status()
+        return seconds, response.json()
+
+    def compare(self, versions: list[int]) -> tuple[float, dict]:
+        started = time.perf_counter()
+        response = self.session.post(f"{self.url}:compare",
+                                     data={"versions": ",".join(map(str, versions)), "top_k": str(TOP_K)},
+                                     files=[("image", ("image.jpg", self.jpeg, "image/jpeg"))], timeout=300)
+        seconds = time.perf_counter() - started
+        response.raise_for_status()
+        return seconds, response.json()
+
+
+# --------------------------------------------------------------------------
+# The plain run.
+# --------------------------------------------------------------------------
+
+class PlainGraph:
+    """A frozen graph imported with ``import_graph_def`` into a default-config Session."""
+
+    def __init__(self, path: Path) -> None:
+        graph_def = graph_pb2.GraphDef()
+        graph_def.ParseFromString(path.read_bytes())
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.graph_util.import_graph_def(graph_def, name="")
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        self.input = self.graph.get_tensor_by_name(INPUT_TENSOR)
+        self.output = self.graph.get_tensor_by_name(OUTPUT_TENSOR)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(self.output, {self.input: batch})
+
+
+def plain_cold(path: Path, batch: np.ndarray) -> tuple[PlainGraph, float, float]:
+    """Read + parse + import + Session, then the first run: the graph and both durations."""
+    started = time.perf_counter()
+    plain = PlainGraph(path)
+    loaded = time.perf_counter()
+    plain.run(batch)
+    return plain, loaded - started, time.perf_counter() - loaded
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------
+# Measurements.
+# --------------------------------------------------------------------------
+
+@dataclass
+class Samples:
+    seconds: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.seconds, 90))
+
+    def ms(self) -> str:
+        return f"p50 {self.p50 * 1000:7.1f} ms  p90 {self.p90 * 1000:7.1f} ms  (n={len(self.seconds)})"
+
+
+@dataclass
+class Cold:
+    version: int
+    server_s: float
+    server_load_ms: float
+    server_inference_ms: float
+    plain_load_s: float
+    plain_first_run_s: float
+
+    @property
+    def plain_s(self) -> float:
+        return self.plain_load_s + self.plain_first_run_s
+
+
+def measure_cold(client: LabelClient, versions: list[int], paths: list[Path], batch: np.ndarray,
+                 plains: dict[int, PlainGraph]) -> list[Cold]:
+    """First :label of each version, then the plain cold cost of the same graph, one after the other."""
+    results = []
+    for version, path in zip(versions, paths):
+        server_s, answer = client.label(version)
+        plains[version], plain_load_s, plain_first_run_s = plain_cold(path, batch)
+        timing = answer["timing_ms"]
+        results.append(Cold(version, server_s, timing["load"], timing["inference"], plain_load_s,
+                            plain_first_run_s))
+    return results
+
+
+@dataclass
+class Warm:
+    http: Samples
+    plain: Samples
+    server_ms: dict[str, list[float]]
+
+    @property
+    def ratio(self) -> float:
+        return self.http.p50 / self.plain.p50
+
+
+def measure_warm(client: LabelClient, version: int, plain: PlainGraph, batch: np.ndarray) -> Warm:
+    """Warm both up, then alternate one HTTP :label and one plain run (order swapped every round)."""
+    for _ in range(WARM_UP):
+        client.label(version)
+        plain.run(batch)
+    http, base = Samples(), Samples()
+    server_ms: dict[str, list[float]] = {"preprocess": [], "inference": [], "total": []}
+
+    def sample_http() -> None:
+        seconds, answer = client.label(version)
+        http.add(seconds)
+        for key, values in server_ms.items():
+            values.append(answer["timing_ms"][key])
+
+    def sample_plain() -> None:
+        base.add(timed(lambda: plain.run(batch)))
+
+    for i in range(LABEL_SAMPLES):
+        for step in (sample_http, sample_plain) if i % 2 == 0 else (sample_plain, sample_http):
+            step()
+    return Warm(http, base, server_ms)
+
+
+@dataclass
+class Compare:
+    http: Samples
+    plain: dict[int, Samples]
+    server_latency_ms: dict[int, list[float]]
+    preprocess_ms: list[float]
+
+    @property
+    def plain_sum(self) -> float:
+        return sum(s.p50 for s in self.plain.values())
+
+    @property
+    def ratio(self) -> float:
+        return self.http.p50 / self.plain_sum
+
+
+def measure_compare(client: LabelClient, versions: list[int], plains: dict[int, PlainGraph],
+                    batch: np.ndarray) -> Compare:
+    for _ in range(max(2, WARM_UP // 2)):
+        client.compare(versions)
+        for version in versions:
+            plains[version].run(batch)
+    http = Samples()
+    base = {v: Samples() for v in versions}
+    latency: dict[int, list[float]] = {v: [] for v in versions}
+    preprocess_ms: list[float] = []
+    for _ in range(COMPARE_SAMPLES):
+        seconds, answer = client.compare(versions)
+        http.add(seconds)
+        preprocess_ms.append(answer["timing_ms"]["preprocess"])
+        for entry in answer["versions"]:
+            latency[entry["version"]].append(entry["latency_ms"])
+        for version in versions:
+            base[version].add(timed(lambda: plains[version].run(batch)))
+    return Compare(http, base, latency, preprocess_ms)
+
+
+@dataclass
+class Throughput:
+    plain_images_s: dict[int, float]
+    server_images_s: float
+    requests: int
+    errors: list[str]
+    latency: Samples
+    inference_ms: list[float]
+
+    @property
+    def best_plain(self) -> tuple[int, float]:
+        size = max(self.plain_images_s, key=self.plain_images_s.get)
+        return size, self.plain_images_s[size]
+
+    @property
+    def ratio(self) -> float:
+        return self.server_images_s / self.best_plain[1]
+
+
+def plain_batched(plain: PlainGraph, batch: np.ndarray) -> dict[int, float]:
+    """Images/s of plain Session.run per batch size (one warm-up run per size)."""
+    result = {}
+    for size in BATCH_SIZES:
+        images = np.repeat(batch, size, axis=0)
+        plain.run(images)
+        runs = max(3, MIN_BATCH_IMAGES // size)
+        seconds = sum(timed(lambda: plain.run(images)) for _ in range(runs))
+        result[size] = runs * size / seconds
+    return result
+
+
+@dataclass
+class ClientRun:
+    seconds: float
+    latency: Samples
+    inference_ms: list[float]
+    errors: list[str]
+
+
+def concurrent_clients(url: str, jpeg: bytes, version: int, clients: int, per_client: int) -> ClientRun:
+    """``clients`` threads, each with its own connection, send ``per_client`` :label requests in a row."""
+    start = threading.Barrier(clients + 1)
+    latency, inference_ms, errors = Samples(), [], []
+    lock = threading.Lock()
+
+    def client_thread() -> None:
+        client = LabelClient(url, jpeg)
+        start.wait()
+        for _ in range(per_client):
+            try:
+                seconds, answer = client.label(version)
+            except Exception as exc:  # noqa: BLE001 - every failure counts as an error
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            with lock:
+                latency.add(seconds)
+                inference_ms.append(answer["timing_ms"]["inference"])
+
+    threads = [threading.Thread(target=client_thread) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return ClientRun(time.perf_counter() - started, latency, inference_ms, errors)
+
+
+def measure_throughput(url: str, jpeg: bytes, version: int, plain: PlainGraph, batch: np.ndarray) -> Throughput:
+    """Plain sweeps before and after the clients (the better of the two per batch size), the clients between."""
+    before = plain_batched(plain, batch)
+    concurrent_clients(url, jpeg, version, CLIENTS, 2)  # warm-up: the batch shapes the server will see
+    run = concurrent_clients(url, jpeg, version, CLIENTS, REQUESTS_PER_CLIENT)
+    after = plain_batched(plain, batch)
+    plain_rates = {size: max(before[size], after[size]) for size in BATCH_SIZES}
+    done = len(run.latency.seconds)
+    return Throughput(plain_rates, done / run.seconds, CLIENTS * REQUESTS_PER_CLIENT, run.errors, run.latency,
+                      run.inference_ms)
+
+
+def predictions_match(client: LabelClient, versions: list[int], plains: dict[int, PlainGraph],
+                      batch: np.ndarray) -> dict[int, bool]:
+    """The server's top-k indices and scores equal the plain run's, per version."""
+    result = {}
+    for version in versions:
+        _, answer = client.label(version)
+        scores = plains[version].run(batch).reshape(-1)
+        served = answer["predictions"]
+        expected = np.argsort(scores, kind="stable")[::-1][:TOP_K]
+        result[version] = ([p["index"] for p in served] == [int(i) for i in expected]
+                           and all(abs(p["score"] - float(scores[p["index"]])) <= SCORE_TOLERANCE for p in served))
+    return result
+
+
+def versions_differ(plains: dict[int, PlainGraph], batch: np.ndarray) -> tuple[float, dict[int, int]]:
+    """The smallest max |score difference| between two versions on the image, and each version's top-1."""
+    outputs = {v: p.run(batch).reshape(-1) for v, p in plains.items()}
+    scores = list(outputs.values())
+    smallest = min(float(np.max(np.abs(a - b))) for i, a in enumerate(scores) for b in scores[i + 1:])
+    return smallest, {v: int(np.argmax(o)) for v, o in outputs.items()}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --------------------------------------------------------------------------
+# Report.
+# --------------------------------------------------------------------------
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def median_ms(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ms"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n{title}")
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label.ljust(width)}  {value}")
+
+
+@dataclass
+class Results:
+    first: Cold
+    cold: list[Cold]
+    warm: Warm
+    compare: Compare
+    throughput: Throughput
+    matches: dict[int, bool]
+    min_diff: float
+    top1: dict[int, int]
+    server_rss_mb: float
+
+    @property
+    def label_ok(self) -> bool:
+        return self.warm.ratio <= TARGET_LABEL_RATIO
+
+    @property
+    def compare_ok(self) -> bool:
+        return self.compare.ratio <= TARGET_COMPARE_RATIO
+
+    @property
+    def throughput_ok(self) -> bool:
+        return not self.throughput.errors and self.throughput.ratio >= TARGET_THROUGHPUT_RATIO
+
+    @property
+    def checks_ok(self) -> bool:
+        return all(self.matches.values()) and self.min_diff > 0
+
+    @property
+    def passed(self) -> bool:
+        return self.label_ok and self.compare_ok and self.throughput_ok and self.checks_ok
+
+
+def print_cold(first: Cold, cold: list[Cold]) -> None:
+    print_rows("cold: first request for a version not loaded yet", [
+        (f"server's first :label (v{first.version}, TF import)",
+         f"{first.server_s * 1000:.0f} ms (load {first.server_load_ms:.0f} ms) - plain cold in this process "
+         f"{first.plain_s * 1000:.0f} ms (for information)"),
+        *[(f"v{c.version} :label over HTTP", f"{c.server_s * 1000:.0f} ms (load {c.server_load_ms:.0f} ms, "
+           f"first run {c.server_inference_ms:.0f} ms)") for c in cold],
+        *[(f"v{c.version} plain", f"{c.plain_s * 1000:.0f} ms (read+parse+import+Session "
+           f"{c.plain_load_s * 1000:.0f} ms, first run {c.plain_first_run_s * 1000:.0f} ms); "
+           f"ratio HTTP / plain {c.server_s / c.plain_s:.2f}") for c in cold],
+    ])
+
+
+def print_warm(warm: Warm, ok: bool) -> None:
+    outside_ms = warm.http.p50 * 1000 - statistics.median(warm.server_ms["total"])
+    print_rows(f"warm :label, batch 1, {LABEL_SAMPLES} interleaved samples each", [
+        (f"HTTP :label ({IMAGE_WIDTH}x{IMAGE_HEIGHT} JPEG)", warm.http.ms()),
+        ("plain Session.run (tensor)", warm.plain.ms()),
+        ("server timing_ms, medians", f"preprocess {median_ms(warm.server_ms['preprocess'])}, inference "
+                                      f"{median_ms(warm.server_ms['inference'])}, total "
+                                      f"{median_ms(warm.server_ms['total'])}"),
+        ("outside LabelService.label", f"{outside_ms:.1f} ms (HTTP, Flask, resolve, JSON; p50 difference)"),
+        ("ratio p50 HTTP / plain", f"{warm.ratio:.3f}  (target <= {TARGET_LABEL_RATIO})  {verdict(ok)}"),
+    ])
+
+
+def print_compare(compare: Compare, ok: bool) -> None:
+    latencies = ", ".join(f"v{v} {median_ms(ms)}" for v, ms in compare.server_latency_ms.items())
+    print_rows(f":compare of {len(compare.plain)} versions, one image, {COMPARE_SAMPLES} samples", [
+        ("HTTP :compare", compare.http.ms()),
+        *[(f"plain Session.run v{v}", s.ms()) for v, s in compare.plain.items()],
+        ("sum of plain p50s", f"{compare.plain_sum * 1000:.1f} ms"),
+        ("server latency_ms, medians", f"{latencies}; preprocess {median_ms(compare.preprocess_ms)}"),
+        ("ratio p50 / sum", f"{compare.ratio:.3f}  (target <= {TARGET_COMPARE_RATIO})  {verdict(ok)}"),
+    ])
+
+
+def print_throughput(throughput: Throughput, ok: bool) -> None:
+    size, best = throughput.best_plain
+    answered = len(throughput.latency.seconds)
+    print_rows(f"throughput: {CLIENTS} concurrent clients x {REQUESTS_PER_CLIENT} :label requests", [
+        *[(f"plain Session.run, batch {b}", f"{r:.2f} images/s") for b, r in throughput.plain_images_s.items()],
+        ("best plain", f"{best:.2f} images/s (batch {size})"),
+        (f"HTTP :label, {CLIENTS} clients", f"{throughput.server_images_s:.2f} images/s, "
+                                           f"{answered}/{throughput.requests} answered, "
+                                           f"{len(throughput.errors)} errors"),
+        ("request latency", throughput.latency.ms() if answered else "-"),
+        ("server inference_ms, median", median_ms(throughput.inference_ms) if answered else "-"),
+        ("ratio server / best plain", f"{throughput.ratio:.3f}  (target >= {TARGET_THROUGHPUT_RATIO}, no errors)  "
+                                      f"{verdict(ok)}"),
+        *[("error", e) for e in throughput.errors[:5]],
+    ])
+
+
+def report(results: Results, loads: tuple[str, str], runtime: float) -> None:
+    print_cold(results.first, results.cold)
+    print_warm(results.warm, results.label_ok)
+    print_compare(results.compare, results.compare_ok)
+    print_throughput(results.throughput, results.throughput_ok)
+    print_rows("checks", [
+        ("server top-5 == plain top-5", ", ".join(f"v{v} {'yes' if ok else 'NO'}"
+                                                  for v, ok in results.matches.items())),
+        ("versions differ", f"min max|score diff| between versions {results.min_diff:.3g}; top-1 "
+                            + ", ".join(f"v{v} {i}" for v, i in results.top1.items())),
+        (f"server RSS, {len(results.top1)} versions loaded", f"{results.server_rss_mb:.0f} MB"),
+        ("load average (1, 5, 15 min)", f"{loads[0]} (start), {loads[1]} (end)"),
+        ("runtime", f"{runtime:.0f} s"),
+        ("result", verdict(results.passed)),
+    ])
+
+
+def measure(server: Server, models: list[ModelFiles], labels: Path, jpeg: bytes, scratch: Path) -> Results:
+    """Push, pull, then every measurement, in an order that keeps each version cold until its first request."""
+    registry = RegistryClient(server.url)
+    paths = push_and_pull(registry, models, labels, scratch)
+    versions = [int(p.stem[1:]) for p in paths]
+    p = registry.get_version(MODEL_NAME, str(versions[0]))["preprocessing"]
+    batch = preprocess(jpeg, int(p["input_height"]), int(p["input_width"]), float(p["input_mean"]),
+                       float(p["input_std"]))
+    client = LabelClient(server.url, jpeg)
+    plains: dict[int, PlainGraph] = {}
+    print("measuring cold requests ...", flush=True)
+    first, *cold = measure_cold(client, versions, paths, batch, plains)
+    print("measuring warm :label ...", flush=True)
+    warm = measure_warm(client, versions[0], plains[versions[0]], batch)
+    print("measuring :compare ...", flush=True)
+    compare = measure_compare(client, versions, plains, batch)
+    print("measuring throughput ...", flush=True)
+    throughput = measure_throughput(server.url, jpeg, versions[0], plains[versions[0]], batch)
+    matches = predictions_match(client, versions, plains, batch)
+    min_diff, top1 = versions_differ(plains, batch)
+    return Results(first, cold, warm, compare, throughput, matches, min_diff, top1, rss_mb(server.process.pid))
+
+
+def main() -> int:
+    started = time.perf_counter()
+    load_start = load_average()
+    WORK.mkdir(parents=True, exist_ok=True)
+    models = ensure_models()
+    labels, jpeg = ensure_labels(), ensure_jpeg().read_bytes()
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=WORK))
+    try:
+        with Server(scratch / "home") as server:
+            print(f"server on {server.url}, REGISTRY_HOME {server.home}; pushing {len(models)} versions ...",
+                  flush=True)
+            results = measure(server, models, labels, jpeg, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report(results, (load_start, load_average()), time.perf_counter() - started)
+    return 0 if results.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

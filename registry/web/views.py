@@ -1,0 +1,106 @@
+"""Page handlers: parse the query, call a service, render a template."""
+
+from __future__ import annotations
+
+from flask import abort, redirect, render_template, request, send_from_directory, url_for
+
+from registry import catalog
+from registry.app import get_registry
+from registry.entities import READY
+from registry.errors import RegistryError
+from registry.web import bp
+
+PAGE_SIZE = 25
+
+
+def _page_size() -> int:
+    try:
+        return max(1, min(200, int(request.args.get("page_size", PAGE_SIZE))))
+    except ValueError:
+        return PAGE_SIZE
+
+
+def _next_url(page) -> str | None:
+    """This page's URL with the next page's token."""
+    if not page.next_page_token:
+        return None
+    args = {**request.args.to_dict(), "page_token": page.next_page_token}
+    return url_for(request.endpoint, **(request.view_args or {}), **args)
+
+
+@bp.get("/")
+def models():
+    query = request.args.get("q", "").strip()
+    page = catalog.list_models(get_registry().db, page_size=_page_size(), page_token=request.args.get("page_token"),
+                               query=query or None)
+    return render_template("models.html", page=page, query=query, next_url=_next_url(page))
+
+
+@bp.get("/models/<name>")
+def model(name: str):
+    registry = get_registry()
+    info = catalog.get_model(registry.db, name)
+    page = catalog.list_versions(registry.db, name, page_size=_page_size(),
+                                 page_token=request.args.get("page_token"))
+    return render_template("model.html", model=info, page=page, next_url=_next_url(page),
+                           alias_error=request.args.get("alias_error"))
+
+
+@bp.post("/models/<name>/aliases")
+def set_alias(name: str):
+    alias = request.form.get("alias", "").strip()
+    version = request.form.get("version", "").strip()
+    try:
+        if request.form.get("action") == "delete":
+            catalog.delete_alias(get_registry().db, name, alias)
+        else:
+            if not version.isdigit():
+                raise RegistryError("choose the version the alias should point at", status=400)
+            catalog.set_alias(get_registry().db, name, alias, int(version))
+    except RegistryError as exc:
+        if exc.status >= 500:
+            raise
+        return redirect(url_for("web.model", name=name, alias_error=exc.message) + "#aliases")
+    return redirect(url_for("web.model", name=name) + "#aliases")
+
+
+@bp.get("/models/<name>/versions/<ref>")
+def version(name: str, ref: str):
+    record = catalog.get_version(get_registry().db, name, ref)
+    return render_template("version.html", v=record, server_url=request.host_url.rstrip("/"))
+
+
+@bp.get("/push")
+def push():
+    return render_template("push.html", name=request.args.get("model", ""))
+
+
+@bp.get("/models/<name>/compare")
+def compare(name: str):
+    registry = get_registry()
+    info = catalog.get_model(registry.db, name)
+    ready = catalog.list_versions(registry.db, name, status=READY, page_size=50).items
+    chosen = {v.version for v in ready[:2]} | set(info.aliases.values())
+    samples = _demo_samples() if name == "digits" else []
+    return render_template("compare.html", model=info, versions=ready, chosen=chosen, samples=samples)
+
+
+def _demo_folder():
+    return get_registry().settings.home / "demo"
+
+
+def _demo_samples() -> list[dict]:
+    folder = _demo_folder()
+    expected_file = folder / "expected.txt"
+    if not expected_file.is_file():
+        return []
+    expected = [line.strip() for line in expected_file.read_text().splitlines() if line.strip()]
+    images = sorted(p.name for p in folder.glob("*.png"))
+    return [{"name": n, "expected": e} for n, e in zip(images, expected)]
+
+
+@bp.get("/demo/<path:filename>")
+def demo_file(filename: str):
+    if not filename.endswith(".png"):
+        abort(404)
+    return send_from_directory(_demo_folder(), filename)
