@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, start_
     """The registry's WSGI app; ``serving_only`` leaves out the registry API (for ``label-serve``)."""
     settings = settings or Settings.from_env()
     settings.ensure_home()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # assets come from the web blueprint
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
 
