@@ -32,10 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,6 +53,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import freeze_vs_freeze_graph as inception  # noqa: E402
+from registry_server import RegistryServer  # noqa: E402
 from registry.client import RegistryClient  # noqa: E402
 
 TARGET_LABEL_RATIO = 1.15
@@ -76,7 +74,6 @@ TOP_K = 5
 SCORE_TOLERANCE = 1e-5
 
 WORK = REPO / "benchmarks" / ".work" / "label_service"
-REGISTRY_BIN = Path(sys.executable).with_name("registry")
 INPUT_TENSOR = f"{inception.INPUT_NODE}:0"
 OUTPUT_TENSOR = f"{inception.OUTPUT_NODE}:0"
 
@@ -186,58 +183,8 @@ def preprocess(jpeg: bytes, height: int, width: int, mean: float, std: float) ->
 # The server.
 # --------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``registry serve --workers 1`` (API, converter and label service) on a fresh REGISTRY_HOME."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = WORK / "server.log"  # kept after the run, for post-mortems
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "Server":
-        env = dict(os.environ, REGISTRY_HOME=str(self.home))
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [str(REGISTRY_BIN), "serve", "--port", str(self.port), "--workers", "1", "--no-demo"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        self._wait_healthy()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_path.read_text()}")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the server did not answer /healthz within {timeout:g} s")
-
-    def stop(self) -> None:
-        """SIGTERM (the server shuts down cleanly on it); kill only if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def Server(home: Path) -> RegistryServer:
+    return RegistryServer(home, workers=1, log_path=WORK / "server.log")
 
 
 def push_and_pull(client: RegistryClient, models: list[ModelFiles], labels: Path, dest: Path) -> list[Path]:

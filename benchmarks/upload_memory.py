@@ -20,8 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import requests
+from registry_server import RegistryServer
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -42,7 +40,6 @@ SAMPLE_SECONDS = 0.05
 INPUT_WIDTH = 4096
 CHECKPOINT_VERSION = 1  # bump when the graph below changes, to rebuild the cache
 WORK = REPO / "benchmarks" / ".work" / "upload_memory"
-REGISTRY_BIN = Path(sys.executable).with_name("registry")
 MB = 1000**2
 MIB = 1024**2
 
@@ -175,62 +172,8 @@ class RssSampler:
         return max(self.samples_kib) * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``registry serve`` on a fresh REGISTRY_HOME, with no converter workers."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = home.parent / f"{home.name}.log"
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "Server":
-        env = dict(os.environ, REGISTRY_HOME=str(self.home))
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [str(REGISTRY_BIN), "serve", "--port", str(self.port), "--workers", "0", "--no-demo"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        self._wait_healthy()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_path.read_text()}")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the server did not answer /healthz within {timeout:g} s")
-
-    def stop(self) -> None:
-        """SIGTERM (the server shuts down cleanly on it); kill only if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def Server(home: Path) -> RegistryServer:
+    return RegistryServer(home, workers=0, log_path=home.parent / f"{home.name}.log")
 
 
 # --------------------------------------------------------------------------

@@ -3,7 +3,6 @@ versions, TensorFlow Serving's REST API, refusals and concurrency."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
