@@ -41,6 +41,8 @@ const FIELD_BY_CODE = {
   invalid_preprocessing: "preprocessing", conflicting_files: "frozen",
 };
 
+const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;  // registry.catalog.MODEL_NAME_RE
+
 function fieldFor(error) {
   const quoted = /'(meta|index|data|graph|frozen|labels)'/.exec(error.message);
   if (quoted) return quoted[1];
@@ -82,6 +84,10 @@ function setupPush() {
     clearErrors(form);
     const name = $("#name", form).value.trim();
     if (!name) return showFieldError(form, "name", "Give the model a name.");
+    // Checked here too: a name with "/" or ".." would change the upload's URL and come back as a bare 404.
+    if (!MODEL_NAME.test(name)) {
+      return showFieldError(form, "name", `invalid model name '${name}': use 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit`);
+    }
     const frozen = $('input[name="kind"]:checked', form).value === "frozen";
     const data = new FormData();
     const fileFields = frozen ? ["frozen", "labels"] : ["meta", "index", "data", "graph", "labels"];
