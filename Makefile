@@ -25,6 +25,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/freeze_vs_freeze_graph.py
 	$(BIN)/python benchmarks/upload_memory.py
+	$(BIN)/python benchmarks/label_service.py
+	$(BIN)/python benchmarks/model_page.py
 
 clean:
 	rm -rf $(VENV) registry-data .pytest_cache benchmarks/.work

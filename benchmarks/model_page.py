@@ -80,7 +80,8 @@ def fill(app, name: str, count: int) -> None:
     started = datetime(2024, 1, 1, tzinfo=timezone.utc)
     with db.transaction() as session:
         model = RegisteredModel(name=name, description=f"{count} versions of an Inception v3 fine-tune",
-                                last_version=count, created_at=started, updated_at=started)
+                                last_version=count, version_count=count, created_at=started,
+                                updated_at=started)
         session.add(model)
         session.flush()
         rows = []

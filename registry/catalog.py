@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from registry import jobs
 from registry.db import Database
@@ -149,10 +149,12 @@ def _aliases_by_version(session: Session, version_ids: Sequence[int]) -> dict[in
     return out
 
 
-def _version_entities(session: Session, model_name: str, rows: Sequence[ModelVersion]) -> list[VersionInfo]:
+def _version_entities(
+    session: Session, model_name: str, rows: Sequence[ModelVersion], *, summary: bool = False
+) -> list[VersionInfo]:
     ids = [row.id for row in rows]
     files: dict[int, list[FileInfo]] = {}
-    if ids:
+    if ids and not summary:
         for f in session.scalars(
             sa.select(VersionFile).where(VersionFile.version_id.in_(ids)).order_by(VersionFile.id)
         ):
@@ -175,7 +177,7 @@ def _version_entities(session: Session, model_name: str, rows: Sequence[ModelVer
             frozen_sha256=row.frozen_sha256,
             frozen_size=row.frozen_size,
             tf_version=row.tf_version,
-            conversion=row.conversion,
+            conversion=None if summary else row.conversion,
             created_at=row.created_at,
             updated_at=row.updated_at,
             ready_at=row.ready_at,
@@ -255,7 +257,8 @@ def create_version(
                 session.execute(
                     sa.update(RegisteredModel)
                     .where(RegisteredModel.id == model_id)
-                    .values(last_version=RegisteredModel.last_version + 1, updated_at=utcnow())
+                    .values(last_version=RegisteredModel.last_version + 1,
+                            version_count=RegisteredModel.version_count + 1, updated_at=utcnow())
                 )
                 number = session.scalar(sa.select(RegisteredModel.last_version).where(RegisteredModel.id == model_id))
                 row = ModelVersion(
@@ -315,14 +318,21 @@ def get_version_by_id(db: Database, version_id: int) -> VersionInfo:
 
 
 def list_versions(
-    db: Database, name: str, *, page_size: int | None = None, page_token: str | None = None, status: str | None = None
+    db: Database, name: str, *, page_size: int | None = None, page_token: str | None = None,
+    status: str | None = None, summary: bool = False,
 ) -> Page:
-    """Versions newest first, by keyset on the version number."""
+    """Versions newest first, by keyset on the version number.
+
+    ``summary`` leaves out what a listing page does not show (the conversion
+    report and the file list), so a page costs the same for 10 or 10,000 versions.
+    """
     validate_model_name(name)
     size = _page_size(page_size)
     with db.transaction() as session:
         model = _model_row(session, name)
         query = sa.select(ModelVersion).where(ModelVersion.model_id == model.id)
+        if summary:
+            query = query.options(defer(ModelVersion.conversion, raiseload=True))
         if status:
             query = query.where(ModelVersion.status == status)
         if page_token:
@@ -332,27 +342,23 @@ def list_versions(
             query = query.where(ModelVersion.version < before)
         rows = session.scalars(query.order_by(ModelVersion.version.desc()).limit(size + 1)).all()
         token = _encode_token(rows[size - 1].version) if len(rows) > size else None
-        return Page(_version_entities(session, name, rows[:size]), token)
+        return Page(_version_entities(session, name, rows[:size], summary=summary), token)
 
 
 def _model_entities(session: Session, rows: Sequence[RegisteredModel]) -> list[ModelInfo]:
     ids = [row.id for row in rows]
     if not ids:
         return []
-    counts = dict(
-        session.execute(
-            sa.select(ModelVersion.model_id, sa.func.count())
-            .where(ModelVersion.model_id.in_(ids))
-            .group_by(ModelVersion.model_id)
-        ).all()
+    # Newest ready version per model: one index lookup each, however many versions there are.
+    newest_ready = (
+        sa.select(ModelVersion.version)
+        .where(ModelVersion.model_id == RegisteredModel.id, ModelVersion.status == READY)
+        .order_by(ModelVersion.version.desc())
+        .limit(1)
+        .correlate(RegisteredModel)
+        .scalar_subquery()
     )
-    latest = dict(
-        session.execute(
-            sa.select(ModelVersion.model_id, sa.func.max(ModelVersion.version))
-            .where(ModelVersion.model_id.in_(ids), ModelVersion.status == READY)
-            .group_by(ModelVersion.model_id)
-        ).all()
-    )
+    latest = dict(session.execute(sa.select(RegisteredModel.id, newest_ready).where(RegisteredModel.id.in_(ids))).all())
     aliases: dict[int, dict[str, int]] = {}
     for model_id, alias, number in session.execute(
         sa.select(Alias.model_id, Alias.name, ModelVersion.version)
@@ -365,7 +371,7 @@ def _model_entities(session: Session, rows: Sequence[RegisteredModel]) -> list[M
         ModelInfo(
             name=row.name,
             description=row.description,
-            version_count=counts.get(row.id, 0),
+            version_count=row.version_count,
             latest_version=latest.get(row.id),
             last_version=row.last_version,
             aliases=aliases.get(row.id, {}),

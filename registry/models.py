@@ -48,6 +48,8 @@ class RegisteredModel(Base):
     # Highest version number ever handed out; bumped with an UPDATE inside the
     # push transaction so concurrent pushes serialise on this row.
     last_version: Mapped[int] = mapped_column(default=0)
+    # How many versions exist; kept with the counter so pages never count rows.
+    version_count: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

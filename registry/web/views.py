@@ -41,7 +41,7 @@ def model(name: str):
     registry = get_registry()
     info = catalog.get_model(registry.db, name)
     page = catalog.list_versions(registry.db, name, page_size=_page_size(),
-                                 page_token=request.args.get("page_token"))
+                                 page_token=request.args.get("page_token"), summary=True)
     return render_template("model.html", model=info, page=page, next_url=_next_url(page),
                            alias_error=request.args.get("alias_error"))
 
@@ -60,7 +60,8 @@ def set_alias(name: str):
     except RegistryError as exc:
         if exc.status >= 500:
             raise
-        return redirect(url_for("web.model", name=name, alias_error=exc.message) + "#aliases")
+        return redirect(url_for("web.model", name=name, alias_error=exc.message, alias=alias, version=version)
+                        + "#aliases")
     return redirect(url_for("web.model", name=name) + "#aliases")
 
 
