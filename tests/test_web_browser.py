@@ -499,3 +499,50 @@ def test_unknown_pages_are_a_friendly_404(ui, cnn, path, says):
     assert says.lower() in page.inner_text("main").lower()
     assert page.locator('main a[href="/"]').count() >= 1  # a way back
     ui.shot("not-found")
+
+
+# -- first run: the demo model -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    """A fresh registry seeded with the demo model, as `make run` does on first start."""
+    from registry.client import RegistryClient
+    from registry.demo import seed_demo
+    from tests.conftest import make_settings, start_live_server
+
+    server, stop = start_live_server(make_settings(tmp_path_factory.mktemp("first-run"), embedded_workers=1),
+                                     workers=True)
+    result = seed_demo(server.registry)
+    assert result is not None, "seeding the demo failed: see the warning logged by registry.demo"
+    client = RegistryClient(server.url)
+    for number in result.versions:
+        assert client.wait("digits", number, timeout=120, poll=0.2)["status"] == "ready"
+    yield server
+    stop()
+
+
+def test_first_run_shows_the_demo_model_whose_versions_disagree_on_the_samples(browser, demo_server, tmp_path):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(20_000)
+    ui = UI(context.new_page(), demo_server.url, tmp_path)
+    try:
+        ui.goto("/")
+        assert ui.page.locator("table.list a", has_text="digits").count() == 1
+        ui.shot("first-run-models")
+        ui.page.click("table.list a:has-text('digits')")
+        ui.page.click("text=Compare versions")
+        assert sorted(ui.page.eval_on_selector_all('input[name="version"]:checked', "els => els.map(e => e.value)")) \
+            == ["1", "2"]
+        ui.page.click("#use-samples")
+        ui.page.wait_for_function("document.querySelectorAll('#chosen-images li').length === 10")
+        assert len(ui.page.input_value("#expected").split("\n")) == 10
+        ui.page.click("#compare-button")
+        ui.page.wait_for_selector("#results", state="visible")
+        ui.shot("first-run-compare")
+        assert ui.page.locator(".image-result.disagree").count() >= 1
+        top1 = {row.get_attribute("data-version"): row.locator(".accuracy-top1").inner_text()
+                for row in ui.page.locator("#version-summary tbody tr").all()}
+        early, better = (float(top1[v].rstrip("%")) for v in ("1", "2"))
+        assert better > early and better >= 80
+    finally:
+        context.close()
