@@ -31,7 +31,7 @@ from registry.entities import (
     VersionInfo,
 )
 from registry.errors import Conflict, InvalidRequest, NotFound
-from registry.models import Alias, ModelVersion, RegisteredModel, VersionFile, utcnow
+from registry.models import Agreement, Alias, ModelVersion, RegisteredModel, VersionFile, utcnow
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -160,6 +160,7 @@ def _version_entities(
         ):
             files.setdefault(f.version_id, []).append(FileInfo(f.role, f.filename, f.sha256, f.size))
     aliases = _aliases_by_version(session, ids)
+    agreement = _agreement_with_previous(session, rows)
     return [
         VersionInfo(
             id=row.id,
@@ -184,9 +185,41 @@ def _version_entities(
             preprocessing_settings=row.preprocessing,
             files=files.get(row.id, []),
             aliases=aliases.get(row.id, []),
+            agreement_with_previous=agreement.get(row.version),
         )
         for row in rows
     ]
+
+
+def _agreement_with_previous(session: Session, rows: Sequence[ModelVersion]) -> dict[int, dict]:
+    """Top-1 agreement of each version with the version before it, where a comparison measured it."""
+    if not rows:
+        return {}
+    model_id = rows[0].model_id
+    numbers = [row.version for row in rows]
+    found = session.execute(
+        sa.select(Agreement.newer, Agreement.top1_agreement, Agreement.images)
+        .where(Agreement.model_id == model_id, Agreement.newer.in_(numbers), Agreement.older == Agreement.newer - 1)
+    )
+    return {newer: {"version": newer - 1, "top1_agreement": rate, "images": images} for newer, rate, images in found}
+
+
+def record_agreements(db: Database, name: str, pairs: Sequence[tuple[int, int, float, float | None, int]]) -> None:
+    """Remember what a comparison found: (version, version, top-1 agreement, mean |diff|, images)."""
+    if not pairs:
+        return
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        for a, b, rate, diff, images in pairs:
+            newer, older = max(a, b), min(a, b)
+            row = session.scalar(sa.select(Agreement).where(
+                Agreement.model_id == model.id, Agreement.newer == newer, Agreement.older == older))
+            if row is None:
+                session.add(Agreement(model_id=model.id, newer=newer, older=older, top1_agreement=rate,
+                                      mean_abs_score_diff=diff, images=images))
+            else:
+                row.top1_agreement, row.mean_abs_score_diff, row.images = rate, diff, images
+                row.updated_at = utcnow()
 
 
 def _resolve_version_row(session: Session, model: RegisteredModel, ref: str) -> ModelVersion:

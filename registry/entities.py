@@ -63,6 +63,8 @@ class VersionInfo:
     preprocessing_settings: dict[str, Any] | None = None
     files: list[FileInfo] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
+    # {"version", "top1_agreement", "images"} from the last comparison with the version before, if any
+    agreement_with_previous: dict[str, Any] | None = None
 
     def file(self, role: str) -> FileInfo | None:
         return next((f for f in self.files if f.role == role), None)
@@ -117,6 +119,7 @@ class VersionInfo:
             "safety": conversion.get("safety"),
             "conversion": {k: v for k, v in conversion.items() if k not in ("verification", "safety")} or None,
             "files": [f.to_dict() for f in self.files],
+            "agreement_with_previous": self.agreement_with_previous,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
             "ready_at": _iso(self.ready_at),

@@ -127,6 +127,22 @@ class Alias(Base):
     version: Mapped[ModelVersion] = relationship(lazy="raise")
 
 
+class Agreement(Base):
+    """What the last comparison of two versions on the same images found."""
+
+    __tablename__ = "agreements"
+    __table_args__ = (sa.UniqueConstraint("model_id", "newer", "older", name="uq_agreements_pair"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    newer: Mapped[int]
+    older: Mapped[int]
+    top1_agreement: Mapped[float] = mapped_column(sa.Float)
+    mean_abs_score_diff: Mapped[float | None] = mapped_column(sa.Float, default=None)
+    images: Mapped[int]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Job(Base):
     """A unit of background work (today: converting one version).
 

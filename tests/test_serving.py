@@ -140,6 +140,10 @@ def test_compare_reports_each_version_accuracy_and_disagreements(served):
     assert pair["top1_agreement"] == pytest.approx(1 - len(disagree) / len(names))
     assert pair["mean_abs_score_diff"] > 0
     assert answer["timing_ms"]["preprocessing_runs"] == 1  # same settings: each image decoded once
+    remembered = requests.get(f"{served['url']}/api/v1/models/cnn/versions/2").json()["agreement_with_previous"]
+    assert remembered == {"version": 1, "top1_agreement": pair["top1_agreement"], "images": len(names)}
+    page = requests.get(f"{served['url']}/models/cnn").text
+    assert f"{100 * pair['top1_agreement']:.0f}% <span class=\"muted\">on {len(names)} images" in page
 
 
 def test_compare_by_default_takes_the_ready_versions(served):

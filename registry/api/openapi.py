@@ -104,6 +104,11 @@ _SCHEMAS = {
                 "upload_flags": {"type": "array"}}},
             "conversion": {"type": ["object", "null"]},
             "files": {"type": "array", "items": _ref("File")},
+            "agreement_with_previous": {
+                "type": ["object", "null"],
+                "description": "Top-1 agreement with the version before, from the last comparison of the two",
+                "properties": {"version": {"type": "integer"}, "top1_agreement": {"type": "number"},
+                               "images": {"type": "integer"}}},
             "created_at": _datetime,
             "updated_at": _datetime,
             "ready_at": {"type": ["string", "null"], "format": "date-time"},

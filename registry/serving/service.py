@@ -253,6 +253,8 @@ class LabelService:
             agree = [top1(a, i) == top1(b, i) for i in range(len(images))]
             pairs.append({"a": a["version"], "b": b["version"], "top1_agreement": sum(agree) / len(images),
                           "mean_abs_score_diff": float(np.mean(np.abs(sa - sb))) if sa.shape == sb.shape else None})
+        catalog.record_agreements(self.db, name, [
+            (p["a"], p["b"], p["top1_agreement"], p["mean_abs_score_diff"], len(images)) for p in pairs])
         return {
             "model": name,
             "versions": report,
