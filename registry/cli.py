@@ -69,6 +69,17 @@ def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_po
             grpc_server.stop(grace=2)
 
 
+def _create_app(settings: Settings, **options):
+    """The app, or a one-line error (a missing bucket, an unreachable database) instead of a traceback."""
+    from registry.app import create_app
+    from registry.errors import RegistryError
+
+    try:
+        return create_app(settings, **options)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from None
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
@@ -80,14 +91,13 @@ def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_po
               help="Do not seed the demo model 'digits' on first start (REGISTRY_DEMO=0).")
 def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_demo: bool) -> None:
     """Run the registry: API, label service and embedded converter workers, in one process."""
-    from registry.app import create_app
     from registry.demo import start_seeding
 
     overrides = {"embedded_workers": workers} if workers is not None else {}
     if no_demo:
         overrides["demo"] = False
     settings = Settings.from_env(**overrides)
-    app = create_app(settings, start_workers=True)
+    app = _create_app(settings, start_workers=True)
     lines = [
         f"  data: {settings.database_url}  blobs: {settings.storage_url}",
         "  label service (TF Serving REST): {url}/v1/models/NAME",
@@ -106,9 +116,7 @@ def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_d
 @click.option("--no-grpc", is_flag=True, help="Serve REST only.")
 def label_serve(host: str, port: int, grpc_port: int, no_grpc: bool) -> None:
     """Run a label service alone (any number of them): TF Serving's REST and gRPC APIs, :label, :compare."""
-    from registry.app import create_app
-
-    app = create_app(Settings.from_env(), serving_only=True)
+    app = _create_app(Settings.from_env(), serving_only=True)
     _serve_http(app, host, port, "Label service", [], None if no_grpc else grpc_port)
 
 
@@ -131,11 +139,17 @@ def worker(once: bool) -> None:
     from registry.storage import open_storage
     from registry.worker import Worker
 
+    from registry.errors import RegistryError
+
     settings = Settings.from_env()
     settings.ensure_home()
     db = Database(settings.database_url)
     db.upgrade()
-    w = Worker(settings, db, open_storage(settings.storage_url))
+    try:
+        storage = open_storage(settings.storage_url)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from None
+    w = Worker(settings, db, storage)
     if once:
         while w.run_once():
             pass

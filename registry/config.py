@@ -40,6 +40,7 @@ class Settings:
     compare_max_images: int = 64
     batch_max_size: int = 16
     demo: bool = True
+    s3_presign: bool = False
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -63,6 +64,7 @@ class Settings:
             compare_max_images=int(_env("REGISTRY_COMPARE_MAX_IMAGES", "64")),
             batch_max_size=int(_env("REGISTRY_BATCH_MAX_SIZE", "16")),
             demo=_env("REGISTRY_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"),
+            s3_presign=_env("REGISTRY_S3_PRESIGN", "0").strip().lower() in ("1", "true", "yes", "on"),
         )
         return replace(settings, **overrides) if overrides else settings
 

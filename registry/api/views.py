@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response, g, request, url_for
+from flask import Response, g, redirect, request, url_for
 from werkzeug.wsgi import wrap_file
 
 from registry import catalog, uploads
@@ -110,14 +110,28 @@ def update_version(name: str, ref: str):
 
 
 def _send_blob(digest: str, download_name: str, mimetype: str):
-    """Stream a blob with its sha256 as ETag; answers Range and If-None-Match."""
-    storage = get_registry().storage
+    """Stream a blob with its sha256 as ETag; answers Range and If-None-Match.
+
+    With ``REGISTRY_S3_PRESIGN`` on S3, answer with a redirect to a short-lived
+    presigned URL instead, keeping the ETag.
+    """
+    registry = get_registry()
+    storage = registry.storage
     try:
         size = storage.size(digest)
-        stream = storage.open(digest)
     except FileNotFoundError as exc:
         raise NotFound(f"the blob {digest} is missing from storage; ask an operator", code="blob_missing") from exc
-    response = Response(wrap_file(request.environ, stream), mimetype=mimetype, direct_passthrough=True)
+    if registry.settings.s3_presign and hasattr(storage, "presigned_url"):
+        if digest in request.if_none_match:
+            response = Response(status=304)
+        else:
+            response = redirect(storage.presigned_url(digest, download_name, expires=300, content_type=mimetype))
+        response.set_etag(digest)
+        response.headers["X-Content-SHA256"] = digest
+        response.cache_control.no_store = True
+        return response
+    response = Response(wrap_file(request.environ, storage.open(digest)), mimetype=mimetype,
+                        direct_passthrough=True)
     response.content_length = size
     response.set_etag(digest)
     response.headers["Content-Disposition"] = f"attachment; filename={download_name}"

@@ -115,7 +115,11 @@ def open_storage(url: str) -> BlobStorage:
 
         path = parsed.path if parsed.scheme else url
         return LocalStorage(Path(path))
+    if parsed.scheme == "s3":
+        from registry.storage.s3 import S3Storage
+
+        return S3Storage(url)
     raise InvalidRequest(
-        f"unsupported storage URL {url!r}: use file:///path/to/folder",
+        f"unsupported storage URL {url!r}: use file:///path/to/folder or s3://bucket/prefix",
         code="bad_storage_url",
     )
