@@ -127,7 +127,7 @@ def test_ready_version_page_shows_outputs_inputs_report_and_download(client, cnn
     assert "no op reads or writes files" in shown
     assert 'id="op-histogram"' in body and "Conv2D" in shown
     assert "production" in shown and "first" in shown
-    assert f"registry pull cnn:1 -o cnn-v1.pb" in shown
+    assert "registry pull cnn:1 -o cnn-v1.pb" in shown
     download = client.get("/api/v1/models/cnn/versions/1/frozen.pb")
     assert hashlib.sha256(download.data).hexdigest() == digest
 
