@@ -1,0 +1,102 @@
+"""The registry on PostgreSQL (set REGISTRY_TEST_DATABASE_URL): version numbers
+under concurrent pushes, job claims by several workers, a whole conversion."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import sqlalchemy as sa
+
+from registry import jobs
+from registry.db import Database
+from registry.models import Job
+from tests.conftest import make_settings, start_live_server
+from tests.helpers import frozen_form, push
+
+PG_URL = os.environ.get("REGISTRY_TEST_DATABASE_URL")
+pytestmark = pytest.mark.skipif(
+    not PG_URL, reason="set REGISTRY_TEST_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test to run")
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database for one test."""
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"registry_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_concurrent_pushes_get_distinct_consecutive_numbers_on_postgresql(tmp_path, pg_url, models):
+    server, stop = start_live_server(make_settings(tmp_path / "home", database_url=pg_url), workers=False)
+    try:
+        frozen = models["frozen"].frozen_graph.read_bytes()
+
+        def one(_):
+            response = requests.post(f"{server.url}/api/v1/models/busy/versions",
+                                     files={"frozen": ("f.pb", frozen)}, timeout=60)
+            assert response.status_code == 202, response.text
+            return response.json()["version"]
+
+        with ThreadPoolExecutor(12) as pool:
+            numbers = list(pool.map(one, range(30)))
+        assert sorted(numbers) == list(range(1, 31))
+    finally:
+        stop()
+
+
+def test_workers_never_claim_the_same_job_on_postgresql(tmp_path, pg_url, models):
+    from registry.app import create_app
+
+    app = create_app(make_settings(tmp_path / "home", database_url=pg_url))
+    client = app.test_client()
+    for _ in range(20):
+        assert push(client, "cnn", frozen_form(models["frozen"].frozen_graph)).status_code == 202
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        db = Database(pg_url)  # each worker its own connections, as on separate machines
+        while (job := jobs.claim(db, f"worker-{index}", 60)) is not None:
+            with lock:
+                claimed.append(job.id)
+        db.dispose()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 20
+    with app.extensions["registry"].db.transaction() as session:
+        assert session.scalar(sa.select(sa.func.count()).where(Job.status == "running")) == 20
+
+
+def test_push_convert_and_pull_on_postgresql(tmp_path, pg_url, models):
+    from registry.client import RegistryClient
+    from tests import tfmodels
+
+    server, stop = start_live_server(make_settings(tmp_path / "home", database_url=pg_url, embedded_workers=1),
+                                     workers=True)
+    try:
+        client = RegistryClient(server.url)
+        model = models["resource_graph"]
+        files = [("graph", model.inference_graph), ("index", model.index)] + [("data", p) for p in model.data]
+        record = client.wait("cnn", client.push("cnn", files, {"output_nodes": model.output})["version"],
+                             timeout=120)
+        assert record["status"] == "ready", record["status_message"]
+        client.set_alias("cnn", "production", 1)
+        client.pull("cnn", "production", tmp_path / "frozen.pb")
+        out = tfmodels.run_frozen(tmp_path / "frozen.pb", model.output, model.test_input)
+        assert abs(out - model.expected).max() <= 1e-6
+    finally:
+        stop()
