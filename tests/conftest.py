@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,3 +137,22 @@ def converting_server(tmp_path_factory):
     server, stop = start_live_server(settings, workers=True)
     yield server
     stop()
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards
+    (needs REGISTRY_TEST_DATABASE_URL, else the test is skipped)."""
+    import sqlalchemy as sa
+
+    base = os.environ.get("REGISTRY_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("set REGISTRY_TEST_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test to run")
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    name = f"registry_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -1,14 +1,12 @@
-"""The registry on PostgreSQL (set REGISTRY_TEST_DATABASE_URL): version numbers
-under concurrent pushes, job claims by several workers, a whole conversion."""
+"""The registry on PostgreSQL (set REGISTRY_TEST_DATABASE_URL, else these skip):
+version numbers under concurrent pushes, job claims by several workers, a whole
+conversion.  Each test gets its own database (the ``pg_url`` fixture)."""
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 import sqlalchemy as sa
 
@@ -17,24 +15,6 @@ from registry.db import Database
 from registry.models import Job
 from tests.conftest import make_settings, start_live_server
 from tests.helpers import frozen_form, push
-
-PG_URL = os.environ.get("REGISTRY_TEST_DATABASE_URL")
-pytestmark = pytest.mark.skipif(
-    not PG_URL, reason="set REGISTRY_TEST_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test to run")
-
-
-@pytest.fixture
-def pg_url():
-    """A fresh, empty PostgreSQL database for one test."""
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"registry_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
-
 
 def test_concurrent_pushes_get_distinct_consecutive_numbers_on_postgresql(tmp_path, pg_url, models):
     server, stop = start_live_server(make_settings(tmp_path / "home", database_url=pg_url), workers=False)
