@@ -16,6 +16,7 @@ from registry.models import Job
 from tests.conftest import make_settings, start_live_server
 from tests.helpers import frozen_form, push
 
+
 def test_concurrent_pushes_get_distinct_consecutive_numbers_on_postgresql(tmp_path, pg_url, models):
     server, stop = start_live_server(make_settings(tmp_path / "home", database_url=pg_url), workers=False)
     try:
