@@ -89,13 +89,26 @@ def _create_app(settings: Settings, **options):
               help="Also serve TensorFlow Serving's gRPC API on this port (off by default).")
 @click.option("--no-demo", is_flag=True,
               help="Do not seed the demo model 'digits' on first start (REGISTRY_DEMO=0).")
-def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_demo: bool) -> None:
-    """Run the registry: API, label service and embedded converter workers, in one process."""
+@click.option("--gunicorn", "use_gunicorn", is_flag=True,
+              help="Serve with gunicorn (several processes, registry.wsgi:app); converter workers then run "
+                   "separately as 'registry worker'.")
+@click.option("--processes", type=int, default=2, show_default=True, help="gunicorn worker processes (--gunicorn).")
+@click.option("--threads", type=int, default=8, show_default=True, help="Threads per gunicorn process (--gunicorn).")
+def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_demo: bool,
+          use_gunicorn: bool, processes: int, threads: int) -> None:
+    """Run the registry: API, label service and embedded converter workers, in one process.
+
+    With --gunicorn: the API and label service in several gunicorn processes, and
+    converter workers as a separate 'registry worker' service.
+    """
     from registry.demo import start_seeding
 
     overrides = {"embedded_workers": workers} if workers is not None else {}
     if no_demo:
         overrides["demo"] = False
+    if use_gunicorn:
+        _serve_gunicorn(host, port, workers, grpc_port, processes, threads, no_demo)
+        return
     settings = Settings.from_env(**overrides)
     app = _create_app(settings, start_workers=True)
     lines = [
@@ -107,6 +120,54 @@ def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_d
         lines.append("  demo: preparing model 'digits' in the background (trained now on scikit-learn's 8x8 "
                      "digits; --no-demo or REGISTRY_DEMO=0 turns it off)")
     _serve_http(app, host, port, "Registry", lines, grpc_port)
+
+
+def _serve_gunicorn(host: str, port: int, workers: int | None, grpc_port: int | None,
+                    processes: int, threads: int, no_demo: bool) -> None:
+    """Replace this process with gunicorn serving ``registry.wsgi:app`` (no embedded converters, no demo)."""
+    import os
+
+    if workers:
+        raise click.UsageError("--workers does not go with --gunicorn: run 'registry worker' beside it")
+    if grpc_port is not None:
+        raise click.UsageError("--grpc-port does not go with --gunicorn: run 'registry label-serve' for gRPC")
+    if processes < 1 or threads < 1:
+        raise click.UsageError("--processes and --threads must be at least 1")
+    if not _has_module("gunicorn"):
+        raise click.ClickException("gunicorn is not installed: pip install 'gunicorn>=22'")
+    settings = Settings.from_env(embedded_workers=0)
+    # Migrate (and check the database and blob storage) once here, so the
+    # gunicorn processes do not race each other through the migrations.
+    _create_app(settings)
+    click.echo(f"Registry (gunicorn, {processes} processes x {threads} threads) on http://{host}:{port}")
+    click.echo(f"  data: {settings.database_url}  blobs: {settings.storage_url}")
+    click.echo("  no embedded converter workers: run 'registry worker' (any number) to freeze pushed versions")
+    if settings.demo and not no_demo:
+        click.echo("  demo model: not seeded under --gunicorn (run 'registry serve' once without it to seed it)")
+    sys.stdout.flush()
+    env = dict(os.environ, REGISTRY_EMBEDDED_WORKERS="0")
+    argv = [sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", str(processes),
+            "--threads", str(threads), "-k", "gthread",
+            "--timeout", "0",  # uploads and label requests can take long; no worker watchdog kill
+            "--access-logfile", "-"]
+    if _gunicorn_has_setting("control_socket_disable"):
+        # newer gunicorn (27 here) opens a control socket under $HOME by default: one path shared by
+        # every instance, and $HOME may not be writable (containers).
+        argv.append("--no-control-socket")
+    argv.append("registry.wsgi:app")
+    os.execvpe(sys.executable, argv, env)
+
+
+def _gunicorn_has_setting(name: str) -> bool:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return any(setting.name == name for setting in KNOWN_SETTINGS)
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 @main.command("label-serve")
