@@ -4,7 +4,11 @@ real SQLite database and blob folder per test, and real HTTP servers."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,3 +160,57 @@ def pg_url():
     with admin.connect() as connection:
         connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+S3_BUCKET = "registry-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3 server over HTTP on a free port, with boto3 pointed at
+    it through the standard AWS environment variables; yields a boto3 client."""
+    pytest.importorskip("moto", reason="moto[server] is not installed: pip install 'moto[server]>=5'")
+    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start (exit code {proc.poll()})")
+                time.sleep(0.1)
+        nowhere = str(tmp_path_factory.mktemp("aws") / "none")
+        with pytest.MonkeyPatch.context() as mp:
+            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+                mp.delenv(name, raising=False)
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            mp.setenv("AWS_ENDPOINT_URL", endpoint)
+            mp.setenv("AWS_CONFIG_FILE", nowhere)
+            mp.setenv("AWS_SHARED_CREDENTIALS_FILE", nowhere)
+            client = boto3.session.Session().client("s3")
+            assert client.meta.endpoint_url == endpoint  # boto3 honours AWS_ENDPOINT_URL itself
+            client.create_bucket(Bucket=S3_BUCKET)
+            yield client
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -6,10 +6,6 @@ import dataclasses
 import hashlib
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 
 import pytest
@@ -20,59 +16,9 @@ boto3 = pytest.importorskip("boto3", reason="boto3 is not installed")
 
 from registry.errors import StorageError  # noqa: E402
 from registry.storage import blob_key, open_storage  # noqa: E402
+from tests.conftest import S3_BUCKET as BUCKET, _free_port  # noqa: E402
 
-BUCKET = "registry-test"
 MiB = 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    """A moto S3 server on a free port, with boto3 pointed at it through the standard env vars."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start (exit code {proc.poll()})")
-                time.sleep(0.1)
-        nowhere = str(tmp_path_factory.mktemp("aws") / "none")
-        with pytest.MonkeyPatch.context() as mp:
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
-                mp.delenv(name, raising=False)
-            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            mp.setenv("AWS_ENDPOINT_URL", endpoint)
-            mp.setenv("AWS_CONFIG_FILE", nowhere)
-            mp.setenv("AWS_SHARED_CREDENTIALS_FILE", nowhere)
-            client = boto3.session.Session().client("s3")
-            assert client.meta.endpoint_url == endpoint  # boto3 honours AWS_ENDPOINT_URL itself
-            client.create_bucket(Bucket=BUCKET)
-            yield client
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture
