@@ -8,6 +8,7 @@ from registry.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+MIGRATION_LOCK = 0x7265_6769  # any constant shared by every registry process ("regi")
 
 
 def run_migrations() -> None:
@@ -20,6 +21,10 @@ def run_migrations() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Several processes (servers, workers, containers) may start at once on an
+                # empty database: one migrates, the others wait here and then find it at head.
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             context.run_migrations()
         connection.commit()
 

@@ -11,7 +11,7 @@ from registry.api.multipart import read_push_form
 from registry.api.openapi import openapi_document
 from registry.app import get_registry
 from registry.entities import PREPROCESSING_KEYS, READY, VERSION_STATUSES
-from registry.errors import Conflict, InvalidRequest, NotFound
+from registry.errors import Conflict, InvalidRequest, NotFound, StorageError
 
 
 def _int_arg(name: str) -> int | None:
@@ -67,9 +67,13 @@ def push_version(name: str):
             code="invalid_content_type",
         )
     sinks = g.setdefault("upload_sinks", [])  # aborted at teardown unless published
-    form, files = read_push_form(
-        request.stream, request.mimetype_params.get("boundary", "").encode("latin-1"), registry.storage, sinks
-    )
+    try:
+        form, files = read_push_form(
+            request.stream, request.mimetype_params.get("boundary", "").encode("latin-1"), registry.storage, sinks
+        )
+    except StorageError as exc:
+        raise StorageError(f"{exc.message}. Nothing of this push was kept: try again once storage answers.",
+                           code=exc.code) from exc
     push = uploads.PushRequest(
         files=files,
         output_nodes=uploads.parse_node_list(form.get("output_nodes"), "output node"),
