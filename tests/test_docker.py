@@ -109,7 +109,15 @@ def test_dockerfile_installs_the_project_and_runs_existing_commands():
         assert path in copies, f"the image does not copy {path}"
         assert (ROOT / path).exists()
     runs = " ".join(args for keyword, args in steps if keyword == "RUN")
-    assert re.search(r"pip install -e '?\.\[postgres\]'?", runs), "install the repo's pyproject.toml, with psycopg"
+    assert re.search(r"pip install (--no-deps )?-e '?\.\[postgres\]'?", runs), \
+        "install the repo's pyproject.toml, with psycopg"
+    # Dependencies come from pyproject.toml in a layer of their own, before the source is copied,
+    # so that editing the code does not reinstall TensorFlow.
+    order = [(keyword, args) for keyword, args in steps if keyword in ("COPY", "RUN")]
+    deps = next(i for i, (k, a) in enumerate(order) if k == "RUN" and "pip install -r" in a)
+    source = next(i for i, (k, a) in enumerate(order) if k == "COPY" and a.startswith("registry "))
+    assert deps < source and "tomllib" in order[deps][1] and "pyproject.toml" in order[deps][1]
+    assert order[deps - 1] == ("COPY", "pyproject.toml ./")
     users = [args for keyword, args in steps if keyword == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     entrypoint = json.loads(dict(steps)["ENTRYPOINT"])

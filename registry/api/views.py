@@ -14,6 +14,9 @@ from registry.entities import PREPROCESSING_KEYS, READY, VERSION_STATUSES
 from registry.errors import Conflict, InvalidRequest, NotFound, StorageError
 
 
+SEND_BUFFER = 1024 * 1024  # bytes per write when streaming a blob to the client
+
+
 def _int_arg(name: str) -> int | None:
     value = request.args.get(name)
     if value is None or value == "":
@@ -134,7 +137,7 @@ def _send_blob(digest: str, download_name: str, mimetype: str):
         response.headers["X-Content-SHA256"] = digest
         response.cache_control.no_store = True
         return response
-    response = Response(wrap_file(request.environ, storage.open(digest)), mimetype=mimetype,
+    response = Response(wrap_file(request.environ, storage.open(digest), buffer_size=SEND_BUFFER), mimetype=mimetype,
                         direct_passthrough=True)
     response.content_length = size
     response.set_etag(digest)

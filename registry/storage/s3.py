@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
 COPY_LIMIT = 5 * 1024**3  # copy_object handles up to 5 GiB; beyond, multipart copy
-READ_WINDOW = 8 * 1024 * 1024  # bytes asked for per ranged GET when reading
 DOWNLOAD_CHUNK = 1024 * 1024
 DOWNLOAD_RESUMES = 3
 S3_ERRORS = (ClientError, BotoCoreError)
@@ -199,8 +198,9 @@ class S3BlobWriter(BlobWriter):
 class S3RangeReader(io.RawIOBase):
     """A read-only, seekable view of one S3 object, fetched lazily by ranged GETs.
 
-    Sequential reads stream through one GET per :data:`READ_WINDOW`; a seek
-    drops the open response and the next read starts a new range there.
+    Sequential reads stream through one GET from the current position to the
+    end of the object; a seek drops the open response and the next read starts
+    a new range there.
     """
 
     def __init__(self, storage: "S3Storage", key: str, size: int, etag: str | None = None) -> None:
@@ -262,7 +262,7 @@ class S3RangeReader(io.RawIOBase):
 
     def _open_body(self) -> None:
         self._drop_body()
-        end = min(self._pos + READ_WINDOW, self._size)
+        end = self._size
         extra = {"IfMatch": self._etag} if self._etag else {}
         try:
             answer = self._storage.client.get_object(
