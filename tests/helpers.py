@@ -33,3 +33,11 @@ def blob_files(home: Path) -> list[Path]:
     """Every stored blob and every leftover temporary upload under a registry home."""
     root = home / "blobs"
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def csrf_token(client) -> str:
+    """The CSRF token of the test client's session, as a page hands it to forms and scripts."""
+    import re
+
+    body = client.get("/sign-in").get_data(as_text=True)
+    return re.search(r'<meta name="csrf-token" content="([^"]+)"', body).group(1)
