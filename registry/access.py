@@ -179,7 +179,7 @@ def check_request():
         if caller.token is None:
             if _is_page():
                 back = request.full_path.rstrip("?") if request.method == "GET" else None
-                return redirect(url_for("web.sign_in", next=back))
+                return redirect(url_for("web.sign_in", next=back, signed_out=1 if g.get("signed_out") else None))
             g.auth_error = "invalid_token" if g.get("signed_out") else None
             raise Unauthorized(f"this needs a token with {required} scope: send Authorization: Bearer <token> "
                                "(REGISTRY_TOKEN for the CLI; an admin creates one with `registry token create`)",

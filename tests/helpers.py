@@ -41,3 +41,19 @@ def csrf_token(client) -> str:
 
     body = client.get("/sign-in").get_data(as_text=True)
     return re.search(r'<meta name="csrf-token" content="([^"]+)"', body).group(1)
+
+
+def issue_tokens(db) -> dict[str, str]:
+    """A token of each scope, plus one that was revoked, created through the service."""
+    from registry import auth
+    from registry.audit import Actor
+
+    actor = Actor("tests")
+    tokens = {scope: auth.create_token(db, f"{scope}-token", scope, actor)[1] for scope in auth.SCOPES}
+    tokens["revoked"] = auth.create_token(db, "revoked-token", "admin", actor)[1]
+    auth.revoke_token(db, "revoked-token", actor)
+    return tokens
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
