@@ -170,12 +170,15 @@ def check_request():
         if unsafe and endpoint.startswith("web.") and not _csrf_ok():
             raise Forbidden("the form is out of date (missing or wrong CSRF token): reload the page and try again",
                             code="csrf_failed")
+        if endpoint.startswith("web."):  # the page header shows who is signed in
+            try:
+                g.caller = _identify(registry)
+            except Unauthorized:
+                pass
         return None
     caller = g.caller = _identify(registry)
     granted = caller.token.scope if caller.token else None
-    if not auth.allows(granted, required):
-        granted = auth.broader(granted, auth.anonymous_scope(registry.settings, registry.db))
-    if not auth.allows(granted, required):
+    if not (auth.allows(granted, required) or auth.anonymous_allowed(registry.settings, registry.db, required)):
         if caller.token is None:
             if _is_page():
                 back = request.full_path.rstrip("?") if request.method == "GET" else None

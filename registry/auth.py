@@ -5,7 +5,7 @@ A token is ``rgt_`` + an 8-character public prefix + ``_`` + 43 random character
 are compared with ``hmac.compare_digest``.  Scopes nest: ``admin`` ⊇ ``write`` ⊇
 ``read``.  Tokens are revoked, never deleted.
 
-Who may act without a token (``anonymous_scope``):
+Who may act without a token (``anonymous_allowed``):
 
 * ``REGISTRY_AUTH=off``: anyone may read and write (admin still needs an admin token);
 * ``REGISTRY_AUTH=auto`` (default): the same while the registry runs on its
@@ -47,10 +47,6 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)  # how stale last_used_at may get (s
 def allows(granted: str | None, required: str | None) -> bool:
     """Whether ``granted`` scope covers ``required`` (None: nothing / public)."""
     return _RANK[granted] >= _RANK[required]
-
-
-def broader(a: str | None, b: str | None) -> str | None:
-    return a if _RANK[a] >= _RANK[b] else b
 
 
 @dataclass(frozen=True)
@@ -174,10 +170,13 @@ def active_token(db: Database, token_id: int) -> TokenInfo | None:
         return _info(row) if row is not None and row.revoked_at is None else None
 
 
-def anonymous_scope(settings: Settings, db: Database) -> str | None:
-    """What a request without a token may do (see the module docstring)."""
+def anonymous_allowed(settings: Settings, db: Database, required: str) -> bool:
+    """Whether a request without a token may do what needs ``required`` (see the module docstring);
+    the database is asked only where the answer depends on it."""
+    if required == ADMIN:
+        return False
+    if required == READ and settings.public_read:
+        return True
     if settings.auth == "off":
-        return WRITE
-    if settings.auth == "auto" and settings.embedded and not any_token_created(db):
-        return WRITE
-    return READ if settings.public_read else None
+        return True
+    return settings.auth == "auto" and settings.embedded and not any_token_created(db)

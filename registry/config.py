@@ -46,7 +46,7 @@ class Settings:
     batch_max_size: int = 16
     demo: bool = True
     s3_presign: bool = False
-    # Who may do what without a token (see registry.auth.anonymous_scope).  ``embedded``
+    # Who may do what without a token (see registry.auth.anonymous_allowed).  ``embedded``
     # is the zero-configuration default: REGISTRY_DATABASE_URL not set (SQLite + local folder).
     embedded: bool = True
     auth: str = "auto"

@@ -300,9 +300,8 @@ class _TokenCheck(grpc.ServerInterceptor):
                 if kind.lower() != "bearer" or not token.strip():
                     raise Unauthorized("send the token as metadata authorization: Bearer rgt_…")
                 granted = auth.verify(self.registry.db, token.strip()).scope
-            if not auth.allows(granted, auth.READ):
-                granted = auth.broader(granted, auth.anonymous_scope(self.registry.settings, self.registry.db))
-            if not auth.allows(granted, auth.READ):
+            if not (auth.allows(granted, auth.READ)
+                    or auth.anonymous_allowed(self.registry.settings, self.registry.db, auth.READ)):
                 raise Unauthorized("this needs a token with read scope: send metadata authorization: Bearer <token>")
         except Unauthorized as exc:
             return _refusal(grpc.StatusCode.UNAUTHENTICATED, exc.message)
