@@ -433,3 +433,20 @@ def test_label_service_rest_refuses_without_a_token_in_tf_serving_error_shape(tm
         assert response.status_code == 404
     finally:
         stop()
+
+
+def test_tokens_and_the_audit_log_on_postgresql(pg_url, tmp_path):
+    from registry.app import create_app
+
+    app = create_app(make_settings(tmp_path / "h", database_url=pg_url, embedded=False, public_read=False))
+    try:
+        tokens = issue_tokens(app.extensions["registry"].db)
+        client = app.test_client()
+        assert client.get("/api/v1/models", headers=bearer(tokens["read"])).status_code == 200
+        assert client.get("/api/v1/models", headers=bearer(tokens["revoked"])).status_code == 401
+        assert client.put("/api/v1/models/x/aliases/p", json={"version": 1},
+                          headers=bearer(tokens["read"])).status_code == 403
+        events = client.get("/api/v1/audit", headers=bearer(tokens["admin"])).get_json()["events"]
+        assert [e["action"] for e in events] == ["token.revoke"] + ["token.create"] * 4
+    finally:
+        app.extensions["registry"].db.dispose()
