@@ -450,3 +450,11 @@ def test_tokens_and_the_audit_log_on_postgresql(pg_url, tmp_path):
         assert [e["action"] for e in events] == ["token.revoke"] + ["token.create"] * 4
     finally:
         app.extensions["registry"].db.dispose()
+
+
+def test_open_writes_are_audited_as_anonymous_with_their_address(client, registry, models):
+    push(client, "cnn", frozen_form(models["frozen"].frozen_graph))
+    _, admin = auth.create_token(registry.db, "admin", "admin", Actor("tests"))
+    events = client.get("/api/v1/audit", headers=bearer(admin)).get_json()["events"]
+    assert [(e["action"], e["actor"], e["token_id"], e["remote_addr"]) for e in events] == [
+        ("token.create", "tests", None, None), ("version.push", "anonymous", None, "127.0.0.1")]
