@@ -69,6 +69,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, start_
         app.register_blueprint(web_bp)
     app.register_blueprint(serving_bp)
     register_error_handlers(app)
+    from registry import access
+
+    access.install(app, settings)
 
     @app.teardown_request
     def _abort_unfinished_uploads(_exc: BaseException | None) -> None:

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
-from registry import jobs
+from registry import audit, jobs
+from registry.audit import SYSTEM, Actor
 from registry.db import Database
 from registry.entities import (
     FAILED,
@@ -89,7 +90,7 @@ def validate_preprocessing(values: dict) -> dict:
 
 
 def update_version(db: Database, name: str, ref: str, *, preprocessing: dict | None = None,
-                   description: str | None = None) -> VersionInfo:
+                   description: str | None = None, actor: Actor = SYSTEM) -> VersionInfo:
     """Edit what may change after a push: preprocessing settings and the description."""
     validate_model_name(name)
     with db.transaction() as session:
@@ -100,6 +101,9 @@ def update_version(db: Database, name: str, ref: str, *, preprocessing: dict | N
         if description is not None:
             row.description = description
         row.updated_at = utcnow()
+        changes = {k: v for k, v in {"preprocessing": preprocessing, "description": description}.items()
+                   if v is not None}
+        audit.record(session, actor, "version.update", f"{name}/{row.version}", changes)
         session.flush()
         return _version_entities(session, name, [row])[0]
 
@@ -278,6 +282,7 @@ def create_version(
     input_nodes: list[str] | None = None,
     preprocessing: dict | None = None,
     max_attempts: int = 3,
+    actor: Actor = SYSTEM,
 ) -> VersionInfo:
     """Register the next version of ``name`` (creating the model on first push)
     and queue its conversion, all in one transaction."""
@@ -312,6 +317,9 @@ def create_version(
                     for f in files
                 )
                 jobs.enqueue(session, version_id=row.id, max_attempts=max_attempts)
+                audit.record(session, actor, "version.push", f"{name}/{number}",
+                             {"source": source, "files": [{"role": f.role, "filename": f.filename,
+                                                           "sha256": f.sha256, "size": f.size} for f in files]})
                 session.flush()
                 return _version_entities(session, name, [row])[0]
         except IntegrityError:
@@ -443,7 +451,7 @@ def list_models(
 
 # -- aliases ----------------------------------------------------------------------------
 
-def set_alias(db: Database, name: str, alias: str, version: int) -> VersionInfo:
+def set_alias(db: Database, name: str, alias: str, version: int, actor: Actor = SYSTEM) -> VersionInfo:
     """Point ``alias`` at ``version`` (creating or moving it)."""
     validate_model_name(name)
     validate_alias_name(alias)
@@ -457,22 +465,28 @@ def set_alias(db: Database, name: str, alias: str, version: int) -> VersionInfo:
                 code="version_failed",
             )
         existing = session.scalar(sa.select(Alias).where(Alias.model_id == model.id, Alias.name == alias))
+        previous = None
         if existing is None:
             session.add(Alias(model_id=model.id, name=alias, version_id=row.id))
         else:
+            previous = session.scalar(sa.select(ModelVersion.version).where(ModelVersion.id == existing.version_id))
             existing.version_id = row.id
             existing.updated_at = utcnow()
+        audit.record(session, actor, "alias.set", f"{name}:{alias}", {"version": row.version, "previous": previous})
         session.flush()
         return _version_entities(session, name, [row])[0]
 
 
-def delete_alias(db: Database, name: str, alias: str) -> None:
+def delete_alias(db: Database, name: str, alias: str, actor: Actor = SYSTEM) -> None:
     validate_model_name(name)
     with db.transaction() as session:
         model = _model_row(session, name)
-        deleted = session.execute(sa.delete(Alias).where(Alias.model_id == model.id, Alias.name == alias)).rowcount
-        if not deleted:
+        existing = session.scalar(sa.select(Alias).where(Alias.model_id == model.id, Alias.name == alias))
+        if existing is None:
             raise NotFound(f"model {name!r} has no alias {alias!r}", code="alias_not_found")
+        number = session.scalar(sa.select(ModelVersion.version).where(ModelVersion.id == existing.version_id))
+        session.delete(existing)
+        audit.record(session, actor, "alias.delete", f"{name}:{alias}", {"version": number})
 
 
 def is_blob_referenced(db: Database, digest: str) -> bool:

@@ -16,15 +16,26 @@ from registry.config import DEFAULT_PORT, Settings
 def _client(url: str | None):
     from registry.client import RegistryClient
 
-    return RegistryClient(url or Settings.from_env().server_url)
+    token = click.get_current_context().meta.get("registry.token")
+    return RegistryClient(url or Settings.from_env().server_url, token=token)
 
 
 def _fail(exc: Exception) -> None:
     raise click.ClickException(getattr(exc, "message", str(exc)))
 
 
-url_option = click.option("--url", envvar="REGISTRY_URL", default=None,
-                          help=f"Registry URL (REGISTRY_URL; default http://127.0.0.1:{DEFAULT_PORT}).")
+def _remember_token(ctx: click.Context, _param, value: str | None) -> None:
+    if value:
+        ctx.meta["registry.token"] = value
+
+
+def url_option(command):
+    """``--url`` (REGISTRY_URL) and ``--token`` (REGISTRY_TOKEN) for commands that talk to a registry."""
+    command = click.option("--token", envvar="REGISTRY_TOKEN", default=None, expose_value=False,
+                           callback=_remember_token, metavar="TOKEN",
+                           help="API token, sent as Authorization: Bearer (REGISTRY_TOKEN).")(command)
+    return click.option("--url", envvar="REGISTRY_URL", default=None,
+                        help=f"Registry URL (REGISTRY_URL; default http://127.0.0.1:{DEFAULT_PORT}).")(command)
 
 
 @click.group()
@@ -190,6 +201,78 @@ def migrate() -> None:
     settings.ensure_home()
     Database(settings.database_url).upgrade()
     click.echo(f"database at head: {settings.database_url}")
+
+
+@main.group()
+def token() -> None:
+    """Create, list and revoke API tokens, straight in the database (run it where the registry's
+    database is reachable, with the same REGISTRY_* settings; the first admin token comes from here)."""
+
+
+def _local_db():
+    from registry.db import Database
+
+    settings = Settings.from_env()
+    settings.ensure_home()
+    db = Database(settings.database_url)
+    db.upgrade()
+    return db
+
+
+def _local_actor():
+    import getpass
+
+    from registry.audit import Actor
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Actor(f"cli:{user}", None, "local")
+
+
+@token.command("create")
+@click.option("--name", required=True, help="What the token is for (unique among active tokens), e.g. ci.")
+@click.option("--scope", type=click.Choice(["read", "write", "admin"]), default="read", show_default=True,
+              help="read: pull, list, label; write: also push, alias, edit; admin: also tokens and audit log.")
+def token_create(name: str, scope: str) -> None:
+    """Create a token; it is printed once, alone on the last line, and never stored."""
+    from registry import auth
+    from registry.errors import RegistryError
+
+    try:
+        info, secret = auth.create_token(_local_db(), name, scope, _local_actor())
+    except RegistryError as exc:
+        _fail(exc)
+    click.echo(f"token {info.name!r} (id {info.id}, {info.scope} scope) created; it is shown only now:", err=True)
+    click.echo(secret)
+
+
+@token.command("revoke")
+@click.argument("name_or_id")
+def token_revoke(name_or_id: str) -> None:
+    """Revoke a token by name (the active one) or id; requests with it fail at once."""
+    from registry import auth
+    from registry.errors import RegistryError
+
+    try:
+        info = auth.revoke_token(_local_db(), name_or_id, _local_actor())
+    except RegistryError as exc:
+        _fail(exc)
+    click.echo(f"token {info.name!r} (id {info.id}) revoked")
+
+
+@token.command("ls")
+def token_ls() -> None:
+    """List tokens (never the tokens themselves)."""
+    from registry import auth
+
+    def when(dt):
+        return dt.strftime("%Y-%m-%d %H:%M") if dt else "-"
+
+    _table(("ID", "NAME", "SCOPE", "PREFIX", "CREATED", "LAST USED", "REVOKED"),
+           [(str(t.id), t.name, t.scope, f"rgt_{t.prefix}", when(t.created_at), when(t.last_used_at),
+             when(t.revoked_at)) for t in auth.list_tokens(_local_db())])
 
 
 @main.command()

@@ -102,10 +102,14 @@ def checkpoint_files(prefix: Path) -> dict[str, list[Path]]:
 
 
 class RegistryClient:
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
+    """The registry's API over HTTP; ``token`` (an API token) is sent as ``Authorization: Bearer``."""
+
+    def __init__(self, url: str, timeout: float = 60.0, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token.strip()}"
 
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
         try:

@@ -13,11 +13,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 DEFAULT_PORT = 8080
+AUTH_MODES = ("auto", "on", "off")
 
 
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return default if value is None or value == "" else value
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,20 @@ class Settings:
     batch_max_size: int = 16
     demo: bool = True
     s3_presign: bool = False
+    # Who may do what without a token (see registry.auth.anonymous_allowed).  ``embedded``
+    # is the zero-configuration default: REGISTRY_DATABASE_URL not set (SQLite + local folder).
+    embedded: bool = True
+    auth: str = "auto"
+    public_read: bool = True
+    secret_key: str | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
         home = Path(_env("REGISTRY_HOME", "./registry-data")).expanduser().resolve()
+        embedded = _env("REGISTRY_DATABASE_URL", "") == ""
+        auth = _env("REGISTRY_AUTH", "auto").strip().lower()
+        if auth not in AUTH_MODES:
+            raise ValueError(f"REGISTRY_AUTH must be one of {', '.join(AUTH_MODES)}, not {auth!r}")
         settings = cls(
             home=home,
             database_url=_env("REGISTRY_DATABASE_URL", f"sqlite:///{home / 'registry.db'}"),
@@ -65,6 +80,10 @@ class Settings:
             batch_max_size=int(_env("REGISTRY_BATCH_MAX_SIZE", "16")),
             demo=_env("REGISTRY_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"),
             s3_presign=_env("REGISTRY_S3_PRESIGN", "0").strip().lower() in ("1", "true", "yes", "on"),
+            embedded=embedded,
+            auth=auth,
+            public_read=_flag(_env("REGISTRY_PUBLIC_READ", "1" if embedded else "0")),
+            secret_key=_env("REGISTRY_SECRET_KEY", "") or None,
         )
         return replace(settings, **overrides) if overrides else settings
 

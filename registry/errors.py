@@ -39,6 +39,22 @@ class InvalidUpload(InvalidRequest):
     code = "invalid_upload"
 
 
+class Unauthorized(RegistryError):
+    """No credentials where they are needed, or credentials that are not valid (answered with
+    ``WWW-Authenticate: Bearer``)."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(RegistryError):
+    """Valid credentials that do not allow this request (a token's scope is too narrow, a
+    missing CSRF token)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class NotFound(RegistryError):
     code = "not_found"
     status = 404

@@ -168,3 +168,36 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(sa.Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ApiToken(Base):
+    """An API token.  Only the sha256 of the token is kept; ``prefix`` is the non-secret
+    part of the token by which it is looked up.  Tokens are revoked, never deleted, so
+    the audit log keeps naming who did what."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64), index=True)
+    prefix: Mapped[str] = mapped_column(sa.String(16), unique=True)
+    token_sha256: Mapped[str] = mapped_column(sa.String(64))
+    scope: Mapped[str] = mapped_column(sa.String(8))
+    created_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditEvent(Base):
+    """One write: who (token), what (action, target, details), when, from where."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(sa.String(128))
+    token_id: Mapped[int | None] = mapped_column(default=None)
+    action: Mapped[str] = mapped_column(sa.String(64), index=True)
+    target: Mapped[str] = mapped_column(sa.String(255), default="")
+    details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    remote_addr: Mapped[str | None] = mapped_column(sa.String(64), default=None)

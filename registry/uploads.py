@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from registry import catalog
+from registry.audit import SYSTEM, Actor
 from registry.db import Database
 from registry.entities import SOURCE_FROZEN, SOURCE_GRAPH, SOURCE_META, NewFile, VersionInfo
 from registry.errors import InvalidUpload
@@ -257,7 +258,8 @@ def plan_push(request: PushRequest) -> tuple[str, list[ReceivedFile]]:
 
 
 def push(
-    db: Database, storage: BlobStorage, name: str, request: PushRequest, *, max_attempts: int = 3
+    db: Database, storage: BlobStorage, name: str, request: PushRequest, *, max_attempts: int = 3,
+    actor: Actor = SYSTEM,
 ) -> VersionInfo:
     """Validate, publish blobs and register the next version with a queued conversion."""
     catalog.validate_model_name(name)
@@ -283,6 +285,7 @@ def push(
             input_nodes=request.input_nodes,
             preprocessing=request.preprocessing,
             max_attempts=max_attempts,
+            actor=actor,
         )
     except BaseException:
         abort(request.files)

@@ -33,3 +33,27 @@ def blob_files(home: Path) -> list[Path]:
     """Every stored blob and every leftover temporary upload under a registry home."""
     root = home / "blobs"
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def csrf_token(client) -> str:
+    """The CSRF token of the test client's session, as a page hands it to forms and scripts."""
+    import re
+
+    body = client.get("/sign-in").get_data(as_text=True)
+    return re.search(r'<meta name="csrf-token" content="([^"]+)"', body).group(1)
+
+
+def issue_tokens(db) -> dict[str, str]:
+    """A token of each scope, plus one that was revoked, created through the service."""
+    from registry import auth
+    from registry.audit import Actor
+
+    actor = Actor("tests")
+    tokens = {scope: auth.create_token(db, f"{scope}-token", scope, actor)[1] for scope in auth.SCOPES}
+    tokens["revoked"] = auth.create_token(db, "revoked-token", "admin", actor)[1]
+    auth.revoke_token(db, "revoked-token", actor)
+    return tokens
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

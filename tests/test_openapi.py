@@ -82,3 +82,37 @@ def test_documented_statuses_cover_what_the_server_answers(client, models, doc):
     assert "202" in paths["/api/v1/models/{name}/versions"]["post"]["responses"]
     assert "206" in paths["/api/v1/models/{name}/versions/{ref}/frozen.pb"]["get"]["responses"]
     assert "409" in paths["/api/v1/models/{name}/versions/{ref}/frozen.pb"]["get"]["responses"]
+
+
+def test_each_operation_declares_the_scope_the_access_rules_require(app, doc):
+    from registry.access import RULES
+    from registry.api.openapi import endpoint_of
+
+    scheme = doc["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            scope = RULES[endpoint_of(operation["operationId"])]
+            assert endpoint_of(operation["operationId"]) in app.view_functions, operation["operationId"]
+            if scope is None:
+                assert operation["security"] == [], path
+            else:
+                assert operation["security"] == [{"bearer": [scope]}], (path, method)
+                assert {"401", "403"} <= set(operation["responses"]), (path, method)
+
+
+def test_token_and_audit_answers_match_their_schemas(client, registry, doc):
+    from registry import auth
+    from registry.audit import Actor
+
+    _, admin = auth.create_token(registry.db, "admin", "admin", Actor("tests"))
+    headers = {"Authorization": f"Bearer {admin}"}
+    created = client.post("/api/v1/tokens", json={"name": "ci", "scope": "write"}, headers=headers)
+    assert created.status_code == 201
+    _validator(doc, "Token").validate(created.get_json())
+    _validator(doc, "TokenList").validate(client.get("/api/v1/tokens", headers=headers).get_json())
+    _validator(doc, "Token").validate(client.delete("/api/v1/tokens/ci", headers=headers).get_json())
+    _validator(doc, "AuditPage").validate(client.get("/api/v1/audit", headers=headers).get_json())
+    refused = client.get("/api/v1/audit")
+    _validator(doc, "Error").validate(refused.get_json())
+    assert str(refused.status_code) in doc["paths"]["/api/v1/audit"]["get"]["responses"]

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from registry.models import ModelVersion, RegisteredModel, utcnow
-from tests.helpers import frozen_form, push
+from tests.helpers import csrf_token, frozen_form, push
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 OUTPUT = "predictions/Softmax"
@@ -230,7 +230,8 @@ def test_bad_page_token_is_an_html_page_that_says_what_to_do(client, frozen):
 
 def set_alias(client, name: str, **form) -> str:
     """Submit the alias form and follow the redirect back to the model page."""
-    response = client.post(f"/models/{name}/aliases", data=form, headers=BROWSER)
+    response = client.post(f"/models/{name}/aliases", data={**form, "csrf_token": csrf_token(client)},
+                           headers=BROWSER)
     assert response.status_code == 302
     assert response.headers["Location"].endswith("#aliases")
     return page(client, response.headers["Location"].split("#")[0])
@@ -287,7 +288,9 @@ def test_alias_form_shows_a_clear_error(client, registry, frozen, form, says):
 
 
 def test_alias_form_for_an_unknown_model_is_a_404_page(client):
-    response = client.post("/models/nope/aliases", data={"alias": "production", "version": "1"}, headers=BROWSER)
+    response = client.post("/models/nope/aliases",
+                           data={"alias": "production", "version": "1", "csrf_token": csrf_token(client)},
+                           headers=BROWSER)
     if response.status_code == 302:  # back to the model page, which does not exist
         body = page(client, response.headers["Location"].split("#")[0], status=404)
     else:

@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-from registry.api import views  # noqa: E402,F401  (registers the routes)
+from registry.api import auth_views, views  # noqa: E402,F401  (registers the routes)

@@ -20,7 +20,8 @@ def wants_json() -> bool:
 
 def error_response(status: int, code: str, message: str):
     if not wants_json():
-        titles = {404: "Not found", 400: "That did not work", 409: "Not possible right now", 413: "Too large"}
+        titles = {404: "Not found", 400: "That did not work", 409: "Not possible right now", 413: "Too large",
+                  401: "Sign in needed", 403: "Not allowed"}
         page = render_template("error.html", title=titles.get(status, "Something went wrong"), message=message)
         return page, status
     response = jsonify({"error": {"code": code, "message": message}})

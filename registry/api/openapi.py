@@ -3,6 +3,7 @@ the app really has and validate real responses against these schemas."""
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 from registry import __version__
@@ -36,6 +37,8 @@ _PAGE = [
     {"name": "page_token", "in": "query", "schema": {"type": "string"},
      "description": "The next_page_token of the previous page"},
 ]
+
+_TOKEN_SCOPE = {"type": "string", "enum": ["read", "write", "admin"]}
 
 _SCHEMAS = {
     "Error": {
@@ -137,6 +140,41 @@ _SCHEMAS = {
         "type": "object", "required": ["versions", "next_page_token"],
         "properties": {"versions": {"type": "array", "items": _ref("Version")}, "next_page_token": _nullable_str},
     },
+    "Token": {
+        "type": "object",
+        "required": ["id", "name", "scope", "prefix", "created_by", "created_at", "last_used_at", "revoked_at",
+                     "active"],
+        "properties": {
+            "id": {"type": "integer"}, "name": {"type": "string"}, "scope": _TOKEN_SCOPE,
+            "prefix": {"type": "string", "description": "The token's public beginning (rgt_xxxxxxxx)"},
+            "created_by": {"type": "string"}, "created_at": _datetime,
+            "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+            "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+            "active": {"type": "boolean"},
+            "token": {"type": "string", "description": "The token itself: only in the answer to its creation"},
+        },
+    },
+    "TokenList": {"type": "object", "required": ["tokens"],
+                  "properties": {"tokens": {"type": "array", "items": _ref("Token")}}},
+    "TokenRequest": {"type": "object", "required": ["name"], "additionalProperties": False,
+                     "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"},
+                                    "scope": {**_TOKEN_SCOPE, "default": "read"}}},
+    "AuditEvent": {
+        "type": "object",
+        "required": ["id", "created_at", "actor", "token_id", "action", "target", "details", "remote_addr"],
+        "properties": {
+            "id": {"type": "integer"}, "created_at": _datetime,
+            "actor": {"type": "string", "description": "Token name, or anonymous, system, cli"},
+            "token_id": _nullable_int,
+            "action": {"type": "string", "description": "version.push, version.update, alias.set, alias.delete, "
+                                                        "token.create, token.revoke, ..."},
+            "target": {"type": "string"}, "details": {"type": ["object", "null"]}, "remote_addr": _nullable_str,
+        },
+    },
+    "AuditPage": {
+        "type": "object", "required": ["events", "next_page_token"],
+        "properties": {"events": {"type": "array", "items": _ref("AuditEvent")}, "next_page_token": _nullable_str},
+    },
     "AliasBody": {
         "type": "object", "required": ["version"],
         "properties": {"version": {"type": "integer", "minimum": 1}},
@@ -167,8 +205,37 @@ def _blob(description: str, mimetype: str) -> dict:
     }
 
 
+def endpoint_of(operation_id: str) -> str:
+    """The Flask endpoint serving an operation: ``listModels`` is ``api.list_models``."""
+    return "api." + re.sub(r"(?<!^)([A-Z])", r"_\1", operation_id).lower()
+
+
+def _secure(document: dict) -> dict:
+    """Each operation's security requirement and 401/403 answers, from registry.access.RULES."""
+    from registry.access import RULES
+
+    for item in document["paths"].values():
+        for operation in item.values():
+            scope = RULES[endpoint_of(operation["operationId"])]
+            if scope is None:
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearer": [scope]}]
+            operation["description"] = (operation.get("description", "") + f" Needs a token with `{scope}` scope"
+                                        + (" (or none where reads are public)." if scope == "read" else ".")).strip()
+            operation["responses"]["401"] = _error("No token, or a malformed, unknown or revoked one "
+                                                   "(WWW-Authenticate: Bearer)")
+            operation["responses"]["403"] = _error(f"The token's scope is narrower than {scope}, or a "
+                                                   "cookie-authenticated request without its CSRF token")
+    return document
+
+
 @cache
 def openapi_document() -> dict:
+    return _secure(_document())
+
+
+def _document() -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "TensorFlow model registry", "version": __version__,
@@ -249,6 +316,31 @@ def openapi_document() -> dict:
                 "delete": {"operationId": "deleteAlias", "parameters": [_NAME, _ALIAS],
                            "responses": {"204": {"description": "Deleted"},
                                          "404": _error("No such model or alias")}}},
+            "/api/v1/tokens": {
+                "get": {"operationId": "listTokens", "summary": "API tokens, revoked ones included",
+                        "responses": {"200": _json(_ref("TokenList"), "Every token (never the token itself)")}},
+                "post": {"operationId": "createToken", "summary": "Create a token; the answer is the only place "
+                                                                 "the token is ever shown",
+                         "requestBody": {"required": True,
+                                         "content": {"application/json": {"schema": _ref("TokenRequest")}}},
+                         "responses": {"201": _json(_ref("Token"), "The new token, with `token`"),
+                                       "400": _error("Invalid name or scope"),
+                                       "409": _error("An active token has that name")}}},
+            "/api/v1/tokens/{name_or_id}": {"delete": {
+                "operationId": "revokeToken", "summary": "Revoke a token (by active name, or id); it stops at once",
+                "parameters": [{"name": "name_or_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json(_ref("Token"), "The revoked token"),
+                              "404": _error("No such token")}}},
+            "/api/v1/audit": {"get": {
+                "operationId": "listAuditEvents", "summary": "The audit log of writes, newest first",
+                "parameters": [*_PAGE, {"name": "action", "in": "query", "schema": {"type": "string"},
+                                        "description": "Only events of this action (e.g. version.push)"}],
+                "responses": {"200": _json(_ref("AuditPage"), "A page of events"),
+                              "400": _error("Bad page size or token")}}},
         },
-        "components": {"schemas": _SCHEMAS},
+        "components": {"schemas": _SCHEMAS, "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API token (`registry token create`). Scopes nest: admin ⊇ write ⊇ read. Reads "
+                           "may be open without a token (REGISTRY_PUBLIC_READ); writes are open without one only "
+                           "on an embedded registry that never had a token (REGISTRY_AUTH=auto)."}}},
     }

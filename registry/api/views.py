@@ -6,6 +6,7 @@ from flask import Response, g, redirect, request, url_for
 from werkzeug.wsgi import wrap_file
 
 from registry import catalog, uploads
+from registry.access import current_actor
 from registry.api import bp
 from registry.api.multipart import read_push_form
 from registry.api.openapi import openapi_document
@@ -85,7 +86,8 @@ def push_version(name: str):
         preprocessing={k: form[k] for k in PREPROCESSING_KEYS if form.get(k, "") != ""},
     )
     version = uploads.push(
-        registry.db, registry.storage, name, push, max_attempts=registry.settings.job_max_attempts
+        registry.db, registry.storage, name, push, max_attempts=registry.settings.job_max_attempts,
+        actor=current_actor(),
     )
     registry.notify_workers()
     location = url_for("api.get_version", name=name, ref=str(version.version))
@@ -113,7 +115,7 @@ def update_version(name: str, ref: str):
     if description is not None and not isinstance(description, str):
         raise InvalidRequest('"description" must be a string', code="invalid_version_update")
     return catalog.update_version(get_registry().db, name, ref, preprocessing=preprocessing,
-                                  description=description).to_dict()
+                                  description=description, actor=current_actor()).to_dict()
 
 
 def _send_blob(digest: str, download_name: str, mimetype: str):
@@ -177,11 +179,11 @@ def set_alias(name: str, alias: str):
         number = int(number)
     if not isinstance(number, int) or isinstance(number, bool) or number < 1:
         raise InvalidRequest('send a JSON body like {"version": 3}', code="invalid_alias_body")
-    version = catalog.set_alias(get_registry().db, name, alias, number)
+    version = catalog.set_alias(get_registry().db, name, alias, number, actor=current_actor())
     return {"model": name, "alias": alias, "version": version.version}
 
 
 @bp.delete("/models/<name>/aliases/<alias>")
 def delete_alias(name: str, alias: str):
-    catalog.delete_alias(get_registry().db, name, alias)
+    catalog.delete_alias(get_registry().db, name, alias, actor=current_actor())
     return "", 204

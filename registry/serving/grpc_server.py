@@ -281,6 +281,42 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                       "(push a version, or move an alias)")
 
 
+class _TokenCheck(grpc.ServerInterceptor):
+    """The REST API's tokens on gRPC: ``authorization: Bearer …`` metadata, read scope for every method
+    (they all only read); UNAUTHENTICATED without a valid token where reads are not public."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+
+    def intercept_service(self, continuation, handler_call_details):
+        from registry import auth
+        from registry.errors import Unauthorized
+
+        header = dict(handler_call_details.invocation_metadata or ()).get("authorization")
+        try:
+            granted = None
+            if header is not None:
+                kind, _, token = header.strip().partition(" ")
+                if kind.lower() != "bearer" or not token.strip():
+                    raise Unauthorized("send the token as metadata authorization: Bearer rgt_…")
+                granted = auth.verify(self.registry.db, token.strip()).scope
+            if not (auth.allows(granted, auth.READ)
+                    or auth.anonymous_allowed(self.registry.settings, self.registry.db, auth.READ)):
+                raise Unauthorized("this needs a token with read scope: send metadata authorization: Bearer <token>")
+        except Unauthorized as exc:
+            return _refusal(grpc.StatusCode.UNAUTHENTICATED, exc.message)
+        except RegistryError as exc:
+            return _refusal(grpc.StatusCode.UNAVAILABLE, exc.message)
+        return continuation(handler_call_details)
+
+
+def _refusal(code: grpc.StatusCode, message: str):
+    def refuse(request, context):
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -299,6 +335,7 @@ def start_grpc_server(registry, host: str = "127.0.0.1", port: int = 8500,
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
         ],
+        interceptors=[_TokenCheck(registry)],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(registry), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import abort, redirect, render_template, request, send_from_directory, url_for
+from flask import abort, redirect, render_template, request, send_from_directory, session, url_for
 
-from registry import catalog
+from registry import audit as audit_log, auth, catalog
+from registry.access import current_actor, sign_in as start_session
 from registry.app import get_registry
 from registry.entities import READY
 from registry.errors import RegistryError
@@ -52,11 +53,11 @@ def set_alias(name: str):
     version = request.form.get("version", "").strip()
     try:
         if request.form.get("action") == "delete":
-            catalog.delete_alias(get_registry().db, name, alias)
+            catalog.delete_alias(get_registry().db, name, alias, actor=current_actor())
         else:
             if not version.isdigit():
                 raise RegistryError("choose the version the alias should point at", status=400)
-            catalog.set_alias(get_registry().db, name, alias, int(version))
+            catalog.set_alias(get_registry().db, name, alias, int(version), actor=current_actor())
     except RegistryError as exc:
         if exc.status >= 500:
             raise
@@ -105,3 +106,42 @@ def demo_file(filename: str):
     if not filename.endswith(".png"):
         abort(404)
     return send_from_directory(_demo_folder(), filename)
+
+
+# -- signing in ------------------------------------------------------------------------------
+
+def _local_path(target: str | None) -> str:
+    """``target`` if it is a path on this site, else the models page (no open redirects)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("web.models")
+
+
+@bp.route("/sign-in", methods=["GET", "POST"])
+def sign_in():
+    next_url = request.values.get("next", "")
+    if request.method == "GET":
+        return render_template("sign_in.html", next_url=next_url, error=None,
+                               signed_out=bool(request.args.get("signed_out")))
+    token = request.form.get("token", "").strip()
+    try:
+        if not token:
+            raise RegistryError("paste a token (an admin creates one with `registry token create`)", status=400)
+        info = auth.verify(get_registry().db, token)
+    except RegistryError as exc:
+        return render_template("sign_in.html", next_url=next_url, error=exc.message, signed_out=False), 400
+    start_session(info)
+    return redirect(_local_path(next_url))
+
+
+@bp.post("/sign-out")
+def sign_out():
+    session.clear()
+    return redirect(url_for("web.models"))
+
+
+@bp.get("/audit")
+def audit():
+    page = audit_log.list_events(get_registry().db, page_size=_page_size(), page_token=request.args.get("page_token"),
+                             action=request.args.get("action") or None)
+    return render_template("audit.html", page=page, next_url=_next_url(page), action=request.args.get("action", ""))

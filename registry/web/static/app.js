@@ -12,6 +12,8 @@ function el(tag, attrs, children) {
   (children || []).forEach((c) => node.append(c));
   return node;
 }
+// Sent with every request that changes something: a signed-in session needs it (registry.access).
+function csrfToken() { const meta = $('meta[name="csrf-token"]'); return meta ? meta.content : ""; }
 function megabytes(n) { return (n / 1048576).toFixed(n < 10485760 ? 2 : 1) + " MB"; }
 function errorMessage(body, status) {
   if (body && body.error) return typeof body.error === "string" ? body.error : body.error.message;
@@ -124,6 +126,7 @@ function setupPush() {
       showFieldError(form, null, "The upload was interrupted: check the connection and push again.");
     });
     request.open("POST", `/api/v1/models/${encodeURIComponent(name)}/versions`);
+    request.setRequestHeader("X-CSRF-Token", csrfToken());
     request.send(data);
   });
 }
@@ -169,7 +172,7 @@ function setupCompare() {
     chosen.forEach((c) => data.append("image", c.blob, c.name));
     $("#compare-button").disabled = true;
     try {
-      const response = await fetch(`/v1/models/${encodeURIComponent(form.dataset.model)}:compare`, { method: "POST", body: data });
+      const response = await fetch(`/v1/models/${encodeURIComponent(form.dataset.model)}:compare`, { method: "POST", body: data, headers: { "X-CSRF-Token": csrfToken() } });
       const body = await response.json();
       if (!response.ok) throw new Error(errorMessage(body, response.status));
       showComparison(body);
