@@ -252,7 +252,8 @@ def pull_throughput(storage_url: str, prefix: str, home: Path, moto: MotoServer,
 def drain_with_workers(workers: int, versions: int, pg_base: str, storage_url: str, home: Path,
                        small: Path) -> float:
     with FreshDatabase(pg_base) as database_url:
-        env = {"REGISTRY_DATABASE_URL": database_url, "REGISTRY_STORAGE": storage_url}
+        # A private benchmark database: writes need no token here (REGISTRY_AUTH=off).
+        env = {"REGISTRY_DATABASE_URL": database_url, "REGISTRY_STORAGE": storage_url, "REGISTRY_AUTH": "off"}
         with RegistryServer(home, workers=0, log_path=home.parent / f"queue-{workers}.log", env=env) as server:
             client = RegistryClient(server.url)
             for _ in range(versions):
