@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/upload_memory.py
 	$(BIN)/python benchmarks/label_service.py
 	$(BIN)/python benchmarks/model_page.py
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) registry-data .pytest_cache benchmarks/.work
