@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return make_settings(tmp_path / "home")
+def settings(tmp_path, database) -> Settings:
+    home = tmp_path / "home"
+    return make_settings(home, database_url=database) if database else make_settings(home)
 
 
 @pytest.fixture
@@ -127,39 +129,80 @@ def start_live_server(settings: Settings, *, workers: bool) -> tuple[LiveServer,
 
 
 @pytest.fixture
-def live_server(tmp_path):
+def live_server(tmp_path, database):
     """A real HTTP server without converter workers (uploads only)."""
-    server, stop = start_live_server(make_settings(tmp_path / "live"), workers=False)
+    home = tmp_path / "live"
+    settings = make_settings(home, database_url=database) if database else make_settings(home)
+    server, stop = start_live_server(settings, workers=False)
     yield server
     stop()
 
 
 @pytest.fixture(scope="module")
-def converting_server(tmp_path_factory):
+def converting_server(tmp_path_factory, module_database):
     """A real HTTP server with an embedded converter worker, shared by a module."""
-    settings = make_settings(tmp_path_factory.mktemp("converting"), embedded_workers=1)
+    home = tmp_path_factory.mktemp("converting")
+    settings = make_settings(home, embedded_workers=1, **({"database_url": module_database} if module_database else {}))
     server, stop = start_live_server(settings, workers=True)
     yield server
     stop()
+
+
+PG_SKIP = "set REGISTRY_TEST_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test to run"
+BACKENDS = ("sqlite", "postgresql")
+# Database tests and end-to-end tests run on both engines: put this in the module's pytestmark.
+BOTH_DATABASES = pytest.mark.parametrize("database", BACKENDS, indirect=True)
+BOTH_DATABASES_PER_MODULE = pytest.mark.parametrize("module_database", BACKENDS, indirect=True, scope="module")
+
+
+@contextmanager
+def fresh_postgres_database():
+    """A new, empty PostgreSQL database, dropped afterwards (skips the test
+    without REGISTRY_TEST_DATABASE_URL)."""
+    import sqlalchemy as sa
+
+    base = os.environ.get("REGISTRY_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip(PG_SKIP)
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    name = f"registry_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _database(request):
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None  # the embedded default: a SQLite file in the test's home
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def database(request):
+    """The database URL of a test's registry: None (SQLite, the default) or a
+    fresh PostgreSQL database where a module asks for BOTH_DATABASES."""
+    yield from _database(request)
+
+
+@pytest.fixture(scope="module")
+def module_database(request):
+    """Like ``database``, shared by a module's ``converting_server``."""
+    yield from _database(request)
 
 
 @pytest.fixture
 def pg_url():
     """A fresh, empty PostgreSQL database for one test, dropped afterwards
     (needs REGISTRY_TEST_DATABASE_URL, else the test is skipped)."""
-    import sqlalchemy as sa
-
-    base = os.environ.get("REGISTRY_TEST_DATABASE_URL")
-    if not base:
-        pytest.skip("set REGISTRY_TEST_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test to run")
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    name = f"registry_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 S3_BUCKET = "registry-test"

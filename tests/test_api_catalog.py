@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import BOTH_DATABASES
 from tests.helpers import frozen_form, push
+
+pytestmark = BOTH_DATABASES
 
 
 @pytest.fixture

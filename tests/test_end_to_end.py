@@ -15,8 +15,9 @@ import requests
 
 from registry.client import RegistryClient
 from tests import tfmodels
+from tests.conftest import BOTH_DATABASES_PER_MODULE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, BOTH_DATABASES_PER_MODULE]
 
 
 def cli(server, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

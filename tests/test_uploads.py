@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 import threading
@@ -12,7 +13,10 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
+from tests.conftest import BOTH_DATABASES
 from tests.helpers import blob_files, checkpoint_form, frozen_form, push
+
+pytestmark = BOTH_DATABASES
 
 
 def assert_nothing_left(client, settings, model="cnn"):
@@ -222,11 +226,10 @@ def test_concurrent_pushes_get_distinct_consecutive_version_numbers(live_server,
     assert [v["version"] for v in listed] == list(range(24, 0, -1))
 
 
-def test_upload_larger_than_the_limit_is_a_413(tmp_path, models):
+def test_upload_larger_than_the_limit_is_a_413(settings, models):
     from registry.app import create_app
-    from tests.conftest import make_settings
 
-    settings = make_settings(tmp_path / "small", max_upload_bytes=1000)
+    settings = dataclasses.replace(settings, max_upload_bytes=1000)
     client = create_app(settings).test_client()
     response = push(client, "cnn", frozen_form(models["frozen"].frozen_graph))
     assert response.status_code == 413

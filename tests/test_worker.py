@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,9 +16,10 @@ import sqlalchemy as sa
 from registry import jobs
 from registry.models import Job, utcnow
 from registry.worker import Worker
+from tests.conftest import BOTH_DATABASES
 from tests.helpers import checkpoint_form, frozen_form, push
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, BOTH_DATABASES]
 
 
 def version(client, name: str, number: int = 1) -> dict:
@@ -86,11 +88,9 @@ def test_retryable_failure_is_retried_then_recorded(client, registry, models):
     assert "failed 3 times; last error: storage unreachable" in record["status_message"]
 
 
-def test_queued_job_survives_a_restart_of_the_server(tmp_path, models):
+def test_queued_job_survives_a_restart_of_the_server(settings, models):
     from registry.app import create_app
-    from tests.conftest import make_settings
 
-    settings = make_settings(tmp_path / "home")
     first = create_app(settings)
     push(first.test_client(), "cnn", frozen_form(models["frozen"].frozen_graph))
     first.extensions["registry"].db.dispose()
@@ -100,16 +100,16 @@ def test_queued_job_survives_a_restart_of_the_server(tmp_path, models):
     assert version(second.test_client(), "cnn")["status"] == "ready"
 
 
-def test_worker_killed_mid_job_loses_its_lease_and_the_job_is_done_by_another(tmp_path, models):
+def test_worker_killed_mid_job_loses_its_lease_and_the_job_is_done_by_another(settings, models):
     """A real `registry worker` process is SIGKILLed while converting."""
     from registry.app import create_app
-    from tests.conftest import make_settings
 
-    settings = make_settings(tmp_path / "home", job_lease_seconds=3.0)
+    settings = dataclasses.replace(settings, job_lease_seconds=3.0)
     app = create_app(settings)
     client = app.test_client()
     push(client, "cnn", checkpoint_form(models["resource_meta"]))
-    env = dict(os.environ, REGISTRY_HOME=str(settings.home), REGISTRY_JOB_LEASE_SECONDS="3",
+    env = dict(os.environ, REGISTRY_HOME=str(settings.home), REGISTRY_DATABASE_URL=settings.database_url,
+               REGISTRY_JOB_LEASE_SECONDS="3",
                REGISTRY_WORKER_POLL_SECONDS="0.2")
     doomed = subprocess.Popen([sys.executable, "-m", "registry.cli", "worker"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -134,12 +134,11 @@ def test_worker_killed_mid_job_loses_its_lease_and_the_job_is_done_by_another(tm
         assert session.scalar(sa.select(Job.attempts)) == 2
 
 
-def convert_once_with(tmp_path, models, **overrides) -> dict:
+def convert_once_with(settings, models, **overrides) -> dict:
     """Push a checkpoint to a registry with these settings, run one worker pass, return the version."""
     from registry.app import create_app
-    from tests.conftest import make_settings
 
-    settings = make_settings(tmp_path / "home", **overrides)
+    settings = dataclasses.replace(settings, **overrides)
     app = create_app(settings)
     push(app.test_client(), "cnn", checkpoint_form(models["resource_meta"]))
     registry = app.extensions["registry"]
@@ -147,15 +146,15 @@ def convert_once_with(tmp_path, models, **overrides) -> dict:
     return version(app.test_client(), "cnn")
 
 
-def test_conversion_over_its_memory_limit_fails_the_version_saying_so(tmp_path, models):
-    record = convert_once_with(tmp_path, models, convert_memory_mb=400)
+def test_conversion_over_its_memory_limit_fails_the_version_saying_so(settings, models):
+    record = convert_once_with(settings, models, convert_memory_mb=400)
     assert record["status"] == "failed"
     assert "ran out of memory" in record["status_message"]
     assert "REGISTRY_CONVERT_MEMORY_MB" in record["status_message"]
 
 
-def test_conversion_over_its_time_limit_fails_the_version_saying_so(tmp_path, models):
-    record = convert_once_with(tmp_path, models, convert_timeout_seconds=0.5)
+def test_conversion_over_its_time_limit_fails_the_version_saying_so(settings, models):
+    record = convert_once_with(settings, models, convert_timeout_seconds=0.5)
     assert record["status"] == "failed"
     assert "longer than 0.5 s" in record["status_message"]
 
