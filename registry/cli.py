@@ -380,6 +380,47 @@ def alias(name: str, alias: str, version: int | None, delete: bool, url: str | N
         _fail(exc)
 
 
+@main.command()
+@click.argument("spec", metavar="NAME:VERSION | NAME --model")
+@click.option("--model", "whole_model", is_flag=True, help="Delete the model NAME and every version of it.")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting a whole model.")
+@url_option
+def delete(spec: str, whole_model: bool, yes: bool, url: str | None) -> None:
+    """Delete a version (NAME:VERSION) or, with --model, a model and all its versions.
+
+    Version numbers are never reused; aliases pointing at a deleted version are
+    removed; a conversion still queued or running is cancelled.  Storage is freed
+    by 'registry gc'.
+    """
+    from registry.client import ClientError
+
+    name, _, ref = spec.partition(":")
+    client = _client(url)
+    try:
+        if whole_model:
+            if ref:
+                raise click.UsageError("--model deletes a whole model: give NAME without :VERSION")
+            if not yes:
+                count = client.get_model(name)["version_count"]
+                click.confirm(f"delete model {name} and its {count} version(s)?", abort=True)
+            answer = client.delete_model(name)
+            aliases = f", aliases removed: {', '.join(answer['aliases_removed'])}" if answer["aliases_removed"] else ""
+            click.echo(f"{name}: model deleted ({answer['versions_deleted']} version(s){aliases}); "
+                       f"a new push of {name} starts at version {answer['last_version'] + 1}")
+            return
+        if not ref:
+            raise click.UsageError("give NAME:VERSION (e.g. cnn:3), or NAME --model to delete the whole model")
+        answer = client.delete_version(name, ref)
+        extra = []
+        if answer["aliases_removed"]:
+            extra.append(f"aliases removed: {', '.join(answer['aliases_removed'])}")
+        if answer["job_cancelled"]:
+            extra.append("its conversion was cancelled")
+        click.echo(f"{name}: version {answer['version']} deleted" + (f" ({'; '.join(extra)})" if extra else ""))
+    except ClientError as exc:
+        _fail(exc)
+
+
 def _print_predictions(title: str, predictions: list[dict]) -> None:
     click.echo(title)
     _table(("RANK", "INDEX", "LABEL", "SCORE"),

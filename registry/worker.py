@@ -21,6 +21,7 @@ from registry.config import Settings
 from registry.converter.runner import Outcome, run_conversion
 from registry.db import Database
 from registry.entities import VersionInfo
+from registry.errors import NotFound
 from registry.storage import BlobStorage
 from registry.uploads import DATA_SHARD_RE
 
@@ -70,6 +71,8 @@ class Worker:
                 heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3),
             )
             self._record(job, version, outcome, workdir)
+        except NotFound:
+            log.info("version id %d was deleted before its conversion started; dropping the job", job.version_id)
         except Exception as exc:
             log.exception("conversion of version id %d failed", job.version_id)
             jobs.retry_later(self.db, job, f"{type(exc).__name__}: {exc}")
@@ -110,7 +113,7 @@ class Worker:
 
     def _record(self, job: jobs.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> None:
         if outcome.lost_lease:
-            log.warning("lost the lease on job %d; another worker will take it", job.id)
+            log.warning("lost the lease on job %d (its version was deleted, or another worker took it)", job.id)
             return
         if not outcome.ok:
             if outcome.retryable:

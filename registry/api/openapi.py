@@ -137,6 +137,28 @@ _SCHEMAS = {
         "type": "object", "required": ["versions", "next_page_token"],
         "properties": {"versions": {"type": "array", "items": _ref("Version")}, "next_page_token": _nullable_str},
     },
+    "DeletedVersion": {
+        "type": "object", "required": ["model", "version", "status", "aliases_removed", "job_cancelled"],
+        "properties": {
+            "model": {"type": "string"}, "version": {"type": "integer"},
+            "status": {"type": "string", "enum": ["queued", "converting", "ready", "failed"],
+                       "description": "The status it had when deleted"},
+            "aliases_removed": {"type": "array", "items": {"type": "string"},
+                                "description": "Aliases that pointed at it and are gone with it"},
+            "job_cancelled": {"type": "boolean", "description": "Its conversion was still queued or running"},
+        },
+    },
+    "DeletedModel": {
+        "type": "object",
+        "required": ["model", "versions_deleted", "aliases_removed", "jobs_cancelled", "last_version"],
+        "properties": {
+            "model": {"type": "string"}, "versions_deleted": {"type": "integer"},
+            "aliases_removed": {"type": "array", "items": {"type": "string"}},
+            "jobs_cancelled": {"type": "integer"},
+            "last_version": {"type": "integer",
+                             "description": "Highest number it had; pushing the name again goes on from here"},
+        },
+    },
     "AliasBody": {
         "type": "object", "required": ["version"],
         "properties": {"version": {"type": "integer", "minimum": 1}},
@@ -182,10 +204,15 @@ def openapi_document() -> dict:
                                         "description": "Substring of the name"}],
                 "responses": {"200": _json(_ref("ModelList"), "A page of models"),
                               "400": _error("Bad page size or token")}}},
-            "/api/v1/models/{name}": {"get": {
-                "operationId": "getModel", "parameters": [_NAME],
-                "responses": {"200": _json(_ref("Model"), "The model"),
-                              "400": _error("Invalid model name"), "404": _error("No such model")}}},
+            "/api/v1/models/{name}": {
+                "get": {"operationId": "getModel", "parameters": [_NAME],
+                        "responses": {"200": _json(_ref("Model"), "The model"),
+                                      "400": _error("Invalid model name"), "404": _error("No such model")}},
+                "delete": {"operationId": "deleteModel",
+                           "summary": "Delete the model and all its versions (its numbers are never reused)",
+                           "parameters": [_NAME],
+                           "responses": {"200": _json(_ref("DeletedModel"), "Deleted"),
+                                         "400": _error("Invalid model name"), "404": _error("No such model")}}},
             "/api/v1/models/{name}/versions": {
                 "get": {"operationId": "listVersions", "summary": "Versions, newest first",
                         "parameters": [_NAME, *_PAGE, {"name": "status", "in": "query", "schema": {
@@ -224,6 +251,13 @@ def openapi_document() -> dict:
                         "responses": {"200": _json(_ref("Version"), "The version"),
                                       "400": _error("Invalid model name"),
                                       "404": _error("No such model, version or alias")}},
+                "delete": {"operationId": "deleteVersion",
+                           "summary": "Delete a version by number: its aliases go, its conversion is cancelled, "
+                                      "its number is never reused",
+                           "parameters": [_NAME, _REF],
+                           "responses": {"200": _json(_ref("DeletedVersion"), "Deleted"),
+                                         "400": _error("Invalid model name, or not a version number"),
+                                         "404": _error("No such model or version")}},
                 "patch": {"operationId": "updateVersion", "summary": "Edit preprocessing settings or description",
                           "parameters": [_NAME, _REF],
                           "requestBody": {"required": True,

@@ -45,6 +45,11 @@ def get_model(name: str):
     return catalog.get_model(get_registry().db, name).to_dict()
 
 
+@bp.delete("/models/<name>")
+def delete_model(name: str):
+    return catalog.delete_model(get_registry().db, name).to_dict()
+
+
 @bp.get("/models/<name>/versions")
 def list_versions(name: str):
     status = request.args.get("status")
@@ -88,6 +93,11 @@ def push_version(name: str):
 @bp.get("/models/<name>/versions/<ref>")
 def get_version(name: str, ref: str):
     return catalog.get_version(get_registry().db, name, ref).to_dict()
+
+
+@bp.delete("/models/<name>/versions/<ref>")
+def delete_version(name: str, ref: str):
+    return catalog.delete_version(get_registry().db, name, ref).to_dict()
 
 
 @bp.patch("/models/<name>/versions/<ref>")
