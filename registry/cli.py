@@ -224,6 +224,32 @@ def worker(once: bool) -> None:
         pass
 
 
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
+@click.option("--grace", type=float, default=None,
+              help="Seconds an unreferenced blob or temporary upload must be old to go "
+                   "(REGISTRY_GC_GRACE_SECONDS, default 3600).")
+def gc(dry_run: bool, grace: float | None) -> None:
+    """Remove blobs no version refers to and stale temporary uploads; report what was freed."""
+    from registry.db import Database
+    from registry.errors import RegistryError
+    from registry.gc import collect_garbage
+    from registry.storage import open_storage
+
+    settings = Settings.from_env()
+    settings.ensure_home()
+    db = Database(settings.database_url)
+    db.upgrade()
+    try:
+        report = collect_garbage(db, open_storage(settings.storage_url), dry_run=dry_run,
+                                 grace_seconds=settings.gc_grace_seconds if grace is None else grace)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(report.summary())
+    if report.missing:
+        sys.exit(1)
+
+
 def _progress(total: int, description: str):
     from tqdm import tqdm
 

@@ -41,6 +41,10 @@ class Settings:
     batch_max_size: int = 16
     demo: bool = True
     s3_presign: bool = False
+    gc_interval_seconds: float = 3600.0
+    gc_grace_seconds: float = 3600.0
+    rate_limit_push: str = ""
+    rate_limit_label: str = ""
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -65,6 +69,10 @@ class Settings:
             batch_max_size=int(_env("REGISTRY_BATCH_MAX_SIZE", "16")),
             demo=_env("REGISTRY_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"),
             s3_presign=_env("REGISTRY_S3_PRESIGN", "0").strip().lower() in ("1", "true", "yes", "on"),
+            gc_interval_seconds=float(_env("REGISTRY_GC_INTERVAL_SECONDS", "3600")),
+            gc_grace_seconds=float(_env("REGISTRY_GC_GRACE_SECONDS", "3600")),
+            rate_limit_push=_env("REGISTRY_RATE_LIMIT_PUSH", "off"),
+            rate_limit_label=_env("REGISTRY_RATE_LIMIT_LABEL", "off"),
         )
         return replace(settings, **overrides) if overrides else settings
 

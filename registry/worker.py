@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -45,17 +46,32 @@ class Worker:
 
     def run_forever(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         log.info("worker %s started", self.owner)
+        interval = self.settings.gc_interval_seconds
+        next_gc = time.monotonic() + interval
         while not stop.is_set():
             try:
                 if self.run_once():
                     continue
             except Exception:  # the database may be briefly away: log, wait, go on
                 log.exception("worker %s: claiming a job failed", self.owner)
+            if interval > 0 and time.monotonic() >= next_gc:
+                next_gc = time.monotonic() + interval
+                self.collect_garbage()
             if wake is not None:
                 wake.wait(self.settings.worker_poll_seconds)
                 wake.clear()
             else:
                 stop.wait(self.settings.worker_poll_seconds)
+
+    def collect_garbage(self) -> None:
+        """The periodic ``registry gc`` (REGISTRY_GC_INTERVAL_SECONDS), between jobs."""
+        from registry.gc import collect_garbage
+
+        try:
+            report = collect_garbage(self.db, self.storage, grace_seconds=self.settings.gc_grace_seconds)
+            log.info("garbage collection: %s", report.summary())
+        except Exception:
+            log.exception("worker %s: garbage collection failed", self.owner)
 
     def process(self, job: jobs.ClaimedJob) -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"convert-{job.version_id}-"))
