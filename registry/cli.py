@@ -225,6 +225,27 @@ def worker(once: bool) -> None:
 
 
 @main.command()
+def check() -> None:
+    """Exit 0 when the database and blob storage answer (a health check for workers), else 1."""
+    from registry.db import Database
+    from registry.health import readiness
+    from registry.storage import open_storage
+
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    try:
+        storage = open_storage(settings.storage_url)
+    except Exception as exc:
+        click.echo(f"storage: error: {getattr(exc, 'message', exc)}")
+        sys.exit(1)
+    checks = readiness(db, storage)
+    for name, value in checks.items():
+        click.echo(f"{name}: {value}")
+    if any(value != "ok" for value in checks.values()):
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
 @click.option("--grace", type=float, default=None,
               help="Seconds an unreferenced blob or temporary upload must be old to go "
