@@ -89,6 +89,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, start_
         ready = all(value == "ok" for value in checks.values())
         return {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
 
+    from registry.limits import install as install_rate_limits
+
+    install_rate_limits(app, settings)  # last: after any hook that sets g.principal
+
     if start_workers and settings.embedded_workers > 0:
         from registry.worker import start_embedded_workers
 

@@ -13,6 +13,7 @@ class RegistryError(Exception):
 
     code = "internal_error"
     status = 500
+    headers: dict[str, str] = {}  # extra response headers (e.g. Retry-After)
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)

@@ -19,7 +19,8 @@ def wants_json() -> bool:
 
 def error_response(status: int, code: str, message: str):
     if not wants_json():
-        titles = {404: "Not found", 400: "That did not work", 409: "Not possible right now", 413: "Too large"}
+        titles = {404: "Not found", 400: "That did not work", 409: "Not possible right now", 413: "Too large",
+                  429: "Too many requests"}
         page = render_template("error.html", title=titles.get(status, "Something went wrong"), message=message)
         return page, status
     response = jsonify({"error": {"code": code, "message": message}})
@@ -30,7 +31,9 @@ def error_response(status: int, code: str, message: str):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RegistryError)
     def _registry_error(exc: RegistryError):
-        return error_response(exc.status, exc.code, exc.message)
+        response = app.make_response(error_response(exc.status, exc.code, exc.message))
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):

@@ -245,7 +245,10 @@ def openapi_document() -> dict:
                         "202": {**_json(_ref("Version"), "Registered and queued for conversion"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}},
                         "400": _error("Missing, empty or invalid files or fields"),
-                        "413": _error("Upload larger than the limit")}}},
+                        "413": _error("Upload larger than the limit (REGISTRY_MAX_UPLOAD_BYTES)"),
+                        "429": {**_error("Too many pushes from this client (REGISTRY_RATE_LIMIT_PUSH)"),
+                                "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                                            "description": "Seconds until a push is accepted"}}}}}},
             "/api/v1/models/{name}/versions/{ref}": {
                 "get": {"operationId": "getVersion", "parameters": [_NAME, _REF],
                         "responses": {"200": _json(_ref("Version"), "The version"),
