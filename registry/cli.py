@@ -212,6 +212,9 @@ def worker(once: bool) -> None:
         raise click.ClickException(exc.message) from None
     w = Worker(settings, db, storage)
     if once:
+        from registry.worker import remove_stale_workdirs
+
+        remove_stale_workdirs()
         while w.run_once():
             pass
         return

@@ -27,6 +27,30 @@ from registry.storage import BlobStorage
 from registry.uploads import DATA_SHARD_RE
 
 log = logging.getLogger(__name__)
+WORKDIR_PREFIX = "registry-convert-"
+
+
+def remove_stale_workdirs() -> int:
+    """Remove the conversion folders that workers killed mid-job left in the temporary
+    directory (their process id is in the name and no longer runs); return how many."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*-*"):
+        try:
+            pid = int(path.name[len(WORKDIR_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running (or the pid was reused): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 class Worker:
@@ -46,6 +70,8 @@ class Worker:
 
     def run_forever(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         log.info("worker %s started", self.owner)
+        if removed := remove_stale_workdirs():
+            log.info("removed %d conversion folder(s) left by workers that died", removed)
         interval = self.settings.gc_interval_seconds
         next_gc = time.monotonic() + interval
         while not stop.is_set():
@@ -74,7 +100,7 @@ class Worker:
             log.exception("worker %s: garbage collection failed", self.owner)
 
     def process(self, job: jobs.ClaimedJob) -> None:
-        workdir = Path(tempfile.mkdtemp(prefix=f"convert-{job.version_id}-"))
+        workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{job.version_id}-"))
         try:
             version = catalog.get_version_by_id(self.db, job.version_id)
             log.info("converting %s v%d (attempt %d)", version.model, version.version, job.attempt)
