@@ -31,6 +31,9 @@ _REF = {"name": "ref", "in": "path", "required": True,
         "description": "A version number, `latest` (newest ready version) or an alias",
         "schema": {"type": "string"}}
 _ALIAS = {"name": "alias", "in": "path", "required": True, "schema": {"type": "string"}}
+_NEW_ALIAS = {"name": "alias", "in": "path", "required": True,
+              "description": "1-64 letters, digits, '_', '-' or '.', starting with a letter; not 'latest'",
+              "schema": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_.-]{0,63}$"}}
 _PAGE = [
     {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
     {"name": "page_token", "in": "query", "schema": {"type": "string"},
@@ -271,12 +274,13 @@ def openapi_document() -> dict:
             "/api/v1/models/{name}/versions/{ref}/frozen.pb": {"get": {
                 "operationId": "downloadFrozen", "parameters": [_NAME, _REF],
                 "responses": {**_blob("The frozen GraphDef", "application/octet-stream"),
+                              "400": _error("Invalid model name"),
                               "409": _error("The version is not ready")}}},
             "/api/v1/models/{name}/versions/{ref}/labels.txt": {"get": {
                 "operationId": "downloadLabels", "parameters": [_NAME, _REF],
-                "responses": _blob("The labels file", "text/plain")}},
+                "responses": {**_blob("The labels file", "text/plain"), "400": _error("Invalid model name")}}},
             "/api/v1/models/{name}/aliases/{alias}": {
-                "put": {"operationId": "setAlias", "parameters": [_NAME, _ALIAS],
+                "put": {"operationId": "setAlias", "parameters": [_NAME, _NEW_ALIAS],
                         "requestBody": {"required": True,
                                         "content": {"application/json": {"schema": _ref("AliasBody")}}},
                         "responses": {"200": _json(_ref("Alias"), "The alias now points at the version"),
@@ -285,6 +289,7 @@ def openapi_document() -> dict:
                                       "409": _error("The version failed")}},
                 "delete": {"operationId": "deleteAlias", "parameters": [_NAME, _ALIAS],
                            "responses": {"204": {"description": "Deleted"},
+                                         "400": _error("Invalid model name"),
                                          "404": _error("No such model or alias")}}},
         },
         "components": {"schemas": _SCHEMAS},
