@@ -24,8 +24,9 @@ def free_port() -> int:
 class RegistryServer:
     """``registry serve --workers N --no-demo``; stopped with SIGTERM on exit."""
 
-    def __init__(self, home: Path, *, workers: int, log_path: Path) -> None:
+    def __init__(self, home: Path, *, workers: int, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.home = home
+        self.env = env or {}
         self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -33,7 +34,7 @@ class RegistryServer:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "RegistryServer":
-        env = dict(os.environ, REGISTRY_HOME=str(self.home))
+        env = dict(os.environ, REGISTRY_HOME=str(self.home), **self.env)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [str(REGISTRY_BIN), "serve", "--port", str(self.port), "--workers", str(self.workers), "--no-demo"],

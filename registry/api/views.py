@@ -16,7 +16,7 @@ from registry.errors import Conflict, InvalidRequest, NotFound
 
 def _int_arg(name: str) -> int | None:
     value = request.args.get(name)
-    if value is None or value == "":
+    if value is None:
         return None
     try:
         return int(value)
