@@ -24,23 +24,13 @@ from dataclasses import dataclass
 
 from flask import Flask, g, request
 
-from registry.errors import InvalidRequest, RegistryError
+from registry.errors import InvalidRequest, RateLimited
 
 PUSH, LABEL = "push", "label"
 _UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
           "d": 86400, "day": 86400}
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+?)s?\s*$")
 _MAX_IDLE_BUCKETS = 10_000
-
-
-class RateLimited(RegistryError):
-    code = "rate_limited"
-    status = 429
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, math.ceil(retry_after))
-        self.headers = {"Retry-After": str(self.retry_after)}
 
 
 @dataclass(frozen=True)
