@@ -75,14 +75,14 @@ class Worker:
         interval = self.settings.gc_interval_seconds
         next_gc = time.monotonic() + interval
         while not stop.is_set():
+            if interval > 0 and time.monotonic() >= next_gc:  # between jobs, busy or not
+                next_gc = time.monotonic() + interval
+                self.collect_garbage()
             try:
                 if self.run_once():
                     continue
             except Exception:  # the database may be briefly away: log, wait, go on
                 log.exception("worker %s: claiming a job failed", self.owner)
-            if interval > 0 and time.monotonic() >= next_gc:
-                next_gc = time.monotonic() + interval
-                self.collect_garbage()
             if wake is not None:
                 wake.wait(self.settings.worker_poll_seconds)
                 wake.clear()
