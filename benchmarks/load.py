@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -25,7 +25,7 @@ from registry.db import Database
 from registry.models import ModelVersion, RegisteredModel
 from registry.storage import open_storage
 from tests.conftest import make_settings
-from tests.helpers import checkpoint_form, frozen_form, push
+from tests.helpers import checkpoint_form, push
 
 pytestmark = pytest.mark.slow
 ROUNDS = 3

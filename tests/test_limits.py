@@ -12,7 +12,7 @@ from flask import g, request
 from registry.errors import InvalidRequest
 from registry.limits import Rate, TokenBucketLimiter, parse_rate
 from tests.conftest import make_settings, start_live_server
-from tests.helpers import blob_files, frozen_form, push
+from tests.helpers import blob_files, frozen_form
 
 
 def test_rates_are_read_as_requests_per_unit_and_off_means_no_limit():
