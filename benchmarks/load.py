@@ -65,7 +65,11 @@ def main() -> int:
     parser.add_argument("--rate-limit-label", default="off", help="REGISTRY_RATE_LIMIT_LABEL for the server")
     args = parser.parse_args()
     graph, png = build_inputs()
-    tmp = Path(tempfile.mkdtemp(prefix="registry-load-"))
+    with tempfile.TemporaryDirectory(prefix="registry-load-") as directory:
+        return run(args, graph, png, Path(directory))
+
+
+def run(args: argparse.Namespace, graph: bytes, png: bytes, tmp: Path) -> int:
     env = {"REGISTRY_RATE_LIMIT_PUSH": args.rate_limit_push, "REGISTRY_RATE_LIMIT_LABEL": args.rate_limit_label,
            "REGISTRY_GC_INTERVAL_SECONDS": "0"}
     with RegistryServer(tmp / "home", workers=0, log_path=tmp / "server.log", env=env) as server:
