@@ -34,6 +34,7 @@ PUBLIC = None
 
 RULES: dict[str, str | None] = {
     "healthz": PUBLIC,
+    "readyz": PUBLIC,
     "api.openapi": PUBLIC,
     "web.static": PUBLIC,
     "web.sign_in": PUBLIC,
@@ -57,6 +58,8 @@ RULES: dict[str, str | None] = {
     "api.update_version": WRITE,
     "api.set_alias": WRITE,
     "api.delete_alias": WRITE,
+    "api.delete_version": WRITE,
+    "api.delete_model": WRITE,
     "web.push": WRITE,
     "web.set_alias": WRITE,
     # tokens and the audit log

@@ -80,7 +80,21 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, start_
 
     @app.get("/healthz")
     def healthz():
+        """The process is up (liveness)."""
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        """The database and blob storage answer (readiness); 503 names what failed."""
+        from registry.health import readiness
+
+        checks = readiness(registry.db, registry.storage)
+        ready = all(value == "ok" for value in checks.values())
+        return {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+
+    from registry.limits import install as install_rate_limits
+
+    install_rate_limits(app, settings)  # last: after the access check identified the caller
 
     if start_workers and settings.embedded_workers > 0:
         from registry.worker import start_embedded_workers

@@ -5,6 +5,10 @@ counter bumped by ``UPDATE ... SET last_version = last_version + 1`` inside the
 push transaction: the row lock (PostgreSQL) or the write lock (SQLite)
 serialises concurrent pushes, a rolled-back push gives its number back, and the
 unique constraint on ``(model_id, version)`` backs it up.
+
+Deleting removes rows for real (a version's files, aliases and job go with it)
+but never the counter: a deleted model stays as a tombstone row, so numbers are
+never handed out twice.  Blobs are left to the garbage collector (``registry.gc``).
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, aliased, defer
 
 from registry import audit, jobs
 from registry.audit import SYSTEM, Actor
 from registry.db import Database
 from registry.entities import (
     FAILED,
+    DeletedModel,
+    DeletedVersion,
     QUEUED,
     READY,
     FileInfo,
@@ -32,7 +38,7 @@ from registry.entities import (
     VersionInfo,
 )
 from registry.errors import Conflict, InvalidRequest, NotFound
-from registry.models import Agreement, Alias, ModelVersion, RegisteredModel, VersionFile, utcnow
+from registry.models import Agreement, Alias, Job, ModelVersion, RegisteredModel, VersionFile, utcnow
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -135,7 +141,9 @@ def _page_size(page_size: int | None, default: int = 100) -> int:
 # -- loading helpers -------------------------------------------------------------
 
 def _model_row(session: Session, name: str) -> RegisteredModel:
-    row = session.scalar(sa.select(RegisteredModel).where(RegisteredModel.name == name))
+    row = session.scalar(
+        sa.select(RegisteredModel).where(RegisteredModel.name == name, RegisteredModel.deleted_at.is_(None))
+    )
     if row is None:
         raise NotFound(f"model {name!r} does not exist: push a version to create it", code="model_not_found")
     return row
@@ -196,16 +204,25 @@ def _version_entities(
 
 
 def _agreement_with_previous(session: Session, rows: Sequence[ModelVersion]) -> dict[int, dict]:
-    """Top-1 agreement of each version with the version before it, where a comparison measured it."""
+    """Top-1 agreement of each version with the existing version before it (deleted
+    ones are skipped), where a comparison measured it."""
     if not rows:
         return {}
     model_id = rows[0].model_id
     numbers = [row.version for row in rows]
-    found = session.execute(
-        sa.select(Agreement.newer, Agreement.top1_agreement, Agreement.images)
-        .where(Agreement.model_id == model_id, Agreement.newer.in_(numbers), Agreement.older == Agreement.newer - 1)
+    before = aliased(ModelVersion)
+    previous = (
+        sa.select(sa.func.max(before.version))
+        .where(before.model_id == model_id, before.version < Agreement.newer)
+        .correlate(Agreement)
+        .scalar_subquery()
     )
-    return {newer: {"version": newer - 1, "top1_agreement": rate, "images": images} for newer, rate, images in found}
+    found = session.execute(
+        sa.select(Agreement.newer, Agreement.older, Agreement.top1_agreement, Agreement.images)
+        .where(Agreement.model_id == model_id, Agreement.newer.in_(numbers), Agreement.older == previous)
+    )
+    return {newer: {"version": older, "top1_agreement": rate, "images": images}
+            for newer, older, rate, images in found}
 
 
 def record_agreements(db: Database, name: str, pairs: Sequence[tuple[int, int, float, float | None, int]]) -> None:
@@ -330,12 +347,21 @@ def create_version(
 
 
 def _get_or_create_model_id(session: Session, name: str) -> int:
-    model_id = session.scalar(sa.select(RegisteredModel.id).where(RegisteredModel.name == name))
+    """The model's id; a deleted model comes back with its counter, so numbers go on."""
+    model_id, deleted_at = session.execute(
+        sa.select(RegisteredModel.id, RegisteredModel.deleted_at).where(RegisteredModel.name == name)
+    ).one_or_none() or (None, None)
     if model_id is None:
         model = RegisteredModel(name=name)
         session.add(model)
         session.flush()
         model_id = model.id
+    elif deleted_at is not None:
+        now = utcnow()
+        session.execute(
+            sa.update(RegisteredModel).where(RegisteredModel.id == model_id)
+            .values(deleted_at=None, description="", created_at=now, updated_at=now)
+        )
     return model_id
 
 
@@ -435,7 +461,7 @@ def list_models(
     """Models by name, by keyset on the name; ``query`` filters by substring."""
     size = _page_size(page_size)
     with db.transaction() as session:
-        stmt = sa.select(RegisteredModel)
+        stmt = sa.select(RegisteredModel).where(RegisteredModel.deleted_at.is_(None))
         if query:
             escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             stmt = stmt.where(RegisteredModel.name.ilike(f"%{escaped}%", escape="\\"))
@@ -494,3 +520,90 @@ def is_blob_referenced(db: Database, digest: str) -> bool:
         in_files = session.scalar(sa.select(sa.exists().where(VersionFile.sha256 == digest)))
         as_frozen = session.scalar(sa.select(sa.exists().where(ModelVersion.frozen_sha256 == digest)))
         return bool(in_files or as_frozen)
+
+
+# -- deleting ---------------------------------------------------------------------------
+
+def _delete_versions(session: Session, version_ids) -> int:
+    """Remove versions with their files, aliases and jobs; return how many jobs were
+    still pending (queued or running), which deleting them cancels."""
+    pending = session.scalar(
+        sa.select(sa.func.count()).select_from(Job)
+        .where(Job.version_id.in_(version_ids), Job.status.in_((QUEUED, jobs.RUNNING)))
+    ) or 0
+    for table in (Job, Alias, VersionFile):
+        session.execute(sa.delete(table).where(table.version_id.in_(version_ids))
+                        .execution_options(synchronize_session=False))
+    session.execute(sa.delete(ModelVersion).where(ModelVersion.id.in_(version_ids))
+                    .execution_options(synchronize_session=False))
+    return int(pending)
+
+
+def delete_version(db: Database, name: str, ref: str, actor: Actor = SYSTEM) -> DeletedVersion:
+    """Delete one version by number.
+
+    Aliases pointing at it go with it (the answer names them) and a queued or
+    running conversion is cancelled: the job row disappears, so the worker's next
+    lease renewal fails and it stops without recording anything.  The number
+    stays used; the blobs stay until ``registry gc`` finds nothing refers to them.
+    """
+    validate_model_name(name)
+    ref = (ref or "").strip()
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        if not ref.isdigit():
+            row = _resolve_version_row(session, model, ref)  # 404 for an unknown alias first
+            raise InvalidRequest(
+                f"delete a version by its number, not {ref!r} (it means version {row.version} now): "
+                f"DELETE /api/v1/models/{name}/versions/{row.version}",
+                code="delete_by_number",
+            )
+        row = _resolve_version_row(session, model, ref)
+        aliases = list(session.scalars(
+            sa.select(Alias.name).where(Alias.version_id == row.id).order_by(Alias.name)))
+        session.execute(sa.delete(Agreement).where(
+            Agreement.model_id == model.id, sa.or_(Agreement.newer == row.version, Agreement.older == row.version)))
+        cancelled = _delete_versions(session, [row.id])
+        session.execute(
+            sa.update(RegisteredModel).where(RegisteredModel.id == model.id)
+            .values(version_count=RegisteredModel.version_count - 1, updated_at=utcnow())
+        )
+        audit.record(session, actor, "version.delete", f"{name}/{row.version}",
+                     {"status": row.status, "aliases_removed": aliases, "job_cancelled": cancelled > 0})
+        return DeletedVersion(name, row.version, row.status, aliases, cancelled > 0)
+
+
+def delete_model(db: Database, name: str, actor: Actor = SYSTEM) -> DeletedModel:
+    """Delete a model and every version of it.
+
+    The model's row stays as a tombstone holding its version counter: pushing the
+    same name again starts after the highest number it ever had.
+    """
+    validate_model_name(name)
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        ids = list(session.scalars(sa.select(ModelVersion.id).where(ModelVersion.model_id == model.id)))
+        aliases = list(session.scalars(
+            sa.select(Alias.name).where(Alias.model_id == model.id).order_by(Alias.name)))
+        session.execute(sa.delete(Agreement).where(Agreement.model_id == model.id))
+        cancelled = 0
+        for start in range(0, len(ids), 500):  # keep each IN list short
+            cancelled += _delete_versions(session, ids[start:start + 500])
+        session.execute(sa.delete(Alias).where(Alias.model_id == model.id))
+        now = utcnow()
+        session.execute(
+            sa.update(RegisteredModel).where(RegisteredModel.id == model.id)
+            .values(version_count=0, deleted_at=now, updated_at=now)
+        )
+        audit.record(session, actor, "model.delete", name,
+                     {"versions_deleted": len(ids), "aliases_removed": aliases, "jobs_cancelled": cancelled})
+        return DeletedModel(name, len(ids), aliases, cancelled, model.last_version)
+
+
+def referenced_digests(db: Database) -> set[str]:
+    """Every blob digest a version refers to (uploaded files and frozen graphs)."""
+    with db.transaction() as session:
+        found = set(session.scalars(sa.select(VersionFile.sha256).distinct()))
+        found.update(session.scalars(
+            sa.select(ModelVersion.frozen_sha256).where(ModelVersion.frozen_sha256.is_not(None)).distinct()))
+        return found

@@ -295,6 +295,9 @@ def worker(once: bool) -> None:
         raise click.ClickException(exc.message) from None
     w = Worker(settings, db, storage)
     if once:
+        from registry.worker import remove_stale_workdirs
+
+        remove_stale_workdirs()
         while w.run_once():
             pass
         return
@@ -305,6 +308,53 @@ def worker(once: bool) -> None:
         w.run_forever(stop)
     except KeyboardInterrupt:
         pass
+
+
+@main.command()
+def check() -> None:
+    """Exit 0 when the database and blob storage answer (a health check for workers), else 1."""
+    from registry.db import Database
+    from registry.health import readiness
+    from registry.storage import open_storage
+
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    try:
+        storage = open_storage(settings.storage_url)
+    except Exception as exc:
+        click.echo(f"storage: error: {getattr(exc, 'message', exc)}")
+        sys.exit(1)
+    checks = readiness(db, storage)
+    for name, value in checks.items():
+        click.echo(f"{name}: {value}")
+    if any(value != "ok" for value in checks.values()):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
+@click.option("--grace", type=float, default=None,
+              help="Seconds an unreferenced blob or temporary upload must be old to go "
+                   "(REGISTRY_GC_GRACE_SECONDS, default 3600).")
+def gc(dry_run: bool, grace: float | None) -> None:
+    """Remove blobs no version refers to and stale temporary uploads; report what was freed."""
+    from registry.db import Database
+    from registry.errors import RegistryError
+    from registry.gc import collect_garbage
+    from registry.storage import open_storage
+
+    settings = Settings.from_env()
+    settings.ensure_home()
+    db = Database(settings.database_url)
+    db.upgrade()
+    try:
+        report = collect_garbage(db, open_storage(settings.storage_url), dry_run=dry_run,
+                                 grace_seconds=settings.gc_grace_seconds if grace is None else grace)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(report.summary())
+    if report.missing:
+        sys.exit(1)
 
 
 def _progress(total: int, description: str):
@@ -459,6 +509,47 @@ def alias(name: str, alias: str, version: int | None, delete: bool, url: str | N
         else:
             client.set_alias(name, alias, version)
             click.echo(f"{name}: {alias} -> version {version}")
+    except ClientError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.argument("spec", metavar="NAME:VERSION | NAME --model")
+@click.option("--model", "whole_model", is_flag=True, help="Delete the model NAME and every version of it.")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting a whole model.")
+@url_option
+def delete(spec: str, whole_model: bool, yes: bool, url: str | None) -> None:
+    """Delete a version (NAME:VERSION) or, with --model, a model and all its versions.
+
+    Version numbers are never reused; aliases pointing at a deleted version are
+    removed; a conversion still queued or running is cancelled.  Storage is freed
+    by 'registry gc'.
+    """
+    from registry.client import ClientError
+
+    name, _, ref = spec.partition(":")
+    client = _client(url)
+    try:
+        if whole_model:
+            if ref:
+                raise click.UsageError("--model deletes a whole model: give NAME without :VERSION")
+            if not yes:
+                count = client.get_model(name)["version_count"]
+                click.confirm(f"delete model {name} and its {count} version(s)?", abort=True)
+            answer = client.delete_model(name)
+            aliases = f", aliases removed: {', '.join(answer['aliases_removed'])}" if answer["aliases_removed"] else ""
+            click.echo(f"{name}: model deleted ({answer['versions_deleted']} version(s){aliases}); "
+                       f"a new push of {name} starts at version {answer['last_version'] + 1}")
+            return
+        if not ref:
+            raise click.UsageError("give NAME:VERSION (e.g. cnn:3), or NAME --model to delete the whole model")
+        answer = client.delete_version(name, ref)
+        extra = []
+        if answer["aliases_removed"]:
+            extra.append(f"aliases removed: {', '.join(answer['aliases_removed'])}")
+        if answer["job_cancelled"]:
+            extra.append("its conversion was cancelled")
+        click.echo(f"{name}: version {answer['version']} deleted" + (f" ({'; '.join(extra)})" if extra else ""))
     except ClientError as exc:
         _fail(exc)
 

@@ -231,5 +231,11 @@ class RegistryClient:
     def set_alias(self, name: str, alias: str, version: int) -> dict:
         return self._request("PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"version": version}).json()
 
+    def delete_version(self, name: str, ref: str | int) -> dict:
+        return self._request("DELETE", f"/api/v1/models/{name}/versions/{ref}").json()
+
+    def delete_model(self, name: str) -> dict:
+        return self._request("DELETE", f"/api/v1/models/{name}").json()
+
     def delete_alias(self, name: str, alias: str) -> None:
         self._request("DELETE", f"/api/v1/models/{name}/aliases/{alias}")

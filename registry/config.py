@@ -52,6 +52,10 @@ class Settings:
     auth: str = "auto"
     public_read: bool = True
     secret_key: str | None = None
+    gc_interval_seconds: float = 3600.0
+    gc_grace_seconds: float = 3600.0
+    rate_limit_push: str = ""
+    rate_limit_label: str = ""
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -84,6 +88,10 @@ class Settings:
             auth=auth,
             public_read=_flag(_env("REGISTRY_PUBLIC_READ", "1" if embedded else "0")),
             secret_key=_env("REGISTRY_SECRET_KEY", "") or None,
+            gc_interval_seconds=float(_env("REGISTRY_GC_INTERVAL_SECONDS", "3600")),
+            gc_grace_seconds=float(_env("REGISTRY_GC_GRACE_SECONDS", "3600")),
+            rate_limit_push=_env("REGISTRY_RATE_LIMIT_PUSH", "off"),
+            rate_limit_label=_env("REGISTRY_RATE_LIMIT_LABEL", "off"),
         )
         return replace(settings, **overrides) if overrides else settings
 

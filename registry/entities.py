@@ -164,3 +164,34 @@ class NewFile:
     filename: str
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class DeletedVersion:
+    """What deleting a version removed with it."""
+
+    model: str
+    version: int
+    status: str
+    aliases_removed: list[str]
+    job_cancelled: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "status": self.status,
+                "aliases_removed": self.aliases_removed, "job_cancelled": self.job_cancelled}
+
+
+@dataclass(frozen=True)
+class DeletedModel:
+    """What deleting a model removed; its version numbers stay used."""
+
+    model: str
+    versions_deleted: int
+    aliases_removed: list[str]
+    jobs_cancelled: int
+    last_version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "versions_deleted": self.versions_deleted,
+                "aliases_removed": self.aliases_removed, "jobs_cancelled": self.jobs_cancelled,
+                "last_version": self.last_version}

@@ -7,12 +7,15 @@ to do about it.
 
 from __future__ import annotations
 
+import math
+
 
 class RegistryError(Exception):
     """Base class of every error a user can act on."""
 
     code = "internal_error"
     status = 500
+    headers: dict[str, str] = {}  # extra response headers (e.g. Retry-After)
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -68,6 +71,18 @@ class Conflict(RegistryError):
 class PayloadTooLarge(RegistryError):
     code = "payload_too_large"
     status = 413
+
+
+class RateLimited(RegistryError):
+    """A client sent more requests of a kind than its rate limit allows."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
+        self.headers = {"Retry-After": str(self.retry_after)}
 
 
 class StorageError(RegistryError):

@@ -50,6 +50,9 @@ class RegisteredModel(Base):
     last_version: Mapped[int] = mapped_column(default=0)
     # How many versions exist; kept with the counter so pages never count rows.
     version_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Set when the model is deleted: the row stays as a tombstone so that pushing
+    # the same name again goes on from last_version and never reuses a number.
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

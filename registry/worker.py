@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -21,10 +22,35 @@ from registry.config import Settings
 from registry.converter.runner import Outcome, run_conversion
 from registry.db import Database
 from registry.entities import VersionInfo
+from registry.errors import NotFound
 from registry.storage import BlobStorage
 from registry.uploads import DATA_SHARD_RE
 
 log = logging.getLogger(__name__)
+WORKDIR_PREFIX = "registry-convert-"
+
+
+def remove_stale_workdirs() -> int:
+    """Remove the conversion folders that workers killed mid-job left in the temporary
+    directory (their process id is in the name and no longer runs); return how many."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*-*"):
+        try:
+            pid = int(path.name[len(WORKDIR_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running (or the pid was reused): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 class Worker:
@@ -44,7 +70,14 @@ class Worker:
 
     def run_forever(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         log.info("worker %s started", self.owner)
+        if removed := remove_stale_workdirs():
+            log.info("removed %d conversion folder(s) left by workers that died", removed)
+        interval = self.settings.gc_interval_seconds
+        next_gc = time.monotonic() + interval
         while not stop.is_set():
+            if interval > 0 and time.monotonic() >= next_gc:  # between jobs, busy or not
+                next_gc = time.monotonic() + interval
+                self.collect_garbage()
             try:
                 if self.run_once():
                     continue
@@ -56,8 +89,18 @@ class Worker:
             else:
                 stop.wait(self.settings.worker_poll_seconds)
 
+    def collect_garbage(self) -> None:
+        """The periodic ``registry gc`` (REGISTRY_GC_INTERVAL_SECONDS), between jobs."""
+        from registry.gc import collect_garbage
+
+        try:
+            report = collect_garbage(self.db, self.storage, grace_seconds=self.settings.gc_grace_seconds)
+            log.info("garbage collection: %s", report.summary())
+        except Exception:
+            log.exception("worker %s: garbage collection failed", self.owner)
+
     def process(self, job: jobs.ClaimedJob) -> None:
-        workdir = Path(tempfile.mkdtemp(prefix=f"convert-{job.version_id}-"))
+        workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{job.version_id}-"))
         try:
             version = catalog.get_version_by_id(self.db, job.version_id)
             log.info("converting %s v%d (attempt %d)", version.model, version.version, job.attempt)
@@ -70,6 +113,8 @@ class Worker:
                 heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3),
             )
             self._record(job, version, outcome, workdir)
+        except NotFound:
+            log.info("version id %d was deleted before its conversion started; dropping the job", job.version_id)
         except Exception as exc:
             log.exception("conversion of version id %d failed", job.version_id)
             jobs.retry_later(self.db, job, f"{type(exc).__name__}: {exc}")
@@ -110,7 +155,7 @@ class Worker:
 
     def _record(self, job: jobs.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> None:
         if outcome.lost_lease:
-            log.warning("lost the lease on job %d; another worker will take it", job.id)
+            log.warning("lost the lease on job %d (its version was deleted, or another worker took it)", job.id)
             return
         if not outcome.ok:
             if outcome.retryable:

@@ -22,13 +22,14 @@ from tests.helpers import bearer, csrf_token, frozen_form, issue_tokens, push
 # What each endpoint needs, written out here independently of registry.access.RULES: an
 # endpoint the app serves that is missing here fails test_every_endpoint_has_an_expected_scope.
 EXPECTED = {
-    "healthz": None, "api.openapi": None, "web.static": None, "web.sign_in": None, "web.sign_out": None,
+    "healthz": None, "readyz": None, "api.openapi": None, "web.static": None, "web.sign_in": None, "web.sign_out": None,
     "api.list_models": "read", "api.get_model": "read", "api.list_versions": "read", "api.get_version": "read",
     "api.download_frozen": "read", "api.download_labels": "read",
     "web.models": "read", "web.model": "read", "web.version": "read", "web.compare": "read", "web.demo_file": "read",
     "serving.get_model": "read", "serving.post_model": "read",
     "api.push_version": "write", "api.update_version": "write", "api.set_alias": "write",
-    "api.delete_alias": "write", "web.push": "write", "web.set_alias": "write",
+    "api.delete_alias": "write", "api.delete_version": "write", "api.delete_model": "write",
+    "web.push": "write", "web.set_alias": "write",
     "api.list_tokens": "admin", "api.create_token": "admin", "api.revoke_token": "admin",
     "api.list_audit_events": "admin", "web.audit": "admin",
 }

@@ -231,3 +231,13 @@ def test_serve_gunicorn_refuses_embedded_workers_and_grpc():
     assert result.exit_code == 2 and "registry worker" in result.output
     result = runner.invoke(main, ["serve", "--gunicorn", "--grpc-port", "8500"])
     assert result.exit_code == 2 and "label-serve" in result.output
+
+
+def test_compose_health_checks_ask_for_readiness():
+    yaml = pytest.importorskip("yaml")
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, port in (("registry", 8080), ("label", 8501)):
+        assert f"http://127.0.0.1:{port}/readyz" in " ".join(services[name]["healthcheck"]["test"])
+    test = services["worker"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "registry"]
+    _check_args(test[2:])

@@ -145,3 +145,60 @@ def test_unknown_storage_scheme_is_refused_with_the_supported_forms():
 
     with pytest.raises(InvalidRequest, match="file:///"):
         open_storage("ftp://example/blobs")
+
+
+def test_blobs_are_listed_with_their_size_and_modification_time(backend):
+    from datetime import datetime, timedelta, timezone
+
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    small = backend.storage.put_stream(io.BytesIO(b"a" * 10))
+    large = backend.storage.put_stream(io.BytesIO(b"b" * 5000))
+    writer = backend.storage.writer()
+    writer.write(b"not finished")
+    listed = {b.sha256: b for b in backend.storage.iter_blobs()}
+    writer.abort()
+    assert {d: b.size for d, b in listed.items()} == {small.sha256: 10, large.sha256: 5000}
+    after = datetime.now(timezone.utc) + timedelta(seconds=5)
+    assert all(before <= b.modified <= after for b in listed.values())
+    assert backend.storage.blob_info(small.sha256) == listed[small.sha256]
+    with pytest.raises(FileNotFoundError):
+        backend.storage.blob_info("0" * 64)
+
+
+def test_storing_the_same_bytes_again_makes_the_blob_young_again(backend):
+    import time
+
+    first = backend.storage.put_stream(io.BytesIO(b"re-used weights"))
+    old = backend.storage.blob_info(first.sha256).modified
+    time.sleep(1.1)  # S3 keeps LastModified to the second
+    again = backend.storage.put_stream(io.BytesIO(b"re-used weights"))
+    assert again.created is False
+    assert backend.storage.blob_info(first.sha256).modified > old
+
+
+def test_an_upload_in_progress_is_a_temporary_upload_until_it_finishes(backend):
+    from registry.storage.s3 import PART_SIZE
+
+    writer = backend.storage.writer()
+    writer.write(b"p" * (PART_SIZE + 10))  # on S3: one part uploaded, a multipart upload open
+    pending = list(backend.storage.iter_temporary())
+    assert len(pending) == 1 and pending[0].size >= 10
+    ref = writer.finish()
+    assert list(backend.storage.iter_temporary()) == []
+    assert backend.storage.exists(ref.sha256)
+
+
+def test_deleting_an_abandoned_temporary_upload_leaves_nothing(backend):
+    from registry.storage.s3 import PART_SIZE
+
+    writer = backend.storage.writer()
+    writer.write(b"q" * (PART_SIZE + 10))
+    (pending,) = backend.storage.iter_temporary()
+    backend.storage.delete_temporary(pending)
+    assert list(backend.storage.iter_temporary()) == []
+    writer.abort()  # the killed upload's own clean-up finds nothing and does not fail
+    assert [key for key in backend.stored() if not key.startswith(".staging")] == []
+
+
+def test_check_passes_on_working_storage(backend):
+    backend.storage.check()

@@ -235,3 +235,13 @@ def test_upload_larger_than_the_limit_is_a_413(settings, models):
     assert response.status_code == 413
     assert "REGISTRY_MAX_UPLOAD_BYTES" in error_of(response)["message"]
     assert blob_files(Path(settings.home)) == []
+
+
+def test_malformed_multipart_body_is_a_400_not_a_server_error(client):
+    """Found by schemathesis: a part without headers made the decoder raise."""
+    boundary = "b0undary"
+    response = client.post("/api/v1/models/cnn/versions", data=f"--{boundary}\r\n[]--{boundary}--\r\n".encode(),
+                           content_type=f"multipart/form-data; boundary={boundary}")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_multipart"
+    assert "Content-Disposition" in response.get_json()["error"]["message"]

@@ -21,7 +21,7 @@ def wants_json() -> bool:
 def error_response(status: int, code: str, message: str):
     if not wants_json():
         titles = {404: "Not found", 400: "That did not work", 409: "Not possible right now", 413: "Too large",
-                  401: "Sign in needed", 403: "Not allowed"}
+                  401: "Sign in needed", 403: "Not allowed", 429: "Too many requests"}
         page = render_template("error.html", title=titles.get(status, "Something went wrong"), message=message)
         return page, status
     response = jsonify({"error": {"code": code, "message": message}})
@@ -32,9 +32,10 @@ def error_response(status: int, code: str, message: str):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RegistryError)
     def _registry_error(exc: RegistryError):
-        response = error_response(exc.status, exc.code, exc.message)
-        if exc.status == 503:  # the database or blob store is away: worth retrying shortly
-            response = make_response(response)
+        response = app.make_response(error_response(exc.status, exc.code, exc.message))
+        response.headers.update(exc.headers)
+        if exc.status == 503 and "Retry-After" not in response.headers:
+            # the database or blob store is away: worth retrying shortly
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 

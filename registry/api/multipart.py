@@ -37,7 +37,7 @@ def read_push_form(
     while True:
         chunk = stream.read(CHUNK)
         decoder.receive_data(chunk or None)
-        event = decoder.next_event()
+        event = _next_event(decoder)
         while not isinstance(event, (Epilogue, NeedData)):
             if isinstance(event, Field):
                 field_name, sink = event.name, None
@@ -63,9 +63,21 @@ def read_push_form(
                                             code="field_too_long")
                     if not event.more_data and field_name is not None:
                         fields[field_name] = field_value.decode("utf-8", "replace")
-            event = decoder.next_event()
+            event = _next_event(decoder)
         if isinstance(event, Epilogue) or not chunk:
             break
     if not isinstance(event, Epilogue):
         raise InvalidRequest("the multipart body ended early (no closing boundary)", code="invalid_multipart")
     return fields, files
+
+
+def _next_event(decoder: MultipartDecoder):
+    """The decoder's next event; a body it cannot parse is the client's mistake (400), not ours."""
+    try:
+        return decoder.next_event()
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"the multipart body is malformed ({exc}): send multipart/form-data as a browser or "
+            "`curl -F` writes it, each part with a Content-Disposition header",
+            code="invalid_multipart",
+        ) from None

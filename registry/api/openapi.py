@@ -32,6 +32,9 @@ _REF = {"name": "ref", "in": "path", "required": True,
         "description": "A version number, `latest` (newest ready version) or an alias",
         "schema": {"type": "string"}}
 _ALIAS = {"name": "alias", "in": "path", "required": True, "schema": {"type": "string"}}
+_NEW_ALIAS = {"name": "alias", "in": "path", "required": True,
+              "description": "1-64 letters, digits, '_', '-' or '.', starting with a letter; not 'latest'",
+              "schema": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_.-]{0,63}$"}}
 _PAGE = [
     {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
     {"name": "page_token", "in": "query", "schema": {"type": "string"},
@@ -166,14 +169,37 @@ _SCHEMAS = {
             "id": {"type": "integer"}, "created_at": _datetime,
             "actor": {"type": "string", "description": "Token name, or anonymous, system, cli"},
             "token_id": _nullable_int,
-            "action": {"type": "string", "description": "version.push, version.update, alias.set, alias.delete, "
-                                                        "token.create, token.revoke, ..."},
+            "action": {"type": "string", "description": "version.push, version.update, version.delete, "
+                                                        "model.delete, alias.set, alias.delete, token.create, "
+                                                        "token.revoke, ..."},
             "target": {"type": "string"}, "details": {"type": ["object", "null"]}, "remote_addr": _nullable_str,
         },
     },
     "AuditPage": {
         "type": "object", "required": ["events", "next_page_token"],
         "properties": {"events": {"type": "array", "items": _ref("AuditEvent")}, "next_page_token": _nullable_str},
+    },
+    "DeletedVersion": {
+        "type": "object", "required": ["model", "version", "status", "aliases_removed", "job_cancelled"],
+        "properties": {
+            "model": {"type": "string"}, "version": {"type": "integer"},
+            "status": {"type": "string", "enum": ["queued", "converting", "ready", "failed"],
+                       "description": "The status it had when deleted"},
+            "aliases_removed": {"type": "array", "items": {"type": "string"},
+                                "description": "Aliases that pointed at it and are gone with it"},
+            "job_cancelled": {"type": "boolean", "description": "Its conversion was still queued or running"},
+        },
+    },
+    "DeletedModel": {
+        "type": "object",
+        "required": ["model", "versions_deleted", "aliases_removed", "jobs_cancelled", "last_version"],
+        "properties": {
+            "model": {"type": "string"}, "versions_deleted": {"type": "integer"},
+            "aliases_removed": {"type": "array", "items": {"type": "string"}},
+            "jobs_cancelled": {"type": "integer"},
+            "last_version": {"type": "integer",
+                             "description": "Highest number it had; pushing the name again goes on from here"},
+        },
     },
     "AliasBody": {
         "type": "object", "required": ["version"],
@@ -249,10 +275,15 @@ def _document() -> dict:
                                         "description": "Substring of the name"}],
                 "responses": {"200": _json(_ref("ModelList"), "A page of models"),
                               "400": _error("Bad page size or token")}}},
-            "/api/v1/models/{name}": {"get": {
-                "operationId": "getModel", "parameters": [_NAME],
-                "responses": {"200": _json(_ref("Model"), "The model"),
-                              "400": _error("Invalid model name"), "404": _error("No such model")}}},
+            "/api/v1/models/{name}": {
+                "get": {"operationId": "getModel", "parameters": [_NAME],
+                        "responses": {"200": _json(_ref("Model"), "The model"),
+                                      "400": _error("Invalid model name"), "404": _error("No such model")}},
+                "delete": {"operationId": "deleteModel",
+                           "summary": "Delete the model and all its versions (its numbers are never reused)",
+                           "parameters": [_NAME],
+                           "responses": {"200": _json(_ref("DeletedModel"), "Deleted"),
+                                         "400": _error("Invalid model name"), "404": _error("No such model")}}},
             "/api/v1/models/{name}/versions": {
                 "get": {"operationId": "listVersions", "summary": "Versions, newest first",
                         "parameters": [_NAME, *_PAGE, {"name": "status", "in": "query", "schema": {
@@ -285,12 +316,22 @@ def _document() -> dict:
                         "202": {**_json(_ref("Version"), "Registered and queued for conversion"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}},
                         "400": _error("Missing, empty or invalid files or fields"),
-                        "413": _error("Upload larger than the limit")}}},
+                        "413": _error("Upload larger than the limit (REGISTRY_MAX_UPLOAD_BYTES)"),
+                        "429": {**_error("Too many pushes from this client (REGISTRY_RATE_LIMIT_PUSH)"),
+                                "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                                            "description": "Seconds until a push is accepted"}}}}}},
             "/api/v1/models/{name}/versions/{ref}": {
                 "get": {"operationId": "getVersion", "parameters": [_NAME, _REF],
                         "responses": {"200": _json(_ref("Version"), "The version"),
                                       "400": _error("Invalid model name"),
                                       "404": _error("No such model, version or alias")}},
+                "delete": {"operationId": "deleteVersion",
+                           "summary": "Delete a version by number: its aliases go, its conversion is cancelled, "
+                                      "its number is never reused",
+                           "parameters": [_NAME, _REF],
+                           "responses": {"200": _json(_ref("DeletedVersion"), "Deleted"),
+                                         "400": _error("Invalid model name, or not a version number"),
+                                         "404": _error("No such model or version")}},
                 "patch": {"operationId": "updateVersion", "summary": "Edit preprocessing settings or description",
                           "parameters": [_NAME, _REF],
                           "requestBody": {"required": True,
@@ -301,12 +342,13 @@ def _document() -> dict:
             "/api/v1/models/{name}/versions/{ref}/frozen.pb": {"get": {
                 "operationId": "downloadFrozen", "parameters": [_NAME, _REF],
                 "responses": {**_blob("The frozen GraphDef", "application/octet-stream"),
+                              "400": _error("Invalid model name"),
                               "409": _error("The version is not ready")}}},
             "/api/v1/models/{name}/versions/{ref}/labels.txt": {"get": {
                 "operationId": "downloadLabels", "parameters": [_NAME, _REF],
-                "responses": _blob("The labels file", "text/plain")}},
+                "responses": {**_blob("The labels file", "text/plain"), "400": _error("Invalid model name")}}},
             "/api/v1/models/{name}/aliases/{alias}": {
-                "put": {"operationId": "setAlias", "parameters": [_NAME, _ALIAS],
+                "put": {"operationId": "setAlias", "parameters": [_NAME, _NEW_ALIAS],
                         "requestBody": {"required": True,
                                         "content": {"application/json": {"schema": _ref("AliasBody")}}},
                         "responses": {"200": _json(_ref("Alias"), "The alias now points at the version"),
@@ -315,6 +357,7 @@ def _document() -> dict:
                                       "409": _error("The version failed")}},
                 "delete": {"operationId": "deleteAlias", "parameters": [_NAME, _ALIAS],
                            "responses": {"204": {"description": "Deleted"},
+                                         "400": _error("Invalid model name"),
                                          "404": _error("No such model or alias")}}},
             "/api/v1/tokens": {
                 "get": {"operationId": "listTokens", "summary": "API tokens, revoked ones included",

@@ -20,7 +20,7 @@ SEND_BUFFER = 1024 * 1024  # bytes per write when streaming a blob to the client
 
 def _int_arg(name: str) -> int | None:
     value = request.args.get(name)
-    if value is None or value == "":
+    if value is None:
         return None
     try:
         return int(value)
@@ -47,6 +47,11 @@ def list_models():
 @bp.get("/models/<name>")
 def get_model(name: str):
     return catalog.get_model(get_registry().db, name).to_dict()
+
+
+@bp.delete("/models/<name>")
+def delete_model(name: str):
+    return catalog.delete_model(get_registry().db, name, actor=current_actor()).to_dict()
 
 
 @bp.get("/models/<name>/versions")
@@ -97,6 +102,11 @@ def push_version(name: str):
 @bp.get("/models/<name>/versions/<ref>")
 def get_version(name: str, ref: str):
     return catalog.get_version(get_registry().db, name, ref).to_dict()
+
+
+@bp.delete("/models/<name>/versions/<ref>")
+def delete_version(name: str, ref: str):
+    return catalog.delete_version(get_registry().db, name, ref, actor=current_actor()).to_dict()
 
 
 @bp.patch("/models/<name>/versions/<ref>")

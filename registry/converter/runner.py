@@ -34,8 +34,24 @@ class Outcome:
     lost_lease: bool = False
 
 
+def _die_with(parent: int) -> None:
+    """Have the kernel SIGKILL this child when its parent dies (Linux), so that a
+    worker killed mid-conversion does not leave the conversion running on its own."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+
 def _limits(memory_mb: int, cpu_seconds: int) -> Callable[[], None]:
+    parent = os.getpid()
+
     def apply() -> None:
+        _die_with(parent)
         memory = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))

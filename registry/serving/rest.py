@@ -32,6 +32,7 @@ def label_service():
 def _error(exc: RegistryError):
     response = jsonify({"error": exc.message})
     response.status_code = exc.status
+    response.headers.update(exc.headers)
     return response
 
 

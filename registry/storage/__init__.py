@@ -4,6 +4,11 @@ Blobs are addressed ``sha256/<d[:2]>/<d[2:4]>/<digest>``.  A writer hashes what
 it is given while it writes to a temporary name, and the blob appears under its
 final key only in :meth:`BlobWriter.finish`, so a reader never sees half a blob
 and an interrupted upload leaves nothing behind once aborted.
+
+Storing bytes that are already stored refreshes the blob's modification time:
+the garbage collector (``registry.gc``) only takes unreferenced blobs older than
+its grace period, so a blob a push has just published (or re-used) is safe until
+the push's version row is committed.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Iterator
 from urllib.parse import urlparse
@@ -25,6 +31,26 @@ class BlobRef:
     sha256: str
     size: int
     created: bool = True  # False when an identical blob was already stored
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A stored blob as the garbage collector sees it."""
+
+    sha256: str
+    size: int
+    modified: datetime  # timezone-aware UTC: last written (or re-published)
+
+
+@dataclass(frozen=True)
+class TemporaryUpload:
+    """Something an upload in progress (or one killed mid-way) left: a temporary
+    file or key, or an unfinished S3 multipart upload (``upload_id``)."""
+
+    key: str
+    size: int
+    modified: datetime  # timezone-aware UTC: last time bytes arrived
+    upload_id: str | None = None
 
 
 def blob_key(digest: str) -> str:
@@ -90,6 +116,25 @@ class BlobStorage(ABC):
 
     @abstractmethod
     def iter_digests(self) -> Iterator[str]: ...
+
+    @abstractmethod
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        """Every finished blob with its size and modification time."""
+
+    @abstractmethod
+    def blob_info(self, digest: str) -> BlobInfo:
+        """One blob's size and modification time; raises FileNotFoundError."""
+
+    @abstractmethod
+    def iter_temporary(self) -> Iterator[TemporaryUpload]:
+        """Temporary files, keys and unfinished multipart uploads of uploads in progress or abandoned."""
+
+    @abstractmethod
+    def delete_temporary(self, item: TemporaryUpload) -> None: ...
+
+    @abstractmethod
+    def check(self) -> None:
+        """A cheap call that fails (StorageError) when the storage cannot be used: for /readyz."""
 
     def put_stream(self, stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> BlobRef:
         """Store everything read from ``stream``; never holds it whole in memory."""

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from registry.storage import BlobRef, BlobStorage, BlobWriter, blob_key
+from registry.errors import StorageError
+from registry.storage import BlobInfo, BlobRef, BlobStorage, BlobWriter, TemporaryUpload, blob_key
+
+
+def _mtime(stat: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(stat.st_mtime, timezone.utc)
 
 
 class LocalBlobWriter(BlobWriter):
@@ -30,10 +36,14 @@ class LocalBlobWriter(BlobWriter):
         final = self._storage.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         created = not final.exists()
+        if not created:
+            try:
+                os.utime(final)  # young again: the garbage collector leaves it alone for its grace period
+                self._tmp_path.unlink(missing_ok=True)
+            except FileNotFoundError:  # collected just now: store ours
+                created = True
         if created:
             os.replace(self._tmp_path, final)
-        else:
-            self._tmp_path.unlink(missing_ok=True)
         self._done = True
         return BlobRef(digest, self.size, created)
 
@@ -82,3 +92,33 @@ class LocalStorage(BlobStorage):
             for path in base.glob("*/*/*"):
                 if path.is_file():
                     yield path.name
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        base = self.root / "sha256"
+        if base.is_dir():
+            for path in base.glob("*/*/*"):
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue
+                if path.is_file():
+                    yield BlobInfo(path.name, stat.st_size, _mtime(stat))
+
+    def blob_info(self, digest: str) -> BlobInfo:
+        stat = self.path(digest).stat()
+        return BlobInfo(digest, stat.st_size, _mtime(stat))
+
+    def iter_temporary(self) -> Iterator[TemporaryUpload]:
+        for path in self.staging.iterdir():
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            yield TemporaryUpload(path.name, stat.st_size, _mtime(stat))
+
+    def delete_temporary(self, item: TemporaryUpload) -> None:
+        (self.staging / item.key).unlink(missing_ok=True)
+
+    def check(self) -> None:
+        if not self.root.is_dir() or not os.access(self.staging, os.W_OK):
+            raise StorageError(f"the blob folder {self.root} is missing or not writable")

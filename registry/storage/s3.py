@@ -36,7 +36,7 @@ from botocore.exceptions import (
 )
 
 from registry.errors import StorageError
-from registry.storage import BlobRef, BlobStorage, BlobWriter, blob_key
+from registry.storage import BlobInfo, BlobRef, BlobStorage, BlobWriter, TemporaryUpload, blob_key
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ DOWNLOAD_CHUNK = 1024 * 1024
 DOWNLOAD_RESUMES = 3
 S3_ERRORS = (ClientError, BotoCoreError)
 
-_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "NoSuchUpload"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
            "InvalidToken", "AllAccessDisabled"}
 
@@ -137,13 +137,13 @@ class S3BlobWriter(BlobWriter):
         return BlobRef(digest, self.size, created)
 
     def _finish_small(self, digest: str, final: str) -> bool:
-        if self._storage.exists(digest):
-            return False
+        created = not self._storage.exists(digest)
         # One request, straight to the final key: S3 shows an object only once it is whole.
+        # Written even when it exists, so that its LastModified is fresh for the garbage collector.
         self._client.put_object(
             Bucket=self._bucket, Key=final, Body=bytes(self._buffer), Metadata={"sha256": digest},
         )
-        return True
+        return created
 
     def _finish_multipart(self, digest: str, final: str) -> bool:
         if self._buffer:
@@ -157,15 +157,15 @@ class S3BlobWriter(BlobWriter):
         self._upload_id = None
         self._tmp_exists = True
         created = not self._storage.exists(digest)
-        if created:
-            source = {"Bucket": self._bucket, "Key": self._tmp_key}
-            if self.size <= COPY_LIMIT:
-                self._client.copy_object(
-                    Bucket=self._bucket, Key=final, CopySource=source,
-                    Metadata={"sha256": digest}, MetadataDirective="REPLACE",
-                )
-            else:  # managed copy: multipart UploadPartCopy, server side
-                self._client.copy(source, self._bucket, final, ExtraArgs={"Metadata": {"sha256": digest}})
+        # Copied even when it exists (same bytes), so that its LastModified is fresh for the garbage collector.
+        source = {"Bucket": self._bucket, "Key": self._tmp_key}
+        if self.size <= COPY_LIMIT:
+            self._client.copy_object(
+                Bucket=self._bucket, Key=final, CopySource=source,
+                Metadata={"sha256": digest}, MetadataDirective="REPLACE",
+            )
+        else:  # managed copy: multipart UploadPartCopy, server side
+            self._client.copy(source, self._bucket, final, ExtraArgs={"Metadata": {"sha256": digest}})
         self._delete_tmp()
         return created
 
@@ -470,6 +470,60 @@ class S3Storage(BlobStorage):
                         continue
         except S3_ERRORS as exc:
             raise self.error("listing blobs", exc) from exc
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        base = self._join("sha256/")
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"].rsplit("/", 1)[-1]
+                    try:
+                        if self.key(name) != obj["Key"]:
+                            continue
+                    except ValueError:
+                        continue
+                    yield BlobInfo(name, int(obj["Size"]), obj["LastModified"])
+        except S3_ERRORS as exc:
+            raise self.error("listing blobs", exc) from exc
+
+    def blob_info(self, digest: str) -> BlobInfo:
+        head = self._head(digest)
+        return BlobInfo(digest, int(head["ContentLength"]), head["LastModified"])
+
+    def iter_temporary(self) -> Iterator[TemporaryUpload]:
+        prefix = self.key_for_upload("")
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield TemporaryUpload(obj["Key"], int(obj["Size"]), obj["LastModified"])
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=self.bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    # An upload still receiving parts is young by its newest part, however old it is.
+                    parts = self.client.list_parts(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]).get("Parts", [])
+                    modified = max([upload["Initiated"], *(p["LastModified"] for p in parts)])
+                    yield TemporaryUpload(upload["Key"], sum(int(p["Size"]) for p in parts), modified,
+                                          upload_id=upload["UploadId"])
+        except S3_ERRORS as exc:
+            raise self.error("listing temporary uploads", exc) from exc
+
+    def delete_temporary(self, item: TemporaryUpload) -> None:
+        try:
+            if item.upload_id is not None:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=item.key, UploadId=item.upload_id)
+            else:
+                self.client.delete_object(Bucket=self.bucket, Key=item.key)
+        except S3_ERRORS as exc:
+            if not _is_missing(exc):
+                raise self.error(f"removing the temporary upload {item.key}", exc) from exc
+
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except S3_ERRORS as exc:
+            raise self.error("checking the bucket", exc) from exc
 
     # -- direct downloads --------------------------------------------------
     def presigned_url(self, digest: str, filename: str, expires: int = 300,

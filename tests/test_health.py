@@ -1,0 +1,73 @@
+"""/healthz says the process is up; /readyz (and `registry check`) says whether the
+database and blob storage answer, and which one does not."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+from registry.db import Database
+
+
+def test_readyz_answers_ready_when_database_and_storage_answer(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    answer = client.get("/readyz")
+    assert answer.status_code == 200
+    assert answer.get_json() == {"status": "ready", "checks": {"database": "ok", "storage": "ok"}}
+
+
+def test_readyz_is_503_naming_the_storage_when_the_blob_folder_is_gone(client, registry):
+    shutil.rmtree(registry.storage.root)
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    body = answer.get_json()
+    assert body["status"] == "unavailable" and body["checks"]["database"] == "ok"
+    assert body["checks"]["storage"].startswith("error:") and str(registry.storage.root) in body["checks"]["storage"]
+    assert client.get("/healthz").status_code == 200  # alive, just not ready
+
+
+def test_readyz_is_503_naming_the_database_when_it_cannot_be_reached(client, registry, tmp_path):
+    registry.db.dispose()
+    registry.db = Database(f"sqlite:///{tmp_path / 'no-such-folder' / 'registry.db'}")
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    checks = answer.get_json()["checks"]
+    assert checks["database"].startswith("error: OperationalError") and checks["storage"] == "ok"
+
+
+def test_readyz_on_s3_is_503_when_the_bucket_is_gone(s3_server, tmp_path):
+    from registry.app import create_app
+    from tests.conftest import make_settings
+
+    bucket = f"ready-{uuid.uuid4().hex[:8]}"
+    s3_server.create_bucket(Bucket=bucket)
+    app = create_app(make_settings(tmp_path / "home", storage_url=f"s3://{bucket}/blobs"))
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    s3_server.delete_bucket(Bucket=bucket)
+    answer = client.get("/readyz")
+    assert answer.status_code == 503 and bucket in answer.get_json()["checks"]["storage"]
+    app.extensions["registry"].db.dispose()
+
+
+def test_label_service_alone_has_readyz_too(settings):
+    from registry.app import create_app
+
+    app = create_app(settings, serving_only=True)
+    assert app.test_client().get("/readyz").get_json()["status"] == "ready"
+    app.extensions["registry"].db.dispose()
+
+
+def test_registry_check_exits_zero_when_ready_and_one_naming_what_failed(tmp_path, s3_server):
+    env = dict(os.environ, REGISTRY_HOME=str(tmp_path / "home"))
+    env.pop("REGISTRY_STORAGE", None)
+    env.pop("REGISTRY_DATABASE_URL", None)
+    subprocess.run([sys.executable, "-m", "registry.cli", "migrate"], env=env, check=True, capture_output=True)
+    ok = subprocess.run([sys.executable, "-m", "registry.cli", "check"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0 and "database: ok" in ok.stdout and "storage: ok" in ok.stdout
+    env["REGISTRY_STORAGE"] = f"s3://missing-{uuid.uuid4().hex[:8]}"
+    bad = subprocess.run([sys.executable, "-m", "registry.cli", "check"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "storage: error" in bad.stdout and "does not exist" in bad.stdout
