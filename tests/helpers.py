@@ -25,8 +25,9 @@ def frozen_form(path: Path, **fields) -> dict:
     return {"frozen": (io.BytesIO(path.read_bytes()), path.name), **fields}
 
 
-def push(client, name: str, form: dict):
-    return client.post(f"/api/v1/models/{name}/versions", data=form, content_type="multipart/form-data")
+def push(client, name: str, form: dict, headers: dict | None = None):
+    return client.post(f"/api/v1/models/{name}/versions", data=form, content_type="multipart/form-data",
+                       headers=headers)
 
 
 def blob_files(home: Path) -> list[Path]:

@@ -1,8 +1,10 @@
 """Schemathesis drives the live API from its own OpenAPI document: random and
 edge-case paths, queries and bodies for every operation, valid and invalid.
 No answer may be a 5xx, and every answer must match the documented status
-codes, content types, headers and schemas.  (benchmarks/fuzz_api.py runs the
-same for longer.)"""
+codes, content types, headers and schemas.  The server enforces tokens as it
+does outside the embedded default; requests carry an admin token, and
+schemathesis also checks that each operation refuses a request without one.
+(benchmarks/fuzz_api.py runs the same for longer.)"""
 
 from __future__ import annotations
 
@@ -16,20 +18,35 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: 
 
 from registry.api.openapi import openapi_document  # noqa: E402
 from tests.conftest import make_settings, start_live_server  # noqa: E402
-from tests.helpers import frozen_form, push  # noqa: E402
+from tests.helpers import bearer, frozen_form, issue_tokens, push  # noqa: E402
 
 pytestmark = pytest.mark.slow
 EXAMPLES = 16  # per operation, 13 operations: about 200 requests
 SCHEMA = schemathesis.openapi.from_dict(openapi_document())
 OPERATIONS = {result.ok().label: result.ok() for result in SCHEMA.get_all_operations()}
+TOKENS: dict[str, str] = {}
+
+
+@SCHEMA.auth()
+class AdminToken:
+    """Every generated request that is meant to be authenticated carries the admin token."""
+
+    def get(self, case, context):
+        return TOKENS["admin"]
+
+    def set(self, case, data, context):
+        case.headers = {**(case.headers or {}), **bearer(data)}
 
 
 @pytest.fixture(scope="module")
 def fuzzed_server(tmp_path_factory, models):
-    server, stop = start_live_server(make_settings(tmp_path_factory.mktemp("fuzz")), workers=False)
+    settings = make_settings(tmp_path_factory.mktemp("fuzz"), embedded=False, public_read=False)
+    server, stop = start_live_server(settings, workers=False)
+    TOKENS.update(issue_tokens(server.registry.db))
     client = server.app.test_client()
-    push(client, "cnn", frozen_form(models["frozen"].frozen_graph))  # something to find, alias and delete
-    client.put("/api/v1/models/cnn/aliases/production", json={"version": 1})
+    admin = bearer(TOKENS["admin"])
+    push(client, "cnn", frozen_form(models["frozen"].frozen_graph), headers=admin)  # something to find, alias, delete
+    client.put("/api/v1/models/cnn/aliases/production", json={"version": 1}, headers=admin)
     yield server
     stop()
 
