@@ -231,5 +231,11 @@ class RegistryClient:
     def set_alias(self, name: str, alias: str, version: int) -> dict:
         return self._request("PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"version": version}).json()
 
+    def get_allowed_ops(self, name: str) -> dict:
+        return self._request("GET", f"/api/v1/models/{name}/allowed-ops").json()
+
+    def set_allowed_ops(self, name: str, ops: list[str], reason: str = "") -> dict:
+        return self._request("PUT", f"/api/v1/models/{name}/allowed-ops", json={"ops": ops, "reason": reason}).json()
+
     def delete_alias(self, name: str, alias: str) -> None:
         self._request("DELETE", f"/api/v1/models/{name}/aliases/{alias}")
