@@ -24,7 +24,7 @@ import pytest
 import requests
 import tensorflow as tf
 from click.testing import CliRunner
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from registry import auth, safety
 from registry.audit import Actor
@@ -163,6 +163,11 @@ def test_hostile_graph_is_refused_with_the_reason_at_every_entry_point(hostile, 
         grpc_predict(hostile["predict"], name, 1)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert op in refused.value.details()
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = name
+    with pytest.raises(grpc.RpcError) as refused:
+        hostile["predict"].GetModelMetadata(metadata, timeout=60)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and op in refused.value.details()
     for args in (["label", f"{name}:1", str(image)], ["compare", name, str(image), "--versions", "1"]):
         result = CliRunner().invoke(cli, [*args, "--url", url])
         assert result.exit_code != 0 and op in result.output, (args, result.output)
