@@ -221,6 +221,7 @@ def test_admin_allows_an_op_for_one_model_audited_and_removing_it_refuses_again(
                          timeout=60).status_code == 409
     page = requests.get(f"{url}/models/reader/versions/1", timeout=60).text
     assert "Allowed by an admin" in page and "allowed for this model" in page
+    assert "<code>ReadFile</code>" in requests.get(f"{url}/models/reader", timeout=60).text
 
     events = requests.get(f"{url}/api/v1/audit", params={"action": "model.allowed_ops"},
                           headers=bearer(tokens["admin"]), timeout=60).json()["events"]
