@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +25,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from registry_server import RegistryServer  # noqa: E402
+from registry_server import REGISTRY_BIN, RegistryServer  # noqa: E402
 
 # A GraphDef with one Placeholder node, written by hand: enough for the upload checks.
 NODE = b"\x0a\x01x\x12\x0bPlaceholder"
@@ -36,12 +38,28 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        with RegistryServer(home / "home", workers=0, log_path=home / "server.log") as server:
+        # Tokens enforced for reads and writes, as outside the embedded default.
+        env = {"REGISTRY_AUTH": "on", "REGISTRY_PUBLIC_READ": "0"}
+        with RegistryServer(home / "home", workers=0, log_path=home / "server.log", env=env) as server:
+            created = subprocess.run([str(REGISTRY_BIN), "token", "create", "--scope", "admin", "--name", "fuzz"],
+                                     env=dict(os.environ, REGISTRY_HOME=str(home / "home"), **env),
+                                     capture_output=True, text=True, check=True)
+            admin = {"Authorization": f"Bearer {created.stdout.strip().splitlines()[-1]}"}
             for _ in range(2):
-                requests.post(f"{server.url}/api/v1/models/cnn/versions",
+                requests.post(f"{server.url}/api/v1/models/cnn/versions", headers=admin,
                               files={"frozen": ("g.pb", TINY_GRAPH)}, timeout=30).raise_for_status()
-            requests.put(f"{server.url}/api/v1/models/cnn/aliases/production", json={"version": 1}, timeout=30)
-            schema = schemathesis.openapi.from_url(f"{server.url}/api/v1/openapi.json")
+            requests.put(f"{server.url}/api/v1/models/cnn/aliases/production", json={"version": 1},
+                         headers=admin, timeout=30)
+            schema = schemathesis.openapi.from_url(f"{server.url}/api/v1/openapi.json", headers=admin)
+
+            @schema.auth()
+            class AdminToken:
+                def get(self, case, context):
+                    return admin["Authorization"]
+
+                def set(self, case, data, context):
+                    case.headers = {**(case.headers or {}), "Authorization": data}
+
             statuses: collections.Counter = collections.Counter()
             failures: list[str] = []
             started = time.monotonic()

@@ -62,7 +62,9 @@ RULES: dict[str, str | None] = {
     "api.delete_model": WRITE,
     "web.push": WRITE,
     "web.set_alias": WRITE,
-    # tokens and the audit log
+    "api.get_allowed_ops": READ,
+    # tokens, the audit log, and relaxing the converter's op scan for a model
+    "api.set_allowed_ops": ADMIN,
     "api.list_tokens": ADMIN,
     "api.create_token": ADMIN,
     "api.revoke_token": ADMIN,

@@ -36,9 +36,10 @@ from registry.entities import (
     NewFile,
     Page,
     VersionInfo,
+    _iso,
 )
 from registry.errors import Conflict, InvalidRequest, NotFound
-from registry.models import Agreement, Alias, Job, ModelVersion, RegisteredModel, VersionFile, utcnow
+from registry.models import Agreement, Alias, AuditEvent, Job, ModelVersion, RegisteredModel, VersionFile, utcnow
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -173,6 +174,8 @@ def _version_entities(
             files.setdefault(f.version_id, []).append(FileInfo(f.role, f.filename, f.sha256, f.size))
     aliases = _aliases_by_version(session, ids)
     agreement = _agreement_with_previous(session, rows)
+    allowed_ops = list(session.scalar(
+        sa.select(RegisteredModel.allowed_ops).where(RegisteredModel.name == model_name)) or []) if rows else []
     return [
         VersionInfo(
             id=row.id,
@@ -198,6 +201,7 @@ def _version_entities(
             files=files.get(row.id, []),
             aliases=aliases.get(row.id, []),
             agreement_with_previous=agreement.get(row.version),
+            allowed_ops=allowed_ops,
         )
         for row in rows
     ]
@@ -444,6 +448,7 @@ def _model_entities(session: Session, rows: Sequence[RegisteredModel]) -> list[M
             aliases=aliases.get(row.id, {}),
             created_at=row.created_at,
             updated_at=row.updated_at,
+            allowed_ops=list(row.allowed_ops or []),
         )
         for row in rows
     ]
@@ -513,6 +518,56 @@ def delete_alias(db: Database, name: str, alias: str, actor: Actor = SYSTEM) -> 
         number = session.scalar(sa.select(ModelVersion.version).where(ModelVersion.id == existing.version_id))
         session.delete(existing)
         audit.record(session, actor, "alias.delete", f"{name}:{alias}", {"version": number})
+
+
+# -- op allowlist ----------------------------------------------------------------------------
+
+ALLOWED_OPS_ACTION = "model.allowed_ops"
+
+
+def _allowed_ops_answer(session: Session, model: RegisteredModel) -> dict:
+    last = session.scalar(
+        sa.select(AuditEvent).where(AuditEvent.action == ALLOWED_OPS_ACTION, AuditEvent.target == model.name)
+        .order_by(AuditEvent.id.desc()).limit(1))
+    change = None
+    if last is not None:
+        change = {"actor": last.actor, "at": _iso(last.created_at),
+                  "reason": (last.details or {}).get("reason", "")}
+    return {"model": model.name, "ops": list(model.allowed_ops or []), "last_change": change}
+
+
+def get_allowed_ops(db: Database, name: str) -> dict:
+    """The model's op allowlist and who changed it last (from the audit log)."""
+    validate_model_name(name)
+    with db.transaction() as session:
+        return _allowed_ops_answer(session, _model_row(session, name))
+
+
+def set_allowed_ops(db: Database, name: str, ops: object, reason: str = "", actor: Actor = SYSTEM) -> dict:
+    """Replace the model's op allowlist (an empty list clears it), recorded in the audit log.
+
+    Existing versions are not converted again: whether the label service runs
+    them is decided from their stored safety report and this list on every
+    request (``registry.safety``).
+    """
+    from registry import safety
+
+    validate_model_name(name)
+    new = safety.validate_ops(ops)
+    reason = (reason or "").strip()
+    if new and not reason:
+        raise InvalidRequest('say why these ops are safe for this model: send "reason" (kept in the audit log)',
+                             code="missing_reason")
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        old = list(model.allowed_ops or [])
+        model.allowed_ops = new or None
+        model.updated_at = utcnow()
+        audit.record(session, actor, ALLOWED_OPS_ACTION, name,
+                     {"old": old, "new": new, "added": sorted(set(new) - set(old)),
+                      "removed": sorted(set(old) - set(new)), "reason": reason})
+        session.flush()
+        return _allowed_ops_answer(session, model)
 
 
 def is_blob_referenced(db: Database, digest: str) -> bool:
@@ -593,7 +648,8 @@ def delete_model(db: Database, name: str, actor: Actor = SYSTEM) -> DeletedModel
         now = utcnow()
         session.execute(
             sa.update(RegisteredModel).where(RegisteredModel.id == model.id)
-            .values(version_count=0, deleted_at=now, updated_at=now)
+            .values(version_count=0, deleted_at=now, updated_at=now,
+                    allowed_ops=None)  # an admin's allowance is not inherited by a new model of that name
         )
         audit.record(session, actor, "model.delete", name,
                      {"versions_deleted": len(ids), "aliases_removed": aliases, "jobs_cancelled": cancelled})

@@ -430,6 +430,8 @@ def _print_version(v: dict) -> None:
         click.echo(f"  input: {node['name']} {node['dtype']} {node['shape']}")
     if v.get("frozen"):
         click.echo(f"  frozen.pb: {v['frozen']['size']} bytes, sha256 {v['frozen']['sha256']}")
+    if v.get("refusal"):
+        click.echo(f"  refused: {v['refusal']}")
 
 
 def _split_ref(spec: str) -> tuple[str, str]:
@@ -552,6 +554,42 @@ def delete(spec: str, whole_model: bool, yes: bool, url: str | None) -> None:
         click.echo(f"{name}: version {answer['version']} deleted" + (f" ({'; '.join(extra)})" if extra else ""))
     except ClientError as exc:
         _fail(exc)
+
+
+@main.command("allow-ops")
+@click.argument("name")
+@click.argument("ops", nargs=-1)
+@click.option("--reason", default="", help="Why these ops are safe for this model (kept in the audit log).")
+@click.option("--clear", is_flag=True, help="Remove every allowed op: flagged versions are refused again.")
+@url_option
+def allow_ops(name: str, ops: tuple[str, ...], reason: str, clear: bool, url: str | None) -> None:
+    """Allow OPS in NAME's graphs despite the converter's op scan (admin token), or show the list.
+
+    The list replaces the previous one; the label service and the export serve a
+    version once every op its scan flagged is on it, and refuse it again when one
+    is removed.
+    """
+    from registry.client import ClientError
+
+    client = _client(url)
+    try:
+        if clear:
+            if ops:
+                raise click.UsageError("give either ops or --clear, not both")
+            answer = client.set_allowed_ops(name, [], reason)
+        elif ops:
+            if not reason.strip():
+                raise click.UsageError("say why with --reason (it is kept in the audit log)")
+            answer = client.set_allowed_ops(name, list(ops), reason)
+        else:
+            answer = client.get_allowed_ops(name)
+    except ClientError as exc:
+        _fail(exc)
+    click.echo(f"{name}: allowed ops: {', '.join(answer['ops']) or 'none'}")
+    change = answer.get("last_change")
+    if change:
+        click.echo(f"  last changed by {change['actor']} at {change['at']}"
+                   + (f": {change['reason']}" if change["reason"] else ""))
 
 
 def _print_predictions(title: str, predictions: list[dict]) -> None:

@@ -237,5 +237,11 @@ class RegistryClient:
     def delete_model(self, name: str) -> dict:
         return self._request("DELETE", f"/api/v1/models/{name}").json()
 
+    def get_allowed_ops(self, name: str) -> dict:
+        return self._request("GET", f"/api/v1/models/{name}/allowed-ops").json()
+
+    def set_allowed_ops(self, name: str, ops: list[str], reason: str = "") -> dict:
+        return self._request("PUT", f"/api/v1/models/{name}/allowed-ops", json={"ops": ops, "reason": reason}).json()
+
     def delete_alias(self, name: str, alias: str) -> None:
         self._request("DELETE", f"/api/v1/models/{name}/aliases/{alias}")

@@ -37,6 +37,7 @@ class Settings:
     worker_poll_seconds: float = 1.0
     convert_timeout_seconds: float = 900.0
     convert_memory_mb: int = 16384
+    convert_max_output_mb: int = 3072
     verify_tolerance: float = 1e-4
     max_upload_bytes: int = 20 * 1024**3
     label_cache_mb: int = 2048
@@ -75,6 +76,7 @@ class Settings:
             worker_poll_seconds=float(_env("REGISTRY_WORKER_POLL_SECONDS", "1")),
             convert_timeout_seconds=float(_env("REGISTRY_CONVERT_TIMEOUT_SECONDS", "900")),
             convert_memory_mb=int(_env("REGISTRY_CONVERT_MEMORY_MB", "16384")),
+            convert_max_output_mb=int(_env("REGISTRY_CONVERT_MAX_OUTPUT_MB", "3072")),
             verify_tolerance=float(_env("REGISTRY_VERIFY_TOLERANCE", "1e-4")),
             max_upload_bytes=int(_env("REGISTRY_MAX_UPLOAD_BYTES", str(20 * 1024**3))),
             label_cache_mb=int(_env("REGISTRY_LABEL_CACHE_MB", "2048")),

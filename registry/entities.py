@@ -65,6 +65,8 @@ class VersionInfo:
     aliases: list[str] = field(default_factory=list)
     # {"version", "top1_agreement", "images"} from the last comparison with the version before, if any
     agreement_with_previous: dict[str, Any] | None = None
+    # The model's admin-set op allowlist (see registry.safety), read with the version.
+    allowed_ops: list[str] = field(default_factory=list)
 
     def file(self, role: str) -> FileInfo | None:
         return next((f for f in self.files if f.role == role), None)
@@ -94,7 +96,18 @@ class VersionInfo:
         settings.update(self.preprocessing_settings or {})
         return settings
 
+    @property
+    def refusal(self) -> str | None:
+        """Why the registry will not run this ready version's graph (None: it will, or it is not ready)."""
+        from registry import safety
+
+        if self.status != READY or self.conversion is None:  # listings leave the report out
+            return None
+        return safety.refusal(self)
+
     def to_dict(self) -> dict[str, Any]:
+        from registry import safety
+
         conversion = self.conversion or {}
         return {
             "model": self.model,
@@ -116,7 +129,8 @@ class VersionInfo:
             ),
             "tensorflow_version": self.tf_version,
             "verification": conversion.get("verification"),
-            "safety": conversion.get("safety"),
+            "safety": safety.summary(self.conversion, self.allowed_ops) if self.conversion else None,
+            "refusal": self.refusal,
             "conversion": {k: v for k, v in conversion.items() if k not in ("verification", "safety")} or None,
             "files": [f.to_dict() for f in self.files],
             "agreement_with_previous": self.agreement_with_previous,
@@ -136,6 +150,7 @@ class ModelInfo:
     aliases: dict[str, int]
     created_at: datetime
     updated_at: datetime
+    allowed_ops: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +160,7 @@ class ModelInfo:
             "latest_version": self.latest_version,
             "last_version": self.last_version,
             "aliases": dict(self.aliases),
+            "allowed_ops": list(self.allowed_ops),
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }

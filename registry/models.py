@@ -53,6 +53,8 @@ class RegisteredModel(Base):
     # Set when the model is deleted: the row stays as a tombstone so that pushing
     # the same name again goes on from last_version and never reuses a number.
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Ops an admin allowed for this model's graphs despite the converter's scan (registry.safety).
+    allowed_ops: Mapped[list[Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from registry import catalog, jobs
+from registry import catalog, jobs, safety as safety_rules
 from registry.config import Settings
 from registry.converter.runner import Outcome, run_conversion
 from registry.db import Database
@@ -109,6 +109,7 @@ class Worker:
                 request, workdir,
                 timeout=self.settings.convert_timeout_seconds,
                 memory_mb=self.settings.convert_memory_mb,
+                max_output_mb=self.settings.convert_max_output_mb,
                 heartbeat=lambda: jobs.heartbeat(self.db, job, self.settings.job_lease_seconds),
                 heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3),
             )
@@ -151,6 +152,8 @@ class Worker:
             "input_nodes": version.requested_input_nodes or [],
             "output_path": str(workdir / "frozen.pb"),
             "verify_tolerance": self.settings.verify_tolerance,
+            # Ops the model's admin allowed: a graph flagged only for these is verified like any other.
+            "allowed_ops": version.allowed_ops,
         }
 
     def _record(self, job: jobs.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> None:
@@ -166,10 +169,10 @@ class Worker:
         result = outcome.result
         ref = self.storage.put_file(workdir / "frozen.pb")
         verification = result["conversion"]["verification"]
-        safety = result["conversion"]["safety"]
-        if safety["flagged"]:
-            flagged = ", ".join(f"{f['op']} ({f['category']})" for f in safety["flags"])
-            message = f"frozen, but flagged as unsafe to run: {flagged}"
+        blocking = safety_rules.blocking_flags(result["conversion"], version.allowed_ops)
+        if blocking:
+            message = (f"frozen, but flagged as unsafe to run: {safety_rules.describe(blocking)}; "
+                       "never run (verification skipped)")
         elif verification["status"] == "passed":
             message = f"frozen and verified (largest difference {verification['max_abs_diff']:.3g})"
         else:

@@ -24,7 +24,8 @@ from tests.helpers import bearer, csrf_token, frozen_form, issue_tokens, push
 EXPECTED = {
     "healthz": None, "readyz": None, "api.openapi": None, "web.static": None, "web.sign_in": None, "web.sign_out": None,
     "api.list_models": "read", "api.get_model": "read", "api.list_versions": "read", "api.get_version": "read",
-    "api.download_frozen": "read", "api.download_labels": "read",
+    "api.download_frozen": "read", "api.download_labels": "read", "api.get_allowed_ops": "read",
+    "api.set_allowed_ops": "admin",
     "web.models": "read", "web.model": "read", "web.version": "read", "web.compare": "read", "web.demo_file": "read",
     "serving.get_model": "read", "serving.post_model": "read",
     "api.push_version": "write", "api.update_version": "write", "api.set_alias": "write",

@@ -65,6 +65,18 @@ def test_deletes_need_a_write_token_once_tokens_exist_and_are_in_the_audit_log(c
     assert events[0]["details"]["versions_deleted"] == 1
 
 
+def test_a_model_pushed_again_after_deletion_does_not_inherit_its_allowed_ops(client, registry, models):
+    push_frozen(client, models)
+    tokens = issue_tokens(registry.db)
+    admin = bearer(tokens["admin"])
+    answer = client.put("/api/v1/models/cnn/allowed-ops", json={"ops": ["ReadFile"], "reason": "reads its vocab"},
+                        headers=admin)
+    assert answer.status_code == 200, answer.get_json()
+    assert client.delete("/api/v1/models/cnn", headers=admin).status_code == 200
+    assert push(client, "cnn", frozen_form(models["frozen"].frozen_graph), headers=admin).status_code == 202
+    assert client.get("/api/v1/models/cnn/allowed-ops", headers=admin).get_json()["ops"] == []
+
+
 def test_deleting_by_alias_is_refused_with_the_number_to_use(client, models):
     push_frozen(client, models)
     client.put("/api/v1/models/cnn/aliases/production", json={"version": 1})

@@ -116,3 +116,23 @@ def test_token_and_audit_answers_match_their_schemas(client, registry, doc):
     refused = client.get("/api/v1/audit")
     _validator(doc, "Error").validate(refused.get_json())
     assert str(refused.status_code) in doc["paths"]["/api/v1/audit"]["get"]["responses"]
+
+
+def test_allowed_ops_answers_match_their_schemas(client, registry, models, doc):
+    from registry import auth
+    from registry.audit import Actor
+
+    push(client, "cnn", frozen_form(models["frozen"].frozen_graph))
+    _, admin = auth.create_token(registry.db, "admin", "admin", Actor("tests"))
+    headers = {"Authorization": f"Bearer {admin}"}
+    _validator(doc, "AllowedOps").validate(client.get("/api/v1/models/cnn/allowed-ops").get_json())
+    changed = client.put("/api/v1/models/cnn/allowed-ops", json={"ops": ["ReadFile"], "reason": "vocabulary"},
+                         headers=headers)
+    assert changed.status_code == 200
+    _validator(doc, "AllowedOps").validate(changed.get_json())
+    assert changed.get_json()["last_change"]["actor"] == "admin"
+    _validator(doc, "Model").validate(client.get("/api/v1/models/cnn").get_json())
+    invalid = client.put("/api/v1/models/cnn/allowed-ops", json={"ops": ["no such op!"], "reason": "x"},
+                         headers=headers)
+    _validator(doc, "Error").validate(invalid.get_json())
+    assert str(invalid.status_code) in doc["paths"]["/api/v1/models/{name}/allowed-ops"]["put"]["responses"]

@@ -166,3 +166,20 @@ def test_blob_missing_from_storage_is_retried_not_lost(client, registry, models)
     record = version(client, "cnn")
     assert record["status"] == "queued"
     assert "will retry" in record["status_message"] and "missing" in record["status_message"]
+
+
+def test_conversion_over_its_file_size_limit_fails_the_version_saying_so(tmp_path, settings):
+    from registry.app import create_app
+    from tests import tfmodels
+
+    large = tfmodels.build_large_frozen(tmp_path / "graph", megabytes=3)
+    settings = dataclasses.replace(settings, convert_max_output_mb=1)
+    app = create_app(settings)
+    assert push(app.test_client(), "big", frozen_form(large, output_nodes="output")).status_code == 202
+    registry = app.extensions["registry"]
+    Worker(settings, registry.db, registry.storage).run_once()
+    record = version(app.test_client(), "big")
+    assert record["status"] == "failed", record["status_message"]
+    assert "file-size limit (1 MB, REGISTRY_CONVERT_MAX_OUTPUT_MB)" in record["status_message"]
+    with registry.db.transaction() as session:
+        assert session.scalar(sa.select(Job.attempts)) == 1  # the same graph would fail again: not retried

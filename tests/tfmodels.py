@@ -191,3 +191,72 @@ def build_embedding(directory: Path) -> BuiltModel:
             expected = session.run("probs:0", {"input:0": ids})
             tf1.train.Saver().save(session, str(prefix))
     return BuiltModel(prefix=prefix, output="probs", test_input=ids, expected=expected)
+
+
+def _reads(source: Path, x):
+    """``x * 2`` plus the length of the file at ``source``: the output depends on reading it."""
+    content = tf.io.read_file(str(source))
+    return x * 2.0 + tf.cast(tf.strings.length(content), tf.float32)
+
+
+def build_reading_frozen(directory: Path, source: Path, *, in_function: bool = False) -> Path:
+    """A frozen graph (input [None, 4] → output) whose output reads ``source`` with ReadFile,
+    at top level or inside a tf.function body (the graph's function library)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, 4], name="input")
+        y = tf.function(lambda v: _reads(source, v))(x) if in_function else _reads(source, x)
+        tf.identity(y, name="output")
+    path = directory / ("reads_fn.pb" if in_function else "reads.pb")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path
+
+
+def build_python_frozen(directory: Path, callback, *, eager: bool) -> tuple[Path, tf.Graph]:
+    """A frozen graph whose output goes through Python: tf.numpy_function (PyFunc) or, with
+    ``eager``, tf.py_function (EagerPyFunc).  The GraphDef names ``callback`` by a token of this
+    process; the returned graph keeps it registered, so a process that ran the graph here would
+    call it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, 4], name="input")
+        wrap = tf.py_function if eager else tf.numpy_function
+        y = wrap(callback, [x], tf.float32)
+        tf.identity(tf.reshape(y, [-1, 4]), name="output")
+    path = directory / ("py_function.pb" if eager else "numpy_function.pb")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path, graph
+
+
+def build_reading_checkpoint(directory: Path, source: Path) -> BuiltModel:
+    """A checkpoint (+ .meta) of a graph whose output reads ``source``: verifying the freeze
+    would have to run that ReadFile."""
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = directory / "model.ckpt"
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(13)
+        x = tf1.placeholder(tf.float32, [None, 4], name="input")
+        w = tf1.get_variable("weights", [4, 4], use_resource=True)
+        tf.identity(_reads(source, tf.matmul(x, w)), name="output")
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())  # runs the initialisers only, never ReadFile
+            tf1.train.Saver().save(session, str(prefix))
+    return BuiltModel(prefix=prefix, output="output", test_input=np.ones((1, 4), np.float32),
+                      expected=np.zeros((1, 4), np.float32))
+
+
+def build_large_frozen(directory: Path, megabytes: int) -> Path:
+    """A valid frozen graph carrying a constant of about ``megabytes`` MB."""
+    directory.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, 4], name="input")
+        rows = megabytes * 1024 * 1024 // 16
+        table = tf.constant(np.random.default_rng(5).random((rows, 4), dtype=np.float32))
+        tf.identity(x + tf.reduce_sum(table, axis=0), name="output")
+    path = directory / f"large-{megabytes}mb.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path

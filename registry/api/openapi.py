@@ -60,8 +60,29 @@ _SCHEMAS = {
             "latest_version": {**_nullable_int, "description": "Newest ready version"},
             "last_version": {"type": "integer", "description": "Highest version number handed out"},
             "aliases": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "allowed_ops": {"type": "array", "items": {"type": "string"},
+                            "description": "Ops an admin allowed for this model's graphs despite the op scan"},
             "created_at": _datetime,
             "updated_at": _datetime,
+        },
+    },
+    "AllowedOps": {
+        "type": "object", "required": ["model", "ops", "last_change"],
+        "properties": {
+            "model": {"type": "string"},
+            "ops": {"type": "array", "items": {"type": "string"}},
+            "last_change": {"type": ["object", "null"], "description": "The latest change, from the audit log",
+                            "properties": {"actor": {"type": "string"}, "at": _datetime,
+                                           "reason": {"type": "string"}}},
+        },
+    },
+    "AllowedOpsRequest": {
+        "type": "object", "required": ["ops"], "additionalProperties": False,
+        "properties": {
+            "ops": {"type": "array", "maxItems": 100,
+                    "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"},
+                    "description": "Op type names exactly as the safety report lists them; [] clears the list"},
+            "reason": {"type": "string", "description": "Why these ops are safe here (required unless clearing)"},
         },
     },
     "InputNode": {
@@ -106,8 +127,20 @@ _SCHEMAS = {
                 "tolerance": {"type": "number"}}},
             "safety": {"type": ["object", "null"], "properties": {
                 "op_histogram": {"type": "object", "additionalProperties": {"type": "integer"}},
-                "flags": {"type": "array"}, "flagged": {"type": "boolean"},
+                "flags": {"type": "array", "items": {"type": "object", "properties": {
+                    "op": {"type": "string"},
+                    "category": {"type": "string", "enum": ["reads_files", "writes_files", "network",
+                                                            "calls_python", "not_allowlisted"]},
+                    "count": {"type": "integer"}, "nodes": {"type": "array", "items": {"type": "string"}},
+                    "allowed": {"type": "boolean", "description": "On the model's op allowlist"}}}},
+                "flagged": {"type": "boolean",
+                            "description": "Some flagged op is not on the model's allowlist: never run"},
+                "scan_flagged": {"type": "boolean", "description": "The op scan alone flagged something"},
+                "allowed_ops": {"type": "array", "items": {"type": "string"}},
                 "upload_flags": {"type": "array"}}},
+            "refusal": {**_nullable_str,
+                        "description": "Why the label service and the export refuse this ready version (null: "
+                                       "they do not)"},
             "conversion": {"type": ["object", "null"]},
             "files": {"type": "array", "items": _ref("File")},
             "agreement_with_previous": {
@@ -170,8 +203,8 @@ _SCHEMAS = {
             "actor": {"type": "string", "description": "Token name, or anonymous, system, cli"},
             "token_id": _nullable_int,
             "action": {"type": "string", "description": "version.push, version.update, version.delete, "
-                                                        "model.delete, alias.set, alias.delete, token.create, "
-                                                        "token.revoke, ..."},
+                                                        "model.delete, model.allowed_ops, alias.set, alias.delete, "
+                                                        "token.create, token.revoke, ..."},
             "target": {"type": "string"}, "details": {"type": ["object", "null"]}, "remote_addr": _nullable_str,
         },
     },
@@ -359,6 +392,21 @@ def _document() -> dict:
                            "responses": {"204": {"description": "Deleted"},
                                          "400": _error("Invalid model name"),
                                          "404": _error("No such model or alias")}}},
+            "/api/v1/models/{name}/allowed-ops": {
+                "get": {"operationId": "getAllowedOps", "summary": "The model's op allowlist",
+                        "parameters": [_NAME],
+                        "responses": {"200": _json(_ref("AllowedOps"), "The allowed ops and the last change"),
+                                      "400": _error("Invalid model name"), "404": _error("No such model")}},
+                "put": {"operationId": "setAllowedOps",
+                        "summary": "Replace the model's op allowlist (audited)",
+                        "description": "Versions whose flagged ops are all on the list are served; the list is "
+                                       "read on every request, so existing versions follow at once.",
+                        "parameters": [_NAME],
+                        "requestBody": {"required": True,
+                                        "content": {"application/json": {"schema": _ref("AllowedOpsRequest")}}},
+                        "responses": {"200": _json(_ref("AllowedOps"), "The new list"),
+                                      "400": _error("Invalid op names, body or missing reason"),
+                                      "404": _error("No such model")}}},
             "/api/v1/tokens": {
                 "get": {"operationId": "listTokens", "summary": "API tokens, revoked ones included",
                         "responses": {"200": _json(_ref("TokenList"), "Every token (never the token itself)")}},

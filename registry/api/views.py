@@ -197,3 +197,20 @@ def set_alias(name: str, alias: str):
 def delete_alias(name: str, alias: str):
     catalog.delete_alias(get_registry().db, name, alias, actor=current_actor())
     return "", 204
+
+
+@bp.get("/models/<name>/allowed-ops")
+def get_allowed_ops(name: str):
+    return catalog.get_allowed_ops(get_registry().db, name)
+
+
+@bp.put("/models/<name>/allowed-ops")
+def set_allowed_ops(name: str):
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or "ops" not in body or not set(body) <= {"ops", "reason"}:
+        raise InvalidRequest('send a JSON body like {"ops": ["ReadFile"], "reason": "reads its vocabulary file"} '
+                             '({"ops": []} clears the list)', code="invalid_allowed_ops")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str):
+        raise InvalidRequest('"reason" must be a string', code="invalid_allowed_ops")
+    return catalog.set_allowed_ops(get_registry().db, name, body["ops"], reason, actor=current_actor())

@@ -7,6 +7,7 @@ with memory, CPU-time and file-size limits set by the parent.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -74,11 +75,13 @@ def convert(request: dict) -> dict:
     if not request.get("verify", True):
         verification = {"status": "skipped", "reason": "verification turned off", "max_abs_diff": None,
                         "tolerance": request["verify_tolerance"]}
-    elif frozen_scan["flagged"]:
+    elif blocking := [f for f in frozen_scan["flags"] if f["op"] not in set(request.get("allowed_ops") or ())]:
+        # Flagged graphs are never run, not even here: the model's admin-set allowlist is the only way in.
         verification = {
             "status": "skipped",
-            "reason": "the graph contains flagged ops and was not run: "
-            + ", ".join(f"{f['op']} ({f['category']})" for f in frozen_scan["flags"]),
+            "reason": "flagged: the graph contains ops that read or write files, reach the network, call Python "
+            "or are not on the inference allowlist, so it was not run: "
+            + ", ".join(f"{f['op']} ({f['category']})" for f in blocking),
             "max_abs_diff": None,
             "tolerance": request["verify_tolerance"],
         }
@@ -127,7 +130,10 @@ def main(argv: list[str]) -> int:
     except MemoryError:
         result = {"ok": False, "error": {"code": "out_of_memory", "message": "conversion ran out of memory"}}
     except Exception as exc:  # unexpected: report it with its trace for the logs
-        if _is_memory_failure(exc):
+        if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+            # Python ignores SIGXFSZ: a write past RLIMIT_FSIZE fails with EFBIG instead.
+            result = {"ok": False, "error": {"code": "output_too_large", "message": str(exc)}}
+        elif _is_memory_failure(exc):
             result = {"ok": False, "error": {"code": "out_of_memory", "message": str(exc)}}
         else:
             result = {

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_OUTPUT_BYTES = 3 * 1024**3  # a GraphDef cannot exceed 2 GiB anyway
+MAX_OUTPUT_MB = 3072  # a GraphDef cannot exceed 2 GiB anyway
 CHILD_ENV = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS",
              "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS"}
 
@@ -47,15 +47,16 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _limits(memory_mb: int, cpu_seconds: int) -> Callable[[], None]:
+def _limits(memory_mb: int, cpu_seconds: int, max_output_mb: int) -> Callable[[], None]:
     parent = os.getpid()
 
     def apply() -> None:
         _die_with(parent)
         memory = memory_mb * 1024 * 1024
+        largest = max_output_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_OUTPUT_BYTES, MAX_OUTPUT_BYTES))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (largest, largest))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     return apply
@@ -77,6 +78,7 @@ def run_conversion(
     *,
     timeout: float,
     memory_mb: int,
+    max_output_mb: int = MAX_OUTPUT_MB,
     heartbeat: Callable[[], bool] | None = None,
     heartbeat_every: float = 10.0,
 ) -> Outcome:
@@ -93,7 +95,7 @@ def run_conversion(
         child = subprocess.Popen(
             [sys.executable, "-m", "registry.converter.child", str(request_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir, env=env,
-            preexec_fn=_limits(memory_mb, cpu_seconds), start_new_session=True,
+            preexec_fn=_limits(memory_mb, cpu_seconds, max_output_mb), start_new_session=True,
         )
         started = last_beat = time.monotonic()
         while True:
@@ -122,6 +124,8 @@ def run_conversion(
         error = result["error"]
         if error["code"] == "out_of_memory":
             return Outcome(False, _memory_message(memory_mb), code="out_of_memory")
+        if error["code"] == "output_too_large":
+            return Outcome(False, _size_message(max_output_mb), code="output_too_large")
         return Outcome(False, error["message"], code=error["code"], retryable=bool(result.get("unexpected")))
     if _looks_like_memory_failure(child.returncode, tail):
         return Outcome(False, _memory_message(memory_mb), code="out_of_memory")
@@ -135,7 +139,7 @@ def run_conversion(
     if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL) and time.monotonic() - started > timeout * 0.9:
         return Outcome(False, f"conversion used more than its CPU time limit ({cpu_seconds} s)", code="conversion_timeout")
     if child.returncode == -signal.SIGXFSZ:
-        return Outcome(False, "the frozen graph would be larger than the file-size limit", code="output_too_large")
+        return Outcome(False, _size_message(max_output_mb), code="output_too_large")
     detail = f" ({tail.splitlines()[-1]})" if tail else ""
     return Outcome(False, f"the converter process crashed with exit status {child.returncode}{detail}",
                    code="converter_crashed", retryable=True)
@@ -149,6 +153,11 @@ def _looks_like_memory_failure(returncode: int, tail: str) -> bool:
 def _memory_message(memory_mb: int) -> str:
     return (f"conversion ran out of memory (limit {memory_mb} MB, REGISTRY_CONVERT_MEMORY_MB); "
             "the graph or checkpoint is too large for this worker")
+
+
+def _size_message(max_output_mb: int) -> str:
+    return (f"the converter tried to write a file larger than its file-size limit ({max_output_mb} MB, "
+            "REGISTRY_CONVERT_MAX_OUTPUT_MB) and was stopped: raise the limit for graphs this large")
 
 
 def _kill(child: subprocess.Popen) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registry import catalog
+from registry import catalog, safety
 from registry.config import Settings
 from registry.db import Database
 from registry.entities import READY, VersionInfo
@@ -77,11 +77,9 @@ class LabelService:
             detail = f" ({version.status_message})" if version.status_message else ""
             raise Conflict(f"version {version.version} of {name!r} is {version.status}{detail}; only ready "
                            "versions can be served", code="version_not_ready")
-        safety = (version.conversion or {}).get("safety") or {}
-        if safety.get("flagged"):
-            ops = ", ".join(f"{f['op']} ({f['category']})" for f in safety.get("flags", []))
-            raise Conflict(f"version {version.version} of {name!r} was flagged as unsafe to run: {ops}; "
-                           "it is refused by the label service", code="version_flagged")
+        # Flagged graphs are never run (nor loaded): registry.safety decides from the stored
+        # scan and the model's current op allowlist, so an admin's change applies at once.
+        safety.ensure_runnable(version)
         return version
 
     def graph(self, version: VersionInfo):
@@ -181,8 +179,14 @@ class LabelService:
             chosen = [(ref, self.resolve(name, ref)) for ref in refs]
         else:
             page = catalog.list_versions(self.db, name, status=READY, page_size=cap)
-            chosen = [(str(v.version), self.resolve(name, str(v.version))) for v in page.items]
+            # By default compare what can be run: flagged versions are left out, named ones refused.
+            runnable = [v for v in page.items if safety.refusal(v) is None]
+            chosen = [(str(v.version), self.resolve(name, str(v.version))) for v in runnable]
             if not chosen:
+                flagged = [v.refusal for v in page.items if v.refusal]
+                if flagged:
+                    raise Conflict(f"model {name!r} has no ready version the registry may run: {flagged[0]}",
+                                   code=safety.FLAGGED_CODE)
                 raise Conflict(f"model {name!r} has no ready version to compare", code="version_not_ready")
         unique: dict[int, tuple[str, VersionInfo]] = {}
         for ref, version in chosen:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import abort, redirect, render_template, request, send_from_directory, session, url_for
 
-from registry import audit as audit_log, auth, catalog
+from registry import audit as audit_log, auth, catalog, safety
 from registry.access import current_actor, sign_in as start_session
 from registry.app import get_registry
 from registry.entities import READY
@@ -69,7 +69,8 @@ def set_alias(name: str):
 @bp.get("/models/<name>/versions/<ref>")
 def version(name: str, ref: str):
     record = catalog.get_version(get_registry().db, name, ref)
-    return render_template("version.html", v=record, server_url=request.host_url.rstrip("/"))
+    return render_template("version.html", v=record, server_url=request.host_url.rstrip("/"),
+                           safety=safety.summary(record.conversion, record.allowed_ops) or {})
 
 
 @bp.get("/push")
