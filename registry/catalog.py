@@ -410,6 +410,7 @@ def _model_entities(session: Session, rows: Sequence[RegisteredModel]) -> list[M
             aliases=aliases.get(row.id, {}),
             created_at=row.created_at,
             updated_at=row.updated_at,
+            served_versions=row.served_versions,
         )
         for row in rows
     ]
@@ -480,3 +481,45 @@ def is_blob_referenced(db: Database, digest: str) -> bool:
         in_files = session.scalar(sa.select(sa.exists().where(VersionFile.sha256 == digest)))
         as_frozen = session.scalar(sa.select(sa.exists().where(ModelVersion.frozen_sha256 == digest)))
         return bool(in_files or as_frozen)
+
+
+def attach_file(db: Database, version_id: int, new: NewFile) -> FileInfo:
+    """Add an artifact made after the conversion (a SavedModel built later) to a
+    version, unless one with that role is already there; returns the recorded one."""
+    with db.transaction() as session:
+        row = session.get(ModelVersion, version_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"version id {version_id} does not exist", code="version_not_found")
+        existing = session.scalar(sa.select(VersionFile).where(VersionFile.version_id == version_id,
+                                                               VersionFile.role == new.role))
+        if existing is None:
+            existing = VersionFile(version_id=version_id, role=new.role, filename=new.filename,
+                                   sha256=new.sha256, size=new.size)
+            session.add(existing)
+            session.flush()
+        return FileInfo(existing.role, existing.filename, existing.sha256, existing.size)
+
+
+def set_served_versions(db: Database, name: str, versions: list[int] | None) -> ModelInfo:
+    """Which versions a TensorFlow Serving export serves; None restores the default
+    (every aliased version and the newest ready one)."""
+    validate_model_name(name)
+    if versions is not None:
+        if not isinstance(versions, list) or not versions or any(
+                not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in versions):
+            raise InvalidRequest('"versions" must be a non-empty list of version numbers, or null for the '
+                                 "default (every aliased version and the newest ready one)",
+                                 code="invalid_served_versions")
+        versions = sorted(set(versions))
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        if versions is not None:
+            known = set(session.scalars(sa.select(ModelVersion.version).where(
+                ModelVersion.model_id == model.id, ModelVersion.version.in_(versions))))
+            missing = [v for v in versions if v not in known]
+            if missing:
+                raise NotFound(f"model {name!r} has no version(s) {', '.join(map(str, missing))}",
+                               code="version_not_found")
+        model.served_versions = versions
+        session.flush()
+        return _model_entities(session, [model])[0]

@@ -41,6 +41,10 @@ class Settings:
     batch_max_size: int = 16
     demo: bool = True
     s3_presign: bool = False
+    serving_export_root: str = ""
+    serving_base_path: str = ""
+    max_archive_bytes: int = 8 * 1024**3
+    max_archive_files: int = 10_000
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -65,6 +69,10 @@ class Settings:
             batch_max_size=int(_env("REGISTRY_BATCH_MAX_SIZE", "16")),
             demo=_env("REGISTRY_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"),
             s3_presign=_env("REGISTRY_S3_PRESIGN", "0").strip().lower() in ("1", "true", "yes", "on"),
+            serving_export_root=_env("REGISTRY_SERVING_EXPORT_ROOT", ""),
+            serving_base_path=_env("REGISTRY_SERVING_BASE_PATH", ""),
+            max_archive_bytes=int(_env("REGISTRY_MAX_ARCHIVE_BYTES", str(8 * 1024**3))),
+            max_archive_files=int(_env("REGISTRY_MAX_ARCHIVE_FILES", "10000")),
         )
         return replace(settings, **overrides) if overrides else settings
 

@@ -16,6 +16,10 @@ SOURCE_META = "checkpoint+meta"
 SOURCE_GRAPH = "checkpoint+graph"
 SOURCE_FROZEN = "frozen"
 
+# The version file holding the TF Serving SavedModel built from the frozen graph (a .tar.gz).
+SAVED_MODEL = "saved_model"
+SAVED_MODEL_FILENAME = "saved_model.tar.gz"
+
 
 # label_image.py's defaults; height and width come from the input's shape when it has one.
 DEFAULT_IMAGE_SIZE = 299
@@ -136,6 +140,7 @@ class ModelInfo:
     aliases: dict[str, int]
     created_at: datetime
     updated_at: datetime
+    served_versions: list[int] | None = None  # what a TF Serving export serves; None: the default
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -70,7 +70,8 @@ _SCHEMAS = {
     "File": {
         "type": "object", "required": ["role", "filename", "sha256", "size"],
         "properties": {
-            "role": {"type": "string", "enum": ["meta", "index", "data", "graph", "frozen", "labels"]},
+            "role": {"type": "string", "enum": ["meta", "index", "data", "graph", "frozen", "labels",
+                                                            "saved_model", "saved_model_upload", "keras"]},
             "filename": {"type": "string"}, "sha256": {"type": "string"}, "size": {"type": "integer"},
         },
     },
@@ -140,6 +141,41 @@ _SCHEMAS = {
     "AliasBody": {
         "type": "object", "required": ["version"],
         "properties": {"version": {"type": "integer", "minimum": 1}},
+    },
+    "ServedVersions": {
+        "type": "object", "required": ["versions"],
+        "properties": {"versions": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 1},
+                                    "description": "null: every aliased version and the newest ready one"}},
+    },
+    "ServedVersionsAnswer": {
+        "type": "object", "required": ["model", "versions"],
+        "properties": {"model": {"type": "string"},
+                       "versions": {"type": ["array", "null"], "items": {"type": "integer"}}},
+    },
+    "ServingPlan": {
+        "type": "object", "required": ["root", "models"],
+        "properties": {
+            "root": {"type": "string"},
+            "models": {"type": "array", "items": {
+                "type": "object",
+                "required": ["name", "versions", "exported_versions", "labels", "skipped_versions",
+                             "skipped_aliases", "skipped"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "served_versions_setting": {"type": ["array", "null"], "items": {"type": "integer"}},
+                    "versions": {"type": "array", "items": {"type": "integer"},
+                                 "description": "Versions to serve"},
+                    "exported_versions": {"type": "array", "items": {"type": "integer"},
+                                          "description": "Versions in the export root, as models.config lists"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "skipped_versions": {"type": "array", "items": {"type": "object", "properties": {
+                        "version": {"type": "integer"}, "reason": {"type": "string"}}}},
+                    "skipped_aliases": {"type": "array", "items": {"type": "object", "properties": {
+                        "alias": {"type": "string"}, "version": {"type": "integer"},
+                        "reason": {"type": "string"}}}},
+                    "skipped": _nullable_str,
+                }}},
+        },
     },
     "Alias": {
         "type": "object", "required": ["model", "alias", "version"],
@@ -238,6 +274,30 @@ def openapi_document() -> dict:
             "/api/v1/models/{name}/versions/{ref}/labels.txt": {"get": {
                 "operationId": "downloadLabels", "parameters": [_NAME, _REF],
                 "responses": _blob("The labels file", "text/plain")}},
+            "/api/v1/models/{name}/versions/{ref}/saved_model.tar.gz": {"get": {
+                "operationId": "downloadSavedModel", "parameters": [_NAME, _REF],
+                "summary": "The SavedModel TF Serving loads (saved_model.pb + variables/), as a .tar.gz",
+                "responses": {**_blob("The SavedModel folder as a .tar.gz", "application/gzip"),
+                              "409": _error("The version is not ready, or was frozen before SavedModels were "
+                                            "built")}}},
+            "/api/v1/models/{name}/serving": {"put": {
+                "operationId": "setServedVersions", "parameters": [_NAME],
+                "summary": "Which versions a TF Serving export serves",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref("ServedVersions")}}},
+                "responses": {"200": _json(_ref("ServedVersionsAnswer"), "The new setting"),
+                              "400": _error("Invalid body"), "404": _error("No such model or version")}}},
+            "/api/v1/serving": {"get": {
+                "operationId": "servingPlan",
+                "summary": "Per model: versions served and exported, labels, and what was left out and why",
+                "responses": {"200": _json(_ref("ServingPlan"), "The plan"),
+                              "409": _error("REGISTRY_SERVING_EXPORT_ROOT is not set")}}},
+            "/api/v1/serving/models.config": {"get": {
+                "operationId": "servingConfig",
+                "summary": "TF Serving's ModelServerConfig text proto for what is exported now",
+                "responses": {"200": {"description": "models.config",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              "409": _error("REGISTRY_SERVING_EXPORT_ROOT is not set")}}},
             "/api/v1/models/{name}/aliases/{alias}": {
                 "put": {"operationId": "setAlias", "parameters": [_NAME, _ALIAS],
                         "requestBody": {"required": True,

@@ -10,7 +10,7 @@ from registry.api import bp
 from registry.api.multipart import read_push_form
 from registry.api.openapi import openapi_document
 from registry.app import get_registry
-from registry.entities import PREPROCESSING_KEYS, READY, VERSION_STATUSES
+from registry.entities import PREPROCESSING_KEYS, READY, SAVED_MODEL, VERSION_STATUSES
 from registry.errors import Conflict, InvalidRequest, NotFound
 
 
@@ -170,11 +170,62 @@ def set_alias(name: str, alias: str):
         number = int(number)
     if not isinstance(number, int) or isinstance(number, bool) or number < 1:
         raise InvalidRequest('send a JSON body like {"version": 3}', code="invalid_alias_body")
-    version = catalog.set_alias(get_registry().db, name, alias, number)
+    registry = get_registry()
+    version = catalog.set_alias(registry.db, name, alias, number)
+    registry.serving_changed()
     return {"model": name, "alias": alias, "version": version.version}
 
 
 @bp.delete("/models/<name>/aliases/<alias>")
 def delete_alias(name: str, alias: str):
-    catalog.delete_alias(get_registry().db, name, alias)
+    registry = get_registry()
+    catalog.delete_alias(registry.db, name, alias)
+    registry.serving_changed()
     return "", 204
+
+
+@bp.get("/models/<name>/versions/<ref>/saved_model.tar.gz")
+def download_saved_model(name: str, ref: str):
+    version = catalog.get_version(get_registry().db, name, ref)
+    if version.status != READY:
+        raise Conflict(f"version {version.version} of {name!r} is {version.status}; its SavedModel exists once "
+                       "it is ready", code="version_not_ready")
+    saved = version.file(SAVED_MODEL)
+    if saved is None:
+        raise Conflict(f"version {version.version} of {name!r} was frozen before SavedModels were built: "
+                       "run 'registry export-serving' (or 'registry saved-models') once to build it",
+                       code="saved_model_not_built")
+    return _send_blob(saved.sha256, f"{name}-v{version.version}-saved_model.tar.gz", "application/gzip")
+
+
+@bp.put("/models/<name>/serving")
+def set_serving(name: str):
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) != {"versions"}:
+        raise InvalidRequest('send {"versions": [1, 3]} to serve those versions, or {"versions": null} for the '
+                             "default (every aliased version and the newest ready one)",
+                             code="invalid_served_versions")
+    registry = get_registry()
+    model = catalog.set_served_versions(registry.db, name, body["versions"])
+    registry.serving_changed()
+    return {"model": name, "versions": model.served_versions}
+
+
+@bp.get("/serving")
+def serving_plan():
+    from registry import serving_export
+
+    settings = get_registry().settings
+    text, plans = serving_export.config_for(get_registry().db, settings.serving_export_root,
+                                            settings.serving_base_path or None)
+    return {"root": settings.serving_export_root, "models": [p.to_dict() for p in plans]}
+
+
+@bp.get("/serving/models.config")
+def serving_config():
+    from registry import serving_export
+
+    settings = get_registry().settings
+    text, _ = serving_export.config_for(get_registry().db, settings.serving_export_root,
+                                        settings.serving_base_path or None)
+    return Response(text, mimetype="text/plain")

@@ -87,8 +87,15 @@ def convert(request: dict) -> dict:
             output_path, pruned, files.get("checkpoint_prefix") if report.variables else None,
             report.variable_keys, outputs, inputs, request["verify_tolerance"],
         )
+    saved_model = None
+    if request.get("saved_model_path"):
+        from registry.converter.saved_model import build_archive
+
+        build_archive(output_path, inputs, outputs, Path(request["saved_model_path"]))
+        saved_model = request["saved_model_path"]
     return {
         "ok": True,
+        "saved_model": saved_model,
         "output_nodes": outputs,
         "output_nodes_detected": detected,
         "input_nodes": inputs,
@@ -111,6 +118,18 @@ def convert(request: dict) -> dict:
     }
 
 
+def build_saved_model(request: dict) -> dict:
+    """Only the SavedModel of an already-frozen version (versions frozen before SavedModels existed)."""
+    from registry.converter.saved_model import build_archive
+
+    build_archive(Path(request["frozen_path"]), request["input_nodes"], request["output_nodes"],
+                  Path(request["saved_model_path"]))
+    return {"ok": True, "saved_model": request["saved_model_path"]}
+
+
+TASKS = {"convert": convert, "saved_model": build_saved_model}
+
+
 def _is_memory_failure(exc: Exception) -> bool:
     """Under the address-space limit TensorFlow fails to map its libraries or allocate."""
     text = str(exc)
@@ -121,7 +140,7 @@ def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
     result_path = Path(request["result_path"])
     try:
-        result = convert(request)
+        result = TASKS[request.get("task", "convert")](request)
     except ConversionError as exc:
         result = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
     except MemoryError:

@@ -1,0 +1,22 @@
+"""models.served_versions: which versions a TensorFlow Serving export serves (null: the default)
+
+Revision ID: 0005
+Revises: 0004
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("models") as batch:
+        batch.add_column(sa.Column("served_versions", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("models") as batch:
+        batch.drop_column("served_versions")
