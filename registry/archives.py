@@ -84,8 +84,8 @@ def _zip_members(archive: zipfile.ZipFile) -> Iterator[_Member]:
         yield _Member(path, info.is_dir(), info.file_size, lambda info=info: archive.open(info))
 
 
-def _walk(source: Path, limits: ArchiveLimits, dest: Path | None) -> int:
-    """Check every member (and write it under ``dest`` if given); returns the bytes counted."""
+def _walk(source: Path, limits: ArchiveLimits, dest: Path | None) -> set[PurePosixPath]:
+    """Check every member (and write it under ``dest`` if given); returns the member paths."""
     with open(source, "rb") as f:
         kind = _kind(source.name, f.read(4))
     total = files = 0
@@ -133,15 +133,27 @@ def _walk(source: Path, limits: ArchiveLimits, dest: Path | None) -> int:
                         out.close()
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, RuntimeError) as exc:
         raise _bad(f"it cannot be read ({exc})") from exc
-    return total
+    return seen
 
 
-def check_archive(source: Path, limits: ArchiveLimits) -> int:
-    """Refuse an unsafe archive without writing anything; returns its unpacked size."""
+def check_archive(source: Path, limits: ArchiveLimits) -> set[PurePosixPath]:
+    """Refuse an unsafe archive without writing anything; returns its member paths."""
     return _walk(source, limits, None)
 
 
-def safe_extract(source: Path, dest: Path, limits: ArchiveLimits) -> int:
+def check_saved_model_archive(source: Path, limits: ArchiveLimits) -> None:
+    """A safe archive with ``saved_model.pb`` at its top or in its one top-level folder."""
+    names = check_archive(source, limits)
+    tops = {p.parts[0] for p in names}
+    if PurePosixPath("saved_model.pb") in names:
+        return
+    if len(tops) == 1 and PurePosixPath(next(iter(tops)), "saved_model.pb") in names:
+        return
+    raise _bad("it has no saved_model.pb at its top (or in its one top-level folder): archive the folder "
+               "tf.saved_model.save wrote, e.g. tar czf model.tar.gz -C export_dir .")
+
+
+def safe_extract(source: Path, dest: Path, limits: ArchiveLimits) -> set[PurePosixPath]:
     """Unpack ``source`` into the new folder ``dest``; on any violation nothing is left."""
     dest.mkdir(parents=True)
     try:

@@ -183,6 +183,7 @@ def _version_entities(
             updated_at=row.updated_at,
             ready_at=row.ready_at,
             preprocessing_settings=row.preprocessing,
+            signature=row.signature,
             files=files.get(row.id, []),
             aliases=aliases.get(row.id, []),
             agreement_with_previous=agreement.get(row.version),
@@ -277,6 +278,7 @@ def create_version(
     output_nodes: list[str] | None = None,
     input_nodes: list[str] | None = None,
     preprocessing: dict | None = None,
+    signature: str | None = None,
     max_attempts: int = 3,
 ) -> VersionInfo:
     """Register the next version of ``name`` (creating the model on first push)
@@ -304,6 +306,7 @@ def create_version(
                     requested_output_nodes=output_nodes or None,
                     requested_input_nodes=input_nodes or None,
                     preprocessing=validate_preprocessing(preprocessing) if preprocessing else None,
+                    signature=signature or None,
                 )
                 session.add(row)
                 session.flush()

@@ -245,6 +245,11 @@ def _progress(total: int, description: str):
               help="Inference GraphDef (.pb or .pbtxt) to freeze instead of the .meta graph.")
 @click.option("--frozen", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Register an already-frozen GraphDef instead of a checkpoint.")
+@click.option("--saved-model", type=click.Path(exists=True, path_type=Path),
+              help="Push a TF2 SavedModel (its folder, or a .zip/.tar.gz of it) instead of a checkpoint.")
+@click.option("--signature", default="", help="The SavedModel signature to freeze (default serving_default).")
+@click.option("--keras", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Push a Keras model file (.keras or .h5) instead of a checkpoint.")
 @click.option("--output-nodes", default="", help="Comma-separated output node names (detected when left out).")
 @click.option("--input-nodes", default="", help="Comma-separated input node names (placeholders when left out).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Labels, one per line.")
@@ -252,12 +257,28 @@ def _progress(total: int, description: str):
 @click.option("--wait", is_flag=True, help="Wait until the version is ready or failed.")
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
 @url_option
-def push(name, checkpoint_prefix, graph, frozen, output_nodes, input_nodes, labels, description, wait, timeout, url):
+def push(name, checkpoint_prefix, graph, frozen, saved_model, signature, keras, output_nodes, input_nodes, labels,
+         description, wait, timeout, url):
     """Push a checkpoint (CHECKPOINT_PREFIX, e.g. train/model.ckpt) as the next version of NAME."""
+    import tempfile
+
     from registry.client import ClientError, checkpoint_files
 
     files: list[tuple[str, Path]] = []
-    if frozen:
+    scratch = tempfile.TemporaryDirectory(prefix="registry-push-")
+    if sum(bool(x) for x in (frozen, saved_model, keras, checkpoint_prefix)) > 1:
+        raise click.UsageError("give one of: a checkpoint prefix, --frozen, --saved-model or --keras")
+    if saved_model:
+        if saved_model.is_dir():
+            from registry.converter.saved_model import write_archive
+
+            archive = Path(scratch.name) / f"{saved_model.name or 'saved_model'}.tar.gz"
+            write_archive(saved_model, archive)
+            saved_model = archive
+        files.append(("saved_model", saved_model))
+    elif keras:
+        files.append(("keras", keras))
+    elif frozen:
         if checkpoint_prefix:
             raise click.UsageError("give either a checkpoint prefix or --frozen, not both")
         files.append(("frozen", frozen))
@@ -279,7 +300,7 @@ def push(name, checkpoint_prefix, graph, frozen, output_nodes, input_nodes, labe
     if labels:
         files.append(("labels", labels))
     fields = {k: v for k, v in {"output_nodes": output_nodes, "input_nodes": input_nodes,
-                                "description": description}.items() if v}
+                                "description": description, "signature": signature}.items() if v}
     client = _client(url)
     total = sum(p.stat().st_size for _, p in files)
     try:
@@ -293,6 +314,8 @@ def push(name, checkpoint_prefix, graph, frozen, output_nodes, input_nodes, labe
                 sys.exit(1)
     except ClientError as exc:
         _fail(exc)
+    finally:
+        scratch.cleanup()
 
 
 def _print_version(v: dict) -> None:

@@ -78,6 +78,8 @@ class ModelVersion(Base):
     output_nodes: Mapped[list[Any] | None] = mapped_column(default=None)
     output_nodes_detected: Mapped[bool | None] = mapped_column(default=None)
     input_nodes: Mapped[list[Any] | None] = mapped_column(default=None)
+    # The signature a pushed TF2 SavedModel is frozen from (None: serving_default).
+    signature: Mapped[str | None] = mapped_column(sa.String(128), default=None)
     frozen_sha256: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     frozen_size: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
     tf_version: Mapped[str | None] = mapped_column(sa.String(32), default=None)

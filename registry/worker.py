@@ -21,7 +21,7 @@ from registry import catalog, jobs
 from registry.config import Settings
 from registry.converter.runner import Outcome, run_conversion
 from registry.db import Database
-from registry.entities import SAVED_MODEL, SAVED_MODEL_FILENAME, NewFile, VersionInfo
+from registry.entities import SAVED_MODEL, SAVED_MODEL_FILENAME, SAVED_MODEL_SOURCE, NewFile, VersionInfo
 from registry.storage import BlobStorage
 from registry.uploads import DATA_SHARD_RE
 
@@ -95,10 +95,15 @@ class Worker:
                 target = workdir / "inference_graph"
             elif f.role == "frozen":
                 target = workdir / "uploaded_frozen.pb"
+            elif f.role == SAVED_MODEL_SOURCE:
+                target = workdir / "uploaded_saved_model.archive"
+            elif f.role == "keras":
+                # Keras tells its formats apart by the file name's extension.
+                target = workdir / ("model.keras" if f.filename.lower().endswith(".keras") else "model.h5")
             else:
                 continue
             self.storage.materialize(f.sha256, target)
-            if f.role in ("meta", "graph", "frozen"):
+            if f.role in ("meta", "graph", "frozen", SAVED_MODEL_SOURCE, "keras"):
                 files[f.role] = str(target)
         if version.file("index"):
             files["checkpoint_prefix"] = str(prefix)
@@ -110,6 +115,9 @@ class Worker:
             "output_path": str(workdir / "frozen.pb"),
             "saved_model_path": str(workdir / SAVED_MODEL_FILENAME),
             "verify_tolerance": self.settings.verify_tolerance,
+            "signature": version.signature,
+            "max_archive_bytes": self.settings.max_archive_bytes,
+            "max_archive_files": self.settings.max_archive_files,
         }
 
     def _record(self, job: jobs.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> None:

@@ -9,6 +9,7 @@ from registry import catalog, uploads
 from registry.api import bp
 from registry.api.multipart import read_push_form
 from registry.api.openapi import openapi_document
+from registry.archives import ArchiveLimits
 from registry.app import get_registry
 from registry.entities import PREPROCESSING_KEYS, READY, SAVED_MODEL, VERSION_STATUSES
 from registry.errors import Conflict, InvalidRequest, NotFound
@@ -63,7 +64,8 @@ def push_version(name: str):
     catalog.validate_model_name(name)
     if request.mimetype != "multipart/form-data":
         raise InvalidRequest(
-            "send the files as multipart/form-data (fields meta, index, data, graph, frozen, labels)",
+            "send the files as multipart/form-data (fields meta, index, data, graph, frozen, saved_model, keras, "
+            "labels)",
             code="invalid_content_type",
         )
     sinks = g.setdefault("upload_sinks", [])  # aborted at teardown unless published
@@ -76,9 +78,12 @@ def push_version(name: str):
         input_nodes=uploads.parse_node_list(form.get("input_nodes"), "input node"),
         description=form.get("description", ""),
         preprocessing={k: form[k] for k in PREPROCESSING_KEYS if form.get(k, "") != ""},
+        signature=form.get("signature", "").strip(),
     )
+    settings = registry.settings
     version = uploads.push(
-        registry.db, registry.storage, name, push, max_attempts=registry.settings.job_max_attempts
+        registry.db, registry.storage, name, push, max_attempts=settings.job_max_attempts,
+        archive_limits=ArchiveLimits(settings.max_archive_bytes, settings.max_archive_files),
     )
     registry.notify_workers()
     location = url_for("api.get_version", name=name, ref=str(version.version))
