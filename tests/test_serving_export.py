@@ -294,3 +294,33 @@ def test_served_versions_setting_refuses_unknown_versions(exporting):
     assert answer.status_code == 404 and "99" in answer.get_json()["error"]["message"]
     answer = web.put("/api/v1/models/cnn/serving", json={"versions": "all"})
     assert answer.status_code == 400 and "non-empty list" in answer.get_json()["error"]["message"]
+
+
+def test_cli_backfills_saved_models_and_exports_with_the_reasons_for_what_is_left_out(exporting, tmp_path):
+    db = exporting.registry.db
+    with db.transaction() as session:  # cnn v2 as converted before SavedModels existed
+        version_id = catalog.get_version(db, "cnn", "2").id
+        session.execute(sa.delete(VersionFile).where(VersionFile.version_id == version_id,
+                                                     VersionFile.role == "saved_model"))
+    env = {"REGISTRY_HOME": str(exporting.settings.home), "REGISTRY_DATABASE_URL": exporting.settings.database_url,
+           "REGISTRY_STORAGE": exporting.settings.storage_url, "REGISTRY_SERVING_EXPORT_ROOT": "",
+           "REGISTRY_SERVING_BASE_PATH": ""}
+    result = CliRunner(env=env).invoke(cli, ["saved-models", "cnn"])
+    assert result.exit_code == 0, result.output
+    assert "cnn v2: SavedModel built" in result.output and "1 SavedModel(s) built, 0 failed" in result.output
+    assert catalog.get_version(db, "cnn", "2").file("saved_model") is not None
+
+    exporting.client.set_alias("cnn", "blue-green", 2)
+    try:
+        root = tmp_path / "serving"
+        result = CliRunner(env=env).invoke(cli, ["export-serving", "--root", str(root), "--base-path", "/models"])
+        assert result.exit_code == 0, result.output
+        assert "3 version(s) published, 0 removed" in result.output
+        assert "cnn: versions 2, 3; labels none" in result.output
+        assert ("alias blue-green (version 2) is no label: TensorFlow Serving labels may only use letters, "
+                "digits and '_'") in result.output
+        assert tree(root) == version_tree("cnn", 2, 3) | version_tree("emb", 1) | {"models.config"}
+        missing_root = CliRunner(env=env).invoke(cli, ["export-serving"])
+        assert missing_root.exit_code == 2 and "REGISTRY_SERVING_EXPORT_ROOT" in missing_root.output
+    finally:
+        exporting.client.delete_alias("cnn", "blue-green")
