@@ -503,20 +503,20 @@ def attach_file(db: Database, version_id: int, new: NewFile) -> FileInfo:
         return FileInfo(existing.role, existing.filename, existing.sha256, existing.size)
 
 
-def set_served_versions(db: Database, name: str, versions: list[int] | None) -> ModelInfo:
-    """Which versions a TensorFlow Serving export serves; None restores the default
-    (every aliased version and the newest ready one)."""
+def set_served_versions(db: Database, name: str, versions: list[int] | str | None) -> ModelInfo:
+    """Which versions a TensorFlow Serving export serves: a list, "all" (every ready
+    version), or None for the default (every aliased version and the newest ready one)."""
     validate_model_name(name)
-    if versions is not None:
+    if versions is not None and versions != "all":
         if not isinstance(versions, list) or not versions or any(
                 not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in versions):
-            raise InvalidRequest('"versions" must be a non-empty list of version numbers, or null for the '
-                                 "default (every aliased version and the newest ready one)",
-                                 code="invalid_served_versions")
+            raise InvalidRequest('"versions" must be a non-empty list of version numbers, "all" for every ready '
+                                 "version, or null for the default (every aliased version and the newest ready "
+                                 "one)", code="invalid_served_versions")
         versions = sorted(set(versions))
     with db.transaction() as session:
         model = _model_row(session, name)
-        if versions is not None:
+        if isinstance(versions, list):
             known = set(session.scalars(sa.select(ModelVersion.version).where(
                 ModelVersion.model_id == model.id, ModelVersion.version.in_(versions))))
             missing = [v for v in versions if v not in known]

@@ -528,13 +528,14 @@ def serving_reload(target: str, root: str | None, config_file: Path | None, time
                                                               "the newest ready one.")
 @url_option
 def serving_versions(name: str, versions: str | None, use_default: bool, url: str | None) -> None:
-    """Choose which versions of NAME a TF Serving export serves (VERSIONS: e.g. 1,3)."""
+    """Choose which versions of NAME a TF Serving export serves (VERSIONS: e.g. 1,3, or all)."""
     from registry.client import ClientError
 
     if bool(versions) == use_default:
         raise click.UsageError("give the versions (e.g. 1,3) or --default")
     try:
-        numbers = None if use_default else [int(v) for v in versions.split(",") if v.strip()]
+        numbers = None if use_default else "all" if versions == "all" else [
+            int(v) for v in versions.split(",") if v.strip()]
     except ValueError:
         raise click.UsageError("versions are numbers separated by commas, e.g. 1,3") from None
     try:
@@ -542,8 +543,8 @@ def serving_versions(name: str, versions: str | None, use_default: bool, url: st
     except ClientError as exc:
         _fail(exc)
     chosen = answer["versions"]
-    click.echo(f"{name}: serving " + (", ".join(map(str, chosen)) if chosen else
-                                      "every aliased version and the newest ready one"))
+    click.echo(f"{name}: serving " + ("every ready version" if chosen == "all" else ", ".join(map(str, chosen))
+                                      if chosen else "every aliased version and the newest ready one"))
 
 
 @main.command("ls")

@@ -224,7 +224,7 @@ class RegistryClient:
             tmp.unlink(missing_ok=True)
         return digest.hexdigest()
 
-    def set_served_versions(self, name: str, versions: list[int] | None) -> dict:
+    def set_served_versions(self, name: str, versions: list[int] | str | None) -> dict:
         return self._request("PUT", f"/api/v1/models/{name}/serving", json={"versions": versions}).json()
 
     def label(self, name: str, ref: str, image: Path, top_k: int = 5) -> dict:

@@ -144,7 +144,7 @@ class ModelInfo:
     aliases: dict[str, int]
     created_at: datetime
     updated_at: datetime
-    served_versions: list[int] | None = None  # what a TF Serving export serves; None: the default
+    served_versions: list[int] | str | None = None  # what a TF Serving export serves; "all"; None: the default
 
     def to_dict(self) -> dict[str, Any]:
         return {

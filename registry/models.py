@@ -50,8 +50,9 @@ class RegisteredModel(Base):
     last_version: Mapped[int] = mapped_column(default=0)
     # How many versions exist; kept with the counter so pages never count rows.
     version_count: Mapped[int] = mapped_column(default=0, server_default="0")
-    # Versions a TensorFlow Serving export serves; None: every aliased version and the newest ready one.
-    served_versions: Mapped[list[Any] | None] = mapped_column(default=None)
+    # Versions a TensorFlow Serving export serves: a list, "all" (every ready version), or None:
+    # every aliased version and the newest ready one.
+    served_versions: Mapped[Any] = mapped_column(sa.JSON, default=None, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -43,7 +43,7 @@ from registry import catalog
 from registry.archives import ArchiveLimits, safe_extract
 from registry.db import Database
 from registry.entities import READY, VersionInfo
-from registry.errors import Conflict, InvalidRequest
+from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.storage import BlobStorage
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class ModelPlan:
     """What one model contributes to TF Serving."""
 
     name: str
-    setting: list[int] | None  # the model's served_versions; None: the default
+    setting: list[int] | str | None  # the model's served_versions: a list, "all", or None: the default
     versions: list[int] = field(default_factory=list)  # to export and serve
     aliases: dict[str, int] = field(default_factory=dict)  # every alias of the model
     labels: dict[str, int] = field(default_factory=dict)  # filled by models_config: emitted labels
@@ -93,6 +93,17 @@ def _all_models(db: Database) -> Iterator:
             return
 
 
+def _all_ready(db: Database, name: str) -> Iterator[VersionInfo]:
+    token = None
+    while True:
+        page = catalog.list_versions(db, name, page_size=catalog.MAX_PAGE_SIZE, page_token=token, status=READY,
+                                     summary=True)
+        yield from page.items
+        token = page.next_page_token
+        if not token:
+            return
+
+
 def _flagged(version: VersionInfo) -> str | None:
     safety = (version.conversion or {}).get("safety") or {}
     if safety.get("flagged"):
@@ -112,12 +123,14 @@ def plan(db: Database) -> list[ModelPlan]:
             continue
         if setting is None:
             wanted = set(model.aliases.values()) | ({model.latest_version} if model.latest_version else set())
+        elif setting == "all":
+            wanted = {v.version for v in _all_ready(db, model.name)}
         else:
             wanted = set(setting)
         for number in sorted(wanted):
             try:
                 version = catalog.get_version(db, model.name, str(number))
-            except Exception:  # deleted meanwhile
+            except NotFound:  # deleted meanwhile
                 p.skipped_versions.append({"version": number, "reason": "the version does not exist"})
                 continue
             if version.status != READY:

@@ -23,6 +23,7 @@ from registry.serving.grpc_server import start_grpc_server
 from registry.worker import Worker
 from tests import tfmodels
 from tests.conftest import make_settings, start_live_server
+from tests.test_openapi import _validator as openapi_schema
 
 pytestmark = pytest.mark.slow
 
@@ -153,6 +154,12 @@ def test_export_root_follows_aliases_and_the_served_versions_setting(exporting, 
 
         again = sync()  # idempotent
         assert again.published == [] and again.removed == []
+
+        result = CliRunner().invoke(cli, ["serving-versions", "cnn", "all", "--url", exporting.url])
+        assert result.exit_code == 0 and "cnn: serving every ready version" in result.output, result.output
+        report = sync()
+        assert sorted(report.published) == ["cnn/2", "cnn/3"]
+        assert parse_config((root / "models.config").read_text())["cnn"][2:] == ([1, 2, 3], {"production": 3})
     finally:
         client.set_served_versions("cnn", None)
         client.set_served_versions("emb", None)
@@ -278,10 +285,18 @@ def test_export_root_setting_keeps_the_root_in_sync_by_itself(models, tmp_path):
         assert served.status_code == 200 and served.get_data(as_text=True) == (root / "models.config").read_text()
         assert parse_config(served.get_data(as_text=True))["auto"] == (
             "/models/auto", "tensorflow", [1, 2], {"production": 1})
-        plan = server.app.test_client().get("/api/v1/serving").get_json()
+        web = server.app.test_client()
+        plan = web.get("/api/v1/serving").get_json()
         assert plan["models"][0]["labels"] == {"production": 1}
+        doc = web.get("/api/v1/openapi.json").get_json()
+        openapi_schema(doc, "ServingPlan").validate(plan)
+        openapi_schema(doc, "ServedVersionsAnswer").validate(
+            web.put("/api/v1/models/auto/serving", json={"versions": "all"}).get_json())
+        assert exporter.wait_idle(120)
+        assert tree(root) == version_tree("auto", 1, 2) | {"models.config"}
 
         client.delete_alias("auto", "production")
+        client.set_served_versions("auto", None)
         assert exporter.wait_idle(120)
         assert tree(root) == version_tree("auto", 2) | {"models.config"}
     finally:
@@ -292,7 +307,7 @@ def test_served_versions_setting_refuses_unknown_versions(exporting):
     web = exporting.app.test_client()
     answer = web.put("/api/v1/models/cnn/serving", json={"versions": [2, 99]})
     assert answer.status_code == 404 and "99" in answer.get_json()["error"]["message"]
-    answer = web.put("/api/v1/models/cnn/serving", json={"versions": "all"})
+    answer = web.put("/api/v1/models/cnn/serving", json={"versions": "some"})
     assert answer.status_code == 400 and "non-empty list" in answer.get_json()["error"]["message"]
 
 

@@ -145,13 +145,15 @@ _SCHEMAS = {
     },
     "ServedVersions": {
         "type": "object", "required": ["versions"],
-        "properties": {"versions": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 1},
-                                    "description": "null: every aliased version and the newest ready one"}},
+        "properties": {"versions": {"oneOf": [
+            {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            {"const": "all", "description": "every ready version"},
+            {"type": "null", "description": "the default: every aliased version and the newest ready one"}]}},
     },
     "ServedVersionsAnswer": {
         "type": "object", "required": ["model", "versions"],
         "properties": {"model": {"type": "string"},
-                       "versions": {"type": ["array", "null"], "items": {"type": "integer"}}},
+                       "versions": {"type": ["array", "string", "null"], "items": {"type": "integer"}}},
     },
     "ServingPlan": {
         "type": "object", "required": ["root", "models"],
@@ -163,7 +165,7 @@ _SCHEMAS = {
                              "skipped_aliases", "skipped"],
                 "properties": {
                     "name": {"type": "string"},
-                    "served_versions_setting": {"type": ["array", "null"], "items": {"type": "integer"}},
+                    "served_versions_setting": {"type": ["array", "string", "null"], "items": {"type": "integer"}},
                     "versions": {"type": "array", "items": {"type": "integer"},
                                  "description": "Versions to serve"},
                     "exported_versions": {"type": "array", "items": {"type": "integer"},

@@ -207,8 +207,9 @@ def download_saved_model(name: str, ref: str):
 def set_serving(name: str):
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or set(body) != {"versions"}:
-        raise InvalidRequest('send {"versions": [1, 3]} to serve those versions, or {"versions": null} for the '
-                             "default (every aliased version and the newest ready one)",
+        raise InvalidRequest('send {"versions": [1, 3]} to serve those versions, {"versions": "all"} for every '
+                             'ready version, or {"versions": null} for the default (every aliased version and the '
+                             "newest ready one)",
                              code="invalid_served_versions")
     registry = get_registry()
     model = catalog.set_served_versions(registry.db, name, body["versions"])

@@ -69,7 +69,7 @@ def build_saved_model(frozen_path: Path, input_nodes: list[dict], output_nodes: 
 
 def write_archive(directory: Path, archive: Path) -> None:
     """``directory``'s contents as a deterministic .tar.gz (paths relative to it)."""
-    with open(archive, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
+    with open(archive, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=1) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for root, dirs, files in os.walk(directory):
             dirs.sort()
