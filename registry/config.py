@@ -43,6 +43,7 @@ class Settings:
     s3_presign: bool = False
     serving_export_root: str = ""
     serving_base_path: str = ""
+    serving_label_delay: float = 0.0
     max_archive_bytes: int = 8 * 1024**3
     max_archive_files: int = 10_000
 
@@ -71,6 +72,7 @@ class Settings:
             s3_presign=_env("REGISTRY_S3_PRESIGN", "0").strip().lower() in ("1", "true", "yes", "on"),
             serving_export_root=_env("REGISTRY_SERVING_EXPORT_ROOT", ""),
             serving_base_path=_env("REGISTRY_SERVING_BASE_PATH", ""),
+            serving_label_delay=float(_env("REGISTRY_SERVING_LABEL_DELAY", "0")),
             max_archive_bytes=int(_env("REGISTRY_MAX_ARCHIVE_BYTES", str(8 * 1024**3))),
             max_archive_files=int(_env("REGISTRY_MAX_ARCHIVE_FILES", "10000")),
         )

@@ -32,6 +32,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -69,6 +70,8 @@ class ModelPlan:
     skipped_aliases: list[dict] = field(default_factory=list)  # {"alias", "version", "reason"}
     skipped: str | None = None  # the whole model is left out, and why
     exported: list[int] = field(default_factory=list)  # filled by models_config
+    held: list[dict] = field(default_factory=list)  # labels kept on a version while the new one loads
+    wait: float | None = None  # seconds until a withheld label can move
 
     def to_dict(self) -> dict:
         return {
@@ -79,6 +82,7 @@ class ModelPlan:
             "labels": self.labels,
             "skipped_versions": self.skipped_versions,
             "skipped_aliases": self.skipped_aliases,
+            "held_labels": self.held,
             "skipped": self.skipped,
         }
 
@@ -148,31 +152,51 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def models_config(plans: list[ModelPlan], exported: dict[str, set[int]], base_path: str) -> str:
+def models_config(plans: list[ModelPlan], exported: dict[str, dict[int, float]], base_path: str, *,
+                  label_delay: float = 0.0, previous: dict[str, dict[str, int]] | None = None,
+                  now: float | None = None) -> str:
     """The ``ModelServerConfig`` text proto for the exported versions of ``plans``.
 
-    A model's ``versions`` are those served and already exported; a label is
-    emitted only for an alias spelled ``[a-zA-Z0-9_]+`` whose version is among
-    them.  Fills each plan's ``exported``, ``labels`` and ``skipped_aliases``.
+    ``exported`` maps each model to its exported versions and when each was
+    exported.  A model's ``versions`` are those served and already exported; a
+    label is emitted only for an alias spelled ``[a-zA-Z0-9_]+`` whose version
+    is among them and was exported at least ``label_delay`` seconds ago (time
+    for a polling TF Serving to load it).  Until then the label stays on the
+    version ``previous`` (the config written last) gave it, which is kept.
+    Fills each plan's ``exported``, ``labels``, ``held`` and ``skipped_aliases``.
     """
+    now = time.time() if now is None else now
+    previous = previous or {}
     base = base_path.rstrip("/")
     lines = ["model_config_list {"]
     for p in plans:
-        p.exported = sorted(v for v in p.versions if v in exported.get(p.name, set()))
-        p.labels, p.skipped_aliases = {}, []
+        times = exported.get(p.name, {})
+        serving = {v for v in p.versions if v in times}
+        p.labels, p.held, p.skipped_aliases = {}, [], []
         for alias, number in sorted(p.aliases.items()):
             if not LABEL_RE.match(alias):
                 reason = "TensorFlow Serving labels may only use letters, digits and '_'"
-            elif number in p.exported:
+            elif number in serving and now - times[number] >= label_delay:
                 p.labels[alias] = number
                 continue
             elif p.skipped is not None:
                 reason = f"the model is not served ({p.skipped})"
             elif number not in p.versions:
                 reason = f"version {number} is not served"
-            else:
+            elif number not in serving:
                 reason = f"version {number} is not exported yet"
+            else:
+                wait = label_delay - (now - times[number])
+                reason = (f"version {number} was exported {now - times[number]:.0f} s ago; the label follows in "
+                          f"{wait:.0f} s (REGISTRY_SERVING_LABEL_DELAY), once TF Serving has loaded it")
+                p.wait = min(p.wait or wait, wait)
+                before = previous.get(p.name, {}).get(alias)
+                if before is not None and before != number and before in times:
+                    p.labels[alias] = before  # stays where TF Serving has it loaded until then
+                    p.held.append({"alias": alias, "version": before, "moving_to": number})
+                    continue
             p.skipped_aliases.append({"alias": alias, "version": number, "reason": reason})
+        p.exported = sorted(serving | {h["version"] for h in p.held})
         if not p.exported:
             continue
         lines += ["  config {", f"    name: {_quote(p.name)}", f"    base_path: {_quote(f'{base}/{p.name}')}",
@@ -186,6 +210,21 @@ def models_config(plans: list[ModelPlan], exported: dict[str, set[int]], base_pa
     return "\n".join(lines) + "\n"
 
 
+_CONFIG_BLOCK = re.compile(r'^  config \{$(.*?)^  \}$', re.M | re.S)
+_NAME = re.compile(r'^    name: "((?:[^"\\]|\\.)*)"$', re.M)
+_LABEL = re.compile(r'version_labels \{\s*key: "((?:[^"\\]|\\.)*)"\s*value: (\d+)\s*\}')
+
+
+def config_labels(text: str | None) -> dict[str, dict[str, int]]:
+    """The version labels of a models.config this module wrote: {model: {label: version}}."""
+    out: dict[str, dict[str, int]] = {}
+    for block in _CONFIG_BLOCK.findall(text or ""):
+        name = _NAME.search(block)
+        if name:
+            out[name.group(1)] = {k: int(v) for k, v in _LABEL.findall(block)}
+    return out
+
+
 # -- where the export goes ------------------------------------------------------------------
 
 class ExportTarget(ABC):
@@ -194,8 +233,8 @@ class ExportTarget(ABC):
     root: str
 
     @abstractmethod
-    def exported(self) -> dict[str, set[int]]:
-        """Complete version folders: {model: {version, ...}}."""
+    def exported(self) -> dict[str, dict[int, float]]:
+        """Complete version folders and when each was published: {model: {version: unix time}}."""
 
     @abstractmethod
     def publish(self, model: str, version: int, saved_model_dir: Path) -> None:
@@ -220,15 +259,18 @@ class LocalTarget(ExportTarget):
         self.path = root.resolve()
         self.root = str(self.path)
 
-    def exported(self) -> dict[str, set[int]]:
-        out: dict[str, set[int]] = {}
+    def exported(self) -> dict[str, dict[int, float]]:
+        out: dict[str, dict[int, float]] = {}
         if not self.path.is_dir():
             return out
         for model in self.path.iterdir():
             if model.name.startswith(".") or not model.is_dir():
                 continue
-            out[model.name] = {int(v.name) for v in model.iterdir()
-                               if VERSION_DIR_RE.match(v.name) and (v / "saved_model.pb").is_file()}
+            out[model.name] = {}
+            for v in model.iterdir():
+                if VERSION_DIR_RE.match(v.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        out[model.name][int(v.name)] = (v / "saved_model.pb").stat().st_mtime
         return out
 
     def publish(self, model: str, version: int, saved_model_dir: Path) -> None:
@@ -236,6 +278,7 @@ class LocalTarget(ExportTarget):
         staging.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(saved_model_dir, staging)
         (staging / "variables").mkdir(exist_ok=True)
+        os.utime(staging / "saved_model.pb")  # its time is the version's export time
         final = self.path / model / str(version)
         final.parent.mkdir(exist_ok=True)
         if final.exists() and not (final / "saved_model.pb").is_file():
@@ -301,19 +344,21 @@ class S3Target(ExportTarget):
     def _key(self, *parts: str) -> str:
         return "/".join(([self.prefix] if self.prefix else []) + list(parts))
 
-    def _keys(self, prefix: str) -> Iterator[str]:
+    def _objects(self, prefix: str) -> Iterator[dict]:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                yield item["Key"]
+            yield from page.get("Contents", [])
 
-    def exported(self) -> dict[str, set[int]]:
-        out: dict[str, set[int]] = {}
+    def _keys(self, prefix: str) -> Iterator[str]:
+        return (item["Key"] for item in self._objects(prefix))
+
+    def exported(self) -> dict[str, dict[int, float]]:
+        out: dict[str, dict[int, float]] = {}
         base = self._key("")
-        for key in self._keys(base):
-            parts = key[len(base):].split("/")
+        for item in self._objects(base):
+            parts = item["Key"][len(base):].split("/")
             if len(parts) == 3 and parts[2] == "saved_model.pb" and VERSION_DIR_RE.match(parts[1]):
-                out.setdefault(parts[0], set()).add(int(parts[1]))
+                out.setdefault(parts[0], {})[int(parts[1])] = item["LastModified"].timestamp()
         return out
 
     def publish(self, model: str, version: int, saved_model_dir: Path) -> None:
@@ -367,17 +412,21 @@ class SyncReport:
     removed: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)  # {"version": "model/version", "error"}
     config: str = ""
+    retry_after: float | None = None  # a label waits for a version to load: sync again after this
 
     def to_dict(self) -> dict:
         return {"root": self.root, "config_path": self.config_path, "published": self.published,
                 "removed": self.removed, "failed": self.failed, "models": [m.to_dict() for m in self.models]}
 
 
-def config_for(db: Database, root: str, base_path: str | None = None) -> tuple[str, list[ModelPlan]]:
+def config_for(db: Database, root: str, base_path: str | None = None,
+               label_delay: float = 0.0) -> tuple[str, list[ModelPlan]]:
     """The models.config for what is exported under ``root`` now (nothing is written)."""
     target = open_target(root)
     plans = plan(db)
-    return models_config(plans, target.exported(), base_path or target.root), plans
+    text = models_config(plans, target.exported(), base_path or target.root, label_delay=label_delay,
+                         previous=config_labels(target.read_config()))
+    return text, plans
 
 
 _process_locks: dict[str, threading.Lock] = {}
@@ -402,7 +451,7 @@ def sync(settings, db: Database, storage: BlobStorage, root: str | None = None,
         report = SyncReport(target.root, f"{target.root}/{CONFIG_NAME}", plans)
         for p in plans:
             for number in p.versions:
-                if number in exported.get(p.name, set()):
+                if number in exported.get(p.name, {}):
                     continue
                 try:
                     version = catalog.get_version(db, p.name, str(number))
@@ -413,15 +462,19 @@ def sync(settings, db: Database, storage: BlobStorage, root: str | None = None,
                         folder = Path(tmp) / "saved_model"
                         safe_extract(archive, folder, ArchiveLimits())
                         target.publish(p.name, number, folder)
-                    exported.setdefault(p.name, set()).add(number)
+                    exported.setdefault(p.name, {})[number] = time.time()
                     report.published.append(f"{p.name}/{number}")
                 except Exception as exc:  # one bad version must not stop the others
                     log.exception("exporting %s v%d failed", p.name, number)
                     report.failed.append({"version": f"{p.name}/{number}", "error": str(exc)})
-        report.config = models_config(plans, exported, base)
+        report.config = models_config(plans, exported, base, label_delay=settings.serving_label_delay,
+                                      previous=config_labels(target.read_config()))
         target.write_config(report.config)
-        # Only now that the config no longer names them: versions that are not served any more.
-        wanted = {(p.name, v) for p in plans for v in p.versions}
+        # Only now that the config no longer names them: versions that are not served any more
+        # (kept while a label still points at them).
+        wanted = {(p.name, v) for p in plans for v in p.versions + [h["version"] for h in p.held]}
+        waits = [p.wait for p in plans if p.wait is not None]
+        report.retry_after = max(0.5, min(waits)) if waits else None
         for model, numbers in sorted(exported.items()):
             for number in sorted(numbers):
                 if (model, number) not in wanted:
@@ -463,6 +516,10 @@ class ExportSyncer:
             try:
                 self.last_report = sync(self.settings, self.db, self.storage)
                 self.last_error = None
+                if self.last_report.retry_after is not None:
+                    timer = threading.Timer(self.last_report.retry_after + 0.5, self.request)
+                    timer.daemon = True
+                    timer.start()
             except Exception as exc:
                 log.exception("serving export sync failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"

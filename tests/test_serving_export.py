@@ -5,6 +5,7 @@ with TF Serving's own proto, and config reloads over gRPC."""
 from __future__ import annotations
 
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,7 @@ def test_a_model_missing_from_the_catalog_disappears_from_the_export_root(export
 def test_half_written_version_folder_is_not_exported_and_gets_replaced(exporting, tmp_path):
     root = tmp_path / "serving"
     (root / "cnn" / "3" / "variables").mkdir(parents=True)  # a copy interrupted before saved_model.pb
-    assert serving_export.open_target(str(root)).exported() == {"cnn": set()}
+    assert serving_export.open_target(str(root)).exported() == {"cnn": {}}
     report = serving_export.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
     assert "cnn/3" in report.published and (root / "cnn" / "3" / "saved_model.pb").is_file()
     assert not any((root / ".staging").iterdir())  # nothing left in the staging area
@@ -339,3 +340,40 @@ def test_cli_backfills_saved_models_and_exports_with_the_reasons_for_what_is_lef
         assert missing_root.exit_code == 2 and "REGISTRY_SERVING_EXPORT_ROOT" in missing_root.output
     finally:
         exporting.client.delete_alias("cnn", "blue-green")
+
+
+def test_with_a_label_delay_a_moved_label_stays_on_the_loaded_version_until_the_new_one_had_time(exporting,
+                                                                                                tmp_path):
+    from dataclasses import replace
+
+    root = tmp_path / "serving"
+    settings = replace(exporting.settings, serving_label_delay=1.5)
+    client = exporting.client
+
+    def sync():
+        return serving_export.sync(settings, exporting.registry.db, exporting.registry.storage, str(root))
+
+    def cnn_config():
+        return parse_config((root / "models.config").read_text())["cnn"][2:]
+
+    client.set_alias("cnn", "production", 1)
+    try:
+        report = sync()  # version 1 is brand new: TF Serving has not loaded it, so no label yet
+        assert cnn_config() == ([1, 3], {})
+        assert report.retry_after is not None and report.retry_after <= 1.5
+        time.sleep(1.6)
+        assert sync().retry_after is None
+        assert cnn_config() == ([1, 3], {"production": 1})
+
+        client.set_alias("cnn", "production", 2)
+        report = sync()  # 2 is published; the label stays on 1, which is kept while it does
+        assert report.published == ["cnn/2"] and report.removed == []
+        assert cnn_config() == ([1, 2, 3], {"production": 1})
+        cnn = next(m for m in report.models if m.name == "cnn")
+        assert cnn.held == [{"alias": "production", "version": 1, "moving_to": 2}]
+        time.sleep(1.6)
+        report = sync()  # now the label moves, and version 1 goes
+        assert cnn_config() == ([2, 3], {"production": 2}) and report.removed == ["cnn/1"]
+        assert tree(root) == version_tree("cnn", 2, 3) | version_tree("emb", 1) | {"models.config"}
+    finally:
+        client.delete_alias("cnn", "production")

@@ -176,6 +176,11 @@ _SCHEMAS = {
                     "skipped_aliases": {"type": "array", "items": {"type": "object", "properties": {
                         "alias": {"type": "string"}, "version": {"type": "integer"},
                         "reason": {"type": "string"}}}},
+                    "held_labels": {"type": "array", "items": {"type": "object", "properties": {
+                        "alias": {"type": "string"}, "version": {"type": "integer"},
+                        "moving_to": {"type": "integer"}}},
+                        "description": "Labels kept on a loaded version until the new one had "
+                                       "REGISTRY_SERVING_LABEL_DELAY seconds to load"},
                     "skipped": _nullable_str,
                 }}},
         },

@@ -223,7 +223,7 @@ def serving_plan():
 
     settings = get_registry().settings
     text, plans = serving_export.config_for(get_registry().db, settings.serving_export_root,
-                                            settings.serving_base_path or None)
+                                            settings.serving_base_path or None, settings.serving_label_delay)
     return {"root": settings.serving_export_root, "models": [p.to_dict() for p in plans]}
 
 
@@ -233,5 +233,5 @@ def serving_config():
 
     settings = get_registry().settings
     text, _ = serving_export.config_for(get_registry().db, settings.serving_export_root,
-                                        settings.serving_base_path or None)
+                                        settings.serving_base_path or None, settings.serving_label_delay)
     return Response(text, mimetype="text/plain")
