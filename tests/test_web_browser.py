@@ -222,7 +222,9 @@ def test_push_through_the_form_shows_upload_progress_then_follows_the_conversion
     record = requests.get(f"{server.url}/api/v1/models/pushed-in-browser/versions/1").json()
     assert record["status"] == "ready" and record["output_nodes"] == [OUTPUT]
     assert record["description"] == "pushed from the browser"
-    assert {f["role"] for f in record["files"]} == {"meta", "index", "data", "graph", "labels"}
+    # the pushed files, and the SavedModel built for TF Serving
+    assert {f["role"] for f in record["files"]} == {"meta", "index", "data", "graph", "labels", "saved_model"}
+    assert page.locator("#download-saved-model").count() == 1
 
 
 # -- downloading -------------------------------------------------------------------------------
