@@ -377,3 +377,35 @@ def test_with_a_label_delay_a_moved_label_stays_on_the_loaded_version_until_the_
         assert tree(root) == version_tree("cnn", 2, 3) | version_tree("emb", 1) | {"models.config"}
     finally:
         client.delete_alias("cnn", "production")
+
+
+def test_on_s3_saved_model_pb_is_written_last_and_deleted_first(s3_server, tmp_path):
+    from tests.conftest import S3_BUCKET
+
+    folder = tmp_path / "sm"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"graph")
+    (folder / "variables" / "variables.index").write_bytes(b"index")
+    (folder / "variables" / "variables.data-00000-of-00001").write_bytes(b"data")
+    (folder / "assets").mkdir()
+    (folder / "assets" / "vocab.txt").write_bytes(b"a\nb\n")
+    target = serving_export.open_target(f"s3://{S3_BUCKET}/order")
+    calls: list[tuple[str, str]] = []
+
+    def record(params, model, **_):
+        if model.name in ("PutObject", "DeleteObject"):
+            calls.append((model.name, params["Key"]))
+        elif model.name == "DeleteObjects":
+            calls.extend((model.name, o["Key"]) for o in params["Delete"]["Objects"])
+
+    target.client.meta.events.register("before-parameter-build.s3", record)
+    target.publish("m", 7, folder)
+    written = [key for op, key in calls if op == "PutObject"]
+    assert len(written) == 4 and written[-1] == "order/m/7/saved_model.pb"
+    assert list(target.exported()) == ["m"] and list(target.exported()["m"]) == [7]
+
+    calls.clear()
+    target.remove("m", 7)
+    deleted = [key for op, key in calls if op in ("DeleteObject", "DeleteObjects")]
+    assert deleted[0] == "order/m/7/saved_model.pb" and len(deleted) == 4
+    assert target.exported() == {}
