@@ -8,7 +8,7 @@
 set -eu
 
 case "${1:-}" in
-    serve|worker|label-serve|migrate|gc) needs_database=1 ;;
+    serve|worker|label-serve|migrate|gc|export-serving|saved-models) needs_database=1 ;;
     *) needs_database=0 ;;  # push, pull, ls, --help...: no database here
 esac
 

@@ -46,6 +46,9 @@ RULES: dict[str, str | None] = {
     "api.get_version": READ,
     "api.download_frozen": READ,
     "api.download_labels": READ,
+    "api.download_saved_model": READ,
+    "api.serving_plan": READ,
+    "api.serving_config": READ,
     "web.models": READ,
     "web.model": READ,
     "web.version": READ,
@@ -60,6 +63,7 @@ RULES: dict[str, str | None] = {
     "api.delete_alias": WRITE,
     "api.delete_version": WRITE,
     "api.delete_model": WRITE,
+    "api.set_serving": WRITE,  # which versions a TF Serving export serves: like moving an alias
     "web.push": WRITE,
     "web.set_alias": WRITE,
     "api.get_allowed_ops": READ,

@@ -27,9 +27,28 @@ class Registry:
     workers: list = field(default_factory=list)
     _labels: Any = None
     _labels_lock: Lock = field(default_factory=Lock)
+    _exporter: Any = None
+    serving_config: Any = None  # the last ModelServerConfig a gRPC HandleReloadConfigRequest accepted
 
     def notify_workers(self) -> None:
         self.work_available.set()
+
+    @property
+    def exporter(self):
+        """The background TF Serving export sync, when ``REGISTRY_SERVING_EXPORT_ROOT`` is set."""
+        if not self.settings.serving_export_root:
+            return None
+        with self._labels_lock:
+            if self._exporter is None:
+                from registry.serving_export import ExportSyncer
+
+                self._exporter = ExportSyncer(self.settings, self.db, self.storage)
+            return self._exporter
+
+    def serving_changed(self) -> None:
+        """A version became ready, an alias moved or what is served changed: sync the export."""
+        if self.exporter is not None:
+            self.exporter.request()
 
     def label_service(self):
         """The LabelService, made on the first request that needs it (it is what

@@ -198,6 +198,7 @@ def _version_entities(
             updated_at=row.updated_at,
             ready_at=row.ready_at,
             preprocessing_settings=row.preprocessing,
+            signature=row.signature,
             files=files.get(row.id, []),
             aliases=aliases.get(row.id, []),
             agreement_with_previous=agreement.get(row.version),
@@ -302,6 +303,7 @@ def create_version(
     output_nodes: list[str] | None = None,
     input_nodes: list[str] | None = None,
     preprocessing: dict | None = None,
+    signature: str | None = None,
     max_attempts: int = 3,
     actor: Actor = SYSTEM,
 ) -> VersionInfo:
@@ -330,6 +332,7 @@ def create_version(
                     requested_output_nodes=output_nodes or None,
                     requested_input_nodes=input_nodes or None,
                     preprocessing=validate_preprocessing(preprocessing) if preprocessing else None,
+                    signature=signature or None,
                 )
                 session.add(row)
                 session.flush()
@@ -449,6 +452,7 @@ def _model_entities(session: Session, rows: Sequence[RegisteredModel]) -> list[M
             created_at=row.created_at,
             updated_at=row.updated_at,
             allowed_ops=list(row.allowed_ops or []),
+            served_versions=row.served_versions,
         )
         for row in rows
     ]
@@ -663,3 +667,48 @@ def referenced_digests(db: Database) -> set[str]:
         found.update(session.scalars(
             sa.select(ModelVersion.frozen_sha256).where(ModelVersion.frozen_sha256.is_not(None)).distinct()))
         return found
+
+
+def attach_file(db: Database, version_id: int, new: NewFile) -> FileInfo:
+    """Add an artifact made after the conversion (a SavedModel built later) to a
+    version, unless one with that role is already there; returns the recorded one."""
+    with db.transaction() as session:
+        row = session.get(ModelVersion, version_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"version id {version_id} does not exist", code="version_not_found")
+        existing = session.scalar(sa.select(VersionFile).where(VersionFile.version_id == version_id,
+                                                               VersionFile.role == new.role))
+        if existing is None:
+            existing = VersionFile(version_id=version_id, role=new.role, filename=new.filename,
+                                   sha256=new.sha256, size=new.size)
+            session.add(existing)
+            session.flush()
+        return FileInfo(existing.role, existing.filename, existing.sha256, existing.size)
+
+
+def set_served_versions(db: Database, name: str, versions: list[int] | str | None,
+                        actor: Actor = SYSTEM) -> ModelInfo:
+    """Which versions a TensorFlow Serving export serves: a list, "all" (every ready
+    version), or None for the default (every aliased version and the newest ready one)."""
+    validate_model_name(name)
+    if versions is not None and versions != "all":
+        if not isinstance(versions, list) or not versions or any(
+                not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in versions):
+            raise InvalidRequest('"versions" must be a non-empty list of version numbers, "all" for every ready '
+                                 "version, or null for the default (every aliased version and the newest ready "
+                                 "one)", code="invalid_served_versions")
+        versions = sorted(set(versions))
+    with db.transaction() as session:
+        model = _model_row(session, name)
+        if isinstance(versions, list):
+            known = set(session.scalars(sa.select(ModelVersion.version).where(
+                ModelVersion.model_id == model.id, ModelVersion.version.in_(versions))))
+            missing = [v for v in versions if v not in known]
+            if missing:
+                raise NotFound(f"model {name!r} has no version(s) {', '.join(map(str, missing))}",
+                               code="version_not_found")
+        previous = model.served_versions
+        model.served_versions = versions
+        session.flush()
+        audit.record(session, actor, "model.serving", name, {"versions": versions, "previous": previous})
+        return _model_entities(session, [model])[0]

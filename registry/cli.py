@@ -293,13 +293,20 @@ def worker(once: bool) -> None:
         storage = open_storage(settings.storage_url)
     except RegistryError as exc:
         raise click.ClickException(exc.message) from None
-    w = Worker(settings, db, storage)
+    exporter = None
+    if settings.serving_export_root:
+        from registry.serving_export import ExportSyncer
+
+        exporter = ExportSyncer(settings, db, storage)
+    w = Worker(settings, db, storage, on_ready=exporter.request if exporter else None)
     if once:
         from registry.worker import remove_stale_workdirs
 
         remove_stale_workdirs()
         while w.run_once():
             pass
+        if exporter is not None:
+            exporter.wait_idle(timeout=settings.convert_timeout_seconds)
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -371,6 +378,11 @@ def _progress(total: int, description: str):
               help="Inference GraphDef (.pb or .pbtxt) to freeze instead of the .meta graph.")
 @click.option("--frozen", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Register an already-frozen GraphDef instead of a checkpoint.")
+@click.option("--saved-model", type=click.Path(exists=True, path_type=Path),
+              help="Push a TF2 SavedModel (its folder, or a .zip/.tar.gz of it) instead of a checkpoint.")
+@click.option("--signature", default="", help="The SavedModel signature to freeze (default serving_default).")
+@click.option("--keras", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Push a Keras model file (.keras or .h5) instead of a checkpoint.")
 @click.option("--output-nodes", default="", help="Comma-separated output node names (detected when left out).")
 @click.option("--input-nodes", default="", help="Comma-separated input node names (placeholders when left out).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Labels, one per line.")
@@ -378,12 +390,28 @@ def _progress(total: int, description: str):
 @click.option("--wait", is_flag=True, help="Wait until the version is ready or failed.")
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
 @url_option
-def push(name, checkpoint_prefix, graph, frozen, output_nodes, input_nodes, labels, description, wait, timeout, url):
+def push(name, checkpoint_prefix, graph, frozen, saved_model, signature, keras, output_nodes, input_nodes, labels,
+         description, wait, timeout, url):
     """Push a checkpoint (CHECKPOINT_PREFIX, e.g. train/model.ckpt) as the next version of NAME."""
+    import tempfile
+
     from registry.client import ClientError, checkpoint_files
 
     files: list[tuple[str, Path]] = []
-    if frozen:
+    scratch = tempfile.TemporaryDirectory(prefix="registry-push-")
+    if sum(bool(x) for x in (frozen, saved_model, keras, checkpoint_prefix)) > 1:
+        raise click.UsageError("give one of: a checkpoint prefix, --frozen, --saved-model or --keras")
+    if saved_model:
+        if saved_model.is_dir():
+            from registry.converter.saved_model import write_archive
+
+            archive = Path(scratch.name) / f"{saved_model.name or 'saved_model'}.tar.gz"
+            write_archive(saved_model, archive)
+            saved_model = archive
+        files.append(("saved_model", saved_model))
+    elif keras:
+        files.append(("keras", keras))
+    elif frozen:
         if checkpoint_prefix:
             raise click.UsageError("give either a checkpoint prefix or --frozen, not both")
         files.append(("frozen", frozen))
@@ -405,7 +433,7 @@ def push(name, checkpoint_prefix, graph, frozen, output_nodes, input_nodes, labe
     if labels:
         files.append(("labels", labels))
     fields = {k: v for k, v in {"output_nodes": output_nodes, "input_nodes": input_nodes,
-                                "description": description}.items() if v}
+                                "description": description, "signature": signature}.items() if v}
     client = _client(url)
     total = sum(p.stat().st_size for _, p in files)
     try:
@@ -419,6 +447,8 @@ def push(name, checkpoint_prefix, graph, frozen, output_nodes, input_nodes, labe
                 sys.exit(1)
     except ClientError as exc:
         _fail(exc)
+    finally:
+        scratch.cleanup()
 
 
 def _print_version(v: dict) -> None:
@@ -442,16 +472,23 @@ def _split_ref(spec: str) -> tuple[str, str]:
 @main.command()
 @click.argument("spec", metavar="NAME[:REF]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the frozen graph (default NAME-vN.pb).")
+              help="Where to write it (default NAME-vN.pb, or NAME-vN-saved_model.tar.gz).")
+@click.option("--format", "fmt", type=click.Choice(["frozen", "saved_model"]), default="frozen", show_default=True,
+              help="The frozen GraphDef, or the SavedModel built from it (.tar.gz of the folder TF Serving loads).")
 @url_option
-def pull(spec: str, output: Path | None, url: str | None) -> None:
-    """Download a version's frozen graph (REF: number, alias or latest) and check its sha256."""
+def pull(spec: str, output: Path | None, fmt: str, url: str | None) -> None:
+    """Download a version's frozen graph or SavedModel (REF: number, alias or latest) and check its sha256."""
     from registry.client import ClientError
 
     name, ref = _split_ref(spec)
     client = _client(url)
     try:
         record = client.get_version(name, ref)
+        if fmt == "saved_model":
+            dest = output or Path(f"{name}-v{record['version']}-saved_model.tar.gz")
+            digest = client.pull_saved_model(name, record, dest)
+            click.echo(f"{dest}: {name} version {record['version']} SavedModel, sha256 {digest} (verified)")
+            return
         dest = output or Path(f"{name}-v{record['version']}.pb")
         bar = None
 
@@ -467,6 +504,186 @@ def pull(spec: str, output: Path | None, url: str | None) -> None:
             click.echo(f"  outputs: {', '.join(record['output_nodes'])}")
     except ClientError as exc:
         _fail(exc)
+
+
+def _serving_root(root: str | None) -> str:
+    root = root or Settings.from_env().serving_export_root
+    if not root:
+        raise click.UsageError("give --root PATH (a folder or s3://bucket/prefix) or set REGISTRY_SERVING_EXPORT_ROOT")
+    return root
+
+
+def _print_plan(models: list) -> None:
+    for m in models:
+        if m.skipped and not m.exported:
+            click.echo(f"  {m.name}: not served ({m.skipped})")
+            continue
+        labels = ", ".join(f"{k}={v}" for k, v in m.labels.items()) or "none"
+        click.echo(f"  {m.name}: versions {', '.join(map(str, m.exported)) or 'none'}; labels {labels}")
+        for s in m.skipped_versions:
+            click.echo(f"    version {s['version']} left out: {s['reason']}")
+        for s in m.skipped_aliases:
+            click.echo(f"    alias {s['alias']} (version {s['version']}) is no label: {s['reason']}")
+
+
+@main.command("export-serving")
+@click.option("--root", default=None, help="TF Serving model base path: a folder or s3://bucket/prefix "
+                                           "(default REGISTRY_SERVING_EXPORT_ROOT).")
+@click.option("--base-path", default=None,
+              help="The root as TF Serving sees it, for base_path in models.config (default REGISTRY_SERVING_BASE_PATH, "
+                   "else the root itself), e.g. /models inside a container.")
+def export_serving(root: str | None, base_path: str | None) -> None:
+    """Export every served version as a SavedModel in TF Serving's layout, and write models.config.
+
+    Layout: ROOT/MODEL/VERSION/saved_model.pb + variables/, each version folder appearing only when
+    complete; versions no longer served are removed.  Runs against the database and blob storage
+    (like 'registry worker').
+    """
+    from registry.db import Database
+    from registry.errors import RegistryError
+    from registry.serving_export import sync
+    from registry.storage import open_storage
+
+    settings = Settings.from_env()
+    settings.ensure_home()
+    db = Database(settings.database_url)
+    db.upgrade()
+    try:
+        report = sync(settings, db, open_storage(settings.storage_url), _serving_root(root), base_path)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"exported to {report.root}: {len(report.published)} version(s) published, "
+               f"{len(report.removed)} removed; config {report.config_path}")
+    for item in report.published:
+        click.echo(f"  + {item}")
+    for item in report.removed:
+        click.echo(f"  - {item}")
+    _print_plan(report.models)
+    for failure in report.failed:
+        click.echo(f"  FAILED {failure['version']}: {failure['error']}", err=True)
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command("saved-models")
+@click.argument("name", required=False)
+def saved_models(name: str | None) -> None:
+    """Build the SavedModel of every ready version (of NAME) frozen before SavedModels were built."""
+    from registry import catalog
+    from registry.db import Database
+    from registry.storage import open_storage
+    from registry.worker import build_saved_model
+
+    settings = Settings.from_env()
+    settings.ensure_home()
+    db = Database(settings.database_url)
+    db.upgrade()
+    storage = open_storage(settings.storage_url)
+    names = [name] if name else [m.name for m in _all(lambda token: catalog.list_models(
+        db, page_size=catalog.MAX_PAGE_SIZE, page_token=token))]
+    built = failed = 0
+    for model in names:
+        for version in _all(lambda token: catalog.list_versions(db, model, page_size=100, page_token=token,
+                                                                  status="ready")):
+            if version.file("saved_model"):
+                continue
+            try:
+                build_saved_model(settings, db, storage, version)
+                built += 1
+                click.echo(f"  {model} v{version.version}: SavedModel built")
+            except Exception as exc:
+                failed += 1
+                click.echo(f"  {model} v{version.version}: FAILED: {exc}", err=True)
+    click.echo(f"{built} SavedModel(s) built, {failed} failed")
+    if failed:
+        sys.exit(1)
+
+
+def _all(fetch):
+    token = None
+    while True:
+        page = fetch(token)
+        yield from page.items
+        token = page.next_page_token
+        if not token:
+            return
+
+
+@main.command("serving-reload")
+@click.option("--target", required=True, help="TF Serving's gRPC address, host:8500.")
+@click.option("--root", default=None, help="Export root whose models.config to send (default "
+                                           "REGISTRY_SERVING_EXPORT_ROOT).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Send this models.config instead.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for TF Serving's answer.")
+@click.option("--token", envvar="REGISTRY_TOKEN", default=None, metavar="TOKEN",
+              help="API token with write scope, sent as gRPC metadata authorization: Bearer (REGISTRY_TOKEN); "
+                   "for the registry's own gRPC server (TF Serving ignores it).")
+def serving_reload(target: str, root: str | None, config_file: Path | None, timeout: float,
+                   token: str | None) -> None:
+    """Send the complete models.config to a running TF Serving (ModelService.HandleReloadConfigRequest)."""
+    import grpc
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    if config_file is not None:
+        text = config_file.read_text()
+    else:
+        from registry.errors import RegistryError
+        from registry.serving_export import open_target
+
+        try:
+            text = open_target(_serving_root(root)).read_config()
+        except RegistryError as exc:
+            raise click.ClickException(exc.message) from None
+        if text is None:
+            raise click.ClickException("the export root has no models.config yet: run 'registry export-serving'")
+    request = model_management_pb2.ReloadConfigRequest()
+    try:
+        text_format.Parse(text, request.config)
+    except text_format.ParseError as exc:
+        raise click.ClickException(f"models.config does not parse: {exc}") from None
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                request, timeout=timeout, metadata=[("authorization", f"Bearer {token}")] if token else None)
+        except grpc.RpcError as exc:
+            raise click.ClickException(f"TF Serving at {target} refused the config: {exc.code().name}: "
+                                       f"{exc.details()}") from None
+    if response.status.error_code:
+        raise click.ClickException(f"TF Serving at {target} refused the config: {response.status.error_message}")
+    models = request.config.model_config_list.config
+    click.echo(f"TF Serving at {target} reloaded its config: {len(models)} model(s)")
+    for m in models:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(m.version_labels.items())) or "none"
+        click.echo(f"  {m.name}: versions {', '.join(map(str, m.model_version_policy.specific.versions))}; "
+                   f"labels {labels}")
+
+
+@main.command("serving-versions")
+@click.argument("name")
+@click.argument("versions", required=False)
+@click.option("--default", "use_default", is_flag=True, help="Back to the default: every aliased version and "
+                                                              "the newest ready one.")
+@url_option
+def serving_versions(name: str, versions: str | None, use_default: bool, url: str | None) -> None:
+    """Choose which versions of NAME a TF Serving export serves (VERSIONS: e.g. 1,3, or all)."""
+    from registry.client import ClientError
+
+    if bool(versions) == use_default:
+        raise click.UsageError("give the versions (e.g. 1,3) or --default")
+    try:
+        numbers = None if use_default else "all" if versions == "all" else [
+            int(v) for v in versions.split(",") if v.strip()]
+    except ValueError:
+        raise click.UsageError("versions are numbers separated by commas, e.g. 1,3") from None
+    try:
+        answer = _client(url).set_served_versions(name, numbers)
+    except ClientError as exc:
+        _fail(exc)
+    chosen = answer["versions"]
+    click.echo(f"{name}: serving " + ("every ready version" if chosen == "all" else ", ".join(map(str, chosen))
+                                      if chosen else "every aliased version and the newest ready one"))
 
 
 @main.command("ls")

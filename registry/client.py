@@ -206,6 +206,31 @@ class RegistryClient:
             tmp.unlink(missing_ok=True)
         return record
 
+    def pull_saved_model(self, name: str, record: dict, dest: Path) -> str:
+        """Download a version's SavedModel (.tar.gz); its sha256 is checked before it appears at ``dest``."""
+        saved = next((f for f in record.get("files", []) if f["role"] == "saved_model"), None)
+        response = self._request("GET", f"/api/v1/models/{name}/versions/{record['version']}/saved_model.tar.gz",
+                                 stream=True)
+        expected = saved["sha256"] if saved else response.headers.get("X-Content-SHA256")
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+        digest = hashlib.sha256()
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in response.iter_content(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if expected and digest.hexdigest() != expected:
+                raise ClientError(f"download corrupted: sha256 {digest.hexdigest()} != {expected}; pull again",
+                                  code="checksum_mismatch", status=502)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest.hexdigest()
+
+    def set_served_versions(self, name: str, versions: list[int] | str | None) -> dict:
+        return self._request("PUT", f"/api/v1/models/{name}/serving", json={"versions": versions}).json()
+
     def label(self, name: str, ref: str, image: Path, top_k: int = 5) -> dict:
         path = f"/v1/models/{name}" + (f"/versions/{ref}" if ref.isdigit() else f"/labels/{ref}" if ref != "latest" else "")
         ctype = mimetypes.guess_type(image.name)[0] or "application/octet-stream"

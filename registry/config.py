@@ -57,6 +57,11 @@ class Settings:
     gc_grace_seconds: float = 3600.0
     rate_limit_push: str = ""
     rate_limit_label: str = ""
+    serving_export_root: str = ""
+    serving_base_path: str = ""
+    serving_label_delay: float = 0.0
+    max_archive_bytes: int = 8 * 1024**3
+    max_archive_files: int = 10_000
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -94,6 +99,11 @@ class Settings:
             gc_grace_seconds=float(_env("REGISTRY_GC_GRACE_SECONDS", "3600")),
             rate_limit_push=_env("REGISTRY_RATE_LIMIT_PUSH", "off"),
             rate_limit_label=_env("REGISTRY_RATE_LIMIT_LABEL", "off"),
+            serving_export_root=_env("REGISTRY_SERVING_EXPORT_ROOT", ""),
+            serving_base_path=_env("REGISTRY_SERVING_BASE_PATH", ""),
+            serving_label_delay=float(_env("REGISTRY_SERVING_LABEL_DELAY", "0")),
+            max_archive_bytes=int(_env("REGISTRY_MAX_ARCHIVE_BYTES", str(8 * 1024**3))),
+            max_archive_files=int(_env("REGISTRY_MAX_ARCHIVE_FILES", "10000")),
         )
         return replace(settings, **overrides) if overrides else settings
 

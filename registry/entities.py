@@ -15,6 +15,13 @@ TF_SERVING_STATE = {QUEUED: "START", CONVERTING: "LOADING", READY: "AVAILABLE", 
 SOURCE_META = "checkpoint+meta"
 SOURCE_GRAPH = "checkpoint+graph"
 SOURCE_FROZEN = "frozen"
+SOURCE_SAVED_MODEL = "saved_model"  # a TF2 SavedModel folder, pushed as a .zip or .tar.gz
+SOURCE_KERAS = "keras"  # a .keras or .h5 file
+
+# The version file holding the TF Serving SavedModel built from the frozen graph (a .tar.gz).
+SAVED_MODEL = "saved_model"
+SAVED_MODEL_FILENAME = "saved_model.tar.gz"
+SAVED_MODEL_SOURCE = "saved_model_src"  # the version file of a pushed SavedModel archive
 
 
 # label_image.py's defaults; height and width come from the input's shape when it has one.
@@ -61,6 +68,7 @@ class VersionInfo:
     updated_at: datetime
     ready_at: datetime | None
     preprocessing_settings: dict[str, Any] | None = None
+    signature: str | None = None
     files: list[FileInfo] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
     # {"version", "top1_agreement", "images"} from the last comparison with the version before, if any
@@ -151,6 +159,7 @@ class ModelInfo:
     created_at: datetime
     updated_at: datetime
     allowed_ops: list[str] = field(default_factory=list)
+    served_versions: list[int] | str | None = None  # what a TF Serving export serves; "all"; None: the default
 
     def to_dict(self) -> dict[str, Any]:
         return {

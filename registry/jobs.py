@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from registry.db import Database
-from registry.entities import CONVERTING, FAILED, QUEUED, READY
-from registry.models import Job, ModelVersion, utcnow
+from registry.entities import CONVERTING, FAILED, QUEUED, READY, NewFile
+from registry.models import Job, ModelVersion, VersionFile, utcnow
 
 CONVERT = "convert"
 RUNNING, SUCCEEDED = "running", "succeeded"
@@ -111,8 +111,10 @@ def _owned(session: Session, job: ClaimedJob) -> Job | None:
     return row
 
 
-def finish(db: Database, job: ClaimedJob, *, ready: bool, message: str, fields: dict[str, Any]) -> bool:
-    """Record the outcome of a conversion on the version and close the job.
+def finish(db: Database, job: ClaimedJob, *, ready: bool, message: str, fields: dict[str, Any],
+           files: Sequence[NewFile] = ()) -> bool:
+    """Record the outcome of a conversion on the version (with the artifacts it
+    made, such as the SavedModel) and close the job.
 
     Returns False (and changes nothing) if the lease was lost meanwhile.
     """
@@ -129,6 +131,8 @@ def finish(db: Database, job: ClaimedJob, *, ready: bool, message: str, fields: 
         if ready:
             values["ready_at"] = now
         session.execute(sa.update(ModelVersion).where(ModelVersion.id == job.version_id).values(**values))
+        session.add_all(VersionFile(version_id=job.version_id, role=f.role, filename=f.filename, sha256=f.sha256,
+                                    size=f.size) for f in files)
         return True
 
 

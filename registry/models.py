@@ -55,6 +55,9 @@ class RegisteredModel(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
     # Ops an admin allowed for this model's graphs despite the converter's scan (registry.safety).
     allowed_ops: Mapped[list[Any] | None] = mapped_column(default=None)
+    # Versions a TensorFlow Serving export serves: a list, "all" (every ready version), or None:
+    # every aliased version and the newest ready one.
+    served_versions: Mapped[Any] = mapped_column(sa.JSON, default=None, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -81,6 +84,8 @@ class ModelVersion(Base):
     output_nodes: Mapped[list[Any] | None] = mapped_column(default=None)
     output_nodes_detected: Mapped[bool | None] = mapped_column(default=None)
     input_nodes: Mapped[list[Any] | None] = mapped_column(default=None)
+    # The signature a pushed TF2 SavedModel is frozen from (None: serving_default).
+    signature: Mapped[str | None] = mapped_column(sa.String(128), default=None)
     frozen_sha256: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     frozen_size: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
     tf_version: Mapped[str | None] = mapped_column(sa.String(32), default=None)

@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from registry import catalog
 from registry.audit import SYSTEM, Actor
 from registry.db import Database
-from registry.entities import SOURCE_FROZEN, SOURCE_GRAPH, SOURCE_META, NewFile, VersionInfo
+from registry.archives import ArchiveLimits, check_archive, check_saved_model_archive
+from registry.entities import (
+    SAVED_MODEL_SOURCE,
+    SOURCE_FROZEN,
+    SOURCE_GRAPH,
+    SOURCE_KERAS,
+    SOURCE_META,
+    SOURCE_SAVED_MODEL,
+    NewFile,
+    VersionInfo,
+)
 from registry.errors import InvalidUpload
 from registry.protowire import GRAPH_DEF_FIELDS, META_GRAPH_DEF_FIELDS, WireScanner
 from registry.storage import BlobRef, BlobStorage, BlobWriter
@@ -23,7 +34,13 @@ from registry.storage import BlobRef, BlobStorage, BlobWriter
 INDEX_MAGIC = bytes.fromhex("57fb808b247547db")  # TensorBundle/LevelDB table footer, little-endian
 DATA_SHARD_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/>]*(:\d+)?$")
-FILE_FIELDS = ("meta", "index", "data", "graph", "frozen", "labels")
+FILE_FIELDS = ("meta", "index", "data", "graph", "frozen", "saved_model", "keras", "labels")
+# Form fields recorded under another version file role ("saved_model" is the SavedModel built for TF Serving).
+ROLE_OF_FIELD = {"saved_model": SAVED_MODEL_SOURCE}
+ZIP_MAGIC = b"PK\x03\x04"
+GZIP_MAGIC = b"\x1f\x8b"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 GRAPH_FIELDS = ("meta", "graph", "frozen")  # the parts whose protobuf wire format is checked
 MAX_LABELS_BYTES = 16 * 1024 * 1024
 HEAD_BYTES = 4096
@@ -88,6 +105,7 @@ class PushRequest:
     input_nodes: list[str] = field(default_factory=list)
     description: str = ""
     preprocessing: dict = field(default_factory=dict)
+    signature: str = ""  # for a pushed SavedModel: the signature to freeze (default serving_default)
 
 
 def parse_node_list(value: str | None, kind: str) -> list[str]:
@@ -107,7 +125,8 @@ def _by_field(files: Iterable[ReceivedFile]) -> dict[str, list[ReceivedFile]]:
     for f in files:
         if f.field not in FILE_FIELDS:
             raise InvalidUpload(
-                f"unknown file field {f.field!r}: send meta, index, data (repeatable), graph, frozen or labels",
+                f"unknown file field {f.field!r}: send meta, index, data (repeatable), graph, frozen, "
+                "saved_model, keras or labels",
                 code="unknown_field",
             )
         out.setdefault(f.field, []).append(f)
@@ -215,7 +234,37 @@ def plan_push(request: PushRequest) -> tuple[str, list[ReceivedFile]]:
             if f.sink.scanner is not None:
                 f.sink.scanner.finish()
             _check_not_empty(f)
-    if "frozen" in files:
+    tf2 = [name for name in ("saved_model", "keras") if name in files]
+    if tf2:
+        extra = sorted(set(files) - {tf2[0], "labels"})
+        if extra:
+            raise InvalidUpload(
+                f"a {tf2[0]} push is frozen from that file alone: do not send {', '.join(extra)} with it",
+                code="conflicting_files",
+            )
+        f = files[tf2[0]][0]
+        head = bytes(f.sink.head)
+        if tf2[0] == "saved_model":
+            if not head.startswith((ZIP_MAGIC, GZIP_MAGIC)):
+                raise InvalidUpload(
+                    f"the 'saved_model' file {f.filename!r} is not a .zip or .tar.gz: archive the SavedModel "
+                    "folder (saved_model.pb + variables/), e.g. tar czf model.tar.gz -C export_dir .",
+                    code="invalid_saved_model")
+            source = SOURCE_SAVED_MODEL
+        else:
+            name = f.filename.lower()
+            if head.startswith(ZIP_MAGIC) and not name.endswith(".keras"):
+                raise InvalidUpload(f"the 'keras' file {f.filename!r} is a Keras v3 archive: name it *.keras",
+                                    code="invalid_keras")
+            if head.startswith(HDF5_MAGIC) and not name.endswith((".h5", ".hdf5")):
+                raise InvalidUpload(f"the 'keras' file {f.filename!r} is HDF5: name it *.h5", code="invalid_keras")
+            if not head.startswith((ZIP_MAGIC, HDF5_MAGIC)):
+                raise InvalidUpload(
+                    f"the 'keras' file {f.filename!r} is neither a .keras archive nor an .h5 file: save it with "
+                    "model.save('model.keras')", code="invalid_keras")
+            source = SOURCE_KERAS
+        ordered = files[tf2[0]]
+    elif "frozen" in files:
         extra = sorted(set(files) - {"frozen", "labels"})
         if extra:
             raise InvalidUpload(
@@ -257,12 +306,32 @@ def plan_push(request: PushRequest) -> tuple[str, list[ReceivedFile]]:
     return source, ordered
 
 
+def _check_archives(storage: BlobStorage, source: str, ordered: list[ReceivedFile], limits: ArchiveLimits) -> None:
+    """Refuse an unsafe or bomb-like archive now, with a 400, rather than fail the conversion later."""
+    import tempfile
+
+    archive = next((f for f in ordered if f.field in ("saved_model", "keras")), None)
+    if archive is None or (source == SOURCE_KERAS and not bytes(archive.sink.head).startswith(ZIP_MAGIC)):
+        return
+    with tempfile.TemporaryDirectory(prefix="upload-check-") as tmp:
+        path = Path(tmp) / "archive"
+        storage.materialize(archive.sink.ref.sha256, path)
+        if source == SOURCE_SAVED_MODEL:
+            check_saved_model_archive(path, limits)
+        else:
+            check_archive(path, limits)
+
+
 def push(
     db: Database, storage: BlobStorage, name: str, request: PushRequest, *, max_attempts: int = 3,
+    archive_limits: ArchiveLimits | None = None,
     actor: Actor = SYSTEM,
 ) -> VersionInfo:
     """Validate, publish blobs and register the next version with a queued conversion."""
     catalog.validate_model_name(name)
+    if request.signature and not SIGNATURE_RE.match(request.signature):
+        raise InvalidUpload(f"signature {request.signature!r} is not a signature name (e.g. serving_default)",
+                            code="invalid_signature")
     catalog.validate_preprocessing(request.preprocessing)
     if len(request.description) > 10_000:
         raise InvalidUpload("description is longer than 10,000 characters", code="invalid_description")
@@ -275,11 +344,20 @@ def push(
     try:
         for f in ordered:
             published.append(f.sink.publish())
+        if source in (SOURCE_SAVED_MODEL, SOURCE_KERAS):
+            if request.output_nodes or request.input_nodes:
+                raise InvalidUpload(f"a {source} push takes its inputs and outputs from the model's signature: "
+                                    "leave out output_nodes and input_nodes", code="conflicting_fields")
+            _check_archives(storage, source, ordered, archive_limits or ArchiveLimits())
+        elif request.signature:
+            raise InvalidUpload("signature applies only to a pushed SavedModel", code="conflicting_fields")
         return catalog.create_version(
             db,
             name,
             source=source,
-            files=[NewFile(f.field, f.filename, f.sink.ref.sha256, f.sink.ref.size) for f in ordered],
+            files=[NewFile(ROLE_OF_FIELD.get(f.field, f.field), f.filename, f.sink.ref.sha256, f.sink.ref.size)
+                   for f in ordered],
+            signature=request.signature or None,
             description=request.description,
             output_nodes=request.output_nodes,
             input_nodes=request.input_nodes,

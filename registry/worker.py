@@ -15,13 +15,14 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from registry import catalog, jobs, safety as safety_rules
 from registry.config import Settings
 from registry.converter.runner import Outcome, run_conversion
 from registry.db import Database
-from registry.entities import VersionInfo
+from registry.entities import SAVED_MODEL, SAVED_MODEL_FILENAME, SAVED_MODEL_SOURCE, NewFile, VersionInfo
 from registry.errors import NotFound
 from registry.storage import BlobStorage
 from registry.uploads import DATA_SHARD_RE
@@ -54,10 +55,12 @@ def remove_stale_workdirs() -> int:
 
 
 class Worker:
-    def __init__(self, settings: Settings, db: Database, storage: BlobStorage, name: str | None = None) -> None:
+    def __init__(self, settings: Settings, db: Database, storage: BlobStorage, name: str | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.db = db
         self.storage = storage
+        self.on_ready = on_ready  # called after a version became ready (keeps a serving export in sync)
         self.owner = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def run_once(self) -> bool:
@@ -138,10 +141,15 @@ class Worker:
                 target = workdir / "inference_graph"
             elif f.role == "frozen":
                 target = workdir / "uploaded_frozen.pb"
+            elif f.role == SAVED_MODEL_SOURCE:
+                target = workdir / "uploaded_saved_model.archive"
+            elif f.role == "keras":
+                # Keras tells its formats apart by the file name's extension.
+                target = workdir / ("model.keras" if f.filename.lower().endswith(".keras") else "model.h5")
             else:
                 continue
             self.storage.materialize(f.sha256, target)
-            if f.role in ("meta", "graph", "frozen"):
+            if f.role in ("meta", "graph", "frozen", SAVED_MODEL_SOURCE, "keras"):
                 files[f.role] = str(target)
         if version.file("index"):
             files["checkpoint_prefix"] = str(prefix)
@@ -151,9 +159,13 @@ class Worker:
             "output_nodes": version.requested_output_nodes or [],
             "input_nodes": version.requested_input_nodes or [],
             "output_path": str(workdir / "frozen.pb"),
+            "saved_model_path": str(workdir / SAVED_MODEL_FILENAME),
             "verify_tolerance": self.settings.verify_tolerance,
             # Ops the model's admin allowed: a graph flagged only for these is verified like any other.
             "allowed_ops": version.allowed_ops,
+            "signature": version.signature,
+            "max_archive_bytes": self.settings.max_archive_bytes,
+            "max_archive_files": self.settings.max_archive_files,
         }
 
     def _record(self, job: jobs.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> None:
@@ -168,6 +180,10 @@ class Worker:
             return
         result = outcome.result
         ref = self.storage.put_file(workdir / "frozen.pb")
+        made = []
+        if result.get("saved_model"):
+            saved = self.storage.put_file(workdir / SAVED_MODEL_FILENAME)
+            made.append((saved, NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, saved.sha256, saved.size)))
         verification = result["conversion"]["verification"]
         blocking = safety_rules.blocking_flags(result["conversion"], version.allowed_ops)
         if blocking:
@@ -188,10 +204,46 @@ class Worker:
                 "tf_version": result["tf_version"],
                 "conversion": result["conversion"],
             },
+            files=[new for _, new in made],
         )
-        if not recorded and ref.created and not catalog.is_blob_referenced(self.db, ref.sha256):
-            self.storage.delete(ref.sha256)
+        if not recorded:
+            for blob in [ref] + [saved for saved, _ in made]:
+                if blob.created and not catalog.is_blob_referenced(self.db, blob.sha256):
+                    self.storage.delete(blob.sha256)
+            return
         log.info("%s v%d: %s", version.model, version.version, message)
+        if self.on_ready is not None:
+            self.on_ready()
+
+
+def build_saved_model(settings: Settings, db: Database, storage: BlobStorage, version: VersionInfo):
+    """The SavedModel of a ready version frozen before SavedModels were built:
+    made now in a converter child process, stored and recorded on the version."""
+    existing = version.file(SAVED_MODEL)
+    if existing is not None:
+        return existing
+    if not version.frozen_sha256:
+        raise ValueError(f"{version.model} v{version.version} has no frozen graph")
+    workdir = Path(tempfile.mkdtemp(prefix=f"saved-model-{version.id}-"))
+    try:
+        frozen = workdir / "frozen.pb"
+        storage.materialize(version.frozen_sha256, frozen)
+        outcome = run_conversion(
+            {"task": "saved_model", "frozen_path": str(frozen), "input_nodes": version.input_nodes or [],
+             "output_nodes": version.output_nodes or [], "saved_model_path": str(workdir / SAVED_MODEL_FILENAME)},
+            workdir, timeout=settings.convert_timeout_seconds, memory_mb=settings.convert_memory_mb,
+        )
+        if not outcome.ok:
+            raise RuntimeError(f"building the SavedModel of {version.model} v{version.version} failed: "
+                               f"{outcome.message}")
+        ref = storage.put_file(workdir / SAVED_MODEL_FILENAME)
+        recorded = catalog.attach_file(db, version.id, NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, ref.sha256,
+                                                                ref.size))
+        if recorded.sha256 != ref.sha256 and ref.created and not catalog.is_blob_referenced(db, ref.sha256):
+            storage.delete(ref.sha256)
+        return recorded
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def start_embedded_workers(registry, count: int) -> list[threading.Thread]:
@@ -199,7 +251,7 @@ def start_embedded_workers(registry, count: int) -> list[threading.Thread]:
     stop = registry.stop_workers
     threads = []
     for i in range(count):
-        worker = Worker(registry.settings, registry.db, registry.storage)
+        worker = Worker(registry.settings, registry.db, registry.storage, on_ready=registry.serving_changed)
         thread = threading.Thread(
             target=worker.run_forever, args=(stop, registry.work_available), name=f"registry-worker-{i}", daemon=True
         )

@@ -30,6 +30,7 @@ EXPECTED = {
     "serving.get_model": "read", "serving.post_model": "read",
     "api.push_version": "write", "api.update_version": "write", "api.set_alias": "write",
     "api.delete_alias": "write", "api.delete_version": "write", "api.delete_model": "write",
+    "api.set_serving": "write",
     "web.push": "write", "web.set_alias": "write",
     "api.list_tokens": "admin", "api.create_token": "admin", "api.revoke_token": "admin",
     "api.list_audit_events": "admin", "web.audit": "admin",

@@ -79,3 +79,27 @@ def test_grpc_is_open_where_reads_are_public(tmp_path):
     finally:
         grpc_server.stop(0)
         stop()
+
+
+def reload_request(base_path: str):
+    from tensorflow_serving.apis import model_management_pb2
+
+    request = model_management_pb2.ReloadConfigRequest()
+    model = request.config.model_config_list.config.add()
+    model.name, model.base_path, model.model_platform = "cnn", base_path, "tensorflow"
+    return request
+
+
+def test_grpc_config_reload_needs_a_write_token(stub, tmp_path):
+    """A reload changes what the server serves: read tokens are refused, even where reads are open."""
+    models, tokens, server = stub
+    request = reload_request(str(tmp_path / "models" / "cnn"))
+    code, details = code_of(lambda: models.HandleReloadConfigRequest(request))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "write scope" in details
+    code, details = code_of(lambda: models.HandleReloadConfigRequest(
+        request, metadata=(("authorization", f"Bearer {tokens['read']}"),)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "read scope" in details
+    assert server.registry.serving_config is None  # nothing was taken
+    answer = models.HandleReloadConfigRequest(request, metadata=(("authorization", f"Bearer {tokens['write']}"),))
+    assert answer.status.error_code == 0
+    assert [m.name for m in server.registry.serving_config.model_config_list.config] == ["cnn"]

@@ -98,6 +98,24 @@ def test_compose_commands_are_registry_subcommands():
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
 
 
+def test_compose_runs_tensorflow_serving_on_the_export_root_and_its_config():
+    yaml = pytest.importorskip("yaml")
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    root = services["registry"]["environment"]["REGISTRY_SERVING_EXPORT_ROOT"]
+    assert services["registry"]["environment"]["REGISTRY_SERVING_BASE_PATH"] == root  # same path in both
+    tf_serving = services["tf-serving"]
+    assert tf_serving["image"].startswith("tensorflow/serving")
+    assert f"--model_config_file={root}/models.config" in tf_serving["command"]
+    volume = f"serving-export:{root}"
+    for name in ("registry", "worker", "serving-export"):  # everyone who writes the export root
+        assert volume in services[name]["volumes"], name
+    assert f"{volume}:ro" in tf_serving["volumes"]
+    export = services["serving-export"]
+    _check_args(export["command"])
+    assert export["command"][0] == "export-serving"
+    assert tf_serving["depends_on"]["serving-export"]["condition"] == "service_completed_successfully"
+
+
 # -- Dockerfile and entrypoint ---------------------------------------------------
 
 

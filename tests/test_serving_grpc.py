@@ -224,12 +224,13 @@ def test_status_errors(status):
     assert rpc_error(status.GetModelStatus, request).code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_classify_regress_and_reload_config_are_unimplemented(predictions, status):
+def test_classify_and_regress_are_unimplemented_and_an_empty_reload_config_is_refused(predictions, status):
     error = rpc_error(predictions.Classify, classification_pb2.ClassificationRequest())
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "Predict" in error.details()
     error = rpc_error(status.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest())
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model_config_list" in error.details()
 
 
 def test_version_that_is_not_ready_then_failed_is_a_failed_precondition(converting_server, models, predictions,

@@ -222,7 +222,9 @@ def test_push_through_the_form_shows_upload_progress_then_follows_the_conversion
     record = requests.get(f"{server.url}/api/v1/models/pushed-in-browser/versions/1").json()
     assert record["status"] == "ready" and record["output_nodes"] == [OUTPUT]
     assert record["description"] == "pushed from the browser"
-    assert {f["role"] for f in record["files"]} == {"meta", "index", "data", "graph", "labels"}
+    # the pushed files, and the SavedModel built for TF Serving
+    assert {f["role"] for f in record["files"]} == {"meta", "index", "data", "graph", "labels", "saved_model"}
+    assert page.locator("#download-saved-model").count() == 1
 
 
 # -- downloading -------------------------------------------------------------------------------
@@ -546,3 +548,52 @@ def test_first_run_shows_the_demo_model_whose_versions_disagree_on_the_samples(b
         assert better > early and better >= 80
     finally:
         context.close()
+
+
+def test_push_a_tf2_saved_model_through_the_form_and_a_hostile_archive_is_refused_next_to_its_field(
+        ui, server, tmp_path):
+    import io
+    import tarfile
+
+    import tensorflow as tf
+
+    from registry.converter.saved_model import write_archive
+
+    class Doubler(tf.Module):
+        def __init__(self) -> None:
+            self.w = tf.Variable([[2.0, 0.0], [0.0, 2.0]])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):
+            return {"doubled": x @ self.w}
+
+    module = Doubler()
+    tf.saved_model.save(module, str(tmp_path / "doubler"), signatures={"serving_default": module.serve})
+    archive = tmp_path / "doubler.tar.gz"
+    write_archive(tmp_path / "doubler", archive)
+    hostile = tmp_path / "slip.tar.gz"
+    with tarfile.open(hostile, "w:gz") as tar:
+        info = tarfile.TarInfo("../../etc/passwd")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+
+    page = ui.page
+    ui.goto("/push")
+    page.fill("#name", "doubler")
+    page.check('input[name="kind"][value="saved_model"]')
+    assert page.locator(".checkpoint-only").is_hidden() and page.locator("#output_nodes").is_hidden()
+    page.click("#push-button")
+    playwright_api.expect(field_error(page, "saved_model")).to_have_text("Choose the SavedModel .zip or .tar.gz.")
+    page.set_input_files("#saved_model", str(hostile))
+    page.click("#push-button")
+    playwright_api.expect(field_error(page, "saved_model")).to_contain_text("points outside the archive")
+    ui.shot("push-saved-model-refused")
+
+    page.set_input_files("#saved_model", str(archive))
+    with page.expect_navigation(url="**/models/doubler/versions/1"):
+        page.click("#push-button")
+    playwright_api.expect(page.locator("#download-saved-model")).to_be_visible(timeout=CONVERSION_TIMEOUT_MS)
+    assert "doubled" in page.inner_text("ul.nodes")
+    ui.shot("saved-model-ready")
+    record = requests.get(f"{server.url}/api/v1/models/doubler/versions/1").json()
+    assert record["source"] == "saved_model" and record["output_nodes"] == ["doubled"]

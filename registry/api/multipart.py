@@ -46,7 +46,7 @@ def read_push_form(
                 if event.name not in FILE_FIELDS:
                     raise InvalidUpload(
                         f"unknown file field {event.name!r}: send meta, index, data (repeatable), graph, "
-                        "frozen or labels",
+                        "frozen, saved_model, keras or labels",
                         code="unknown_field",
                     )
                 field_name = None

@@ -97,7 +97,8 @@ _SCHEMAS = {
     "File": {
         "type": "object", "required": ["role", "filename", "sha256", "size"],
         "properties": {
-            "role": {"type": "string", "enum": ["meta", "index", "data", "graph", "frozen", "labels"]},
+            "role": {"type": "string", "enum": ["meta", "index", "data", "graph", "frozen", "labels",
+                                                            "saved_model", "saved_model_src", "keras"]},
             "filename": {"type": "string"}, "sha256": {"type": "string"}, "size": {"type": "integer"},
         },
     },
@@ -110,7 +111,8 @@ _SCHEMAS = {
             "version": {"type": "integer", "minimum": 1},
             "status": {"type": "string", "enum": ["queued", "converting", "ready", "failed"]},
             "status_message": {"type": "string"},
-            "source": {"type": "string", "enum": ["checkpoint+meta", "checkpoint+graph", "frozen"]},
+            "source": {"type": "string",
+                       "enum": ["checkpoint+meta", "checkpoint+graph", "frozen", "saved_model", "keras"]},
             "description": {"type": "string"},
             "aliases": {"type": "array", "items": {"type": "string"}},
             "output_nodes": _str_list_or_null,
@@ -203,8 +205,8 @@ _SCHEMAS = {
             "actor": {"type": "string", "description": "Token name, or anonymous, system, cli"},
             "token_id": _nullable_int,
             "action": {"type": "string", "description": "version.push, version.update, version.delete, "
-                                                        "model.delete, model.allowed_ops, alias.set, alias.delete, "
-                                                        "token.create, token.revoke, ..."},
+                                                        "model.delete, model.allowed_ops, model.serving, alias.set, "
+                                                        "alias.delete, token.create, token.revoke, ..."},
             "target": {"type": "string"}, "details": {"type": ["object", "null"]}, "remote_addr": _nullable_str,
         },
     },
@@ -237,6 +239,48 @@ _SCHEMAS = {
     "AliasBody": {
         "type": "object", "required": ["version"],
         "properties": {"version": {"type": "integer", "minimum": 1}},
+    },
+    "ServedVersions": {
+        "type": "object", "required": ["versions"],
+        "properties": {"versions": {"oneOf": [
+            {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            {"const": "all", "description": "every ready version"},
+            {"type": "null", "description": "the default: every aliased version and the newest ready one"}]}},
+    },
+    "ServedVersionsAnswer": {
+        "type": "object", "required": ["model", "versions"],
+        "properties": {"model": {"type": "string"},
+                       "versions": {"type": ["array", "string", "null"], "items": {"type": "integer"}}},
+    },
+    "ServingPlan": {
+        "type": "object", "required": ["root", "models"],
+        "properties": {
+            "root": {"type": "string"},
+            "models": {"type": "array", "items": {
+                "type": "object",
+                "required": ["name", "versions", "exported_versions", "labels", "skipped_versions",
+                             "skipped_aliases", "skipped"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "served_versions_setting": {"type": ["array", "string", "null"], "items": {"type": "integer"}},
+                    "versions": {"type": "array", "items": {"type": "integer"},
+                                 "description": "Versions to serve"},
+                    "exported_versions": {"type": "array", "items": {"type": "integer"},
+                                          "description": "Versions in the export root, as models.config lists"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "skipped_versions": {"type": "array", "items": {"type": "object", "properties": {
+                        "version": {"type": "integer"}, "reason": {"type": "string"}}}},
+                    "skipped_aliases": {"type": "array", "items": {"type": "object", "properties": {
+                        "alias": {"type": "string"}, "version": {"type": "integer"},
+                        "reason": {"type": "string"}}}},
+                    "held_labels": {"type": "array", "items": {"type": "object", "properties": {
+                        "alias": {"type": "string"}, "version": {"type": "integer"},
+                        "moving_to": {"type": "integer"}}},
+                        "description": "Labels kept on a loaded version until the new one had "
+                                       "REGISTRY_SERVING_LABEL_DELAY seconds to load"},
+                    "skipped": _nullable_str,
+                }}},
+        },
     },
     "Alias": {
         "type": "object", "required": ["model", "alias", "version"],
@@ -338,6 +382,13 @@ def _document() -> dict:
                                       "description": "inference GraphDef, binary .pb or text .pbtxt"},
                             "frozen": {"type": "string", "format": "binary",
                                        "description": "an already-frozen GraphDef, instead of a checkpoint"},
+                            "saved_model": {"type": "string", "format": "binary",
+                                            "description": "a TF2 SavedModel folder as .zip or .tar.gz, instead "
+                                                           "of a checkpoint"},
+                            "keras": {"type": "string", "format": "binary",
+                                      "description": "a Keras model (.keras or .h5), instead of a checkpoint"},
+                            "signature": {"type": "string",
+                                          "description": "the SavedModel signature to freeze (serving_default)"},
                             "labels": {"type": "string", "format": "binary", "description": "one label per line"},
                             "output_nodes": {"type": "string", "description": "comma-separated node names"},
                             "input_nodes": {"type": "string", "description": "comma-separated node names"},
@@ -380,6 +431,30 @@ def _document() -> dict:
             "/api/v1/models/{name}/versions/{ref}/labels.txt": {"get": {
                 "operationId": "downloadLabels", "parameters": [_NAME, _REF],
                 "responses": {**_blob("The labels file", "text/plain"), "400": _error("Invalid model name")}}},
+            "/api/v1/models/{name}/versions/{ref}/saved_model.tar.gz": {"get": {
+                "operationId": "downloadSavedModel", "parameters": [_NAME, _REF],
+                "summary": "The SavedModel TF Serving loads (saved_model.pb + variables/), as a .tar.gz",
+                "responses": {**_blob("The SavedModel folder as a .tar.gz", "application/gzip"),
+                              "409": _error("The version is not ready, or was frozen before SavedModels were "
+                                            "built")}}},
+            "/api/v1/models/{name}/serving": {"put": {
+                "operationId": "setServedVersions", "parameters": [_NAME],
+                "summary": "Which versions a TF Serving export serves",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref("ServedVersions")}}},
+                "responses": {"200": _json(_ref("ServedVersionsAnswer"), "The new setting"),
+                              "400": _error("Invalid body"), "404": _error("No such model or version")}}},
+            "/api/v1/serving": {"get": {
+                "operationId": "servingPlan",
+                "summary": "Per model: versions served and exported, labels, and what was left out and why",
+                "responses": {"200": _json(_ref("ServingPlan"), "The plan"),
+                              "409": _error("REGISTRY_SERVING_EXPORT_ROOT is not set")}}},
+            "/api/v1/serving/models.config": {"get": {
+                "operationId": "servingConfig",
+                "summary": "TF Serving's ModelServerConfig text proto for what is exported now",
+                "responses": {"200": {"description": "models.config",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              "409": _error("REGISTRY_SERVING_EXPORT_ROOT is not set")}}},
             "/api/v1/models/{name}/aliases/{alias}": {
                 "put": {"operationId": "setAlias", "parameters": [_NAME, _NEW_ALIAS],
                         "requestBody": {"required": True,

@@ -10,8 +10,9 @@ from registry.access import current_actor
 from registry.api import bp
 from registry.api.multipart import read_push_form
 from registry.api.openapi import openapi_document
+from registry.archives import ArchiveLimits
 from registry.app import get_registry
-from registry.entities import PREPROCESSING_KEYS, READY, VERSION_STATUSES
+from registry.entities import PREPROCESSING_KEYS, READY, SAVED_MODEL, VERSION_STATUSES
 from registry.errors import Conflict, InvalidRequest, NotFound, StorageError
 
 
@@ -51,7 +52,10 @@ def get_model(name: str):
 
 @bp.delete("/models/<name>")
 def delete_model(name: str):
-    return catalog.delete_model(get_registry().db, name, actor=current_actor()).to_dict()
+    registry = get_registry()
+    answer = catalog.delete_model(registry.db, name, actor=current_actor())
+    registry.serving_changed()
+    return answer.to_dict()
 
 
 @bp.get("/models/<name>/versions")
@@ -72,7 +76,8 @@ def push_version(name: str):
     catalog.validate_model_name(name)
     if request.mimetype != "multipart/form-data":
         raise InvalidRequest(
-            "send the files as multipart/form-data (fields meta, index, data, graph, frozen, labels)",
+            "send the files as multipart/form-data (fields meta, index, data, graph, frozen, saved_model, keras, "
+            "labels)",
             code="invalid_content_type",
         )
     sinks = g.setdefault("upload_sinks", [])  # aborted at teardown unless published
@@ -89,9 +94,12 @@ def push_version(name: str):
         input_nodes=uploads.parse_node_list(form.get("input_nodes"), "input node"),
         description=form.get("description", ""),
         preprocessing={k: form[k] for k in PREPROCESSING_KEYS if form.get(k, "") != ""},
+        signature=form.get("signature", "").strip(),
     )
+    settings = registry.settings
     version = uploads.push(
-        registry.db, registry.storage, name, push, max_attempts=registry.settings.job_max_attempts,
+        registry.db, registry.storage, name, push, max_attempts=settings.job_max_attempts,
+        archive_limits=ArchiveLimits(settings.max_archive_bytes, settings.max_archive_files),
         actor=current_actor(),
     )
     registry.notify_workers()
@@ -106,7 +114,10 @@ def get_version(name: str, ref: str):
 
 @bp.delete("/models/<name>/versions/<ref>")
 def delete_version(name: str, ref: str):
-    return catalog.delete_version(get_registry().db, name, ref, actor=current_actor()).to_dict()
+    registry = get_registry()
+    answer = catalog.delete_version(registry.db, name, ref, actor=current_actor())
+    registry.serving_changed()
+    return answer.to_dict()
 
 
 @bp.patch("/models/<name>/versions/<ref>")
@@ -189,13 +200,17 @@ def set_alias(name: str, alias: str):
         number = int(number)
     if not isinstance(number, int) or isinstance(number, bool) or number < 1:
         raise InvalidRequest('send a JSON body like {"version": 3}', code="invalid_alias_body")
-    version = catalog.set_alias(get_registry().db, name, alias, number, actor=current_actor())
+    registry = get_registry()
+    version = catalog.set_alias(registry.db, name, alias, number, actor=current_actor())
+    registry.serving_changed()
     return {"model": name, "alias": alias, "version": version.version}
 
 
 @bp.delete("/models/<name>/aliases/<alias>")
 def delete_alias(name: str, alias: str):
-    catalog.delete_alias(get_registry().db, name, alias, actor=current_actor())
+    registry = get_registry()
+    catalog.delete_alias(registry.db, name, alias, actor=current_actor())
+    registry.serving_changed()
     return "", 204
 
 
@@ -213,4 +228,55 @@ def set_allowed_ops(name: str):
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise InvalidRequest('"reason" must be a string', code="invalid_allowed_ops")
-    return catalog.set_allowed_ops(get_registry().db, name, body["ops"], reason, actor=current_actor())
+    registry = get_registry()
+    answer = catalog.set_allowed_ops(registry.db, name, body["ops"], reason, actor=current_actor())
+    registry.serving_changed()  # flagged versions are exported only while their ops are allowed
+    return answer
+
+
+@bp.get("/models/<name>/versions/<ref>/saved_model.tar.gz")
+def download_saved_model(name: str, ref: str):
+    version = catalog.get_version(get_registry().db, name, ref)
+    if version.status != READY:
+        raise Conflict(f"version {version.version} of {name!r} is {version.status}; its SavedModel exists once "
+                       "it is ready", code="version_not_ready")
+    saved = version.file(SAVED_MODEL)
+    if saved is None:
+        raise Conflict(f"version {version.version} of {name!r} was frozen before SavedModels were built: "
+                       "run 'registry export-serving' (or 'registry saved-models') once to build it",
+                       code="saved_model_not_built")
+    return _send_blob(saved.sha256, f"{name}-v{version.version}-saved_model.tar.gz", "application/gzip")
+
+
+@bp.put("/models/<name>/serving")
+def set_serving(name: str):
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) != {"versions"}:
+        raise InvalidRequest('send {"versions": [1, 3]} to serve those versions, {"versions": "all"} for every '
+                             'ready version, or {"versions": null} for the default (every aliased version and the '
+                             "newest ready one)",
+                             code="invalid_served_versions")
+    registry = get_registry()
+    model = catalog.set_served_versions(registry.db, name, body["versions"], actor=current_actor())
+    registry.serving_changed()
+    return {"model": name, "versions": model.served_versions}
+
+
+@bp.get("/serving")
+def serving_plan():
+    from registry import serving_export
+
+    settings = get_registry().settings
+    text, plans = serving_export.config_for(get_registry().db, settings.serving_export_root,
+                                            settings.serving_base_path or None, settings.serving_label_delay)
+    return {"root": settings.serving_export_root, "models": [p.to_dict() for p in plans]}
+
+
+@bp.get("/serving/models.config")
+def serving_config():
+    from registry import serving_export
+
+    settings = get_registry().settings
+    text, _ = serving_export.config_for(get_registry().db, settings.serving_export_root,
+                                        settings.serving_base_path or None, settings.serving_label_delay)
+    return Response(text, mimetype="text/plain")

@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from registry.errors import ConversionError
+from registry.errors import ConversionError, RegistryError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,6 +31,8 @@ def convert(request: dict) -> dict:
     started = time.perf_counter()
     files = request["files"]
     source = request["source"]
+    if source in ("saved_model", "keras"):
+        return convert_tf2(request, started)
     meta = graphs.load_meta_graph(Path(files["meta"])) if files.get("meta") else None
     if source == "frozen":
         graph_def = graphs.load_graph_def(Path(files["frozen"]), "frozen graph")
@@ -90,8 +92,15 @@ def convert(request: dict) -> dict:
             output_path, pruned, files.get("checkpoint_prefix") if report.variables else None,
             report.variable_keys, outputs, inputs, request["verify_tolerance"],
         )
+    saved_model = None
+    if request.get("saved_model_path"):
+        from registry.converter.saved_model import build_archive
+
+        build_archive(output_path, inputs, outputs, Path(request["saved_model_path"]))
+        saved_model = request["saved_model_path"]
     return {
         "ok": True,
+        "saved_model": saved_model,
         "output_nodes": outputs,
         "output_nodes_detected": detected,
         "input_nodes": inputs,
@@ -114,6 +123,71 @@ def convert(request: dict) -> dict:
     }
 
 
+def convert_tf2(request: dict, started: float) -> dict:
+    """A TF2 SavedModel (archive) or Keras file: freeze the chosen signature, record it like any version."""
+    import tensorflow as tf
+
+    from registry.archives import ArchiveLimits, safe_extract, saved_model_root
+    from registry.converter import graphs, ops, tf2
+    from registry.converter.saved_model import build_archive
+
+    files = request["files"]
+    tolerance = request["verify_tolerance"]
+    freeze_started = time.perf_counter()
+    if request["source"] == "saved_model":
+        folder = Path(request["output_path"]).parent / "uploaded_saved_model"
+        limits = ArchiveLimits(request.get("max_archive_bytes", ArchiveLimits.max_bytes),
+                               request.get("max_archive_files", ArchiveLimits.max_files))
+        try:
+            safe_extract(Path(files["saved_model_src"]), folder, limits)
+            root = saved_model_root(folder)
+        except RegistryError as exc:
+            raise ConversionError(exc.message, code="unsafe_archive") from exc
+        frozen = tf2.from_saved_model(root, request.get("signature") or "serving_default", tolerance)
+    else:
+        frozen = tf2.from_keras(Path(files["keras"]), tolerance)
+    freeze_seconds = time.perf_counter() - freeze_started
+    output_path = Path(request["output_path"])
+    output_path.write_bytes(frozen.graph_def.SerializeToString(deterministic=True))
+    scan = ops.scan(graphs.all_nodes(frozen.graph_def))
+    inputs = graphs.detect_inputs(frozen.graph_def, frozen.inputs)
+    saved_model = None
+    if request.get("saved_model_path"):
+        build_archive(output_path, inputs, frozen.outputs, Path(request["saved_model_path"]))
+        saved_model = request["saved_model_path"]
+    return {
+        "ok": True,
+        "saved_model": saved_model,
+        "output_nodes": frozen.outputs,
+        "output_nodes_detected": True,
+        "input_nodes": inputs,
+        "tf_version": tf.__version__,
+        "conversion": {
+            "verification": frozen.verification,
+            "safety": {"op_histogram": scan["op_histogram"], "flags": scan["flags"], "flagged": scan["flagged"],
+                       "upload_flags": scan["flags"]},
+            "nodes": {"uploaded": None, "frozen": len(frozen.graph_def.node)},
+            "variables": None,
+            "variable_bytes": None,
+            "dropped_control_edges": 0,
+            "freeze_seconds": round(freeze_seconds, 4),
+            "total_seconds": round(time.perf_counter() - started, 4),
+        },
+    }
+
+
+def build_saved_model(request: dict) -> dict:
+    """Only the SavedModel of an already-frozen version (versions frozen before SavedModels existed)."""
+    from registry.converter.saved_model import build_archive
+
+    build_archive(Path(request["frozen_path"]), request["input_nodes"], request["output_nodes"],
+                  Path(request["saved_model_path"]))
+    return {"ok": True, "saved_model": request["saved_model_path"]}
+
+
+TASKS = {"convert": convert, "saved_model": build_saved_model}
+
+
 def _is_memory_failure(exc: Exception) -> bool:
     """Under the address-space limit TensorFlow fails to map its libraries or allocate."""
     text = str(exc)
@@ -124,7 +198,7 @@ def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
     result_path = Path(request["result_path"])
     try:
-        result = convert(request)
+        result = TASKS[request.get("task", "convert")](request)
     except ConversionError as exc:
         result = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
     except MemoryError:

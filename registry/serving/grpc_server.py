@@ -17,6 +17,7 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +29,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -36,7 +38,7 @@ from tensorflow_serving.apis import (
 
 from registry import catalog
 from registry.entities import FAILED, TF_SERVING_STATE, VersionInfo
-from registry.errors import InvalidRequest, NotFound, RegistryError
+from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError
 from registry.serving.signature import SIGNATURE, signature_def_json
 
 log = logging.getLogger(__name__)
@@ -251,7 +253,7 @@ def _version_status(version: VersionInfo) -> get_model_status_pb2.ModelVersionSt
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """``tensorflow.serving.ModelService``: version states from the catalog."""
+    """``tensorflow.serving.ModelService``: version states from the catalog; config reloads."""
 
     def __init__(self, registry) -> None:
         self.registry = registry
@@ -275,15 +277,57 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return get_model_status_pb2.GetModelStatusResponse(
             model_version_status=[_version_status(v) for v in versions])
 
-    def HandleReloadConfigRequest(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                      "HandleReloadConfigRequest is not supported: versions come from the registry "
-                      "(push a version, or move an alias)")
+    @_answer_errors
+    def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
+                                  context) -> model_management_pb2.ReloadConfigResponse:
+        """Check a config as TF Serving does, keep it as the served model list, and log that list.
+
+        Refused like TF Serving refuses them: no ``model_config_list``, a model
+        without a name or named twice, a platform other than tensorflow, and a
+        version label for a version the config does not serve or (for a local
+        ``base_path``) that is not on disk yet.
+        """
+        config = request.config
+        if config.WhichOneof("config") != "model_config_list":
+            raise InvalidRequest("the config has no model_config_list (custom_model_config is not supported)",
+                                 code="invalid_config")
+        seen: set[str] = set()
+        for model in config.model_config_list.config:
+            if not model.name:
+                raise InvalidRequest("a model config has no name", code="invalid_config")
+            if model.name in seen:
+                raise InvalidRequest(f"model {model.name!r} is configured twice", code="invalid_config")
+            seen.add(model.name)
+            if model.model_platform not in ("", "tensorflow"):
+                raise InvalidRequest(f"model {model.name!r}: platform {model.model_platform!r} is not "
+                                     "supported (tensorflow)", code="invalid_config")
+            policy = model.model_version_policy
+            served = set(policy.specific.versions) if policy.WhichOneof("policy_choice") == "specific" else None
+            for label, number in model.version_labels.items():
+                if served is not None and number not in served:
+                    raise Conflict(f"model {model.name!r}: label {label!r} points at version {number}, "
+                                   "which the config does not serve", code="label_for_unavailable_version")
+                folder = Path(model.base_path) / str(number)
+                if Path(model.base_path).is_dir() and not (folder / "saved_model.pb").is_file():
+                    raise Conflict(f"model {model.name!r}: label {label!r} points at version {number}, "
+                                   f"which is not available (no {folder}/saved_model.pb)",
+                                   code="label_for_unavailable_version")
+        self.registry.serving_config = config
+        log.info("reloaded serving config: %s", "; ".join(
+            f"{m.name} versions {list(m.model_version_policy.specific.versions)} labels {dict(m.version_labels)}"
+            for m in config.model_config_list.config) or "no models")
+        return model_management_pb2.ReloadConfigResponse(status={"error_code": 0, "error_message": ""})
+
+
+# Methods that change what the server does; every other method only reads.
+WRITE_METHODS = frozenset({"/tensorflow.serving.ModelService/HandleReloadConfigRequest"})
 
 
 class _TokenCheck(grpc.ServerInterceptor):
-    """The REST API's tokens on gRPC: ``authorization: Bearer …`` metadata, read scope for every method
-    (they all only read); UNAUTHENTICATED without a valid token where reads are not public."""
+    """The REST API's tokens on gRPC: ``authorization: Bearer …`` metadata; read scope for the
+    methods that read, write scope for a config reload.  UNAUTHENTICATED without a valid token
+    where the scope is not open to anonymous callers, PERMISSION_DENIED for a token whose scope
+    is too narrow."""
 
     def __init__(self, registry) -> None:
         self.registry = registry
@@ -300,9 +344,14 @@ class _TokenCheck(grpc.ServerInterceptor):
                 if kind.lower() != "bearer" or not token.strip():
                     raise Unauthorized("send the token as metadata authorization: Bearer rgt_…")
                 granted = auth.verify(self.registry.db, token.strip()).scope
-            if not (auth.allows(granted, auth.READ)
-                    or auth.anonymous_allowed(self.registry.settings, self.registry.db, auth.READ)):
-                raise Unauthorized("this needs a token with read scope: send metadata authorization: Bearer <token>")
+            required = auth.WRITE if handler_call_details.method in WRITE_METHODS else auth.READ
+            if not (auth.allows(granted, required)
+                    or auth.anonymous_allowed(self.registry.settings, self.registry.db, required)):
+                if granted is not None:
+                    return _refusal(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"this token has {granted} scope; this needs {required}")
+                raise Unauthorized(f"this needs a token with {required} scope: send metadata "
+                                   "authorization: Bearer <token>")
         except Unauthorized as exc:
             return _refusal(grpc.StatusCode.UNAUTHENTICATED, exc.message)
         except RegistryError as exc:

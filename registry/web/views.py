@@ -63,6 +63,7 @@ def set_alias(name: str):
             raise
         return redirect(url_for("web.model", name=name, alias_error=exc.message, alias=alias, version=version)
                         + "#aliases")
+    get_registry().serving_changed()
     return redirect(url_for("web.model", name=name) + "#aliases")
 
 

@@ -41,12 +41,22 @@ const FIELD_BY_CODE = {
   invalid_model_name: "name", invalid_meta_graph: "meta", invalid_checkpoint_index: "index",
   missing_data_shard: "data", invalid_data_shard: "data", invalid_labels: "labels",
   invalid_preprocessing: "preprocessing", conflicting_files: "frozen",
+  unsafe_archive: "saved_model", invalid_saved_model: "saved_model", invalid_signature: "signature",
+  invalid_keras: "keras",
 };
+
+// The file fields each kind of push sends.
+const KIND_FILES = {
+  checkpoint: ["meta", "index", "data", "graph", "labels"], frozen: ["frozen", "labels"],
+  saved_model: ["saved_model", "labels"], keras: ["keras", "labels"],
+};
+const KIND_FILE_HINT = { frozen: "Choose the frozen .pb file.", saved_model: "Choose the SavedModel .zip or .tar.gz.",
+  keras: "Choose the .keras or .h5 file." };
 
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;  // registry.catalog.MODEL_NAME_RE
 
 function fieldFor(error) {
-  const quoted = /'(meta|index|data|graph|frozen|labels)'/.exec(error.message);
+  const quoted = /'(meta|index|data|graph|frozen|saved_model|keras|labels)'/.exec(error.message);
   if (quoted) return quoted[1];
   if (error.code === "invalid_node_name") return /input node/.test(error.message) ? "input_nodes" : "output_nodes";
   if (error.code === "missing_files") {
@@ -75,9 +85,11 @@ function setupPush() {
   const form = $("#push-form");
   if (!form) return;
   const toggle = () => {
-    const frozen = $('input[name="kind"]:checked', form).value === "frozen";
-    $(".checkpoint-only", form).hidden = frozen;
-    $(".frozen-only", form).hidden = !frozen;
+    const kind = $('input[name="kind"]:checked', form).value;
+    Object.keys(KIND_FILES).forEach((k) => { $(`.${k}-only`, form).hidden = k !== kind; });
+    // SavedModels and Keras models bring their inputs and outputs with them.
+    const tf2 = kind === "saved_model" || kind === "keras";
+    ["output_nodes", "input_nodes"].forEach((f) => { $(`[data-field="${f}"]`, form).hidden = tf2; });
   };
   $all('input[name="kind"]', form).forEach((r) => r.addEventListener("change", toggle));
   toggle();
@@ -90,12 +102,12 @@ function setupPush() {
     if (!MODEL_NAME.test(name)) {
       return showFieldError(form, "name", `invalid model name '${name}': use 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit`);
     }
-    const frozen = $('input[name="kind"]:checked', form).value === "frozen";
+    const kind = $('input[name="kind"]:checked', form).value;
     const data = new FormData();
-    const fileFields = frozen ? ["frozen", "labels"] : ["meta", "index", "data", "graph", "labels"];
-    fileFields.forEach((f) => Array.from($("#" + f, form).files).forEach((file) => data.append(f, file, file.name)));
-    if (frozen && !$("#frozen", form).files.length) return showFieldError(form, "frozen", "Choose the frozen .pb file.");
-    ["output_nodes", "input_nodes", "description", "input_height", "input_width", "input_mean", "input_std"]
+    KIND_FILES[kind].forEach((f) => Array.from($("#" + f, form).files).forEach((file) => data.append(f, file, file.name)));
+    if (kind !== "checkpoint" && !$("#" + kind, form).files.length) return showFieldError(form, kind, KIND_FILE_HINT[kind]);
+    const textFields = kind === "saved_model" ? ["signature"] : kind === "keras" ? [] : ["output_nodes", "input_nodes"];
+    [...textFields, "description", "input_height", "input_width", "input_mean", "input_std"]
       .forEach((f) => { const v = form.elements[f].value.trim(); if (v) data.append(f, v); });
     const request = new XMLHttpRequest();
     const progress = $("#upload-progress");
