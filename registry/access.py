@@ -63,7 +63,7 @@ RULES: dict[str, str | None] = {
     "api.delete_alias": WRITE,
     "api.delete_version": WRITE,
     "api.delete_model": WRITE,
-    "api.set_serving": WRITE,  # which versions a TF Serving export serves: like moving an alias
+    "api.set_served_versions": WRITE,  # which versions a TF Serving export serves: like moving an alias
     "web.push": WRITE,
     "web.set_alias": WRITE,
     "api.get_allowed_ops": READ,

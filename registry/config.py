@@ -45,6 +45,7 @@ class Settings:
     compare_max_versions: int = 8
     compare_max_images: int = 64
     batch_max_size: int = 16
+    label_timeout_seconds: float = 30.0
     demo: bool = True
     s3_presign: bool = False
     # Who may do what without a token (see registry.auth.anonymous_allowed).  ``embedded``
@@ -89,6 +90,7 @@ class Settings:
             compare_max_versions=int(_env("REGISTRY_COMPARE_MAX_VERSIONS", "8")),
             compare_max_images=int(_env("REGISTRY_COMPARE_MAX_IMAGES", "64")),
             batch_max_size=int(_env("REGISTRY_BATCH_MAX_SIZE", "16")),
+            label_timeout_seconds=float(_env("REGISTRY_LABEL_TIMEOUT_SECONDS", "30")),
             demo=_env("REGISTRY_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"),
             s3_presign=_env("REGISTRY_S3_PRESIGN", "0").strip().lower() in ("1", "true", "yes", "on"),
             embedded=embedded,

@@ -85,6 +85,13 @@ class RateLimited(RegistryError):
         self.headers = {"Retry-After": str(self.retry_after)}
 
 
+class TimedOut(RegistryError):
+    """The work took longer than its configured limit and was cancelled."""
+
+    code = "timed_out"
+    status = 504
+
+
 class StorageError(RegistryError):
     """The blob store failed; nothing the client sent was wrong."""
 

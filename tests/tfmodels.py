@@ -260,3 +260,18 @@ def build_large_frozen(directory: Path, megabytes: int) -> Path:
     path = directory / f"large-{megabytes}mb.pb"
     path.write_bytes(graph.as_graph_def().SerializeToString())
     return path
+
+
+def build_slow_frozen(directory: Path) -> Path:
+    """A frozen graph whose running time the caller picks: ``output = input * n`` where n
+    is counted up by a while loop of ``iterations`` steps (an optional input, default 1)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, 1], name="input")
+        iterations = tf1.placeholder_with_default(tf.constant(1, tf.int64), [], name="iterations")
+        counted = tf1.while_loop(lambda i: i < iterations, lambda i: i + 1, [tf.constant(0, tf.int64)])
+        tf.multiply(x, tf.cast(counted, tf.float32), name="output")
+    path = directory / "slow.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path

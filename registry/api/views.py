@@ -249,7 +249,7 @@ def download_saved_model(name: str, ref: str):
 
 
 @bp.put("/models/<name>/serving")
-def set_serving(name: str):
+def set_served_versions(name: str):
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or set(body) != {"versions"}:
         raise InvalidRequest('send {"versions": [1, 3]} to serve those versions, {"versions": "all"} for every '

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from registry.entities import VersionInfo
-from registry.errors import InvalidRequest
+from registry.errors import InvalidRequest, TimedOut
 from registry.serving.batching import Batcher
 
 tf1 = tf.compat.v1
@@ -42,7 +42,7 @@ class LoadedGraph:
     with compatible inputs are batched into one ``Session.run``."""
 
     def __init__(self, version: VersionInfo, frozen: bytes, labels: list[str] | None, *,
-                 max_batch: int = 16) -> None:
+                 max_batch: int = 16, timeout_seconds: float = 0.0) -> None:
         self.version = version
         self.labels = labels
         graph_def = graph_pb2.GraphDef()
@@ -60,19 +60,27 @@ class LoadedGraph:
         self._by_key = {s.key: s for s in self.inputs + self.outputs}
         self._by_key.update({s.name.rsplit(":", 1)[0]: s for s in self.inputs + self.outputs})
         self.batcher = Batcher(self._run_now, max_batch=max_batch)
+        # TensorFlow cancels a Session.run past its deadline (checked between ops and in loops).
+        self.timeout_seconds = timeout_seconds
+        self._run_options = (tf1.RunOptions(timeout_in_ms=max(1, int(timeout_seconds * 1000)))
+                             if timeout_seconds > 0 else None)
 
     def spec(self, key: str) -> TensorSpec | None:
         """An input or output by signature key or node name."""
         return self._by_key.get(key)
 
     def _run_now(self, feeds: dict[str, np.ndarray], fetch: tuple[str, ...]) -> list[np.ndarray]:
-        return self.session.run(list(fetch), feed_dict=feeds)
+        return self.session.run(list(fetch), feed_dict=feeds, options=self._run_options)
 
     def run(self, feeds: dict[str, np.ndarray], fetch: list[str] | None = None) -> dict[str, np.ndarray]:
         """Run with ``feeds`` keyed by tensor name; returns outputs keyed by tensor name."""
         names = tuple(fetch or [o.name for o in self.outputs])
         try:
             results = self.batcher.submit(feeds, names, batchable=self.batchable(feeds))
+        except tf.errors.DeadlineExceededError as exc:
+            raise TimedOut(f"version {self.version.version} of {self.version.model!r} took longer than "
+                           f"{self.timeout_seconds:g} s and was stopped (REGISTRY_LABEL_TIMEOUT_SECONDS)",
+                           code="inference_timed_out") from exc
         except (tf.errors.InvalidArgumentError, ValueError) as exc:
             message = getattr(exc, "message", None) or str(exc)
             raise InvalidRequest(f"the model refused the input: {message.strip().splitlines()[0]}",

@@ -97,7 +97,8 @@ class LabelService:
         if labels_file is not None:
             with self.storage.open(labels_file.sha256) as stream:
                 labels = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()]
-        return LoadedGraph(version, frozen, labels, max_batch=self.settings.batch_max_size)
+        return LoadedGraph(version, frozen, labels, max_batch=self.settings.batch_max_size,
+                           timeout_seconds=self.settings.label_timeout_seconds)
 
     def _timed_graph(self, version: VersionInfo):
         started = time.perf_counter()
