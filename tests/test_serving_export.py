@@ -93,6 +93,14 @@ def test_exported_version_computes_what_the_frozen_graph_computes(exporting, mod
         assert list(outputs) == [key]
         np.testing.assert_allclose(outputs[key].numpy(), expected, atol=1e-6, rtol=0)
         np.testing.assert_allclose(expected, model.expected, atol=1e-5)  # and that is the checkpoint's answer
+        # The way TF Serving's SavedModelBundle runs it: tag "serve", a Session, tensors named by the signature.
+        with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+            meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(root / name / str(number)))
+            signature = meta.signature_def["serving_default"]
+            assert signature.method_name == "tensorflow/serving/predict"
+            served = session.run(signature.outputs[key].name,
+                                 {signature.inputs["input"].name: model.test_input})
+        np.testing.assert_allclose(served, expected, atol=1e-6, rtol=0)
 
 
 def test_saved_model_download_is_the_recorded_artifact_and_pull_verifies_it(exporting, tmp_path):

@@ -2,7 +2,8 @@
 
 Reads a request written by ``registry.converter.runner``, writes the frozen
 graph and ``result.json`` into the work directory.  Runs in a child process
-with memory, CPU-time and file-size limits set by the parent.
+with the memory, CPU-time and file-size limits the parent asks for, which it
+sets on itself before reading anything.
 """
 
 from __future__ import annotations
@@ -196,6 +197,10 @@ def _is_memory_failure(exc: Exception) -> bool:
 
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
+    if "limits" in request:  # before anything reads the upload
+        from registry.converter.runner import apply_limits
+
+        apply_limits(request["limits"])
     result_path = Path(request["result_path"])
     try:
         result = TASKS[request.get("task", "convert")](request)

@@ -47,19 +47,23 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _limits(memory_mb: int, cpu_seconds: int, max_output_mb: int) -> Callable[[], None]:
-    parent = os.getpid()
+def apply_limits(limits: dict) -> None:
+    """Called by the converter child itself, first thing, before it reads any upload.
 
-    def apply() -> None:
-        _die_with(parent)
-        memory = memory_mb * 1024 * 1024
-        largest = max_output_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (largest, largest))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
+    The limits are not set between fork and exec (``preexec_fn``): running Python
+    there is unsafe in a parent with threads (the embedded workers share their
+    process with gRPC and TensorFlow threads, and a forked copy of those could
+    crash the child before it ever ran), while without ``preexec_fn`` the child
+    is started by vfork + exec with no Python code in between.
+    """
+    _die_with(limits["parent"])
+    memory = limits["memory_mb"] * 1024 * 1024
+    largest = limits["max_output_mb"] * 1024 * 1024
+    cpu_seconds = limits["cpu_seconds"]
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (largest, largest))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -83,19 +87,21 @@ def run_conversion(
     heartbeat_every: float = 10.0,
 ) -> Outcome:
     """Run ``registry.converter.child`` on ``request``; wait, renewing the lease."""
-    request = dict(request, result_path=str(workdir / "result.json"))
+    cpu_seconds = int(timeout * max(1, os.cpu_count() or 1)) + 10
+    limits = {"memory_mb": memory_mb, "cpu_seconds": cpu_seconds, "max_output_mb": max_output_mb,
+              "parent": os.getpid()}
+    request = dict(request, result_path=str(workdir / "result.json"), limits=limits)
     request_path = workdir / "request.json"
     request_path.write_text(json.dumps(request))
     log_path = workdir / "converter.log"
     # The child runs untrusted graphs: it gets no database URL, credentials or tokens.
     env = {k: v for k, v in os.environ.items() if k in CHILD_ENV}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    cpu_seconds = int(timeout * max(1, os.cpu_count() or 1)) + 10
     with open(log_path, "wb") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "registry.converter.child", str(request_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir, env=env,
-            preexec_fn=_limits(memory_mb, cpu_seconds, max_output_mb), start_new_session=True,
+            start_new_session=True,
         )
         started = last_beat = time.monotonic()
         while True:
