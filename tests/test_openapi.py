@@ -84,6 +84,23 @@ def test_documented_statuses_cover_what_the_server_answers(client, models, doc):
     assert "409" in paths["/api/v1/models/{name}/versions/{ref}/frozen.pb"]["get"]["responses"]
 
 
+def test_every_operation_on_a_model_refuses_an_invalid_name_with_a_documented_400(client, doc):
+    values = {"name": "not a name!", "ref": "1", "alias": "production"}
+    for path, item in doc["paths"].items():
+        if "{name}" not in path:
+            continue
+        url = re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
+        for method, operation in item.items():
+            assert "400" in operation["responses"], f"{method.upper()} {path} does not document its 400"
+            answer = client.open(url, method=method.upper(), json={})
+            if operation.get("security") == [{"bearer": ["admin"]}]:
+                assert answer.status_code == 401, (method, path)  # an admin token comes first
+                continue
+            assert answer.status_code == 400, (method, path, answer.status_code)
+            if method in ("get", "delete"):  # no body to refuse first
+                assert answer.get_json()["error"]["code"] == "invalid_model_name", (method, path)
+
+
 def test_each_operation_declares_the_scope_the_access_rules_require(app, doc):
     from registry.access import RULES
     from registry.api.openapi import endpoint_of

@@ -435,6 +435,7 @@ def _document() -> dict:
                 "operationId": "downloadSavedModel", "parameters": [_NAME, _REF],
                 "summary": "The SavedModel TF Serving loads (saved_model.pb + variables/), as a .tar.gz",
                 "responses": {**_blob("The SavedModel folder as a .tar.gz", "application/gzip"),
+                              "400": _error("Invalid model name"),
                               "409": _error("The version is not ready, or was frozen before SavedModels were "
                                             "built")}}},
             "/api/v1/models/{name}/serving": {"put": {
