@@ -188,22 +188,7 @@ class RegistryClient:
         expected = record["frozen"]["sha256"]  # a presigned redirect's ETag is the store's, not ours
         if on_start:
             on_start(int(response.headers.get("Content-Length", 0)))
-        dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-        digest = hashlib.sha256()
-        try:
-            with open(tmp, "wb") as out:
-                for chunk in response.iter_content(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    if progress:
-                        progress(len(chunk))
-            if digest.hexdigest() != expected:
-                raise ClientError(f"download corrupted: sha256 {digest.hexdigest()} != {expected}; pull again",
-                                  code="checksum_mismatch", status=502)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _save_verified(response, Path(dest), expected, progress)
         return record
 
     def pull_saved_model(self, name: str, record: dict, dest: Path) -> str:
@@ -212,21 +197,7 @@ class RegistryClient:
         response = self._request("GET", f"/api/v1/models/{name}/versions/{record['version']}/saved_model.tar.gz",
                                  stream=True)
         expected = saved["sha256"] if saved else response.headers.get("X-Content-SHA256")
-        dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-        digest = hashlib.sha256()
-        try:
-            with open(tmp, "wb") as out:
-                for chunk in response.iter_content(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if expected and digest.hexdigest() != expected:
-                raise ClientError(f"download corrupted: sha256 {digest.hexdigest()} != {expected}; pull again",
-                                  code="checksum_mismatch", status=502)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return digest.hexdigest()
+        return _save_verified(response, Path(dest), expected)
 
     def set_served_versions(self, name: str, versions: list[int] | str | None) -> dict:
         return self._request("PUT", f"/api/v1/models/{name}/serving", json={"versions": versions}).json()
@@ -270,3 +241,25 @@ class RegistryClient:
 
     def delete_alias(self, name: str, alias: str) -> None:
         self._request("DELETE", f"/api/v1/models/{name}/aliases/{alias}")
+
+
+def _save_verified(response, dest: Path, expected: str | None,
+                   progress: Callable[[int], None] | None = None) -> str:
+    """Stream a download into a temporary file beside ``dest`` and rename it to
+    ``dest`` only if its sha256 is ``expected`` (when known); returns the sha256."""
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for chunk in response.iter_content(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                if progress:
+                    progress(len(chunk))
+        if expected and digest.hexdigest() != expected:
+            raise ClientError(f"download corrupted: sha256 {digest.hexdigest()} != {expected}; pull again",
+                              code="checksum_mismatch", status=502)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest.hexdigest()

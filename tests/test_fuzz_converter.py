@@ -16,7 +16,8 @@ from hypothesis import strategies as st  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 
 pytestmark = pytest.mark.slow
-FAST = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FAST = settings(max_examples=300, deadline=None, database=None, derandomize=True,
+                suppress_health_check=list(HealthCheck))
 
 
 @st.composite

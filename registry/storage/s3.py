@@ -457,19 +457,7 @@ class S3Storage(BlobStorage):
             raise
 
     def iter_digests(self) -> Iterator[str]:
-        base = self._join("sha256/")
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
-                for obj in page.get("Contents", []):
-                    name = obj["Key"].rsplit("/", 1)[-1]
-                    try:
-                        if self.key(name) == obj["Key"]:
-                            yield name
-                    except ValueError:
-                        continue
-        except S3_ERRORS as exc:
-            raise self.error("listing blobs", exc) from exc
+        return (blob.sha256 for blob in self.iter_blobs())
 
     def iter_blobs(self) -> Iterator[BlobInfo]:
         base = self._join("sha256/")
