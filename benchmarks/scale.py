@@ -196,6 +196,15 @@ class NullSink:
         return len(data)
 
 
+def timed_get(url: str) -> tuple[float, int, requests.Response]:
+    """Seconds to stream ``url`` to nowhere, the bytes received, and the response."""
+    started = time.perf_counter()
+    with requests.get(url, stream=True, timeout=300) as response:
+        response.raise_for_status()
+        got = sum(len(chunk) for chunk in response.iter_content(1 << 20))
+    return time.perf_counter() - started, got, response
+
+
 def pull_throughput(storage_url: str, prefix: str, home: Path, moto: MotoServer, big: Path) -> dict:
     from registry.storage import blob_key
 
@@ -209,11 +218,8 @@ def pull_throughput(storage_url: str, prefix: str, home: Path, moto: MotoServer,
         url = f"{server.url}/api/v1/models/bench-pull/versions/{pushed['version']}/frozen.pb"
         registry_s, boto_s, stream_s = [], [], []
         for _ in range(PULL_ROUNDS):
-            started = time.perf_counter()
-            with requests.get(url, stream=True, timeout=300) as response:
-                response.raise_for_status()
-                got = sum(len(chunk) for chunk in response.iter_content(1 << 20))
-            registry_s.append(time.perf_counter() - started)
+            seconds, got, _ = timed_get(url)
+            registry_s.append(seconds)
             assert got == size, (got, size)
             sink = NullSink()
             started = time.perf_counter()
@@ -231,11 +237,8 @@ def pull_throughput(storage_url: str, prefix: str, home: Path, moto: MotoServer,
         url = f"{server.url}/api/v1/models/bench-pull/versions/{pushed['version']}/frozen.pb"
         presigned_s, hops, registry_bytes = [], 0, 0
         for _ in range(PULL_ROUNDS):
-            started = time.perf_counter()
-            with requests.get(url, stream=True, timeout=300) as response:
-                response.raise_for_status()
-                got = sum(len(chunk) for chunk in response.iter_content(1 << 20))
-            presigned_s.append(time.perf_counter() - started)
+            seconds, got, response = timed_get(url)
+            presigned_s.append(seconds)
             hops = len(response.history)
             registry_bytes = sum(len(r.content) for r in response.history)
             assert got == size and response.history[0].status_code == 302

@@ -195,12 +195,17 @@ def test_half_written_version_folder_is_not_exported_and_gets_replaced(exporting
     assert not any((root / ".staging").iterdir())  # nothing left in the staging area
 
 
-def test_version_frozen_before_saved_models_gets_one_on_export(exporting, tmp_path):
-    db = exporting.registry.db
-    with db.transaction() as session:  # as if converted before this feature existed
-        version_id = catalog.get_version(db, "emb", "1").id
+def forget_saved_model(db, name: str, ref: str) -> None:
+    """Drop a version's SavedModel record, as for a version converted before SavedModels existed."""
+    with db.transaction() as session:
+        version_id = catalog.get_version(db, name, ref).id
         session.execute(sa.delete(VersionFile).where(VersionFile.version_id == version_id,
                                                      VersionFile.role == "saved_model"))
+
+
+def test_version_frozen_before_saved_models_gets_one_on_export(exporting, tmp_path):
+    db = exporting.registry.db
+    forget_saved_model(db, "emb", "1")  # as if converted before this feature existed
     answer = exporting.app.test_client().get("/api/v1/models/emb/versions/1/saved_model.tar.gz")
     assert answer.status_code == 409
     assert "registry export-serving" in answer.get_json()["error"]["message"]
@@ -322,10 +327,7 @@ def test_served_versions_setting_refuses_unknown_versions(exporting):
 
 def test_cli_backfills_saved_models_and_exports_with_the_reasons_for_what_is_left_out(exporting, tmp_path):
     db = exporting.registry.db
-    with db.transaction() as session:  # cnn v2 as converted before SavedModels existed
-        version_id = catalog.get_version(db, "cnn", "2").id
-        session.execute(sa.delete(VersionFile).where(VersionFile.version_id == version_id,
-                                                     VersionFile.role == "saved_model"))
+    forget_saved_model(db, "cnn", "2")  # as if converted before SavedModels existed
     env = {"REGISTRY_HOME": str(exporting.settings.home), "REGISTRY_DATABASE_URL": exporting.settings.database_url,
            "REGISTRY_STORAGE": exporting.settings.storage_url, "REGISTRY_SERVING_EXPORT_ROOT": "",
            "REGISTRY_SERVING_BASE_PATH": ""}

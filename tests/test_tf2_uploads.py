@@ -17,6 +17,7 @@ from registry.archives import ArchiveLimits, check_archive, safe_extract
 from registry.converter.saved_model import write_archive
 from registry.errors import InvalidUpload
 from registry.worker import Worker
+from tests import tfmodels
 from tests.helpers import blob_files, push
 
 pytestmark = pytest.mark.slow
@@ -112,15 +113,9 @@ def test_saved_model_push_freezes_its_signature(limited, tf2, archive, tmp_path)
     assert version["verification"]["status"] == "passed"
     frozen = tmp_path / "frozen.pb"
     frozen.write_bytes(client.get("/api/v1/models/scorer/versions/1/frozen.pb").get_data())
-    graph_def = tf.compat.v1.GraphDef.FromString(frozen.read_bytes())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-    with tf.compat.v1.Session(graph=graph) as session:
-        got = session.run({"probabilities": "probabilities:0", "logits": "logits:0"},
-                          {"features:0": tf2["features"]})
     for key in ("probabilities", "logits"):
-        np.testing.assert_allclose(got[key], tf2["expected"][key], atol=1e-6)
+        got = tfmodels.run_frozen(frozen, key, tf2["features"], input_name="features")
+        np.testing.assert_allclose(got, tf2["expected"][key], atol=1e-6)
     # and back out as a SavedModel for TF Serving, with the same signature keys
     tarball = client.get("/api/v1/models/scorer/versions/1/saved_model.tar.gz").get_data()
     with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
@@ -156,12 +151,7 @@ def test_keras_push_round_trip(limited, tf2, filename, tmp_path):
     assert [i["name"] for i in version["input_nodes"]] == ["pixels"]
     frozen = tmp_path / "frozen.pb"
     frozen.write_bytes(client.get("/api/v1/models/keras/versions/1/frozen.pb").get_data())
-    graph_def = tf.compat.v1.GraphDef.FromString(frozen.read_bytes())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-    with tf.compat.v1.Session(graph=graph) as session:
-        got = session.run("probs:0", {"pixels:0": tf2["keras_input"]})
+    got = tfmodels.run_frozen(frozen, "probs", tf2["keras_input"], input_name="pixels")
     np.testing.assert_allclose(got, tf2["keras_expected"], atol=1e-6)
 
 

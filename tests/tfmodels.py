@@ -162,7 +162,7 @@ def build_hostile_frozen(directory: Path, target: Path, *, in_function: bool = F
     return path
 
 
-def run_frozen(path: Path, output: str, test_input: np.ndarray) -> np.ndarray:
+def run_frozen(path: Path, output: str, test_input: np.ndarray, *, input_name: str = "input") -> np.ndarray:
     """Load a frozen .pb the way label_image.py does and run it."""
     graph_def = tf1.GraphDef()
     graph_def.ParseFromString(path.read_bytes())
@@ -170,7 +170,7 @@ def run_frozen(path: Path, output: str, test_input: np.ndarray) -> np.ndarray:
     with graph.as_default():
         tf.graph_util.import_graph_def(graph_def, name="")
     with tf1.Session(graph=graph) as session:
-        return session.run(output + ":0", {"input:0": test_input})
+        return session.run(output + ":0", {f"{input_name}:0": test_input})
 
 
 def build_embedding(directory: Path) -> BuiltModel:
