@@ -32,10 +32,17 @@ def convert(request: dict) -> dict:
     started = time.perf_counter()
     files = request["files"]
     source = request["source"]
-    if source in ("saved_model", "keras"):
-        return convert_tf2(request, started)
+    if source == "keras":
+        return convert_keras(request, started)
     meta = graphs.load_meta_graph(Path(files["meta"])) if files.get("meta") else None
-    if source == "frozen":
+    checkpoint_prefix = files.get("checkpoint_prefix")
+    whole_upload_flags: list[dict] = []
+    plan = None
+    if source == "saved_model":
+        # Read as data and scanned whole; frozen below like a checkpoint. Nothing of it is loaded.
+        plan, whole_upload_flags = saved_model_plan(request)
+        graph_def, checkpoint_prefix = plan.graph_def, plan.checkpoint_prefix
+    elif source == "frozen":
         graph_def = graphs.load_graph_def(Path(files["frozen"]), "frozen graph")
     elif files.get("graph"):
         graph_def = graphs.load_graph_def(Path(files["graph"]), "inference graph")
@@ -48,14 +55,18 @@ def convert(request: dict) -> dict:
     upload_scan = ops.scan(graphs.all_nodes(graph_def))
 
     requested = request.get("output_nodes") or []
-    if requested:
+    if plan is not None:
+        outputs, detected = plan.outputs, False
+    elif requested:
         outputs = graphs.require_nodes(graph_def, requested, "output")
         detected = False
     else:
         outputs = graphs.detect_outputs(graph_def)
         detected = True
     requested_inputs = request.get("input_nodes") or []
-    if requested_inputs:
+    if plan is not None:
+        requested_inputs = plan.inputs
+    elif requested_inputs:
         requested_inputs = graphs.require_nodes(graph_def, requested_inputs, "input")
 
     pruned, dropped = graphs.extract_subgraph(graph_def, outputs)
@@ -63,7 +74,7 @@ def convert(request: dict) -> dict:
     key_map = restore_key_map(meta.graph_def) if meta is not None else {}
     key_map.update(restore_key_map(graph_def))
     freeze_started = time.perf_counter()
-    frozen, report = freeze(pruned, files.get("checkpoint_prefix"), key_map)
+    frozen, report = freeze(pruned, checkpoint_prefix, key_map)
     freeze_seconds = time.perf_counter() - freeze_started
     report.dropped_control_edges = dropped
 
@@ -72,6 +83,10 @@ def convert(request: dict) -> dict:
     output_path.write_bytes(frozen.SerializeToString(deterministic=True))
     uploaded_nodes, frozen_nodes = len(graph_def.node), len(frozen.node)
     frozen_scan = ops.scan(graphs.all_nodes(frozen))
+    if whole_upload_flags:
+        # A flagged op anywhere in a SavedModel flags the version, not only one in the frozen graph.
+        frozen_scan["flags"] = merge_flags(frozen_scan["flags"], whole_upload_flags)
+        frozen_scan["flagged"] = True
     inputs = graphs.detect_inputs(frozen, requested_inputs or None)
     del graph_def, meta, frozen  # verification needs the memory more than these
 
@@ -90,7 +105,7 @@ def convert(request: dict) -> dict:
         }
     else:
         verification = verify(
-            output_path, pruned, files.get("checkpoint_prefix") if report.variables else None,
+            output_path, pruned, checkpoint_prefix if report.variables else None,
             report.variable_keys, outputs, inputs, request["verify_tolerance"],
         )
     saved_model = None
@@ -107,12 +122,13 @@ def convert(request: dict) -> dict:
         "input_nodes": inputs,
         "tf_version": tf.__version__,
         "conversion": {
+            **({"signature": plan.signature} if plan is not None else {}),
             "verification": verification,
             "safety": {
                 "op_histogram": frozen_scan["op_histogram"],
                 "flags": frozen_scan["flags"],
                 "flagged": frozen_scan["flagged"],
-                "upload_flags": upload_scan["flags"],
+                "upload_flags": whole_upload_flags if plan is not None else upload_scan["flags"],
             },
             "nodes": {"uploaded": uploaded_nodes, "frozen": frozen_nodes},
             "variables": report.variables,
@@ -124,33 +140,54 @@ def convert(request: dict) -> dict:
     }
 
 
-def convert_tf2(request: dict, started: float) -> dict:
-    """A TF2 SavedModel (archive) or Keras file: freeze the chosen signature, record it like any version."""
+def merge_flags(*groups: list[dict]) -> list[dict]:
+    """One flag per op across scans (counts added, a few example nodes kept)."""
+    merged: dict[str, dict] = {}
+    for flags in groups:
+        for flag in flags:
+            if flag["op"] in merged:
+                entry = merged[flag["op"]]
+                entry["count"] += flag["count"]
+                entry["nodes"] = (entry["nodes"] + [n for n in flag["nodes"] if n not in entry["nodes"]])[:5]
+            else:
+                merged[flag["op"]] = {**flag, "nodes": list(flag["nodes"])}
+    return [merged[op] for op in sorted(merged)]
+
+
+def saved_model_plan(request: dict):
+    """Unpack a pushed SavedModel archive, scan all of it, and plan the freeze of its signature."""
+    from registry.archives import ArchiveLimits, safe_extract, saved_model_root
+    from registry.converter import tf2, upload_scan
+
+    folder = Path(request["output_path"]).parent / "uploaded_saved_model"
+    limits = ArchiveLimits(request.get("max_archive_bytes", ArchiveLimits.max_bytes),
+                           request.get("max_archive_files", ArchiveLimits.max_files))
+    try:
+        safe_extract(Path(request["files"]["saved_model_src"]), folder, limits)
+        root = saved_model_root(folder)
+    except RegistryError as exc:
+        raise ConversionError(exc.message, code="unsafe_archive") from exc
+    proto = upload_scan.read_saved_model(root)
+    scan = upload_scan.scan_saved_model(proto)
+    plan = tf2.saved_model_plan(proto, root, request.get("signature") or "serving_default")
+    return plan, scan.flags
+
+
+def convert_keras(request: dict, started: float) -> dict:
+    """A Keras file: its configuration scanned whole, then (only if clean) loaded and frozen."""
     import tensorflow as tf
 
-    from registry.archives import ArchiveLimits, safe_extract, saved_model_root
     from registry.converter import graphs, ops, tf2
     from registry.converter.saved_model import build_archive
 
-    files = request["files"]
-    tolerance = request["verify_tolerance"]
     freeze_started = time.perf_counter()
-    if request["source"] == "saved_model":
-        folder = Path(request["output_path"]).parent / "uploaded_saved_model"
-        limits = ArchiveLimits(request.get("max_archive_bytes", ArchiveLimits.max_bytes),
-                               request.get("max_archive_files", ArchiveLimits.max_files))
-        try:
-            safe_extract(Path(files["saved_model_src"]), folder, limits)
-            root = saved_model_root(folder)
-        except RegistryError as exc:
-            raise ConversionError(exc.message, code="unsafe_archive") from exc
-        frozen = tf2.from_saved_model(root, request.get("signature") or "serving_default", tolerance)
-    else:
-        frozen = tf2.from_keras(Path(files["keras"]), tolerance)
+    frozen, config_scan = tf2.from_keras(Path(request["files"]["keras"]), request["verify_tolerance"],
+                                         request.get("allowed_ops") or ())
     freeze_seconds = time.perf_counter() - freeze_started
     output_path = Path(request["output_path"])
     output_path.write_bytes(frozen.graph_def.SerializeToString(deterministic=True))
     scan = ops.scan(graphs.all_nodes(frozen.graph_def))
+    flags = merge_flags(scan["flags"], config_scan["flags"])
     inputs = graphs.detect_inputs(frozen.graph_def, frozen.inputs)
     saved_model = None
     if request.get("saved_model_path"):
@@ -165,8 +202,8 @@ def convert_tf2(request: dict, started: float) -> dict:
         "tf_version": tf.__version__,
         "conversion": {
             "verification": frozen.verification,
-            "safety": {"op_histogram": scan["op_histogram"], "flags": scan["flags"], "flagged": scan["flagged"],
-                       "upload_flags": scan["flags"]},
+            "safety": {"op_histogram": scan["op_histogram"], "flags": flags, "flagged": bool(flags),
+                       "upload_flags": config_scan["flags"]},
             "nodes": {"uploaded": None, "frozen": len(frozen.graph_def.node)},
             "variables": None,
             "variable_bytes": None,

@@ -21,6 +21,8 @@ from registry.errors import ConversionError
 
 VARIABLE_OPS = {"VariableV2", "Variable"}
 RESOURCE_VARIABLE_OPS = {"VarHandleOp"}
+FUNCTION_CALL_OPS = {"StatefulPartitionedCall", "PartitionedCall", "If", "StatelessIf", "While", "StatelessWhile",
+                     "Case", "StatelessCase"}
 
 
 @dataclass
@@ -54,14 +56,37 @@ def restore_key_map(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
     Assign/AssignVariableOp(variable)``; following it tells which key holds each
     variable even when keys differ from node names.  Nothing is run.
     """
-    nodes = {n.name: n for n in graph_def.node}
-    consumers: dict[str, list] = {}
+    mapping = _restore_keys(graph_def.node, lambda ref: ref if ":" in ref else ref + ":0")
+    # TF2 (SavedModels): the restore ops live in a function the restore op calls with the
+    # variables' handles; a key assigned to the function's k-th argument belongs to its k-th input.
+    library = {f.signature.name: f for f in graph_def.library.function}
     for node in graph_def.node:
+        if node.op in ("StatefulPartitionedCall", "PartitionedCall") and node.attr["f"].func.name in library:
+            function = library[node.attr["f"].func.name]
+            args = [a.name for a in function.signature.input_arg]
+            for arg, key in _restore_keys(function.node_def, _function_tensor).items():
+                if arg in args and args.index(arg) < len(node.input):
+                    mapping[node_name(node.input[args.index(arg)])] = key
+    return mapping
+
+
+def _function_tensor(ref: str) -> str:
+    """``node:out_arg:i`` (inside a function) → ``node:i``; an argument name stays itself."""
+    parts = ref.split(":")
+    return f"{parts[0]}:{parts[-1]}" if len(parts) == 3 else (ref if ":" in ref else ref + ":0")
+
+
+def _restore_keys(node_defs, tensor_of) -> dict[str, str]:
+    """Assigned node (or function argument) → checkpoint key, for ``RestoreV2 → [Identity] → Assign``."""
+    node_defs = list(node_defs)
+    nodes = {n.name: n for n in node_defs}
+    consumers: dict[str, list] = {}
+    for node in node_defs:
         for ref in node.input:
             if not ref.startswith("^"):
-                consumers.setdefault(ref if ":" in ref else ref + ":0", []).append(node)
+                consumers.setdefault(tensor_of(ref), []).append(node)
     mapping: dict[str, str] = {}
-    for node in graph_def.node:
+    for node in node_defs:
         if node.op != "RestoreV2" or len(node.input) < 2:
             continue
         names_node = nodes.get(node_name(node.input[1]))
@@ -178,6 +203,10 @@ def freeze(
                     handle_of[node.name] = handle_of[source]
                     changed = True
 
+    if any(node.op in FUNCTION_CALL_OPS and any(node_name(i) in handle_of for i in node.input if not i.startswith("^"))
+           for node in graph_def.node):
+        return _freeze_through_functions(graph_def, {name: read(name) for name in dtype_of}, dtype_of), report
+
     out = graph_pb2.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
@@ -196,6 +225,29 @@ def freeze(
         else:
             out.node.add().CopyFrom(node)
     return out, report
+
+
+def _freeze_through_functions(graph_def: graph_pb2.GraphDef, values: dict[str, np.ndarray],
+                              dtype_of: dict[str, int]) -> graph_pb2.GraphDef:
+    """Freeze a graph whose variable handles flow into function calls (TF2 SavedModels, If/While).
+
+    TensorFlow's own constant conversion rewrites each called function so that it takes the
+    variable's value instead of its handle (``ReadVariableOp`` becomes ``Identity`` inside).  It is
+    given the values read from the checkpoint: it works on the GraphDef only and runs nothing.
+    """
+    from tensorflow.python.framework import convert_to_constants as ctc
+
+    data = ctc._ConverterData(graph_def)  # noqa: SLF001 - the converter's data holder, fed by our reader
+    for name, value in values.items():
+        data.tensor_data[name] = ctc._TensorData(numpy=value, dtype=dtype_of[name], index=None)  # noqa: SLF001
+    try:
+        converted, _ = ctc._replace_variables_by_constants(data)  # noqa: SLF001
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConversionError(
+            f"the graph passes variables to functions in a way that cannot be frozen ({_first_line(exc)}): pass "
+            "output nodes of the inference part of the graph, or upload a frozen graph", code="unsupported_graph",
+        ) from exc
+    return converted
 
 
 def _rewrite_resource_consumer(

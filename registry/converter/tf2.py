@@ -1,11 +1,18 @@
-"""Freezing TF2 models: a SavedModel signature or a Keras model becomes a frozen GraphDef.
+"""SavedModel and Keras uploads become the same kind of frozen GraphDef as checkpoints.
 
-``convert_variables_to_constants_v2`` inlines the signature's concrete function
-with its variables as constants.  Each output gets an ``Identity`` node named
-after its signature key (Keras: the output layer's name), so the recorded
-output nodes, and the ``serving_default`` keys of the SavedModel built back
-from the frozen graph, are the names the user already knows.  The frozen graph
-is checked against the original function on a deterministic input.
+A SavedModel (TF1 or TF2) is never loaded: :func:`saved_model_plan` reads the
+chosen signature's graph out of the MetaGraphDef as data, with its inputs named
+after the signature's input keys and an ``Identity`` node per output key, and
+the checkpoint key of each variable from the restore ops (read, not run).  The
+converter then freezes it with a checkpoint reader like any checkpoint, so the
+upload's init, main and restore ops never run.
+
+A Keras file is different: its model exists only as a configuration that Keras
+builds.  Its whole configuration is scanned as data first
+(:mod:`registry.converter.upload_scan`); only a model made of Keras's own
+classes is loaded, and its call is frozen with ``convert_variables_to_constants_v2``
+and checked against the model on a deterministic input.  Output nodes are named
+after the output layers.
 """
 
 from __future__ import annotations
@@ -100,70 +107,128 @@ def freeze_function(function, output_keys: list[str], tolerance: float) -> Froze
     return Frozen(graph_def, outputs, inputs, verification)
 
 
-def _flat_keys(structure) -> list[str]:
-    """Signature outputs are a flat dict; flattening orders it by key."""
-    if isinstance(structure, dict):
-        return sorted(structure)
-    import tensorflow as tf
+@dataclass
+class SavedModelPlan:
+    """What the checkpoint pipeline needs to freeze one signature of a SavedModel, read statically."""
 
-    return [f"output_{i}" for i in range(len(tf.nest.flatten(structure)))]
-
-
-def _call_positionally(signature):
-    """A signature takes keyword arguments; freeze a function taking them in its input order."""
-    import tensorflow as tf
-
-    specs = signature.structured_input_signature[1]
-    names = sorted(specs)
-
-    @tf.function(input_signature=[specs[n] for n in names])
-    def positional(*args):
-        return signature(**dict(zip(names, args)))
-
-    return positional.get_concrete_function()
+    graph_def: object
+    outputs: list[str]
+    inputs: list[str]
+    key_map: dict[str, str]
+    checkpoint_prefix: str | None
+    signature: str
 
 
-def from_saved_model(folder: Path, signature_name: str, tolerance: float) -> Frozen:
-    import tensorflow as tf
+def _meta_graph(proto):
+    metas = list(proto.meta_graphs)
+    serving = [m for m in metas if "serve" in m.meta_info_def.tags]
+    if serving:
+        return serving[0]
+    if len(metas) == 1:
+        return metas[0]
+    tags = "; ".join(",".join(m.meta_info_def.tags) or "(none)" for m in metas)
+    raise ConversionError(f"the SavedModel has no MetaGraphDef tagged 'serve' (its tag sets: {tags}): save it "
+                          "with tags=['serve']", code="invalid_saved_model")
 
-    if not (folder / "saved_model.pb").is_file():
-        raise ConversionError("the archive has no saved_model.pb at its top", code="invalid_saved_model")
-    try:
-        loaded = tf.saved_model.load(str(folder))
-    except Exception as exc:
-        raise ConversionError(f"the SavedModel could not be loaded: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                              code="invalid_saved_model") from exc
-    signatures = dict(loaded.signatures)
+
+def saved_model_plan(proto, folder: Path, signature_name: str) -> SavedModelPlan:
+    """The graph of ``signature_name`` with inputs named after the signature's input keys and an
+    ``Identity`` output per output key, plus the checkpoint keys of its variables (from the
+    restore ops, read as data).  TF1 and TF2 SavedModels alike: nothing is loaded or run."""
+    from tensorflow.core.framework import attr_value_pb2, graph_pb2
+
+    from registry.converter.freeze import restore_key_map
+    from registry.converter.graphs import node_name
+
+    meta = _meta_graph(proto)
+    signatures = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
     if signature_name not in signatures:
         have = ", ".join(sorted(signatures)) or "none"
         raise ConversionError(f"the SavedModel has no signature {signature_name!r} (it has: {have}): pass "
                               "signature=NAME with the push, or save it with that signature",
                               code="signature_not_found")
     signature = signatures[signature_name]
-    function = _call_positionally(signature)
-    return freeze_function(function, _flat_keys(signature.structured_outputs), tolerance)
+    graph_def = graph_pb2.GraphDef()
+    graph_def.CopyFrom(meta.graph_def)
+    nodes = {n.name: n for n in graph_def.node}
+    for kind, infos in (("input", signature.inputs), ("output", signature.outputs)):
+        for key, info in infos.items():
+            if info.WhichOneof("encoding") != "name":
+                raise ConversionError(f"signature {signature_name!r} {kind} {key!r} is a sparse or composite tensor; "
+                                      "only dense tensors can be frozen", code="unsupported_signature")
+            if node_name(info.name) not in nodes:
+                raise ConversionError(f"signature {signature_name!r} names {info.name!r}, which is not in the graph",
+                                      code="invalid_saved_model")
+    taken = set(nodes)
+    renames: dict[str, str] = {}
+    inputs = []
+    for key in sorted(signature.inputs):
+        old = node_name(signature.inputs[key].name)
+        if nodes[old].op not in ("Placeholder", "PlaceholderV2", "PlaceholderWithDefault"):
+            raise ConversionError(f"signature input {key!r} is {nodes[old].op} node {old!r}, not a placeholder",
+                                  code="unsupported_signature")
+        new = old
+        if old != key:
+            taken.discard(old)
+            new = _node_name(key, taken)
+            renames[old] = new
+        inputs.append(new)
+    for node in graph_def.node:
+        node.name = renames.get(node.name, node.name)
+        for i, ref in enumerate(node.input):
+            control, rest = ref.startswith("^"), ref.lstrip("^")
+            base, _, port = rest.partition(":")
+            if base in renames:
+                node.input[i] = ("^" if control else "") + renames[base] + (f":{port}" if port else "")
+    outputs = []
+    for key in sorted(signature.outputs):
+        info = signature.outputs[key]
+        base, _, port = info.name.partition(":")
+        source = renames.get(base, base) + (f":{port}" if port and port != "0" else "")
+        if source == key:  # the output node already carries the key's name (TF1 signatures often do)
+            outputs.append(key)
+            continue
+        name = _node_name(key, taken)
+        node = graph_def.node.add(name=name, op="Identity", input=[source])
+        node.attr["T"].CopyFrom(attr_value_pb2.AttrValue(type=info.dtype))
+        outputs.append(name)
+    index = folder / "variables" / "variables.index"
+    return SavedModelPlan(graph_def, outputs, inputs, restore_key_map(graph_def),
+                          str(index.with_suffix("")) if index.is_file() else None, signature_name)
 
 
-def from_keras(path: Path, tolerance: float) -> Frozen:
+def from_keras(path: Path, tolerance: float, allowed_ops: list[str] | tuple[str, ...] = ()) -> tuple[Frozen, dict]:
+    """Freeze a Keras file; returns the frozen model and the scan of its whole configuration."""
     import tensorflow as tf
 
+    from registry.converter import upload_scan
+
+    scan = upload_scan.scan_keras(upload_scan.keras_config(path))
+    if scan.custom_objects:
+        names = ", ".join(sorted(set(scan.custom_objects)))
+        raise ConversionError(
+            f"the Keras model needs custom objects the registry does not have ({names}): keep to built-in "
+            "layers, or export a SavedModel (model.export(PATH)) and push that with --saved-model",
+            code="keras_custom_objects")
+    blocking = scan.blocking(allowed_ops)
+    if blocking:
+        raise ConversionError(
+            "flagged: the Keras model contains " + ", ".join(
+                f"{f['op']} ({f['category'].replace('_', ' ')}) at {', '.join(f['nodes'])}" for f in blocking)
+            + "; it was not loaded and nothing of it ran. Keep to built-in layers (a Lambda layer is Python "
+            "code), or export a SavedModel (model.export(PATH)) and push that with --saved-model",
+            code="flagged_upload")
     try:
         import keras
     except ImportError as exc:  # pragma: no cover - keras ships with TensorFlow 2.16+
         raise ConversionError("Keras is not installed in the converter", code="keras_missing") from exc
+    # Safe to load: the scan above read the whole configuration as data and found only Keras's own
+    # built-in classes and functions, so building the model runs Keras's code and no code of the
+    # upload's (and safe_mode would refuse a serialised Python lambda besides).
     try:
         model = keras.models.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:
         text = str(exc).strip()
-        missing = sorted(set(re.findall(r"Could not locate (?:class|function) '([^']+)'", text)
-                             + re.findall(r"Unknown (?:layer|object|activation|loss)[^']*'([^']+)'", text)))
-        if missing or "custom_objects" in text or "register_keras_serializable" in text:
-            names = ", ".join(missing) or "unnamed"
-            raise ConversionError(
-                f"the Keras model needs custom objects the registry does not have ({names}): keep to built-in "
-                "layers, or export a SavedModel (model.export(PATH)) and push that with --saved-model",
-                code="keras_custom_objects") from exc
         raise ConversionError(f"the Keras file could not be loaded: {type(exc).__name__}: "
                               f"{text.splitlines()[0][:300] if text else ''}", code="invalid_keras") from exc
     specs = [tf.TensorSpec(t.shape, t.dtype, name=_input_name(t, i)) for i, t in enumerate(model.inputs)]
@@ -176,7 +241,8 @@ def from_keras(path: Path, tolerance: float) -> Frozen:
     names = list(getattr(model, "output_names", None) or [])
     if len(names) != len(function.outputs):
         names = [f"output_{i}" for i in range(len(function.outputs))]
-    return freeze_function(function, names, tolerance)
+    return freeze_function(function, names, tolerance), {"flags": scan.flags,
+                                                          "op_histogram": dict(scan.histogram)}
 
 
 def _input_name(tensor, index: int) -> str:
