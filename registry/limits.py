@@ -1,14 +1,17 @@
 """Per-client rate limits on the expensive requests: pushes, and label / predict /
 compare.
 
-One token bucket per client and kind of request, refilled continuously: a limit
-of ``30/minute`` lets a client burst 30 requests, then one every 2 seconds.  A
-request over the limit is answered 429 with ``Retry-After`` (seconds until a
-token is back).  Clients are told apart by :func:`client_key`: the
-caller's API token when it sent one (set by ``registry.access``), else the
-remote address.  Buckets live in the process: with several server processes
-(``serve --gunicorn --processes N``, several label services) each enforces the
-limit on its own, so a client may get up to N times the rate in all.
+A limit such as ``30/minute`` lets a client make 30 requests in any minute (a
+moving window, counted by the ``limits`` library as PyPI's warehouse does).  A
+request over the limit is answered 429 with ``Retry-After`` (seconds until the
+oldest request in the window leaves it).  Clients are told apart by
+:func:`client_key`: the caller's API token when it sent one (set by
+``registry.access``), else the remote address.
+
+The counts live in ``REGISTRY_RATELIMIT_STORAGE``: in each process's memory by
+default (``memory://``), or in Redis (``redis://host:6379/0``) so that every
+server process (``serve --gunicorn --processes N``, several label services)
+shares one count per client.
 
 Everything is enforced in one place, :meth:`RateLimits.enforce`, a
 ``before_request`` hook installed last by the app factory.
@@ -16,31 +19,33 @@ Everything is enforced in one place, :meth:`RateLimits.enforce`, a
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass
 
 from flask import Flask, g, request
+from limits import RateLimitItemPerSecond
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 
-from registry.errors import InvalidRequest, RateLimited
+from registry.errors import InvalidRequest, RateLimited, RateLimitUnavailable
 
 PUSH, LABEL = "push", "label"
 _UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
           "d": 86400, "day": 86400}
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+?)s?\s*$")
-_MAX_IDLE_BUCKETS = 10_000
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+?)s?\s*$")
 
 
 @dataclass(frozen=True)
 class Rate:
-    requests: float
-    seconds: float
+    requests: int
+    seconds: int
 
     def __str__(self) -> str:
-        unit = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(int(self.seconds), f"{self.seconds:g} s")
-        return f"{self.requests:g}/{unit}"
+        unit = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(self.seconds, f"{self.seconds} s")
+        return f"{self.requests}/{unit}"
 
 
 def parse_rate(text: str | None, setting: str = "rate limit") -> Rate | None:
@@ -49,45 +54,36 @@ def parse_rate(text: str | None, setting: str = "rate limit") -> Rate | None:
     if value in ("", "off", "0", "none", "unlimited"):
         return None
     match = _RATE_RE.match(value)
-    if not match or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
+    if not match or match.group(2) not in _UNITS or int(match.group(1)) <= 0:
         raise InvalidRequest(
             f"{setting}={text!r} is not a rate: write it as N/second, N/minute, N/hour or N/day "
-            "(e.g. 30/minute), or off",
+            "(a whole number N, e.g. 30/minute), or off",
             code="bad_setting",
         )
-    return Rate(float(match.group(1)), float(_UNITS[match.group(2)]))
+    return Rate(int(match.group(1)), _UNITS[match.group(2)])
 
 
-class TokenBucketLimiter:
-    """Token buckets keyed by client; thread-safe, memory bounded by pruning full buckets."""
+class Limiter:
+    """One limit, counted per client key in the configured storage (shared when it is Redis)."""
 
-    def __init__(self, rate: Rate, clock=time.monotonic) -> None:
+    def __init__(self, rate: Rate, strategy: MovingWindowRateLimiter, kind: str, namespace: str) -> None:
         self.rate = rate
-        self.capacity = rate.requests
-        self.refill_per_second = rate.requests / rate.seconds
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
-        self._lock = threading.Lock()
+        self.kind = kind
+        self.namespace = namespace
+        self._item = RateLimitItemPerSecond(rate.requests, rate.seconds)
+        self._strategy = strategy
 
     def take(self, key: str) -> float:
-        """Take a token: 0 when the request may go on, else the seconds until a token is back."""
-        with self._lock:
-            now = self._clock()
-            tokens, when = self._buckets.get(key, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - when) * self.refill_per_second)
-            if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
-                if len(self._buckets) > _MAX_IDLE_BUCKETS:
-                    self._prune(now)
+        """Count a request: 0 when it may go on, else the seconds until the window has room again."""
+        try:
+            if self._strategy.hit(self._item, self.namespace, self.kind, key):
                 return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.refill_per_second
-
-    def _prune(self, now: float) -> None:
-        full = [k for k, (tokens, when) in self._buckets.items()
-                if tokens + (now - when) * self.refill_per_second >= self.capacity]
-        for key in full:
-            del self._buckets[key]
+            reset = self._strategy.get_window_stats(self._item, self.namespace, self.kind, key).reset_time
+        except Exception as exc:  # redis' own errors: the shared count cannot be reached
+            raise RateLimitUnavailable(
+                f"the rate-limit storage does not answer ({type(exc).__name__}: {exc}): check "
+                "REGISTRY_RATELIMIT_STORAGE, or turn the limits off") from exc
+        return max(0.001, reset - time.time())
 
 
 def client_key() -> str:
@@ -110,13 +106,27 @@ def request_kind() -> str | None:
 
 
 class RateLimits:
-    def __init__(self, push: Rate | None, label: Rate | None) -> None:
-        self.limiters = {kind: TokenBucketLimiter(rate) for kind, rate in ((PUSH, push), (LABEL, label)) if rate}
+    def __init__(self, push: Rate | None, label: Rate | None, storage_url: str = "memory://",
+                 registry_id: str = "") -> None:
+        self.storage_url = storage_url or "memory://"
+        # Processes of one registry (one database) share counts; other registries on the same Redis do not.
+        namespace = "registry-rate-" + hashlib.sha256(registry_id.encode()).hexdigest()[:12]
+        self.limiters: dict[str, Limiter] = {}
+        if push or label:
+            try:
+                storage = storage_from_string(self.storage_url)
+            except Exception as exc:
+                raise InvalidRequest(f"REGISTRY_RATELIMIT_STORAGE={self.storage_url!r} cannot be used ({exc}): "
+                                     "write memory:// or redis://HOST:6379/0", code="bad_setting") from exc
+            strategy = MovingWindowRateLimiter(storage)
+            self.limiters = {kind: Limiter(rate, strategy, kind, namespace) for kind, rate in ((PUSH, push), (LABEL, label))
+                             if rate}
 
     @classmethod
     def from_settings(cls, settings) -> "RateLimits":
         return cls(parse_rate(settings.rate_limit_push, "REGISTRY_RATE_LIMIT_PUSH"),
-                   parse_rate(settings.rate_limit_label, "REGISTRY_RATE_LIMIT_LABEL"))
+                   parse_rate(settings.rate_limit_label, "REGISTRY_RATE_LIMIT_LABEL"),
+                   settings.ratelimit_storage, settings.database_url)
 
     def enforce(self) -> None:
         kind = request_kind()
