@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -39,6 +40,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2  # protos only: no TensorFlow
 
 from registry import catalog, safety
 from registry.archives import ArchiveLimits, safe_extract
@@ -141,10 +145,6 @@ def plan(db: Database) -> list[ModelPlan]:
     return plans
 
 
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
 def models_config(plans: list[ModelPlan], exported: dict[str, dict[int, float]], base_path: str, *,
                   label_delay: float = 0.0, previous: dict[str, dict[str, int]] | None = None,
                   now: float | None = None) -> str:
@@ -161,7 +161,9 @@ def models_config(plans: list[ModelPlan], exported: dict[str, dict[int, float]],
     now = time.time() if now is None else now
     previous = previous or {}
     base = base_path.rstrip("/")
-    lines = ["model_config_list {"]
+    config = model_server_config_pb2.ModelServerConfig()
+    models = config.model_config_list
+    models.SetInParent()  # an empty list is still written: a reload with it unloads every model
     for p in plans:
         times = exported.get(p.name, {})
         serving = {v for v in p.versions if v in times}
@@ -192,30 +194,21 @@ def models_config(plans: list[ModelPlan], exported: dict[str, dict[int, float]],
         p.exported = sorted(serving | {h["version"] for h in p.held})
         if not p.exported:
             continue
-        lines += ["  config {", f"    name: {_quote(p.name)}", f"    base_path: {_quote(f'{base}/{p.name}')}",
-                  '    model_platform: "tensorflow"', "    model_version_policy {", "      specific {"]
-        lines += [f"        versions: {v}" for v in p.exported]
-        lines += ["      }", "    }"]
+        model = models.config.add(name=p.name, base_path=f"{base}/{p.name}", model_platform="tensorflow")
+        model.model_version_policy.specific.versions.extend(p.exported)
         for alias, number in p.labels.items():
-            lines += ["    version_labels {", f"      key: {_quote(alias)}", f"      value: {number}", "    }"]
-        lines.append("  }")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-_CONFIG_BLOCK = re.compile(r'^  config \{$(.*?)^  \}$', re.M | re.S)
-_NAME = re.compile(r'^    name: "((?:[^"\\]|\\.)*)"$', re.M)
-_LABEL = re.compile(r'version_labels \{\s*key: "((?:[^"\\]|\\.)*)"\s*value: (\d+)\s*\}')
+            model.version_labels[alias] = number
+    return text_format.MessageToString(config)
 
 
 def config_labels(text: str | None) -> dict[str, dict[str, int]]:
-    """The version labels of a models.config this module wrote: {model: {label: version}}."""
-    out: dict[str, dict[str, int]] = {}
-    for block in _CONFIG_BLOCK.findall(text or ""):
-        name = _NAME.search(block)
-        if name:
-            out[name.group(1)] = {k: int(v) for k, v in _LABEL.findall(block)}
-    return out
+    """The version labels of a models.config: {model: {label: version}} (unreadable text: none)."""
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text or "", config)
+    except text_format.ParseError:
+        return {}
+    return {m.name: dict(m.version_labels) for m in config.model_config_list.config}
 
 
 # -- where the export goes ------------------------------------------------------------------
@@ -326,13 +319,13 @@ class S3Target(ExportTarget):
     which is why that object is written last and deleted first."""
 
     def __init__(self, url: str) -> None:
-        import boto3
+        from registry.storage.s3 import make_client  # boto3 only where an S3 root is used
 
         parsed = urlparse(url)
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self.root = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
-        self.client = boto3.session.Session().client("s3")
+        self.client = make_client()  # the blob storage's client: same configuration and retries
 
     def _key(self, *parts: str) -> str:
         return "/".join(([self.prefix] if self.prefix else []) + list(parts))
@@ -392,6 +385,70 @@ def open_target(root: str) -> ExportTarget:
         return LocalTarget(Path(parsed.path if parsed.scheme else root).expanduser())
     raise InvalidRequest(f"unsupported export root {root!r}: use a folder or s3://bucket/prefix",
                          code="bad_export_root")
+
+
+def reload_folder(settings, base_path: str) -> Path | None:
+    """Where a reloaded config's ``base_path`` lies on this machine (None: in the S3 export root).
+
+    A config may only name model folders under the export root
+    (``REGISTRY_SERVING_EXPORT_ROOT``, or the same place as TF Serving sees it,
+    ``REGISTRY_SERVING_BASE_PATH``), compared after resolving ``..`` and
+    symbolic links.  Anything else is refused with one message that depends
+    only on the request, never on what exists on the server, so a reload
+    cannot probe the server's files.
+    """
+    root = settings.serving_export_root
+    if not root:
+        raise InvalidRequest("this server has no TensorFlow Serving export root (REGISTRY_SERVING_EXPORT_ROOT), so "
+                             "it takes no config naming model folders: set it to the root `registry export-serving` "
+                             "writes", code="base_path_outside_export_root")
+    refused = InvalidRequest(
+        f"base_path {base_path!r} is outside this server's TensorFlow Serving export root: a config may only "
+        "name model folders under REGISTRY_SERVING_EXPORT_ROOT (or under REGISTRY_SERVING_BASE_PATH, where "
+        "TF Serving sees that root), as `registry export-serving` writes them",
+        code="base_path_outside_export_root")
+    seen_as = settings.serving_base_path
+    parsed = urlparse(root)
+    if parsed.scheme == "s3":
+        if not any(_under(base, base_path) is not None for base in [root] + ([seen_as] if seen_as else [])):
+            raise refused
+        return None
+    real_root = os.path.realpath(Path(parsed.path if parsed.scheme else root).expanduser())
+    candidates = []
+    if _split(base_path)[0] == "" and base_path.startswith("/"):  # an absolute path on this machine
+        candidates.append(os.path.realpath(base_path))
+    if seen_as and (rest := _under(seen_as, base_path)) is not None:
+        candidates.append(os.path.realpath(os.path.join(real_root, rest)))
+    for real in candidates:
+        if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+            return Path(real)
+    raise refused
+
+
+def has_version(folder: Path, number: int) -> bool:
+    """Whether ``folder`` (from :func:`reload_folder`) holds version ``number`` for TF Serving,
+    itself inside ``folder`` (a symbolic link out of the root does not count)."""
+    saved = os.path.realpath(folder / str(number) / "saved_model.pb")
+    return saved.startswith(f"{folder}{os.sep}") and os.path.isfile(saved)
+
+
+def _split(location: str) -> tuple[str, str]:
+    """(``scheme://host`` or "", normalised absolute path or "" when relative) of a URL or POSIX path."""
+    if "://" in location:
+        parsed = urlparse(location)
+        return f"{parsed.scheme}://{parsed.netloc}", posixpath.normpath("/" + parsed.path.lstrip("/"))
+    return "", posixpath.normpath(location) if location.startswith("/") else ""
+
+
+def _under(base: str, location: str) -> str | None:
+    """``location`` relative to ``base`` ("" for ``base`` itself), or None when it is not under it."""
+    (base_origin, base_dir), (origin, folder) = _split(base), _split(location)
+    if origin != base_origin or not base_dir or not folder:
+        return None
+    if folder == base_dir:
+        return ""
+    prefix = base_dir.rstrip("/") + "/"
+    return folder[len(prefix):] if folder.startswith(prefix) else None
 
 
 # -- syncing -----------------------------------------------------------------------------------

@@ -286,18 +286,24 @@ class S3RangeReader(io.RawIOBase):
         super().close()
 
 
+def make_client():
+    """The S3 client every part of the registry uses (blobs, the TF Serving export): the standard
+    AWS configuration, with retries and timeouts suited to big objects."""
+    return boto3.session.Session().client(
+        "s3",
+        config=Config(
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
+        ),
+    )
+
+
 class S3Storage(BlobStorage):
     def __init__(self, url: str, *, client=None) -> None:
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        self.client = client or boto3.session.Session().client(
-            "s3",
-            config=Config(
-                retries={"max_attempts": 5, "mode": "standard"},
-                connect_timeout=10,
-                read_timeout=60,
-            ),
-        )
+        self.client = client or make_client()
         self._check_bucket()
 
     # -- keys --------------------------------------------------------------
