@@ -1,23 +1,30 @@
 """Who may call which endpoint: the one place where requests are authorised.
 
 ``RULES`` names the scope every endpoint needs (``None``: public).  A
-``before_request`` hook finds the caller — a ``Authorization: Bearer`` token, or
-the token a browser signed in with (kept in the session cookie) — and answers
-401 (no or bad credentials, with ``WWW-Authenticate: Bearer``) or 403 (scope too
-narrow, or a cookie-authenticated form without its CSRF token) before any
-handler runs.  Pages send anonymous visitors to the sign-in page instead.  An
-endpoint missing from ``RULES`` needs ``admin`` (and a test fails).
+``before_request`` hook first refuses what no browser page of ours sends: a
+``Host`` the server does not answer to (400: DNS rebinding) and a write from a
+page of another site (403: ``Origin`` / ``Sec-Fetch-Site``, unless the request
+carries an ``Authorization: Bearer`` header, which such a page cannot add).  Then it
+finds the caller — a ``Authorization: Bearer`` token, or the browser session a
+token signed in (its id in the session cookie, the session itself in the
+database) — and answers 401 (no or bad credentials, with ``WWW-Authenticate:
+Bearer``) or 403 (scope too narrow, or a cookie-authenticated form without its
+CSRF token) before any handler runs.  Pages send anonymous visitors to the
+sign-in page instead.  An endpoint missing from ``RULES`` needs ``admin`` (and a
+test fails).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import Flask, g, has_request_context, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
@@ -25,8 +32,8 @@ from flask.sessions import SecureCookieSessionInterface
 from registry import auth
 from registry.audit import Actor
 from registry.auth import ADMIN, READ, WRITE, TokenInfo
-from registry.config import Settings
-from registry.errors import Forbidden, Unauthorized
+from registry.config import Settings, owner_only
+from registry.errors import Forbidden, InvalidRequest, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +86,9 @@ RULES: dict[str, str | None] = {
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-SESSION_TOKEN = "token_id"
+SESSION_ID = "sid"  # the browser session's random id (registry.auth.start_web_session)
 SESSION_CSRF = "csrf"
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -114,10 +122,22 @@ def csrf_token() -> str:
 
 
 def sign_in(token: TokenInfo) -> None:
-    """Bind the browser session to ``token``, with a fresh session and CSRF token."""
+    """Bind the browser to ``token`` with a new server-side session, and a fresh cookie and CSRF token."""
+    from registry.app import get_registry
+
     session.clear()
-    session[SESSION_TOKEN] = token.id
+    session[SESSION_ID] = auth.start_web_session(get_registry().db, token.id)
     csrf_token()
+
+
+def sign_out() -> None:
+    """End the browser's session on the server (a copy of the cookie stops working too) and clear it."""
+    from registry.app import get_registry
+
+    session_id = session.get(SESSION_ID)
+    if isinstance(session_id, str):
+        auth.end_web_session(get_registry().db, session_id)
+    session.clear()
 
 
 def _csrf_ok() -> bool:
@@ -141,6 +161,12 @@ def _bearer() -> str | None:
     return value.strip()
 
 
+def _has_bearer_header() -> bool:
+    """A page of another site cannot add this header, and browsers never add it on their own (unlike
+    Basic credentials they remember)."""
+    return request.headers.get("Authorization", "").strip().lower().startswith("bearer ")
+
+
 def _identify(registry) -> Caller:
     token = _bearer()
     if token is not None:
@@ -149,14 +175,71 @@ def _identify(registry) -> Caller:
         except Unauthorized:
             g.auth_error = "invalid_token"
             raise
-    token_id = session.get(SESSION_TOKEN)
-    if token_id is not None:
-        info = auth.active_token(registry.db, int(token_id))
+    session_id = session.get(SESSION_ID)
+    if session_id is not None:
+        info = auth.web_session_token(registry.db, session_id) if isinstance(session_id, str) else None
         if info is not None:
             return Caller(info, "session")
-        session.pop(SESSION_TOKEN, None)  # revoked since sign-in: signed out
+        session.pop(SESSION_ID, None)  # signed out (perhaps in another copy of this cookie), or revoked
         g.signed_out = True
     return Caller()
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a Host header ("name:port", "[::1]:port"), lower-cased; None if it has none."""
+    try:
+        return urlsplit(f"//{host}").hostname
+    except ValueError:
+        return None
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_host(settings: Settings) -> None:
+    """Refuse a Host this server does not answer to, against DNS rebinding: a page of another site whose
+    name the attacker re-points at this machine would otherwise be same-origin with the registry, and
+    no Origin check could tell.  Such a request always carries the attacker's name, never an IP address,
+    so addresses pass, as do ``localhost`` and the names in ``settings.allowed_hosts``."""
+    if "*" in settings.allowed_hosts:
+        return
+    name = (_host_name(request.host) or "").rstrip(".")
+    if name and (name == "localhost" or _is_ip_address(name) or name in settings.allowed_hosts):
+        return
+    raise InvalidRequest(f"this server does not answer to Host {request.host!r} (a check against DNS rebinding): "
+                         f"if clients reach the registry under the name {name!r}, add it to "
+                         "REGISTRY_ALLOWED_HOSTS (comma-separated names; * for any)", code="host_not_allowed")
+
+
+def _same_origin(origin: str) -> bool:
+    """Whether an Origin header names this server: the same host name and port as the Host header.  The
+    scheme is not compared, so a page served over https by a TLS-terminating proxy still matches."""
+    try:
+        sent, here = urlsplit(origin), urlsplit(f"//{request.host}")
+        default = DEFAULT_PORTS.get(sent.scheme)
+        return (default is not None and bool(sent.hostname) and sent.hostname == here.hostname
+                and (sent.port or default) == (here.port or default))
+    except ValueError:
+        return False
+
+
+def _cross_site() -> str | None:
+    """What shows that this request comes from a page of another site (None: nothing does).  Browsers
+    send Origin with every POST, PUT, PATCH and DELETE, and Sec-Fetch-Site with every request; the CLI
+    and curl send neither."""
+    origin = request.headers.get("Origin")
+    site = (request.headers.get("Sec-Fetch-Site") or "").strip().lower()
+    same_origin = origin is not None and _same_origin(origin)
+    if site == "cross-site" or (site == "same-site" and not same_origin):
+        return f"Sec-Fetch-Site: {site}" + (f", Origin: {origin}" if origin else "")
+    if origin is not None and not same_origin:
+        return f"Origin: {origin}"
+    return None
 
 
 def _is_page() -> bool:
@@ -167,14 +250,21 @@ def _is_page() -> bool:
 
 def check_request():
     """The before_request hook: identify the caller and apply ``RULES``."""
-    endpoint = request.endpoint
-    if endpoint is None or request.method == "OPTIONS":
-        return None  # no such route (404/405 follow), or a CORS-style probe that runs nothing
     from registry.app import get_registry
 
     registry = get_registry()
+    _check_host(registry.settings)
+    endpoint = request.endpoint
+    if endpoint is None or request.method == "OPTIONS":
+        return None  # no such route (404/405 follow), or a CORS-style probe that runs nothing
     required = RULES.get(endpoint, ADMIN)
     unsafe = request.method in UNSAFE_METHODS
+    if unsafe and not _has_bearer_header():
+        reason = _cross_site()
+        if reason is not None:
+            raise Forbidden(f"a page of another site may not change anything here ({reason}): use the "
+                            "registry's own pages, or send an Authorization: Bearer header as the CLI does",
+                            code="cross_site_request")
     if required is PUBLIC:
         if unsafe and endpoint.startswith("web.") and not _csrf_ok():
             raise Forbidden("the form is out of date (missing or wrong CSRF token): reload the page and try again",
@@ -227,7 +317,7 @@ def secret_key(settings: Settings) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        pass
+        owner_only(path)  # made readable to others by an older version, or by hand
     else:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(48))

@@ -57,7 +57,7 @@ class Registry:
             if self._labels is None:
                 from registry.serving.service import LabelService
 
-                self._labels = LabelService(self.settings, self.db, self.storage)
+                self._labels = LabelService(self.settings, self.db, self.storage, stop=self.stop_workers)
             return self._labels
 
 

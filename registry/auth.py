@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ from registry.audit import Actor
 from registry.config import Settings
 from registry.db import Database
 from registry.entities import _iso
-from registry.errors import Conflict, InvalidRequest, NotFound, Unauthorized
-from registry.models import ApiToken, utcnow
+from registry.errors import Conflict, InvalidRequest, NotFound, Unauthorized, database_fault
+from registry.models import ApiToken, WebSession, utcnow
+
+log = logging.getLogger(__name__)
 
 READ, WRITE, ADMIN = "read", "write", "admin"
 SCOPES = (READ, WRITE, ADMIN)
@@ -109,12 +112,16 @@ def create_token(db: Database, name: str, scope: str, actor: Actor) -> tuple[Tok
         return _info(row), token
 
 
+MAX_TOKEN_ID = 2**63 - 1  # ids past it are no id (SQLite raises OverflowError on them)
+
+
 def _find(session, name_or_id: str) -> ApiToken:
     """The active token named so, else the token with that id."""
     key = str(name_or_id).strip()
     row = session.scalar(sa.select(ApiToken).where(ApiToken.name == key, ApiToken.revoked_at.is_(None)))
-    if row is None and key.isdigit():
-        row = session.get(ApiToken, int(key))
+    if row is None and key.isascii() and key.isdecimal() and len(key.lstrip("0")) <= len(str(MAX_TOKEN_ID)):
+        token_id = int(key)
+        row = session.get(ApiToken, token_id) if token_id <= MAX_TOKEN_ID else None
     if row is None:
         raise NotFound(f"no active token named {key!r} and no token with that id (see `registry token ls`)",
                        code="token_not_found")
@@ -128,6 +135,7 @@ def revoke_token(db: Database, name_or_id: str, actor: Actor) -> TokenInfo:
         if row.revoked_at is None:
             row.revoked_at = utcnow()
             audit.record(session, actor, "token.revoke", f"token {row.name}", {"token_id": row.id})
+        session.execute(sa.delete(WebSession).where(WebSession.token_id == row.id))  # its browsers are signed out
         session.flush()
         return _info(row)
 
@@ -157,17 +165,23 @@ def verify(db: Database, token: str) -> TokenInfo:
                                code="invalid_token")
         if row.revoked_at is not None:
             raise Unauthorized(f"token {row.name!r} was revoked: ask an admin for a new one", code="token_revoked")
-        now = utcnow()
-        if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-            row.last_used_at = now
-        return _info(row)
+        info = _info(row)
+    now = utcnow()
+    if info.last_used_at is None or now - info.last_used_at > LAST_USED_RESOLUTION:
+        _record_use(db, info.id, now)
+    return info
 
 
-def active_token(db: Database, token_id: int) -> TokenInfo | None:
-    """The token a signed-in browser session holds, if it is still active."""
-    with db.transaction() as session:
-        row = session.get(ApiToken, token_id)
-        return _info(row) if row is not None and row.revoked_at is None else None
+def _record_use(db: Database, token_id: int, now: datetime) -> None:
+    """Note when a token was last used: bookkeeping, so a database that refuses writes (read-only,
+    full) does not fail the request itself, and reads go on answering."""
+    try:
+        with db.transaction() as session:
+            session.execute(sa.update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+    except sa.exc.DBAPIError as exc:
+        if database_fault(exc) is None:
+            raise
+        log.warning("could not record the use of token id %d: %s", token_id, database_fault(exc).message)
 
 
 def anonymous_allowed(settings: Settings, db: Database, required: str) -> bool:
@@ -180,3 +194,33 @@ def anonymous_allowed(settings: Settings, db: Database, required: str) -> bool:
     if settings.auth == "off":
         return True
     return settings.auth == "auto" and settings.embedded and not any_token_created(db)
+
+
+# -- browser sessions ------------------------------------------------------------------------
+
+def _session_digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def start_web_session(db: Database, token_id: int) -> str:
+    """A new signed-in browser session for ``token_id``: its random id, for the cookie (only the id's
+    sha256 is stored)."""
+    session_id = secrets.token_urlsafe(32)
+    with db.transaction() as session:
+        session.add(WebSession(id_sha256=_session_digest(session_id), token_id=token_id))
+    return session_id
+
+
+def web_session_token(db: Database, session_id: str) -> TokenInfo | None:
+    """The token a browser session holds, while the session exists (not signed out) and the token is
+    active (not revoked)."""
+    with db.transaction() as session:
+        row = session.scalar(sa.select(ApiToken).join(WebSession, WebSession.token_id == ApiToken.id).where(
+            WebSession.id_sha256 == _session_digest(session_id), ApiToken.revoked_at.is_(None)))
+        return _info(row) if row is not None else None
+
+
+def end_web_session(db: Database, session_id: str) -> None:
+    """Sign a browser session out: its cookie, and every copy of it, stops working."""
+    with db.transaction() as session:
+        session.execute(sa.delete(WebSession).where(WebSession.id_sha256 == _session_digest(session_id)))

@@ -120,7 +120,7 @@ def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_d
     if use_gunicorn:
         _serve_gunicorn(host, port, workers, grpc_port, processes, threads, no_demo)
         return
-    settings = Settings.from_env(**overrides)
+    settings = Settings.from_env(**overrides).bound_to(host)
     app = _create_app(settings, start_workers=True)
     lines = [
         f"  data: {settings.database_url}  blobs: {settings.storage_url}",
@@ -156,7 +156,9 @@ def _serve_gunicorn(host: str, port: int, workers: int | None, grpc_port: int | 
     if settings.demo and not no_demo:
         click.echo("  demo model: not seeded under --gunicorn (run 'registry serve' once without it to seed it)")
     sys.stdout.flush()
-    env = dict(os.environ, REGISTRY_EMBEDDED_WORKERS="0")
+    # the gunicorn processes build their settings from the environment: they answer to --host too
+    env = dict(os.environ, REGISTRY_EMBEDDED_WORKERS="0",
+               REGISTRY_ALLOWED_HOSTS=",".join(settings.bound_to(host).allowed_hosts))
     argv = [sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", str(processes),
             "--threads", str(threads), "-k", "gthread",
             "--timeout", "0",  # uploads and label requests can take long; no worker watchdog kill
@@ -188,7 +190,7 @@ def _has_module(name: str) -> bool:
 @click.option("--no-grpc", is_flag=True, help="Serve REST only.")
 def label_serve(host: str, port: int, grpc_port: int, no_grpc: bool) -> None:
     """Run a label service alone (any number of them): TF Serving's REST and gRPC APIs, :label, :compare."""
-    app = _create_app(Settings.from_env(), serving_only=True)
+    app = _create_app(Settings.from_env().bound_to(host), serving_only=True)
     _serve_http(app, host, port, "Label service", [], None if no_grpc else grpc_port)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_PORT = 8080
 AUTH_MODES = ("auto", "on", "off")
@@ -23,6 +24,26 @@ def _env(name: str, default: str) -> str:
 
 def _flag(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def host_names(*values: str) -> tuple[str, ...]:
+    """Host names from comma-separated lists, lower-cased, without a trailing dot, each once."""
+    names = (name.strip().lower().rstrip(".") for value in values for name in value.split(","))
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
+def owner_only(path: Path) -> None:
+    """Take group and other permissions off ``path`` if it exists and is ours: the secret key,
+    the database and REGISTRY_HOME itself, where an older version or a hand left them looser."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        try:
+            os.chmod(path, st.st_mode & 0o700)
+        except OSError:  # a read-only file system: nothing can be written there either
+            pass
 
 
 @dataclass(frozen=True)
@@ -38,6 +59,7 @@ class Settings:
     convert_timeout_seconds: float = 900.0
     convert_memory_mb: int = 16384
     convert_max_output_mb: int = 3072
+    convert_user: str = "nobody"  # who the converter child runs as when the registry runs as root
     verify_tolerance: float = 1e-4
     max_upload_bytes: int = 20 * 1024**3
     label_cache_mb: int = 2048
@@ -46,6 +68,9 @@ class Settings:
     compare_max_images: int = 64
     batch_max_size: int = 16
     label_timeout_seconds: float = 30.0
+    label_workers: int = 1
+    label_memory_mb: int = 8192
+    predict_max_elements: int = 5_000_000
     demo: bool = True
     s3_presign: bool = False
     # Who may do what without a token (see registry.auth.anonymous_allowed).  ``embedded``
@@ -58,11 +83,17 @@ class Settings:
     gc_grace_seconds: float = 3600.0
     rate_limit_push: str = ""
     rate_limit_label: str = ""
+    ratelimit_storage: str = "memory://"
     serving_export_root: str = ""
     serving_base_path: str = ""
     serving_label_delay: float = 0.0
     max_archive_bytes: int = 8 * 1024**3
     max_archive_files: int = 10_000
+    max_upload_parts: int = 256
+    # Host names the server answers to besides localhost and IP addresses (registry.access checks the
+    # Host header against DNS rebinding); "*": any.  From REGISTRY_ALLOWED_HOSTS, REGISTRY_URL's host
+    # and the address the server listens on (``bound_to``).
+    allowed_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -83,6 +114,7 @@ class Settings:
             convert_timeout_seconds=float(_env("REGISTRY_CONVERT_TIMEOUT_SECONDS", "900")),
             convert_memory_mb=int(_env("REGISTRY_CONVERT_MEMORY_MB", "16384")),
             convert_max_output_mb=int(_env("REGISTRY_CONVERT_MAX_OUTPUT_MB", "3072")),
+            convert_user=_env("REGISTRY_CONVERT_USER", "nobody"),
             verify_tolerance=float(_env("REGISTRY_VERIFY_TOLERANCE", "1e-4")),
             max_upload_bytes=int(_env("REGISTRY_MAX_UPLOAD_BYTES", str(20 * 1024**3))),
             label_cache_mb=int(_env("REGISTRY_LABEL_CACHE_MB", "2048")),
@@ -91,6 +123,9 @@ class Settings:
             compare_max_images=int(_env("REGISTRY_COMPARE_MAX_IMAGES", "64")),
             batch_max_size=int(_env("REGISTRY_BATCH_MAX_SIZE", "16")),
             label_timeout_seconds=float(_env("REGISTRY_LABEL_TIMEOUT_SECONDS", "30")),
+            label_workers=int(_env("REGISTRY_LABEL_WORKERS", "1")),
+            label_memory_mb=int(_env("REGISTRY_LABEL_MEMORY_MB", "8192")),
+            predict_max_elements=int(_env("REGISTRY_PREDICT_MAX_ELEMENTS", "5000000")),
             demo=_env("REGISTRY_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"),
             s3_presign=_env("REGISTRY_S3_PRESIGN", "0").strip().lower() in ("1", "true", "yes", "on"),
             embedded=embedded,
@@ -101,14 +136,24 @@ class Settings:
             gc_grace_seconds=float(_env("REGISTRY_GC_GRACE_SECONDS", "3600")),
             rate_limit_push=_env("REGISTRY_RATE_LIMIT_PUSH", "off"),
             rate_limit_label=_env("REGISTRY_RATE_LIMIT_LABEL", "off"),
+            ratelimit_storage=_env("REGISTRY_RATELIMIT_STORAGE", "memory://"),
             serving_export_root=_env("REGISTRY_SERVING_EXPORT_ROOT", ""),
             serving_base_path=_env("REGISTRY_SERVING_BASE_PATH", ""),
             serving_label_delay=float(_env("REGISTRY_SERVING_LABEL_DELAY", "0")),
             max_archive_bytes=int(_env("REGISTRY_MAX_ARCHIVE_BYTES", str(8 * 1024**3))),
             max_archive_files=int(_env("REGISTRY_MAX_ARCHIVE_FILES", "10000")),
+            max_upload_parts=int(_env("REGISTRY_MAX_UPLOAD_PARTS", "256")),
+            allowed_hosts=host_names(_env("REGISTRY_ALLOWED_HOSTS", ""),
+                                     urlsplit(_env("REGISTRY_URL", "")).hostname or ""),
         )
         return replace(settings, **overrides) if overrides else settings
 
+    def bound_to(self, host: str) -> "Settings":
+        """These settings for a server listening on ``host`` (``--host``): it answers to that name too."""
+        return replace(self, allowed_hosts=host_names(*self.allowed_hosts, host))
+
     def ensure_home(self) -> None:
-        """Create the data directory the embedded defaults live in."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        """Create the data directory the embedded defaults live in, accessible to its owner only
+        (it holds the secret key and the database; the converter child must not reach them)."""
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        owner_only(self.home)

@@ -211,3 +211,14 @@ class AuditEvent(Base):
     target: Mapped[str] = mapped_column(sa.String(255), default="")
     details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     remote_addr: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+
+
+class WebSession(Base):
+    """A browser signed in with a token.  The session cookie carries a random id and only its sha256
+    is kept here; signing out deletes the row, so a copied cookie stops working there and then."""
+
+    __tablename__ = "web_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(sa.ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -77,3 +77,84 @@ class WireScanner:
 
     def matches(self, schema: dict[int, int]) -> bool:
         return self.error is None and all(schema.get(f) == w for f, w in self.fields.items())
+
+
+# -- the ops of a GraphDef, read without TensorFlow ---------------------------------------------
+
+def _fields(buf: memoryview, start: int, end: int):
+    """``(field, wire type, value)`` of each field in ``buf[start:end]``; LEN values are (offset, end)."""
+    i = start
+    while i < end:
+        tag, i = _varint(buf, i, end)
+        field, wire = tag >> 3, tag & 7
+        if wire == VARINT:
+            value, i = _varint(buf, i, end)
+        elif wire == LEN:
+            length, i = _varint(buf, i, end)
+            if i + length > end:
+                raise ValueError("a field runs past the end of its message")
+            value, i = (i, i + length), i + length
+        elif wire in (FIXED64, FIXED32):
+            i += 8 if wire == FIXED64 else 4
+            value = None
+        else:
+            raise ValueError(f"invalid wire type {wire}")
+        yield field, wire, value
+
+
+def _varint(buf: memoryview, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise ValueError("malformed varint")
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+
+
+def _node_name_and_op(buf: memoryview, start: int, end: int) -> tuple[str, str]:
+    name = op = ""
+    for field, wire, value in _fields(buf, start, end):
+        if wire == LEN and field in (1, 2):
+            text = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+            name, op = (text, op) if field == 1 else (name, text)
+    return name, op
+
+
+def graph_def_ops(handle) -> list[tuple[str, str]]:
+    """Every ``(node name, op)`` of a binary GraphDef file, function bodies included, read at the
+    wire level (``GraphDef.node`` = 1, ``.library`` = 2; ``FunctionDef.node_def`` = 3; ``NodeDef.name``
+    = 1, ``.op`` = 2) from an open binary file.  Tensor contents are skipped by their length,
+    never copied."""
+    import mmap
+
+    out: list[tuple[str, str]] = []
+    with handle:
+        if handle.seek(0, 2) == 0:
+            return out
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            buf = memoryview(mapped)
+            try:
+                for field, wire, value in _fields(buf, 0, len(buf)):
+                    if wire != LEN:
+                        continue
+                    if field == 1:
+                        out.append(_node_name_and_op(buf, *value))
+                    elif field == 2:
+                        for f_field, f_wire, function in _fields(buf, *value):
+                            if f_field != 1 or f_wire != LEN:
+                                continue
+                            fname = ""
+                            for d_field, d_wire, part in _fields(buf, *function):
+                                if d_wire == LEN and d_field == 1:  # signature (OpDef): its name is field 1
+                                    fname = next((bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
+                                                  for f, w, v in _fields(buf, *part) if f == 1 and w == LEN), "")
+                                elif d_wire == LEN and d_field == 3:
+                                    name, op = _node_name_and_op(buf, *part)
+                                    out.append((f"{fname}/{name}", op))
+            finally:
+                buf.release()
+    return out

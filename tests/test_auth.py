@@ -411,7 +411,7 @@ def test_revoking_a_token_signs_its_browser_sessions_out(secured):
     auth.revoke_token(app.extensions["registry"].db, "write-token", Actor("tests"))
     response = client.get("/")
     assert response.status_code == 302 and "signed_out=1" in response.headers["Location"]
-    assert "Your token was revoked" in client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "your token was revoked" in client.get(response.headers["Location"]).get_data(as_text=True)
     assert client.get("/api/v1/models").status_code == 401
 
 

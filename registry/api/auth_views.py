@@ -7,7 +7,7 @@ from flask import request
 from registry import audit, auth
 from registry.access import current_actor
 from registry.api import bp
-from registry.api.views import _int_arg
+from registry.api.views import _int_arg, json_body, page_token_arg
 from registry.app import get_registry
 from registry.errors import InvalidRequest
 
@@ -19,7 +19,7 @@ def list_tokens():
 
 @bp.post("/tokens")
 def create_token():
-    body = request.get_json(silent=True)
+    body = json_body()
     if not isinstance(body, dict) or not isinstance(body.get("name"), str) or set(body) - {"name", "scope"}:
         raise InvalidRequest('send a JSON object like {"name": "ci", "scope": "write"} (scope: read, write or '
                              'admin; default read)', code="invalid_token_request")
@@ -35,5 +35,5 @@ def revoke_token(name_or_id: str):
 @bp.get("/audit")
 def list_audit_events():
     page = audit.list_events(get_registry().db, page_size=_int_arg("page_size"),
-                             page_token=request.args.get("page_token"), action=request.args.get("action") or None)
+                             page_token=page_token_arg(), action=request.args.get("action") or None)
     return {"events": [e.to_dict() for e in page.items], "next_page_token": page.next_page_token}

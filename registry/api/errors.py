@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, render_template, request
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from registry.errors import RegistryError
+from registry.errors import RegistryError, database_fault
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 30
 
 
 def wants_json() -> bool:
-    """API clients get JSON; browsers on the pages get an HTML page."""
-    return request.path.startswith(("/api/", "/v1/")) or request.accept_mimetypes.best == "application/json"
+    """API clients get JSON; browsers on the pages get an HTML page (where there are pages: a label
+    service alone has none)."""
+    return (request.path.startswith(("/api/", "/v1/")) or request.accept_mimetypes.best == "application/json"
+            or "web" not in current_app.blueprints)
 
 
 def error_response(status: int, code: str, message: str):
     if not wants_json():
         titles = {404: "Not found", 400: "That did not work", 409: "Not possible right now", 413: "Too large",
-                  401: "Sign in needed", 403: "Not allowed", 429: "Too many requests"}
+                  401: "Sign in needed", 403: "Not allowed", 429: "Too many requests",
+                  503: "Unavailable right now"}
         page = render_template("error.html", title=titles.get(status, "Something went wrong"), message=message)
         return page, status
     response = jsonify({"error": {"code": code, "message": message}})
@@ -38,6 +42,21 @@ def register_error_handlers(app: Flask) -> None:
             # the database or blob store is away: worth retrying shortly
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
+
+    @app.errorhandler(DBAPIError)
+    def _database_error(exc: DBAPIError):
+        """The database's own faults (read-only, disk full, unreachable) are 503s worth retrying; the
+        rest are bugs."""
+        fault = database_fault(exc)
+        if fault is None:
+            return _unexpected(exc)
+        log.warning("database fault on %s %s: %s", request.method, request.path, fault.message)
+        if request.blueprint == "serving":  # TF Serving's error shape under /v1
+            response = jsonify({"error": fault.message})
+            response.status_code = fault.status
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
+        return _registry_error(fault)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):

@@ -26,6 +26,10 @@ def _error(description: str) -> dict:
     return _json(_ref("Error"), description)
 
 
+# Writes on one model take turns (a row lock); should a race still surface, it is this 409, never a 500.
+_CONCURRENT = "The model changed under a concurrent request (concurrent_change): look again and retry"
+
+
 _NAME = {"name": "name", "in": "path", "required": True, "description": "Model name",
          "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}}
 _REF = {"name": "ref", "in": "path", "required": True,
@@ -238,12 +242,12 @@ _SCHEMAS = {
     },
     "AliasBody": {
         "type": "object", "required": ["version"],
-        "properties": {"version": {"type": "integer", "minimum": 1}},
+        "properties": {"version": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
     },
     "ServedVersions": {
         "type": "object", "required": ["versions"],
         "properties": {"versions": {"oneOf": [
-            {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
             {"const": "all", "description": "every ready version"},
             {"type": "null", "description": "the default: every aliased version and the newest ready one"}]}},
     },
@@ -313,29 +317,63 @@ def endpoint_of(operation_id: str) -> str:
     return "api." + re.sub(r"(?<!^)([A-Z])", r"_\1", operation_id).lower()
 
 
+_WRITES = ("post", "put", "patch", "delete")
+_WRONG_HOST = "a Host header naming a host this server does not answer to (REGISTRY_ALLOWED_HOSTS)"
+_CROSS_SITE = ("a write from a page of another site without an Authorization: Bearer header (its Origin or "
+               "Sec-Fetch-Site shows it)")
+
+
 def _secure(document: dict) -> dict:
-    """Each operation's security requirement and 401/403 answers, from registry.access.RULES."""
+    """Each operation's security requirement and 401/403 answers, from registry.access.RULES, and the
+    answers of the checks every request passes first (Host; Origin for writes; JSON body size)."""
     from registry.access import RULES
+    from registry.api.views import MAX_JSON_BYTES
 
     for item in document["paths"].values():
-        for operation in item.values():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            bad = responses.get("400", {}).get("description")
+            responses["400"] = _error(f"{bad}; or {_WRONG_HOST}" if bad else f"Refused: {_WRONG_HOST}")
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                responses["413"] = _error(f"The JSON body is larger than {MAX_JSON_BYTES} bytes")
             scope = RULES[endpoint_of(operation["operationId"])]
             if scope is None:
                 operation["security"] = []
+                if method in _WRITES:
+                    responses["403"] = _error(f"Refused: {_CROSS_SITE}")
                 continue
             operation["security"] = [{"bearer": [scope]}]
             operation["description"] = (operation.get("description", "") + f" Needs a token with `{scope}` scope"
                                         + (" (or none where reads are public)." if scope == "read" else ".")).strip()
-            operation["responses"]["401"] = _error("No token, or a malformed, unknown or revoked one "
-                                                   "(WWW-Authenticate: Bearer)")
-            operation["responses"]["403"] = _error(f"The token's scope is narrower than {scope}, or a "
-                                                   "cookie-authenticated request without its CSRF token")
+            responses["401"] = _error("No token, or a malformed, unknown or revoked one (WWW-Authenticate: Bearer)")
+            responses["403"] = _error(f"The token's scope is narrower than {scope}, or a cookie-authenticated "
+                                      "request without its CSRF token"
+                                      + (f", or {_CROSS_SITE}" if method in _WRITES else ""))
+    return document
+
+
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds worth waiting before a retry"}}
+
+
+def _faults(document: dict) -> dict:
+    """The 503 every operation can answer when the database (or, for a push, the blob storage)
+    cannot do its part: nothing was changed and a retry later may succeed."""
+    for item in document["paths"].values():
+        for method, operation in item.items():
+            if method in _WRITES:
+                what = ("The database refuses writes (read-only, its disk full or failing), is busy or cannot be "
+                        "reached" + ("; or the blob storage is full, read-only or unreachable"
+                                     if operation["operationId"] == "pushVersion" else ""))
+            else:
+                what = "The database cannot be reached or opened"
+            operation["responses"].setdefault("503", {**_error(f"{what}; nothing was changed"),
+                                                      "headers": _RETRY_AFTER})
     return document
 
 
 @cache
 def openapi_document() -> dict:
-    return _secure(_document())
+    return _faults(_secure(_document()))
 
 
 def _document() -> dict:
@@ -360,7 +398,8 @@ def _document() -> dict:
                            "summary": "Delete the model and all its versions (its numbers are never reused)",
                            "parameters": [_NAME],
                            "responses": {"200": _json(_ref("DeletedModel"), "Deleted"),
-                                         "400": _error("Invalid model name"), "404": _error("No such model")}}},
+                                         "400": _error("Invalid model name"), "404": _error("No such model"),
+                                         "409": _error(_CONCURRENT)}}},
             "/api/v1/models/{name}/versions": {
                 "get": {"operationId": "listVersions", "summary": "Versions, newest first",
                         "parameters": [_NAME, *_PAGE, {"name": "status", "in": "query", "schema": {
@@ -399,7 +438,9 @@ def _document() -> dict:
                     "responses": {
                         "202": {**_json(_ref("Version"), "Registered and queued for conversion"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}},
-                        "400": _error("Missing, empty or invalid files or fields"),
+                        "400": _error("Missing, empty or invalid files or fields, an unsafe archive, more parts "
+                                      "than REGISTRY_MAX_UPLOAD_PARTS (too_many_parts), or a multipart preamble, "
+                                      "part header or epilogue over 64 KiB (multipart_header_too_long)"),
                         "413": _error("Upload larger than the limit (REGISTRY_MAX_UPLOAD_BYTES)"),
                         "429": {**_error("Too many pushes from this client (REGISTRY_RATE_LIMIT_PUSH)"),
                                 "headers": {"Retry-After": {"schema": {"type": "integer"},
@@ -407,22 +448,27 @@ def _document() -> dict:
             "/api/v1/models/{name}/versions/{ref}": {
                 "get": {"operationId": "getVersion", "parameters": [_NAME, _REF],
                         "responses": {"200": _json(_ref("Version"), "The version"),
-                                      "400": _error("Invalid model name"),
+                                      "400": _error("Invalid model name, or a version written with other "
+                                                    "digits than 0-9"),
                                       "404": _error("No such model, version or alias")}},
                 "delete": {"operationId": "deleteVersion",
                            "summary": "Delete a version by number: its aliases go, its conversion is cancelled, "
                                       "its number is never reused",
                            "parameters": [_NAME, _REF],
                            "responses": {"200": _json(_ref("DeletedVersion"), "Deleted"),
-                                         "400": _error("Invalid model name, or not a version number"),
-                                         "404": _error("No such model or version")}},
+                                         "400": _error("Invalid model name, or not a version number (digits "
+                                                       "0-9)"),
+                                         "404": _error("No such model or version (or it was deleted by a "
+                                                       "concurrent request)"),
+                                         "409": _error(_CONCURRENT)}},
                 "patch": {"operationId": "updateVersion", "summary": "Edit preprocessing settings or description",
                           "parameters": [_NAME, _REF],
                           "requestBody": {"required": True,
                                           "content": {"application/json": {"schema": _ref("VersionUpdate")}}},
                           "responses": {"200": _json(_ref("Version"), "The updated version"),
                                         "400": _error("Invalid settings"),
-                                        "404": _error("No such model, version or alias")}}},
+                                        "404": _error("No such model, version or alias"),
+                                        "409": _error(_CONCURRENT)}}},
             "/api/v1/models/{name}/versions/{ref}/frozen.pb": {"get": {
                 "operationId": "downloadFrozen", "parameters": [_NAME, _REF],
                 "responses": {**_blob("The frozen GraphDef", "application/octet-stream"),
@@ -444,7 +490,8 @@ def _document() -> dict:
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _ref("ServedVersions")}}},
                 "responses": {"200": _json(_ref("ServedVersionsAnswer"), "The new setting"),
-                              "400": _error("Invalid body"), "404": _error("No such model or version")}}},
+                              "400": _error("Invalid body"), "404": _error("No such model or version"),
+                              "409": _error(_CONCURRENT)}}},
             "/api/v1/serving": {"get": {
                 "operationId": "servingPlan",
                 "summary": "Per model: versions served and exported, labels, and what was left out and why",
@@ -462,12 +509,15 @@ def _document() -> dict:
                                         "content": {"application/json": {"schema": _ref("AliasBody")}}},
                         "responses": {"200": _json(_ref("Alias"), "The alias now points at the version"),
                                       "400": _error("Invalid alias or body"),
-                                      "404": _error("No such model or version"),
-                                      "409": _error("The version failed")}},
+                                      "404": _error("No such model or version (or it was deleted by a "
+                                                    "concurrent request)"),
+                                      "409": _error("The version failed, or the model changed under a concurrent "
+                                                    "request (concurrent_change): look again and retry")}},
                 "delete": {"operationId": "deleteAlias", "parameters": [_NAME, _ALIAS],
                            "responses": {"204": {"description": "Deleted"},
                                          "400": _error("Invalid model name"),
-                                         "404": _error("No such model or alias")}}},
+                                         "404": _error("No such model or alias"),
+                                         "409": _error(_CONCURRENT)}}},
             "/api/v1/models/{name}/allowed-ops": {
                 "get": {"operationId": "getAllowedOps", "summary": "The model's op allowlist",
                         "parameters": [_NAME],
@@ -482,7 +532,8 @@ def _document() -> dict:
                                         "content": {"application/json": {"schema": _ref("AllowedOpsRequest")}}},
                         "responses": {"200": _json(_ref("AllowedOps"), "The new list"),
                                       "400": _error("Invalid op names, body or missing reason"),
-                                      "404": _error("No such model")}}},
+                                      "404": _error("No such model"),
+                                      "409": _error(_CONCURRENT)}}},
             "/api/v1/tokens": {
                 "get": {"operationId": "listTokens", "summary": "API tokens, revoked ones included",
                         "responses": {"200": _json(_ref("TokenList"), "Every token (never the token itself)")}},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Response, g, redirect, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import wrap_file
 
 from registry import catalog, uploads
@@ -13,10 +14,12 @@ from registry.api.openapi import openapi_document
 from registry.archives import ArchiveLimits
 from registry.app import get_registry
 from registry.entities import PREPROCESSING_KEYS, READY, SAVED_MODEL, VERSION_STATUSES
-from registry.errors import Conflict, InvalidRequest, NotFound, StorageError
+from registry.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, StorageError
 
 
 SEND_BUFFER = 1024 * 1024  # bytes per write when streaming a blob to the client
+MAX_JSON_BYTES = 1024 * 1024  # a JSON request body of the registry API (an alias, an op list, ...)
+MAX_INT64 = 2**63 - 1  # numbers past it overflow the database's integers (SQLite: OverflowError)
 
 
 def _int_arg(name: str) -> int | None:
@@ -29,6 +32,35 @@ def _int_arg(name: str) -> int | None:
         raise InvalidRequest(f"{name} must be a whole number, not {value!r}", code=f"invalid_{name}") from exc
 
 
+def page_token_arg() -> str | None:
+    """The ``page_token`` query argument, refused when it holds a number past what the database
+    compares (a made-up token: the registry never hands one out)."""
+    token = request.args.get("page_token")
+    if token:
+        try:
+            value = catalog._decode_token(token)  # 400 for what is not a token at all
+        except RecursionError:
+            value = None
+        if value is None or isinstance(value, int) and not -MAX_INT64 <= value <= MAX_INT64:
+            raise InvalidRequest("invalid page_token: pass the next_page_token of the previous page unchanged",
+                                 code="invalid_page_token")
+    return token
+
+
+def json_body():
+    """The request's JSON body (None when it is not JSON), within MAX_JSON_BYTES (413 beyond) and
+    refused with a 400 when nested deeper than the JSON parser recurses."""
+    request.max_content_length = MAX_JSON_BYTES  # a body sent without a length stops there too
+    try:
+        return request.get_json(silent=True)
+    except RequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"the JSON body is larger than {MAX_JSON_BYTES} bytes: send only the fields "
+                              "the API documentation shows", code="payload_too_large") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("the JSON body is nested too deeply: send a flat object as the API "
+                             "documentation shows", code="invalid_json") from exc
+
+
 @bp.get("/openapi.json")
 def openapi():
     return openapi_document()
@@ -39,7 +71,7 @@ def list_models():
     page = catalog.list_models(
         get_registry().db,
         page_size=_int_arg("page_size"),
-        page_token=request.args.get("page_token"),
+        page_token=page_token_arg(),
         query=request.args.get("q"),
     )
     return {"models": [m.to_dict() for m in page.items], "next_page_token": page.next_page_token}
@@ -65,7 +97,7 @@ def list_versions(name: str):
         raise InvalidRequest(f"status must be one of {', '.join(VERSION_STATUSES)}", code="invalid_status")
     page = catalog.list_versions(
         get_registry().db, name,
-        page_size=_int_arg("page_size"), page_token=request.args.get("page_token"), status=status,
+        page_size=_int_arg("page_size"), page_token=page_token_arg(), status=status,
     )
     return {"versions": [v.to_dict() for v in page.items], "next_page_token": page.next_page_token}
 
@@ -83,7 +115,8 @@ def push_version(name: str):
     sinks = g.setdefault("upload_sinks", [])  # aborted at teardown unless published
     try:
         form, files = read_push_form(
-            request.stream, request.mimetype_params.get("boundary", "").encode("latin-1"), registry.storage, sinks
+            request.stream, request.mimetype_params.get("boundary", "").encode("latin-1"), registry.storage, sinks,
+            max_parts=registry.settings.max_upload_parts,
         )
     except StorageError as exc:
         raise StorageError(f"{exc.message}. Nothing of this push was kept: try again once storage answers.",
@@ -122,7 +155,7 @@ def delete_version(name: str, ref: str):
 
 @bp.patch("/models/<name>/versions/<ref>")
 def update_version(name: str, ref: str):
-    body = request.get_json(silent=True)
+    body = json_body()
     if not isinstance(body, dict) or not set(body) <= {"preprocessing", "description"} or not body:
         raise InvalidRequest(
             'send a JSON object with "preprocessing" (e.g. {"input_mean": 128, "input_std": 128}) '
@@ -132,6 +165,10 @@ def update_version(name: str, ref: str):
     preprocessing = body.get("preprocessing")
     if preprocessing is not None and not isinstance(preprocessing, dict):
         raise InvalidRequest('"preprocessing" must be an object', code="invalid_preprocessing")
+    for key, value in (preprocessing or {}).items():
+        if isinstance(value, int) and abs(value) > MAX_INT64:  # no float holds it: OverflowError
+            raise InvalidRequest(f"{key} must be a number below 2^63, not one of 20 or more digits",
+                                 code="invalid_preprocessing")
     description = body.get("description")
     if description is not None and not isinstance(description, str):
         raise InvalidRequest('"description" must be a string', code="invalid_version_update")
@@ -194,12 +231,13 @@ def download_labels(name: str, ref: str):
 
 @bp.put("/models/<name>/aliases/<alias>")
 def set_alias(name: str, alias: str):
-    body = request.get_json(silent=True)
+    body = json_body()
     number = body.get("version") if isinstance(body, dict) else None
-    if isinstance(number, str) and number.isdigit():
-        number = int(number)
-    if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-        raise InvalidRequest('send a JSON body like {"version": 3}', code="invalid_alias_body")
+    if isinstance(number, str) and number.isascii() and number.isdecimal():  # not '²': int() refuses it
+        number = int(number) if len(number) <= len(str(MAX_INT64)) else MAX_INT64 + 1
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_INT64:
+        raise InvalidRequest(f'send a JSON body like {{"version": 3}}: a version number from 1 to {MAX_INT64}',
+                             code="invalid_alias_body")
     registry = get_registry()
     version = catalog.set_alias(registry.db, name, alias, number, actor=current_actor())
     registry.serving_changed()
@@ -221,7 +259,7 @@ def get_allowed_ops(name: str):
 
 @bp.put("/models/<name>/allowed-ops")
 def set_allowed_ops(name: str):
-    body = request.get_json(silent=True)
+    body = json_body()
     if not isinstance(body, dict) or "ops" not in body or not set(body) <= {"ops", "reason"}:
         raise InvalidRequest('send a JSON body like {"ops": ["ReadFile"], "reason": "reads its vocabulary file"} '
                              '({"ops": []} clears the list)', code="invalid_allowed_ops")
@@ -250,7 +288,10 @@ def download_saved_model(name: str, ref: str):
 
 @bp.put("/models/<name>/serving")
 def set_served_versions(name: str):
-    body = request.get_json(silent=True)
+    body = json_body()
+    if isinstance(body, dict) and isinstance(body.get("versions"), list) and any(
+            isinstance(v, int) and v > MAX_INT64 for v in body["versions"]):
+        raise InvalidRequest(f"version numbers go up to {MAX_INT64}", code="invalid_served_versions")
     if not isinstance(body, dict) or set(body) != {"versions"}:
         raise InvalidRequest('send {"versions": [1, 3]} to serve those versions, {"versions": "all"} for every '
                              'ready version, or {"versions": null} for the default (every aliased version and the '

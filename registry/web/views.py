@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from flask import abort, redirect, render_template, request, send_from_directory, session, url_for
+from urllib.parse import unquote, urlsplit
+
+from flask import abort, redirect, render_template, request, send_from_directory, url_for
 
 from registry import audit as audit_log, auth, catalog, safety
-from registry.access import current_actor, sign_in as start_session
+from registry.access import current_actor, sign_in as start_session, sign_out as end_session
+from registry.api.views import page_token_arg
 from registry.app import get_registry
 from registry.entities import READY
 from registry.errors import RegistryError
@@ -32,7 +35,7 @@ def _next_url(page) -> str | None:
 @bp.get("/")
 def models():
     query = request.args.get("q", "").strip()
-    page = catalog.list_models(get_registry().db, page_size=_page_size(), page_token=request.args.get("page_token"),
+    page = catalog.list_models(get_registry().db, page_size=_page_size(), page_token=page_token_arg(),
                                query=query or None)
     return render_template("models.html", page=page, query=query, next_url=_next_url(page))
 
@@ -42,7 +45,7 @@ def model(name: str):
     registry = get_registry()
     info = catalog.get_model(registry.db, name)
     page = catalog.list_versions(registry.db, name, page_size=_page_size(),
-                                 page_token=request.args.get("page_token"), summary=True)
+                                 page_token=page_token_arg(), summary=True)
     return render_template("model.html", model=info, page=page, next_url=_next_url(page),
                            alias_error=request.args.get("alias_error"))
 
@@ -55,9 +58,12 @@ def set_alias(name: str):
         if request.form.get("action") == "delete":
             catalog.delete_alias(get_registry().db, name, alias, actor=current_actor())
         else:
-            if not version.isdigit():
+            if not (version.isascii() and version.isdecimal()):  # '²'.isdigit(), but int('²') fails
                 raise RegistryError("choose the version the alias should point at", status=400)
-            catalog.set_alias(get_registry().db, name, alias, int(version), actor=current_actor())
+            number = catalog.version_number(version)
+            if number > catalog.MAX_VERSION:
+                raise RegistryError(f"model {name!r} has no version {version}", status=404)
+            catalog.set_alias(get_registry().db, name, alias, number, actor=current_actor())
     except RegistryError as exc:
         if exc.status >= 500:
             raise
@@ -113,10 +119,25 @@ def demo_file(filename: str):
 # -- signing in ------------------------------------------------------------------------------
 
 def _local_path(target: str | None) -> str:
-    """``target`` if it is a path on this site, else the models page (no open redirects)."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("web.models")
+    r"""``target`` if it is a plain path on this site, else the models page (no open redirects).
+
+    Browsers drop tabs and newlines from a URL and read a backslash as a slash, so ``/\t/evil.example``
+    and ``/\evil.example`` would lead to another site: any control character, backslash or leading
+    ``//``, in the path as sent or percent-decoded, sends the visitor to the models page instead."""
+    fallback = url_for("web.models")
+    if not target or not target.startswith("/"):
+        return fallback
+    decoded = unquote(target)
+    for text in (target, decoded):
+        if text.startswith("//") or "\\" in text or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            return fallback
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return fallback
+    if parts.scheme or parts.netloc:
+        return fallback
+    return target
 
 
 @bp.route("/sign-in", methods=["GET", "POST"])
@@ -138,12 +159,12 @@ def sign_in():
 
 @bp.post("/sign-out")
 def sign_out():
-    session.clear()
+    end_session()
     return redirect(url_for("web.models"))
 
 
 @bp.get("/audit")
 def audit():
-    page = audit_log.list_events(get_registry().db, page_size=_page_size(), page_token=request.args.get("page_token"),
+    page = audit_log.list_events(get_registry().db, page_size=_page_size(), page_token=page_token_arg(),
                              action=request.args.get("action") or None)
     return render_template("audit.html", page=page, next_url=_next_url(page), action=request.args.get("action", ""))
