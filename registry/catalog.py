@@ -6,6 +6,13 @@ push transaction: the row lock (PostgreSQL) or the write lock (SQLite)
 serialises concurrent pushes, a rolled-back push gives its number back, and the
 unique constraint on ``(model_id, version)`` backs it up.
 
+Every other write on a model (deleting, moving aliases, editing) runs in a write
+transaction that first locks the model's row (``SELECT ... FOR UPDATE`` on
+PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so writes on one model happen one
+after another: of two deletes of a version one wins and the other finds nothing
+(404), an alias is never moved onto a version deleted meanwhile, and
+``version_count`` stays the number of rows.
+
 Deleting removes rows for real (a version's files, aliases and job go with it)
 but never the counter: a deleted model stays as a tombstone row, so numbers are
 never handed out twice.  Blobs are left to the garbage collector (``registry.gc``).
@@ -16,11 +23,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, defer
+from sqlalchemy.orm.exc import StaleDataError
 
 from registry import audit, jobs
 from registry.audit import SYSTEM, Actor
@@ -99,9 +108,7 @@ def validate_preprocessing(values: dict) -> dict:
 def update_version(db: Database, name: str, ref: str, *, preprocessing: dict | None = None,
                    description: str | None = None, actor: Actor = SYSTEM) -> VersionInfo:
     """Edit what may change after a push: preprocessing settings and the description."""
-    validate_model_name(name)
-    with db.transaction() as session:
-        model = _model_row(session, name)
+    with _model_write(db, name) as (session, model):
         row = _resolve_version_row(session, model, ref)
         if preprocessing is not None:
             row.preprocessing = {**(row.preprocessing or {}), **validate_preprocessing(preprocessing)} or None
@@ -141,13 +148,29 @@ def _page_size(page_size: int | None, default: int = 100) -> int:
 
 # -- loading helpers -------------------------------------------------------------
 
-def _model_row(session: Session, name: str) -> RegisteredModel:
-    row = session.scalar(
-        sa.select(RegisteredModel).where(RegisteredModel.name == name, RegisteredModel.deleted_at.is_(None))
-    )
+def _model_row(session: Session, name: str, *, lock: bool = False) -> RegisteredModel:
+    query = sa.select(RegisteredModel).where(RegisteredModel.name == name, RegisteredModel.deleted_at.is_(None))
+    row = session.scalar(query.with_for_update() if lock else query)
     if row is None:
         raise NotFound(f"model {name!r} does not exist: push a version to create it", code="model_not_found")
     return row
+
+
+@contextmanager
+def _model_write(db: Database, name: str) -> Iterator[tuple[Session, RegisteredModel]]:
+    """A write transaction holding the model's row lock, for a change decided on what it reads.
+
+    The lock makes writes on one model take turns, so the constraint errors a
+    race would cause cannot happen; should one still come, it is answered as a
+    409 to retry rather than a 500.
+    """
+    validate_model_name(name)
+    try:
+        with db.transaction(write=True) as session:
+            yield session, _model_row(session, name, lock=True)
+    except (IntegrityError, StaleDataError) as exc:
+        raise Conflict(f"model {name!r} changed while this request ran (another request deleted or moved "
+                       "something at the same time): look at it again and retry", code="concurrent_change") from exc
 
 
 def _aliases_by_version(session: Session, version_ids: Sequence[int]) -> dict[int, list[str]]:
@@ -234,8 +257,7 @@ def record_agreements(db: Database, name: str, pairs: Sequence[tuple[int, int, f
     """Remember what a comparison found: (version, version, top-1 agreement, mean |diff|, images)."""
     if not pairs:
         return
-    with db.transaction() as session:
-        model = _model_row(session, name)
+    with _model_write(db, name) as (session, model):
         for a, b, rate, diff, images in pairs:
             newer, older = max(a, b), min(a, b)
             row = session.scalar(sa.select(Agreement).where(
@@ -248,15 +270,32 @@ def record_agreements(db: Database, name: str, pairs: Sequence[tuple[int, int, f
                 row.updated_at = utcnow()
 
 
+MAX_VERSION = 2**63 - 1  # the largest number either database compares (SQLite raises OverflowError past it)
+
+
+def version_number(ref: str) -> int | None:
+    """The version number ``ref`` writes in ASCII digits, or None when ``ref`` is a name ('latest', an
+    alias).  Other digits ('²', '٣': ``str.isdigit`` accepts them, ``int`` does not always) are refused;
+    a number past MAX_VERSION comes back as MAX_VERSION + 1 (no version has it)."""
+    if ref.isascii() and ref.isdecimal():
+        digits = ref.lstrip("0") or "0"
+        return int(digits) if len(digits) <= len(str(MAX_VERSION)) else MAX_VERSION + 1
+    if ref.isnumeric():
+        raise InvalidRequest(f"version {ref!r} is not a number written with the digits 0-9: use a version "
+                             "number such as 3, 'latest' or an alias", code="invalid_version")
+    return None
+
+
 def _resolve_version_row(session: Session, model: RegisteredModel, ref: str) -> ModelVersion:
     ref = (ref or "").strip()
-    if ref.isdigit():
-        row = session.scalar(
-            sa.select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == int(ref))
+    number = version_number(ref)
+    if number is not None:
+        row = None if number > MAX_VERSION else session.scalar(
+            sa.select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == number)
         )
         if row is None:
             raise NotFound(
-                f"model {model.name!r} has no version {int(ref)} "
+                f"model {model.name!r} has no version {ref.lstrip('0') or '0'} "
                 f"(versions go up to {model.last_version})",
                 code="version_not_found",
             )
@@ -312,9 +351,9 @@ def create_version(
     validate_model_name(name)
     for attempt in range(5):
         try:
-            with db.transaction() as session:
+            with db.transaction(write=True) as session:
                 model_id = _get_or_create_model_id(session, name)
-                # Bump the counter first: this takes the lock that serialises pushes.
+                # Bump the counter (the model's row is locked already).
                 session.execute(
                     sa.update(RegisteredModel)
                     .where(RegisteredModel.id == model_id)
@@ -354,9 +393,15 @@ def create_version(
 
 
 def _get_or_create_model_id(session: Session, name: str) -> int:
-    """The model's id; a deleted model comes back with its counter, so numbers go on."""
+    """The model's id, its row locked; a deleted model comes back with its counter, so numbers go on.
+
+    The lock comes before looking at ``deleted_at``: a push waits for a delete of
+    the model to commit, then sees the tombstone and brings the model back, rather
+    than adding its version to a model deleted meanwhile.
+    """
     model_id, deleted_at = session.execute(
         sa.select(RegisteredModel.id, RegisteredModel.deleted_at).where(RegisteredModel.name == name)
+        .with_for_update()
     ).one_or_none() or (None, None)
     if model_id is None:
         model = RegisteredModel(name=name)
@@ -490,8 +535,7 @@ def set_alias(db: Database, name: str, alias: str, version: int, actor: Actor = 
     """Point ``alias`` at ``version`` (creating or moving it)."""
     validate_model_name(name)
     validate_alias_name(alias)
-    with db.transaction() as session:
-        model = _model_row(session, name)
+    with _model_write(db, name) as (session, model):
         row = _resolve_version_row(session, model, str(version))
         if row.status == FAILED:
             raise Conflict(
@@ -513,9 +557,7 @@ def set_alias(db: Database, name: str, alias: str, version: int, actor: Actor = 
 
 
 def delete_alias(db: Database, name: str, alias: str, actor: Actor = SYSTEM) -> None:
-    validate_model_name(name)
-    with db.transaction() as session:
-        model = _model_row(session, name)
+    with _model_write(db, name) as (session, model):
         existing = session.scalar(sa.select(Alias).where(Alias.model_id == model.id, Alias.name == alias))
         if existing is None:
             raise NotFound(f"model {name!r} has no alias {alias!r}", code="alias_not_found")
@@ -562,8 +604,7 @@ def set_allowed_ops(db: Database, name: str, ops: object, reason: str = "", acto
     if new and not reason:
         raise InvalidRequest('say why these ops are safe for this model: send "reason" (kept in the audit log)',
                              code="missing_reason")
-    with db.transaction() as session:
-        model = _model_row(session, name)
+    with _model_write(db, name) as (session, model):
         old = list(model.allowed_ops or [])
         model.allowed_ops = new or None
         model.updated_at = utcnow()
@@ -583,9 +624,10 @@ def is_blob_referenced(db: Database, digest: str) -> bool:
 
 # -- deleting ---------------------------------------------------------------------------
 
-def _delete_versions(session: Session, version_ids) -> int:
-    """Remove versions with their files, aliases and jobs; return how many jobs were
-    still pending (queued or running), which deleting them cancels."""
+def _delete_versions(session: Session, version_ids) -> tuple[int, int]:
+    """Remove versions with their files, aliases and jobs; return how many versions
+    went and how many jobs were still pending (queued or running), which deleting
+    them cancels."""
     pending = session.scalar(
         sa.select(sa.func.count()).select_from(Job)
         .where(Job.version_id.in_(version_ids), Job.status.in_((QUEUED, jobs.RUNNING)))
@@ -593,9 +635,9 @@ def _delete_versions(session: Session, version_ids) -> int:
     for table in (Job, Alias, VersionFile):
         session.execute(sa.delete(table).where(table.version_id.in_(version_ids))
                         .execution_options(synchronize_session=False))
-    session.execute(sa.delete(ModelVersion).where(ModelVersion.id.in_(version_ids))
-                    .execution_options(synchronize_session=False))
-    return int(pending)
+    deleted = session.execute(sa.delete(ModelVersion).where(ModelVersion.id.in_(version_ids))
+                              .execution_options(synchronize_session=False)).rowcount
+    return deleted, int(pending)
 
 
 def delete_version(db: Database, name: str, ref: str, actor: Actor = SYSTEM) -> DeletedVersion:
@@ -606,11 +648,9 @@ def delete_version(db: Database, name: str, ref: str, actor: Actor = SYSTEM) -> 
     lease renewal fails and it stops without recording anything.  The number
     stays used; the blobs stay until ``registry gc`` finds nothing refers to them.
     """
-    validate_model_name(name)
     ref = (ref or "").strip()
-    with db.transaction() as session:
-        model = _model_row(session, name)
-        if not ref.isdigit():
+    with _model_write(db, name) as (session, model):
+        if version_number(ref) is None:
             row = _resolve_version_row(session, model, ref)  # 404 for an unknown alias first
             raise InvalidRequest(
                 f"delete a version by its number, not {ref!r} (it means version {row.version} now): "
@@ -622,7 +662,10 @@ def delete_version(db: Database, name: str, ref: str, actor: Actor = SYSTEM) -> 
             sa.select(Alias.name).where(Alias.version_id == row.id).order_by(Alias.name)))
         session.execute(sa.delete(Agreement).where(
             Agreement.model_id == model.id, sa.or_(Agreement.newer == row.version, Agreement.older == row.version)))
-        cancelled = _delete_versions(session, [row.id])
+        deleted, cancelled = _delete_versions(session, [row.id])
+        if deleted != 1:  # cannot happen under the model's lock; never count a delete twice
+            raise NotFound(f"model {name!r} has no version {row.version} (deleted just now)",
+                           code="version_not_found")
         session.execute(
             sa.update(RegisteredModel).where(RegisteredModel.id == model.id)
             .values(version_count=RegisteredModel.version_count - 1, updated_at=utcnow())
@@ -638,16 +681,14 @@ def delete_model(db: Database, name: str, actor: Actor = SYSTEM) -> DeletedModel
     The model's row stays as a tombstone holding its version counter: pushing the
     same name again starts after the highest number it ever had.
     """
-    validate_model_name(name)
-    with db.transaction() as session:
-        model = _model_row(session, name)
+    with _model_write(db, name) as (session, model):
         ids = list(session.scalars(sa.select(ModelVersion.id).where(ModelVersion.model_id == model.id)))
         aliases = list(session.scalars(
             sa.select(Alias.name).where(Alias.model_id == model.id).order_by(Alias.name)))
         session.execute(sa.delete(Agreement).where(Agreement.model_id == model.id))
         cancelled = 0
         for start in range(0, len(ids), 500):  # keep each IN list short
-            cancelled += _delete_versions(session, ids[start:start + 500])
+            cancelled += _delete_versions(session, ids[start:start + 500])[1]
         session.execute(sa.delete(Alias).where(Alias.model_id == model.id))
         now = utcnow()
         session.execute(
@@ -672,7 +713,7 @@ def referenced_digests(db: Database) -> set[str]:
 def attach_file(db: Database, version_id: int, new: NewFile) -> FileInfo:
     """Add an artifact made after the conversion (a SavedModel built later) to a
     version, unless one with that role is already there; returns the recorded one."""
-    with db.transaction() as session:
+    with db.transaction(write=True) as session:
         row = session.get(ModelVersion, version_id, with_for_update=True)
         if row is None:
             raise NotFound(f"version id {version_id} does not exist", code="version_not_found")
@@ -698,8 +739,7 @@ def set_served_versions(db: Database, name: str, versions: list[int] | str | Non
                                  "version, or null for the default (every aliased version and the newest ready "
                                  "one)", code="invalid_served_versions")
         versions = sorted(set(versions))
-    with db.transaction() as session:
-        model = _model_row(session, name)
+    with _model_write(db, name) as (session, model):
         if isinstance(versions, list):
             known = set(session.scalars(sa.select(ModelVersion.version).where(
                 ModelVersion.model_id == model.id, ModelVersion.version.in_(versions))))

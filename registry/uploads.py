@@ -1,14 +1,24 @@
 """Pushing a version: receive untrusted files as streams, check them, register them.
 
 Each uploaded file streams straight into a blob writer while a running sha256
-and a protobuf wire scan look at it; nothing is held whole in memory.  Blobs are
-published only after every check passes, and a push that fails for any reason
-aborts its writers and removes blobs it created, so it leaves nothing behind.
+and a protobuf wire scan look at it; nothing is held whole in memory, and a
+part's file is closed as soon as the part ends.  Every check (the archive check
+of a SavedModel or Keras upload included) runs on the unpublished bytes, so a
+refused push aborts its writers and leaves nothing behind.
+
+Once published, blobs are never deleted by the push: identical bytes are one
+blob, and another push in flight may have just published the same bytes and
+not committed its version yet.  Should a push fail after publishing (the
+database refuses its version), what it published is left to the garbage
+collector (``registry.gc``), which deletes only blobs that are unreferenced
+and older than its grace period, checking both again just before.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -27,9 +37,11 @@ from registry.entities import (
     NewFile,
     VersionInfo,
 )
-from registry.errors import InvalidUpload
+from registry.errors import InvalidUpload, StorageError
 from registry.protowire import GRAPH_DEF_FIELDS, META_GRAPH_DEF_FIELDS, WireScanner
 from registry.storage import BlobRef, BlobStorage, BlobWriter
+
+log = logging.getLogger(__name__)
 
 INDEX_MAGIC = bytes.fromhex("57fb808b247547db")  # TensorBundle/LevelDB table footer, little-endian
 DATA_SHARD_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
@@ -42,21 +54,31 @@ GZIP_MAGIC = b"\x1f\x8b"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 GRAPH_FIELDS = ("meta", "graph", "frozen")  # the parts whose protobuf wire format is checked
+ARCHIVE_FIELDS = ("saved_model", "keras")  # the parts whose archive is checked before publishing
 MAX_LABELS_BYTES = 16 * 1024 * 1024
+MAX_FILENAME_LENGTH = 255  # what the version_files table keeps
 HEAD_BYTES = 4096
 
 
 class UploadSink:
     """One uploaded part on its way into blob storage, with what we learn from
-    its bytes as they pass: head, tail and (for graph parts) the wire scan."""
+    its bytes as they pass: head, tail and (for graph parts) the wire scan.
 
-    def __init__(self, writer: BlobWriter, *, scan: bool = True) -> None:
+    ``keep_local`` parts (archives) are checked as a local file before they are
+    published: the writer's own staging file, or a spooled copy where the storage
+    keeps none (S3).
+    """
+
+    def __init__(self, writer: BlobWriter, *, scan: bool = True, keep_local: bool = False) -> None:
         self.writer = writer
         self.scanner = WireScanner() if scan else None
         self.head = bytearray()
         self.tail = b""
         self.ref: BlobRef | None = None
         self.finished = False
+        self._spool = None
+        if keep_local and not writer.keeps_local_file:
+            self._spool = tempfile.NamedTemporaryFile(prefix="registry-upload-", delete=False)
 
     def write(self, data: bytes) -> int:
         if len(self.head) < HEAD_BYTES:
@@ -64,7 +86,33 @@ class UploadSink:
         self.tail = (self.tail + bytes(data[-16:]))[-16:]
         if self.scanner is not None:
             self.scanner.feed(data)
+        if self._spool is not None:
+            try:
+                self._spool.write(data)
+            except OSError as exc:
+                raise StorageError(f"spooling an uploaded archive to {self._spool.name} for its check failed "
+                                   f"({exc.strerror or exc}): free space in the temporary folder") from exc
         return self.writer.write(data)
+
+    def end(self) -> None:
+        """The part is complete: close the files it held open (its bytes stay until publish or abort)."""
+        self.writer.end()
+        if self._spool is not None and not self._spool.closed:
+            self._spool.close()
+
+    def local_path(self) -> Path:
+        """The part's bytes as a local file, before they are published (``keep_local`` parts)."""
+        self.end()
+        path = Path(self._spool.name) if self._spool is not None else self.writer.local_path()
+        if path is None:
+            raise RuntimeError("this upload part was not received with keep_local=True")
+        return path
+
+    def _drop_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            Path(self._spool.name).unlink(missing_ok=True)
+            self._spool = None
 
     @property
     def size(self) -> int:
@@ -81,11 +129,13 @@ class UploadSink:
         return bool(head) and (head[:1].isalpha() or head[:1] == b"#")
 
     def publish(self) -> BlobRef:
+        self._drop_spool()
         self.ref = self.writer.finish()
         self.finished = True
         return self.ref
 
     def abort(self) -> None:
+        self._drop_spool()
         if not self.finished:
             self.writer.abort()
             self.finished = True
@@ -129,6 +179,9 @@ def _by_field(files: Iterable[ReceivedFile]) -> dict[str, list[ReceivedFile]]:
                 "saved_model, keras or labels",
                 code="unknown_field",
             )
+        if len(f.filename) > MAX_FILENAME_LENGTH:
+            raise InvalidUpload(f"the {f.field!r} file's name is longer than {MAX_FILENAME_LENGTH} characters "
+                                f"({f.filename[:40]!r}...): rename it", code="invalid_filename")
         out.setdefault(f.field, []).append(f)
     for name, items in out.items():
         if name != "data" and len(items) > 1:
@@ -306,20 +359,25 @@ def plan_push(request: PushRequest) -> tuple[str, list[ReceivedFile]]:
     return source, ordered
 
 
-def _check_archives(storage: BlobStorage, source: str, ordered: list[ReceivedFile], limits: ArchiveLimits) -> None:
-    """Refuse an unsafe or bomb-like archive now, with a 400, rather than fail the conversion later."""
-    import tempfile
+def _check_fields(source: str, request: PushRequest) -> None:
+    if source in (SOURCE_SAVED_MODEL, SOURCE_KERAS):
+        if request.output_nodes or request.input_nodes:
+            raise InvalidUpload(f"a {source} push takes its inputs and outputs from the model's signature: "
+                                "leave out output_nodes and input_nodes", code="conflicting_fields")
+    elif request.signature:
+        raise InvalidUpload("signature applies only to a pushed SavedModel", code="conflicting_fields")
 
-    archive = next((f for f in ordered if f.field in ("saved_model", "keras")), None)
+
+def _check_archives(source: str, ordered: list[ReceivedFile], limits: ArchiveLimits) -> None:
+    """Refuse an unsafe or bomb-like archive now, with a 400, before it is published,
+    rather than fail the conversion later."""
+    archive = next((f for f in ordered if f.field in ARCHIVE_FIELDS), None)
     if archive is None or (source == SOURCE_KERAS and not bytes(archive.sink.head).startswith(ZIP_MAGIC)):
         return
-    with tempfile.TemporaryDirectory(prefix="upload-check-") as tmp:
-        path = Path(tmp) / "archive"
-        storage.materialize(archive.sink.ref.sha256, path)
-        if source == SOURCE_SAVED_MODEL:
-            check_saved_model_archive(path, limits)
-        else:
-            check_archive(path, limits)
+    if source == SOURCE_SAVED_MODEL:
+        check_saved_model_archive(archive.sink.local_path(), limits)
+    else:
+        check_archive(archive.sink.local_path(), limits)
 
 
 def push(
@@ -337,20 +395,14 @@ def push(
         raise InvalidUpload("description is longer than 10,000 characters", code="invalid_description")
     try:
         source, ordered = plan_push(request)
+        _check_fields(source, request)
+        _check_archives(source, ordered, archive_limits or ArchiveLimits())
     except BaseException:
-        abort(request.files)
+        abort(request.files)  # nothing is published yet: the staged bytes go at once
         raise
-    published: list[BlobRef] = []
     try:
         for f in ordered:
-            published.append(f.sink.publish())
-        if source in (SOURCE_SAVED_MODEL, SOURCE_KERAS):
-            if request.output_nodes or request.input_nodes:
-                raise InvalidUpload(f"a {source} push takes its inputs and outputs from the model's signature: "
-                                    "leave out output_nodes and input_nodes", code="conflicting_fields")
-            _check_archives(storage, source, ordered, archive_limits or ArchiveLimits())
-        elif request.signature:
-            raise InvalidUpload("signature applies only to a pushed SavedModel", code="conflicting_fields")
+            f.sink.publish()
         return catalog.create_version(
             db,
             name,
@@ -366,10 +418,10 @@ def push(
             actor=actor,
         )
     except BaseException:
+        # What was published stays for the garbage collector: another push may be using the same bytes.
         abort(request.files)
-        for ref in published:
-            if ref.created and not catalog.is_blob_referenced(db, ref.sha256):
-                storage.delete(ref.sha256)
+        log.warning("push to %r failed after publishing its blobs; registry gc frees them once unreferenced "
+                    "and older than its grace period", name)
         raise
 
 

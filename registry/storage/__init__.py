@@ -13,7 +13,10 @@ the push's version row is committed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,6 +81,20 @@ class BlobWriter(ABC):
 
     @abstractmethod
     def _write(self, data: bytes) -> None: ...
+
+    # Whether local_path() gives the unpublished bytes as a local file (else an upload check spools them).
+    keeps_local_file = False
+
+    def end(self) -> None:
+        """No more bytes will come: release what writing holds open (a file handle) and keep
+        the bytes for :meth:`finish` or :meth:`abort`.  A push ends each part as it closes,
+        so however many parts it has, it holds one open file at a time."""
+
+    def local_path(self) -> Path | None:
+        """The unpublished bytes as a local file, after :meth:`end`, where the backend keeps
+        them in one (see ``keeps_local_file``): an upload check reads an archive there
+        before anything of the push is published."""
+        return None
 
     @abstractmethod
     def finish(self) -> BlobRef:
@@ -148,8 +165,24 @@ class BlobStorage(ABC):
             raise
 
     def put_file(self, path: Path) -> BlobRef:
-        with open(path, "rb") as stream:
+        """Store the regular file at ``path`` (see :func:`open_regular`)."""
+        with open_regular(path) as stream:
             return self.put_stream(stream)
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open ``path`` for reading, refusing a symlink (it could point at a secret), a FIFO (it
+    would block) or anything but a regular file: converter outputs are left by a sandboxed
+    child that may have put any of these in their place."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def open_storage(url: str) -> BlobStorage:

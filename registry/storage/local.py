@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -16,34 +18,74 @@ def _mtime(stat: os.stat_result) -> datetime:
     return datetime.fromtimestamp(stat.st_mtime, timezone.utc)
 
 
+def _write_failed(root: Path, exc: OSError) -> StorageError:
+    """A StorageError (503) saying why the blob folder took no more bytes and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"the blob folder {root} is full ({exc.strerror}): free space there or raise its "
+                            "quota", code="storage_full")
+    if exc.errno == errno.EROFS:
+        return StorageError(f"the blob folder {root} is on a read-only file system: make it writable",
+                            code="storage_read_only")
+    return StorageError(f"writing to the blob folder {root} failed ({exc.strerror or exc})")
+
+
 class LocalBlobWriter(BlobWriter):
+    """Writes to a temporary file in ``.staging`` and renames it into place.  A write that
+    fails (disk full, read-only) removes the temporary file at once and raises StorageError."""
+
+    keeps_local_file = True
+
     def __init__(self, storage: "LocalStorage") -> None:
         super().__init__()
         self._storage = storage
-        fd, name = tempfile.mkstemp(dir=storage.staging, prefix="upload-")
+        try:
+            fd, name = tempfile.mkstemp(dir=storage.staging, prefix="upload-")
+        except OSError as exc:
+            raise _write_failed(storage.root, exc) from exc
         self._tmp_path = Path(name)
         self._file = os.fdopen(fd, "wb")
         self._done = False
 
     def _write(self, data: bytes) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise _write_failed(self._storage.root, exc) from exc
+
+    def end(self) -> None:
+        if self._done or self._file.closed:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as exc:
+            self.abort()
+            raise _write_failed(self._storage.root, exc) from exc
+
+    def local_path(self) -> Path | None:
+        self.end()
+        return None if self._done else self._tmp_path
 
     def finish(self) -> BlobRef:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        digest = self.hexdigest
-        final = self._storage.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        created = not final.exists()
-        if not created:
-            try:
-                os.utime(final)  # young again: the garbage collector leaves it alone for its grace period
-                self._tmp_path.unlink(missing_ok=True)
-            except FileNotFoundError:  # collected just now: store ours
-                created = True
-        if created:
-            os.replace(self._tmp_path, final)
+        self.end()
+        try:
+            digest = self.hexdigest
+            final = self._storage.path(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            created = not final.exists()
+            if not created:
+                try:
+                    os.utime(final)  # young again: the garbage collector leaves it alone for its grace period
+                    self._tmp_path.unlink(missing_ok=True)
+                except FileNotFoundError:  # collected just now: store ours
+                    created = True
+            if created:
+                os.replace(self._tmp_path, final)
+        except OSError as exc:
+            self.abort()
+            raise _write_failed(self._storage.root, exc) from exc
         self._done = True
         return BlobRef(digest, self.size, created)
 
@@ -51,7 +93,8 @@ class LocalBlobWriter(BlobWriter):
         if self._done:
             return
         self._done = True
-        self._file.close()
+        with contextlib.suppress(OSError):  # a full disk fails the flush that close() does
+            self._file.close()
         self._tmp_path.unlink(missing_ok=True)
 
 
