@@ -2,16 +2,26 @@
 
 ``/healthz`` says the process is up; ``/readyz`` (and ``registry check``, for
 processes without HTTP such as workers) says whether the database answers a
-``SELECT 1`` and the blob storage answers a cheap call.  Load balancers and
-orchestrators stop sending traffic to a process that is not ready.
+``SELECT 1`` and would take a write, and whether the blob storage answers a
+cheap call.  Load balancers and orchestrators stop sending traffic to a process
+that is not ready.  The write check writes nothing: PostgreSQL reports
+``transaction_read_only`` (a standby, ``default_transaction_read_only``); on
+SQLite the database file must open for writing (a disk gone read-only fails
+this while old connections still look fine) and a connection must be able to
+start a write, which is then rolled back.
 """
 
 from __future__ import annotations
+
+import os
+import sqlite3
 
 import sqlalchemy as sa
 
 from registry.db import Database
 from registry.storage import BlobStorage
+
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 
 
 def readiness(db: Database, storage: BlobStorage) -> dict[str, str]:
@@ -20,7 +30,10 @@ def readiness(db: Database, storage: BlobStorage) -> dict[str, str]:
     try:
         with db.engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
-        checks["database"] = "ok"
+            refusal = _write_refusal(db, connection)
+            if refusal:  # opened while writes were refused, it would go on refusing them: replace it
+                connection.invalidate()
+        checks["database"] = f"error: the database refuses writes: {refusal}"[:300] if refusal else "ok"
     except Exception as exc:  # any failure means not ready; say which
         checks["database"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
     try:
@@ -29,3 +42,36 @@ def readiness(db: Database, storage: BlobStorage) -> dict[str, str]:
     except Exception as exc:
         checks["storage"] = f"error: {getattr(exc, 'message', None) or exc}"[:300]
     return checks
+
+
+def _write_refusal(db: Database, connection: sa.Connection) -> str | None:
+    """Why the database would refuse a write now, or None."""
+    if db.dialect == "postgresql":
+        if connection.execute(sa.text("SELECT current_setting('transaction_read_only')")).scalar() == "on":
+            return ("it is read-only (transaction_read_only is on: a standby, or default_transaction_read_only "
+                    "is set)")
+        return None
+    if db.dialect != "sqlite":
+        return None
+    path = db.engine.url.database
+    if path and path != ":memory:" and not path.startswith("file:"):
+        try:
+            os.close(os.open(path, os.O_RDWR))
+        except OSError as exc:
+            return f"cannot open {path} for writing ({exc.strerror})"
+    raw = connection.connection.driver_connection
+    if raw.in_transaction:
+        return None
+    cursor = raw.cursor()
+    try:
+        cursor.execute("BEGIN")
+        version = int(cursor.execute("PRAGMA user_version").fetchone()[0])
+        cursor.execute(f"PRAGMA user_version = {version}")  # takes the write lock; rolled back below
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (SQLITE_BUSY, SQLITE_LOCKED):  # busy: a writer works
+            return str(exc)
+    finally:
+        if raw.in_transaction:
+            cursor.execute("ROLLBACK")
+        cursor.close()
+    return None

@@ -23,8 +23,8 @@ from registry.config import Settings
 from registry.converter.runner import Outcome, run_conversion
 from registry.db import Database
 from registry.entities import SAVED_MODEL, SAVED_MODEL_FILENAME, SAVED_MODEL_SOURCE, NewFile, VersionInfo
-from registry.errors import NotFound
-from registry.storage import BlobStorage
+from registry.errors import NotFound, StorageError
+from registry.storage import BlobRef, BlobStorage
 from registry.uploads import DATA_SHARD_RE
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,16 @@ class Worker:
                 timeout=self.settings.convert_timeout_seconds,
                 memory_mb=self.settings.convert_memory_mb,
                 max_output_mb=self.settings.convert_max_output_mb,
+                user=self.settings.convert_user,
                 heartbeat=lambda: jobs.heartbeat(self.db, job, self.settings.job_lease_seconds),
                 heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3),
             )
             self._record(job, version, outcome, workdir)
         except NotFound:
             log.info("version id %d was deleted before its conversion started; dropping the job", job.version_id)
+        except StorageError as exc:  # full, read-only or unreachable: worth a later attempt (bounded)
+            log.warning("conversion of version id %d: %s", job.version_id, exc.message)
+            jobs.retry_later(self.db, job, exc.message)
         except Exception as exc:
             log.exception("conversion of version id %d failed", job.version_id)
             jobs.retry_later(self.db, job, f"{type(exc).__name__}: {exc}")
@@ -179,11 +183,37 @@ class Worker:
                 jobs.finish(self.db, job, ready=False, message=outcome.message, fields={})
             return
         result = outcome.result
+        stored: list[BlobRef] = []  # removed again unless the version ends up referring to them
+        try:
+            recorded = self._store_and_finish(job, version, result, workdir, stored)
+        except BaseException:
+            drop_unreferenced(self.db, self.storage, stored)
+            raise
+        if not recorded:
+            drop_unreferenced(self.db, self.storage, stored)
+            return
+        log.info("%s v%d: %s", version.model, version.version, recorded)
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def _store_and_finish(self, job: jobs.ClaimedJob, version: VersionInfo, result: dict, workdir: Path,
+                          stored: list[BlobRef]) -> str | None:
+        """Store the frozen graph and SavedModel (appending each to ``stored``) and record the
+        version as ready; return its status message, or None if the lease was lost meanwhile."""
+        try:
+            result["conversion"]["safety"] = safety_rules.confirm_report(workdir / "frozen.pb",
+                                                                         result["conversion"]["safety"])
+        except (ValueError, OSError) as exc:
+            jobs.finish(self.db, job, ready=False, fields={},
+                        message=f"the converter wrote a frozen graph that cannot be read back ({exc})")
+            return None
         ref = self.storage.put_file(workdir / "frozen.pb")
+        stored.append(ref)
         made = []
         if result.get("saved_model"):
             saved = self.storage.put_file(workdir / SAVED_MODEL_FILENAME)
-            made.append((saved, NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, saved.sha256, saved.size)))
+            stored.append(saved)
+            made.append(NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, saved.sha256, saved.size))
         verification = result["conversion"]["verification"]
         blocking = safety_rules.blocking_flags(result["conversion"], version.allowed_ops)
         if blocking:
@@ -204,16 +234,20 @@ class Worker:
                 "tf_version": result["tf_version"],
                 "conversion": result["conversion"],
             },
-            files=[new for _, new in made],
+            files=made,
         )
-        if not recorded:
-            for blob in [ref] + [saved for saved, _ in made]:
-                if blob.created and not catalog.is_blob_referenced(self.db, blob.sha256):
-                    self.storage.delete(blob.sha256)
-            return
-        log.info("%s v%d: %s", version.model, version.version, message)
-        if self.on_ready is not None:
-            self.on_ready()
+        return message if recorded else None
+
+
+def drop_unreferenced(db: Database, storage: BlobStorage, blobs: list[BlobRef]) -> None:
+    """Delete the blobs a conversion created that no version refers to (a failed or lost
+    conversion leaves no orphan); if that fails too, ``registry gc`` takes them later."""
+    for blob in blobs:
+        try:
+            if blob.created and not catalog.is_blob_referenced(db, blob.sha256):
+                storage.delete(blob.sha256)
+        except Exception:
+            log.exception("could not remove blob %s; garbage collection will", blob.sha256)
 
 
 def build_saved_model(settings: Settings, db: Database, storage: BlobStorage, version: VersionInfo):
@@ -232,15 +266,20 @@ def build_saved_model(settings: Settings, db: Database, storage: BlobStorage, ve
             {"task": "saved_model", "frozen_path": str(frozen), "input_nodes": version.input_nodes or [],
              "output_nodes": version.output_nodes or [], "saved_model_path": str(workdir / SAVED_MODEL_FILENAME)},
             workdir, timeout=settings.convert_timeout_seconds, memory_mb=settings.convert_memory_mb,
+            user=settings.convert_user,
         )
         if not outcome.ok:
             raise RuntimeError(f"building the SavedModel of {version.model} v{version.version} failed: "
                                f"{outcome.message}")
         ref = storage.put_file(workdir / SAVED_MODEL_FILENAME)
-        recorded = catalog.attach_file(db, version.id, NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, ref.sha256,
-                                                                ref.size))
-        if recorded.sha256 != ref.sha256 and ref.created and not catalog.is_blob_referenced(db, ref.sha256):
-            storage.delete(ref.sha256)
+        try:
+            recorded = catalog.attach_file(db, version.id, NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, ref.sha256,
+                                                                    ref.size))
+        except BaseException:
+            drop_unreferenced(db, storage, [ref])
+            raise
+        if recorded.sha256 != ref.sha256:  # another export attached one first
+            drop_unreferenced(db, storage, [ref])
         return recorded
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -25,8 +25,8 @@ def status_request(name: str = "nope") -> get_model_status_pb2.GetModelStatusReq
 @pytest.fixture
 def stub(tmp_path):
     """A ModelService stub on a registry that enforces tokens for reads, and its tokens."""
-    server, stop = start_live_server(make_settings(tmp_path / "h", embedded=False, public_read=False),
-                                     workers=False)
+    server, stop = start_live_server(make_settings(tmp_path / "h", embedded=False, public_read=False,
+                                                   serving_export_root=str(tmp_path / "models")), workers=False)
     grpc_server, port = start_grpc_server(server.registry, port=0)
     tokens = issue_tokens(server.registry.db)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -229,10 +229,13 @@ def test_admin_allows_an_op_for_one_model_audited_and_removing_it_refuses_again(
     assert events[0]["details"] == {"old": [], "new": ["ReadFile"], "added": ["ReadFile"], "removed": [],
                                     "reason": "reads its own notes file"}
 
-    # A version pushed while the op is allowed is verified like any other graph.
+    # A version pushed while the op is allowed is not flagged and its verification runs it, but in the
+    # converter's sandbox, where the file it reads is not there: ready, not verified, saying why.
     again = hostile["client"].push("reader", [("frozen", tfmodels.build_reading_frozen(tmp_path / "v2", notes))],
                                    {"output_nodes": "output"})
-    assert hostile["client"].wait("reader", again["version"], timeout=180)["verification"]["status"] == "ran"
+    record = hostile["client"].wait("reader", again["version"], timeout=180)
+    assert record["status"] == "ready" and record["verification"]["status"] == "skipped", record
+    assert "could not open its file in the converter's sandbox" in record["verification"]["reason"]
 
     cleared = CliRunner().invoke(cli, ["allow-ops", "reader", "--clear", "--url", url, "--token", tokens["admin"]])
     assert cleared.exit_code == 0 and "allowed ops: none" in cleared.output, cleared.output

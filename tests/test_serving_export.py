@@ -4,6 +4,7 @@ with TF Serving's own proto, and config reloads over gRPC."""
 
 from __future__ import annotations
 
+import dataclasses
 import tarfile
 import time
 from pathlib import Path
@@ -248,14 +249,17 @@ def test_export_to_s3_writes_the_layout_and_removes_what_is_not_served(exporting
 def test_serving_reload_sends_the_config_and_the_server_reports_the_new_model_list(exporting, tmp_path):
     root = tmp_path / "serving"
     exporting.client.set_alias("cnn", "stable", 2)
-    grpc_server, port = start_grpc_server(exporting.registry, port=0)
+    # The label service takes configs for its own export root only.
+    registry = dataclasses.replace(exporting.registry,
+                                   settings=dataclasses.replace(exporting.settings, serving_export_root=str(root)))
+    grpc_server, port = start_grpc_server(registry, port=0)
     try:
         serving_export.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
         result = CliRunner().invoke(cli, ["serving-reload", "--target", f"127.0.0.1:{port}", "--root", str(root)])
         assert result.exit_code == 0, result.output
         assert "reloaded its config: 2 model(s)" in result.output
         assert "cnn: versions 2, 3; labels stable=2" in result.output
-        accepted = exporting.registry.serving_config
+        accepted = registry.serving_config
         assert [(m.name, list(m.model_version_policy.specific.versions), dict(m.version_labels))
                 for m in accepted.model_config_list.config] == [("cnn", [2, 3], {"stable": 2}), ("emb", [1], {})]
 

@@ -234,13 +234,18 @@ def _is_memory_failure(exc: Exception) -> bool:
 
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
-    if "limits" in request:  # before anything reads the upload
-        from registry.converter.runner import apply_limits
-
-        apply_limits(request["limits"])
     result_path = Path(request["result_path"])
+    sandbox = None
     try:
-        result = TASKS[request.get("task", "convert")](request)
+        if "limits" in request:  # limits and sandbox, before anything reads the upload
+            from registry.converter.runner import apply_limits
+
+            sandbox = apply_limits(request["limits"])
+        if request.get("task") == "sandbox_probe":  # what the sandbox lets through (tests, diagnostics)
+            from registry.converter.probe import probe as task
+        else:
+            task = TASKS[request.get("task", "convert")]
+        result = task(request)
     except ConversionError as exc:
         result = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
     except MemoryError:
@@ -258,6 +263,8 @@ def main(argv: list[str]) -> int:
                 "error": {"code": "converter_crashed", "message": f"{type(exc).__name__}: {exc}"},
                 "traceback": traceback.format_exc(),
             }
+    if sandbox is not None:
+        result["sandbox"] = sandbox
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(result_path)
