@@ -499,6 +499,24 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def inference_workers(parent: int) -> list[int]:
+    """The server's inference worker processes (where the graphs are loaded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit() and b"registry.serving.inference" in (entry / "cmdline").read_bytes()
+                    and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent):
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def server_rss_mb(pid: int) -> float:
+    """The server's resident memory plus its inference workers'."""
+    return rss_mb(pid) + sum(rss_mb(worker) for worker in inference_workers(pid))
+
+
 # --------------------------------------------------------------------------
 # Report.
 # --------------------------------------------------------------------------
@@ -619,7 +637,7 @@ def report(results: Results, loads: tuple[str, str], runtime: float) -> None:
                                                   for v, ok in results.matches.items())),
         ("versions differ", f"min max|score diff| between versions {results.min_diff:.3g}; top-1 "
                             + ", ".join(f"v{v} {i}" for v, i in results.top1.items())),
-        (f"server RSS, {len(results.top1)} versions loaded", f"{results.server_rss_mb:.0f} MB"),
+        (f"server + inference workers RSS, {len(results.top1)} versions loaded", f"{results.server_rss_mb:.0f} MB"),
         ("load average (1, 5, 15 min)", f"{loads[0]} (start), {loads[1]} (end)"),
         ("runtime", f"{runtime:.0f} s"),
         ("result", verdict(results.passed)),
@@ -646,7 +664,8 @@ def measure(server: Server, models: list[ModelFiles], labels: Path, jpeg: bytes,
     throughput = measure_throughput(server.url, jpeg, versions[0], plains[versions[0]], batch)
     matches = predictions_match(client, versions, plains, batch)
     min_diff, top1 = versions_differ(plains, batch)
-    return Results(first, cold, warm, compare, throughput, matches, min_diff, top1, rss_mb(server.process.pid))
+    return Results(first, cold, warm, compare, throughput, matches, min_diff, top1,
+                   server_rss_mb(server.process.pid))
 
 
 def main() -> int:

@@ -1,8 +1,9 @@
 """Loaded graphs, least recently used first out, within a memory budget.
 
 Many concurrent first requests for one version load it once: the first caller
-loads while the others wait for the same result.  Evicted graphs are simply
-dropped; requests still running on one keep it alive until they finish.
+loads while the others wait for the same result.  An evicted graph is handed
+to ``on_evict`` (the label service unloads it from its worker once the
+requests still running on it finish).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ class _Loading:
 
 
 class GraphCache:
-    def __init__(self, budget_bytes: int, load: Callable[[Hashable], Any]) -> None:
+    def __init__(self, budget_bytes: int, load: Callable[[Hashable], Any],
+                 on_evict: Callable[[Any], None] | None = None) -> None:
         self.budget_bytes = budget_bytes
         self._load = load
+        self._on_evict = on_evict
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._loading: dict[Hashable, _Loading] = {}
@@ -53,7 +56,10 @@ class GraphCache:
             with self._lock:
                 self.loads[key] = self.loads.get(key, 0) + 1
                 self._entries[key] = value
-                self._evict(keep=key)
+                evicted = self._evict(keep=key)
+            if self._on_evict is not None:
+                for old in evicted:
+                    self._on_evict(old)
             return value
         finally:
             with self._lock:
@@ -64,12 +70,21 @@ class GraphCache:
     def used_bytes(self) -> int:
         return sum(getattr(v, "memory_bytes", 0) for v in self._entries.values())
 
-    def _evict(self, keep: Hashable) -> None:
+    def _evict(self, keep: Hashable) -> list[Any]:
+        evicted = []
         while self.used_bytes > self.budget_bytes and len(self._entries) > 1:
             oldest = next(iter(self._entries))
             if oldest == keep:
                 break
-            self._entries.pop(oldest)
+            evicted.append(self._entries.pop(oldest))
+        return evicted
+
+    def discard(self, test: Callable[[Hashable, Any], bool]) -> list[Any]:
+        """Forget the entries ``test(key, value)`` picks (their graphs are gone): the next ``get``
+        loads them again.  Not handed to ``on_evict``."""
+        with self._lock:
+            gone = [key for key, value in self._entries.items() if test(key, value)]
+            return [self._entries.pop(key) for key in gone]
 
     def keys(self) -> list[Hashable]:
         with self._lock:

@@ -17,7 +17,6 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -40,6 +39,7 @@ from registry import catalog
 from registry.entities import FAILED, TF_SERVING_STATE, VersionInfo
 from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError
 from registry.serving.signature import SIGNATURE, signature_def_json
+from registry.serving_export import has_version, reload_folder
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         Refused like TF Serving refuses them: no ``model_config_list``, a model
         without a name or named twice, a platform other than tensorflow, and a
         version label for a version the config does not serve or (for a local
-        ``base_path``) that is not on disk yet.
+        ``base_path``) that is not on disk yet.  A ``base_path`` must lie under
+        the export root (``serving_export.reload_folder``): nothing outside it is
+        looked at, so the answer never tells whether a server path exists.
         """
         config = request.config
         if config.WhichOneof("config") != "model_config_list":
@@ -302,17 +304,17 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             if model.model_platform not in ("", "tensorflow"):
                 raise InvalidRequest(f"model {model.name!r}: platform {model.model_platform!r} is not "
                                      "supported (tensorflow)", code="invalid_config")
+            folder = reload_folder(self.registry.settings, model.base_path)  # None: an S3 root
             policy = model.model_version_policy
             served = set(policy.specific.versions) if policy.WhichOneof("policy_choice") == "specific" else None
             for label, number in model.version_labels.items():
                 if served is not None and number not in served:
                     raise Conflict(f"model {model.name!r}: label {label!r} points at version {number}, "
                                    "which the config does not serve", code="label_for_unavailable_version")
-                folder = Path(model.base_path) / str(number)
-                if Path(model.base_path).is_dir() and not (folder / "saved_model.pb").is_file():
+                if folder is not None and not has_version(folder, number):
                     raise Conflict(f"model {model.name!r}: label {label!r} points at version {number}, "
-                                   f"which is not available (no {folder}/saved_model.pb)",
-                                   code="label_for_unavailable_version")
+                                   f"which is not available (no {model.base_path.rstrip('/')}/{number}/"
+                                   "saved_model.pb)", code="label_for_unavailable_version")
         self.registry.serving_config = config
         log.info("reloaded serving config: %s", "; ".join(
             f"{m.name} versions {list(m.model_version_policy.specific.versions)} labels {dict(m.version_labels)}"

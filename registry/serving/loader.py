@@ -1,19 +1,24 @@
-"""A frozen graph loaded for inference: one tf.Graph and Session per version."""
+"""A version's frozen graph, loaded into an inference worker, as the label service sees it.
+
+The graph itself lives in a worker process (:mod:`registry.serving.workers`);
+this object holds its signature, batches concurrent requests and turns what
+the worker answers into registry errors.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2
 
 from registry.entities import VersionInfo
-from registry.errors import InvalidRequest, TimedOut
+from registry.errors import InferenceUnavailable, InvalidRequest, PayloadTooLarge, RegistryError, TimedOut
 from registry.serving.batching import Batcher
-
-tf1 = tf.compat.v1
+from registry.serving.workers import MAX_OUTPUT_BYTES, READY, NoWorker, WorkerError, WorkerLost, WorkerPool
 
 
 @dataclass(frozen=True)
@@ -25,66 +30,139 @@ class TensorSpec:
     optional: bool = False  # a PlaceholderWithDefault
 
 
-def signature_key(node: str) -> str:
-    """A valid signature key from a node name: ``InceptionV3/Predictions/Reshape_1`` →
-    ``InceptionV3_Predictions_Reshape_1``."""
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in node)
+def _tensor_spec(spec: dict) -> TensorSpec:
+    return TensorSpec(spec["key"], spec["name"], tf.as_dtype(spec["dtype"]), spec["shape"], bool(spec["optional"]))
 
 
-def _spec(graph: tf.Graph, node: str, optional: bool = False) -> TensorSpec:
-    tensor = graph.get_tensor_by_name(f"{node}:0")
-    shape = None if tensor.shape.rank is None else tensor.shape.as_list()
-    return TensorSpec(signature_key(node), tensor.name, tensor.dtype.base_dtype, shape, optional)
+def memory_estimate(frozen_bytes: int) -> int:
+    """Measured: a loaded graph that is mostly weights holds about 5.5x its frozen size once it has
+    run (the GraphDef, the graph, the session's copy, the constants)."""
+    return int(5.5 * frozen_bytes) + 16 * 1024 * 1024
 
 
 class LoadedGraph:
-    """What the label service runs.  ``run`` is thread-safe; concurrent calls
-    with compatible inputs are batched into one ``Session.run``."""
+    """What the label service runs.  ``run`` is thread-safe; concurrent calls with compatible
+    inputs are batched into one ``Session.run`` in the worker."""
 
-    def __init__(self, version: VersionInfo, frozen: bytes, labels: list[str] | None, *,
-                 max_batch: int = 16, timeout_seconds: float = 0.0) -> None:
+    def __init__(self, version: VersionInfo, key: Any, frozen: bytes, labels: list[str] | None, *,
+                 pool: WorkerPool, reload: Callable[["LoadedGraph"], "LoadedGraph"], max_batch: int = 16,
+                 timeout_seconds: float = 0.0) -> None:
         self.version = version
+        self.key = key
         self.labels = labels
-        graph_def = graph_pb2.GraphDef()
-        graph_def.ParseFromString(frozen)
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            tf.graph_util.import_graph_def(graph_def, name="")
-        del graph_def
-        self.session = tf1.Session(graph=self.graph)
-        self.inputs = [_spec(self.graph, i["name"], bool(i.get("optional"))) for i in version.input_nodes or []]
-        self.outputs = [_spec(self.graph, o) for o in version.output_nodes or []]
-        # Measured: a loaded graph that is mostly weights holds about 5.5x its frozen size
-        # once it has run (the GraphDef, the graph, the session's copy, the constants).
-        self.memory_bytes = int(5.5 * len(frozen)) + 16 * 1024 * 1024
+        self.memory_bytes = memory_estimate(len(frozen))
+        self.timeout_seconds = timeout_seconds
+        self._pool = pool
+        self._reload = reload
+        inputs = [{"name": i["name"], "optional": bool(i.get("optional"))} for i in version.input_nodes or []]
+        try:
+            self.worker, answer = pool.load(key, frozen, inputs, list(version.output_nodes or []),
+                                            timeout_seconds=timeout_seconds, estimate=self.memory_bytes)
+        except NoWorker as exc:
+            raise InferenceUnavailable(f"no inference worker can load version {version.version} of "
+                                       f"{version.model!r}: {exc}", code="inference_unavailable") from exc
+        except WorkerLost as exc:
+            raise self._unavailable(exc, "loading it") from exc
+        except WorkerError as exc:
+            if exc.kind == "memory":
+                raise InferenceUnavailable(
+                    f"version {version.version} of {version.model!r} does not fit in an inference worker "
+                    f"({pool.memory_mb} MB of address space, REGISTRY_LABEL_MEMORY_MB): {exc.message}",
+                    code="inference_out_of_memory") from exc
+            raise RegistryError(f"version {version.version} of {version.model!r} could not be loaded for "
+                                f"inference: {exc.message}", code="inference_failed") from exc
+        self.inputs = [_tensor_spec(s) for s in answer["inputs"]]
+        self.outputs = [_tensor_spec(s) for s in answer["outputs"]]
         self._by_key = {s.key: s for s in self.inputs + self.outputs}
         self._by_key.update({s.name.rsplit(":", 1)[0]: s for s in self.inputs + self.outputs})
         self.batcher = Batcher(self._run_now, max_batch=max_batch)
-        # TensorFlow cancels a Session.run past its deadline (checked between ops and in loops).
-        self.timeout_seconds = timeout_seconds
-        self._run_options = (tf1.RunOptions(timeout_in_ms=max(1, int(timeout_seconds * 1000)))
-                             if timeout_seconds > 0 else None)
+        self._lock = threading.Lock()
+        self._users = 0
+        self._evicted = False
+        self._unloaded = False
 
     def spec(self, key: str) -> TensorSpec | None:
         """An input or output by signature key or node name."""
         return self._by_key.get(key)
 
-    def _run_now(self, feeds: dict[str, np.ndarray], fetch: tuple[str, ...]) -> list[np.ndarray]:
-        return self.session.run(list(fetch), feed_dict=feeds, options=self._run_options)
+    @property
+    def usable(self) -> bool:
+        """Loaded in a worker that takes work (a graph of a dead or replaced worker is loaded again)."""
+        return not self._unloaded and self.worker.state == READY
+
+    def evict(self) -> None:
+        """The cache let go of this graph: unload it from its worker once no request runs it."""
+        with self._lock:
+            self._evicted = True
+            unload = self._users == 0 and not self._unloaded
+            self._unloaded = self._unloaded or unload
+        if unload:
+            self._pool.unload(self.worker, self.key)
+
+    def _run_now(self, feeds: dict[str, np.ndarray], fetch: tuple[str, ...], attempt: int = 0) -> list[np.ndarray]:
+        with self._lock:
+            usable = self.usable
+            if usable:
+                self._users += 1
+        if not usable:
+            if attempt:
+                raise self._unavailable(WorkerLost("its worker stopped again"), "loading it")
+            return self._reload(self)._run_now(feeds, fetch, attempt + 1)
+        try:
+            return self._pool.run(self.worker, self.key, feeds, fetch)
+        except WorkerLost as exc:
+            if self.worker.stopping and not attempt:  # replaced on purpose just as this was sent
+                with self._lock:
+                    self._unloaded = True
+                return self._run_now(feeds, fetch, attempt + 1)
+            raise self._unavailable(exc, "running this request") from exc
+        except WorkerError as exc:
+            if exc.kind != "not_loaded" or attempt:
+                self._raise(exc)
+            with self._lock:
+                self._unloaded = True  # the worker was replaced under us: load it again
+            return self._run_now(feeds, fetch, attempt + 1)
+        finally:
+            with self._lock:
+                self._users -= 1
+                unload = self._evicted and self._users == 0 and not self._unloaded
+                self._unloaded = self._unloaded or unload
+            if unload:
+                self._pool.unload(self.worker, self.key)
+
+    def _raise(self, exc: WorkerError):
+        version = self.version
+        if exc.kind == "timeout":
+            raise TimedOut(f"version {version.version} of {version.model!r} took longer than "
+                           f"{self.timeout_seconds:g} s and was stopped (REGISTRY_LABEL_TIMEOUT_SECONDS)",
+                           code="inference_timed_out") from exc
+        if exc.kind == "invalid":
+            raise InvalidRequest(f"the model refused the input: {exc.message}", code="invalid_input") from exc
+        if exc.kind == "memory":
+            raise PayloadTooLarge(
+                f"version {version.version} of {version.model!r} needs more memory for this input than an "
+                f"inference worker may use ({self._pool.memory_mb} MB of address space, REGISTRY_LABEL_MEMORY_MB) "
+                f"and was stopped ({exc.message}): send a smaller input", code="inference_out_of_memory") from exc
+        if exc.kind == "too_large":
+            size = int(exc.message) if exc.message.isdigit() else 0
+            raise PayloadTooLarge(
+                f"the outputs of version {version.version} of {version.model!r} for this input are "
+                f"{size / 2**20:.0f} MB, more than the {MAX_OUTPUT_BYTES >> 20} MB an answer may "
+                "carry: send a smaller input", code="output_too_large") from exc
+        raise RegistryError(f"version {version.version} of {version.model!r} failed on this input: "
+                            f"{exc.message}", code="inference_failed") from exc
+
+    def _unavailable(self, exc: Exception, doing: str) -> InferenceUnavailable:
+        return InferenceUnavailable(
+            f"the inference worker stopped while {doing} for version {self.version.version} of "
+            f"{self.version.model!r} ({exc}); it may have run out of memory under its "
+            f"{self._pool.memory_mb} MB limit (REGISTRY_LABEL_MEMORY_MB). Another worker takes its place: "
+            "try again", code="inference_unavailable")
 
     def run(self, feeds: dict[str, np.ndarray], fetch: list[str] | None = None) -> dict[str, np.ndarray]:
         """Run with ``feeds`` keyed by tensor name; returns outputs keyed by tensor name."""
         names = tuple(fetch or [o.name for o in self.outputs])
-        try:
-            results = self.batcher.submit(feeds, names, batchable=self.batchable(feeds))
-        except tf.errors.DeadlineExceededError as exc:
-            raise TimedOut(f"version {self.version.version} of {self.version.model!r} took longer than "
-                           f"{self.timeout_seconds:g} s and was stopped (REGISTRY_LABEL_TIMEOUT_SECONDS)",
-                           code="inference_timed_out") from exc
-        except (tf.errors.InvalidArgumentError, ValueError) as exc:
-            message = getattr(exc, "message", None) or str(exc)
-            raise InvalidRequest(f"the model refused the input: {message.strip().splitlines()[0]}",
-                                 code="invalid_input") from exc
+        results = self.batcher.submit(feeds, names, batchable=self.batchable(feeds))
         return dict(zip(names, results))
 
     def batchable(self, feeds: dict[str, Any]) -> bool:

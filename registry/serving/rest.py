@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from registry import catalog
 from registry.entities import FAILED, TF_SERVING_STATE
@@ -36,6 +37,13 @@ def _error(exc: RegistryError):
     return response
 
 
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(_exc: RequestEntityTooLarge):
+    response = jsonify({"error": f"the body is larger than the {MAX_REQUEST_BYTES >> 20} MB a request may be"})
+    response.status_code = 413
+    return response
+
+
 @bp.before_request
 def _limit_body() -> None:
     request.max_content_length = MAX_REQUEST_BYTES
@@ -47,8 +55,9 @@ def _parse(spec: str) -> tuple[str, str | None, bool, str | None]:
         raise NotFound(f"no such path /v1/models/{spec}: use /v1/models/NAME[/versions/N|/labels/L]"
                        "[/metadata|:predict|:label|:compare]", code="not_found")
     name, version, label = match["name"], match["version"], match["label"]
-    if version is not None and not version.isdigit():
-        raise InvalidRequest(f"version must be a number, not {version!r} (use /labels/{version} for an alias)")
+    if version is not None and not (version.isascii() and version.isdecimal()):  # '²'.isdigit() but int('²') fails
+        raise InvalidRequest(f"version must be a number written with the digits 0-9, not {version!r} "
+                             f"(use /labels/{version} for an alias)", code="invalid_version")
     return name, version or label, bool(match["metadata"]), match["verb"]
 
 
@@ -120,16 +129,17 @@ def post_model(spec: str):
         return service.compare(name, _images_from_request(), refs=_values("versions"),
                                expected=_values("expected"), top_k=validate_top_k(top_k_arg))
     if verb == "predict":
-        from registry.serving.tfs_json import format_predict, parse_predict
+        from registry.serving.tfs_json import check_answer_size, format_predict, load_body, parse_predict
 
-        body = request.get_json(force=True, silent=True)  # TF Serving ignores the content type
-        if body is None:
-            raise InvalidRequest("the body is not valid JSON: send {\"instances\": [...]} or {\"inputs\": ...}",
-                                 code="invalid_json")
+        max_elements = current_app.extensions["registry"].settings.predict_max_elements
+        # TF Serving ignores the content type; the body is measured before it is parsed.
+        body = load_body(request.get_data(cache=False), max_elements)
         version = service.resolve(name, ref)
         graph = service.graph(version)
         feeds, form = parse_predict(body, graph.inputs)
+        del body
         outputs = graph.run(feeds)
+        check_answer_size(outputs, max_elements)
         return format_predict(outputs, graph.outputs, form)
     if verb in ("classify", "regress"):
         raise InvalidRequest(f":{verb} needs a SavedModel with a {verb} signature; frozen graphs answer :predict",

@@ -1,9 +1,17 @@
 """What the label service does, independent of HTTP or gRPC: resolve a
-version, load it (cached), label images, compare versions, predict."""
+version, load it (cached) into an inference worker, label images, compare
+versions, predict.
+
+Graphs run in supervised worker processes (:mod:`registry.serving.workers`),
+never in this one: a request that makes a graph allocate without bound fails
+alone, and the service goes on answering.  Refusals (a version not ready, a
+flagged graph) and preprocessing happen here, before a worker sees anything.
+"""
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from dataclasses import dataclass
 
@@ -46,12 +54,27 @@ def validate_top_k(value, default: int = 5) -> int:
 
 
 class LabelService:
-    def __init__(self, settings: Settings, db: Database, storage: BlobStorage) -> None:
+    def __init__(self, settings: Settings, db: Database, storage: BlobStorage,
+                 stop: threading.Event | None = None) -> None:
+        from registry.serving.workers import WorkerPool
+
         self.settings = settings
         self.db = db
         self.storage = storage
-        self.cache = GraphCache(settings.label_cache_mb * 1024 * 1024, self._load)
+        self.cache = GraphCache(settings.label_cache_mb * 1024 * 1024, self._load, on_evict=lambda g: g.evict())
         self._resolved: dict[tuple[str, str], tuple[float, VersionInfo]] = {}
+        # Started now, so the first request finds a worker (almost) ready; stopped with ``stop``.
+        self.pool = WorkerPool(count=settings.label_workers, memory_mb=settings.label_memory_mb,
+                               run_timeout=settings.label_timeout_seconds or None, on_lost=self._worker_lost,
+                               stop=stop)
+
+    def close(self) -> None:
+        """Stop the inference workers."""
+        self.pool.close()
+
+    def _worker_lost(self, worker) -> None:
+        """A worker died or is being replaced: its graphs load again (elsewhere) on their next request."""
+        self.cache.discard(lambda _key, graph: graph.worker is worker)
 
     # -- versions ---------------------------------------------------------------------
 
@@ -86,6 +109,11 @@ class LabelService:
         """The loaded graph of a ready version (from the cache, or loaded now)."""
         return self.cache.get((version.id, version.frozen_sha256))
 
+    def _reload(self, stale):
+        """The graph of ``stale``'s version, loaded again (its worker is gone)."""
+        self.cache.discard(lambda key, graph: graph is stale)
+        return self.cache.get(stale.key)
+
     def _load(self, key):
         from registry.serving.loader import LoadedGraph
 
@@ -97,7 +125,8 @@ class LabelService:
         if labels_file is not None:
             with self.storage.open(labels_file.sha256) as stream:
                 labels = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()]
-        return LoadedGraph(version, frozen, labels, max_batch=self.settings.batch_max_size,
+        return LoadedGraph(version, key, frozen, labels, pool=self.pool, reload=self._reload,
+                           max_batch=self.settings.batch_max_size,
                            timeout_seconds=self.settings.label_timeout_seconds)
 
     def _timed_graph(self, version: VersionInfo):
