@@ -149,7 +149,7 @@ def detect_outputs(graph_def: graph_pb2.GraphDef) -> list[str]:
     # variables, leftovers that read none (label bookkeeping in a loss) are not outputs.
     variables = {n.name for n in graph_def.node if n.op in ("VariableV2", "Variable", "VarHandleOp")}
     if variables:
-        weighted = [c for c in candidates if _ancestors(nodes, [c]) & variables]
+        weighted = [c for c in candidates if ancestors(nodes, [c]) & variables]
         candidates = weighted or candidates
     if not candidates:
         raise ConversionError(
@@ -160,11 +160,11 @@ def detect_outputs(graph_def: graph_pb2.GraphDef) -> list[str]:
     # Evaluation sinks (accuracy, metrics) read a label placeholder on top of what
     # the prediction reads: keep the candidates whose inputs are not a strict
     # superset of another candidate's.
-    reads = {c: frozenset(_ancestors(nodes, [c]) & placeholders) for c in candidates}
+    reads = {c: frozenset(ancestors(nodes, [c]) & placeholders) for c in candidates}
     return sorted(c for c in candidates if not any(reads[o] < reads[c] for o in candidates))
 
 
-def _ancestors(nodes: dict, roots: Iterable[str]) -> set[str]:
+def ancestors(nodes: dict, roots: Iterable[str]) -> set[str]:
     seen: set[str] = set()
     queue = deque(roots)
     while queue:

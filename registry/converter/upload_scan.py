@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry.converter import ops
-from registry.converter.graphs import node_name
+from registry.converter.graphs import ancestors, node_name
 from registry.errors import ConversionError
 
 CALL_OPS = {"StatefulPartitionedCall", "PartitionedCall", "If", "StatelessIf", "While", "StatelessWhile", "Case",
@@ -182,9 +182,9 @@ def standard_saver(meta) -> tuple[set[str], set[str]]:
     roots = [node_name(r) for r in (saver.save_tensor_name, saver.restore_op_name) if r]
     if filename not in nodes or any(r not in nodes for r in roots):
         return set(), set()
-    closure = _ancestors(nodes, roots)
+    closure = ancestors(nodes, roots)
     # The signatures' and init ops' own nodes are never exempt, even when the saver shares them.
-    closure -= _ancestors(nodes, _signature_and_init_roots(meta)) - {filename}
+    closure -= ancestors(nodes, _signature_and_init_roots(meta)) - {filename}
     functions: set[str] = set()
     for name in closure:
         node = nodes[name]
@@ -251,18 +251,6 @@ def _names_file(nodes: dict, ref: str, sources: set[str]) -> bool:
             return False
         name = node_name(data[0])
     return True
-
-
-def _ancestors(nodes: dict, roots: Iterable[str]) -> set[str]:
-    seen: set[str] = set()
-    stack = list(roots)
-    while stack:
-        name = stack.pop()
-        if name in seen or name not in nodes:
-            continue
-        seen.add(name)
-        stack.extend(node_name(i) for i in nodes[name].input)
-    return seen
 
 
 # Keras ------------------------------------------------------------------------------------------------
