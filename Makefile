@@ -20,6 +20,7 @@ run: $(STAMP)
 	$(BIN)/registry serve --host $(HOST) --port $(PORT) $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -32,4 +33,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scale.py
 
 clean:
-	rm -rf $(VENV) registry-data .pytest_cache benchmarks/.work
+	rm -rf $(VENV) registry-data .pytest_cache .import_linter_cache benchmarks/.work

@@ -90,7 +90,7 @@ class Settings:
     max_archive_bytes: int = 8 * 1024**3
     max_archive_files: int = 10_000
     max_upload_parts: int = 256
-    # Host names the server answers to besides localhost and IP addresses (registry.access checks the
+    # Host names the server answers to besides localhost and IP addresses (registry.auth.access checks the
     # Host header against DNS rebinding); "*": any.  From REGISTRY_ALLOWED_HOSTS, REGISTRY_URL's host
     # and the address the server listens on (``bound_to``).
     allowed_hosts: tuple[str, ...] = ()

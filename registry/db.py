@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.config import owner_only
@@ -110,8 +112,6 @@ class Database:
 
 
 def alembic_config(engine: sa.Engine):
-    from alembic.config import Config
-
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
@@ -120,6 +120,4 @@ def alembic_config(engine: sa.Engine):
 
 
 def migrate(engine: sa.Engine, revision: str = "head") -> None:
-    from alembic import command
-
     command.upgrade(alembic_config(engine), revision)

@@ -6,8 +6,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from registry import safety
+
 READY, QUEUED, CONVERTING, FAILED = "ready", "queued", "converting", "failed"
 VERSION_STATUSES = (QUEUED, CONVERTING, READY, FAILED)
+# A version's conversion job (registry.jobs): its kind, and the statuses it adds to QUEUED and FAILED.
+CONVERT = "convert"
+RUNNING, SUCCEEDED = "running", "succeeded"
 # How TensorFlow Serving names these states (ModelVersionStatus.State), for its REST and gRPC APIs.
 TF_SERVING_STATE = {QUEUED: "START", CONVERTING: "LOADING", READY: "AVAILABLE", FAILED: "END"}
 
@@ -107,15 +112,11 @@ class VersionInfo:
     @property
     def refusal(self) -> str | None:
         """Why the registry will not run this ready version's graph (None: it will, or it is not ready)."""
-        from registry import safety
-
         if self.status != READY or self.conversion is None:  # listings leave the report out
             return None
         return safety.refusal(self)
 
     def to_dict(self) -> dict[str, Any]:
-        from registry import safety
-
         conversion = self.conversion or {}
         return {
             "model": self.model,

@@ -1,7 +1,7 @@
 """Domain errors: each kind of failure carries its own code and HTTP status.
 
 Services raise these; the API turns them into ``{"error": {"code", "message"}}``
-in one place (``registry.api.errors``).  Messages say what went wrong and what
+in one place (``registry.http_errors``).  Messages say what went wrong and what
 to do about it.
 """
 

@@ -21,14 +21,11 @@ ready version without a safety report is refused (fail closed).
 
 from __future__ import annotations
 
-import logging
 import re
-from pathlib import Path
 from typing import Any, Protocol
 
 from registry.errors import Conflict, InvalidRequest
 
-log = logging.getLogger(__name__)
 OP_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_ALLOWED_OPS = 100
 FLAGGED_CODE = "version_flagged"
@@ -112,25 +109,3 @@ def summary(conversion: dict[str, Any] | None, allowed_ops: list[str]) -> dict[s
     flags = [{**f, "allowed": f["op"] in allowed} for f in stored.get("flags", [])]
     return {**stored, "flags": flags, "scan_flagged": bool(stored.get("flagged")),
             "flagged": any(not f["allowed"] for f in flags), "allowed_ops": list(allowed_ops)}
-
-
-def confirm_report(frozen_path: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """The converter child's safety report, checked against the frozen graph it wrote.
-
-    The child scans and reports on its own; if code the scan missed had run there, it could
-    leave an op out of the report.  The worker reads the frozen graph it is about to store (the
-    graph the label service will run) at the wire level, without TensorFlow, and adds any flag the
-    report lacks.  Raises ValueError when the file is not a GraphDef.
-    """
-    from registry import protowire
-    from registry.converter import ops  # op names only: no TensorFlow
-    from registry.storage import open_regular  # a symlink or FIFO left by the child is refused
-
-    found = ops.scan(protowire.graph_def_ops(open_regular(frozen_path)))
-    reported = {f["op"] for f in report.get("flags", [])}
-    missing = [f for f in found["flags"] if f["op"] not in reported]
-    if not missing:
-        return report
-    log.warning("the converter's safety report left out %s; flagging the version", describe(missing))
-    return {**report, "flags": sorted([*report.get("flags", []), *missing], key=lambda f: f["op"]),
-            "flagged": True, "op_histogram": found["op_histogram"], "report_incomplete": True}

@@ -8,7 +8,7 @@ import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from registry import auth
-from registry.audit import Actor
+from registry.auth.audit import Actor
 from registry.serving.grpc_server import start_grpc_server
 from tests.conftest import make_settings, start_live_server
 from tests.helpers import issue_tokens

@@ -19,7 +19,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from registry.gc import collect_garbage
+from registry.jobs.gc import collect_garbage
 from registry.models import Alias, ModelVersion, RegisteredModel, utcnow
 from tests.conftest import BOTH_DATABASES
 

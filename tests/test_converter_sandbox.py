@@ -26,10 +26,10 @@ import pytest
 
 import registry
 from registry import catalog
-from registry.access import secret_key
+from registry.auth.access import secret_key
 from registry.converter import landlock
 from registry.converter.runner import run_conversion
-from registry.worker import Worker
+from registry.jobs.worker import Worker
 from tests import tfmodels
 from tests.conftest import make_settings
 from tests.helpers import blob_files, checkpoint_form, push

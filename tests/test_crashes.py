@@ -237,7 +237,7 @@ def test_server_killed_mid_upload_again_and_again(crashes, models):
 
 
 def test_label_service_killed_mid_request_again_and_again(crashes, models, tmp_path):
-    from registry.worker import Worker
+    from registry.jobs.worker import Worker
     from tests import images as test_images
 
     app = in_process_app(crashes)

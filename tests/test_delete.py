@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from registry import catalog, jobs
 from registry.models import Agreement, Job, VersionFile
-from registry.worker import Worker
+from registry.jobs.worker import Worker
 from tests.helpers import bearer, checkpoint_form, frozen_form, issue_tokens, push
 
 

@@ -19,7 +19,7 @@ import requests
 from registry import catalog
 from registry.client import RegistryClient
 from registry.config import Settings
-from registry.demo import MARKER, MODEL, seed_demo, should_seed, start_seeding
+from registry.demo.seed import MARKER, MODEL, seed_demo, should_seed, start_seeding
 from tests.conftest import make_settings, start_live_server
 from tests.helpers import push
 

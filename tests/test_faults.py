@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from registry import catalog
 from registry.models import Job, ModelVersion, utcnow
-from registry.worker import Worker
+from registry.jobs.worker import Worker
 from tests.conftest import make_settings, start_live_server
 from tests.helpers import bearer, issue_tokens
 

@@ -126,7 +126,7 @@ def broken_graph_defs(draw, original: bytes) -> bytes:
 def test_conversions_of_broken_graphs_end_ready_or_failed_with_a_reason(tmp_path, models):
     """Few examples: each conversion runs a TensorFlow child process (about 5 s)."""
     from registry.app import create_app
-    from registry.worker import Worker
+    from registry.jobs.worker import Worker
 
     fuzz_app = create_app(make_settings(tmp_path / "home", job_max_attempts=1))
     registry = fuzz_app.extensions["registry"]

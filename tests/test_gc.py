@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 from registry import catalog
-from registry.gc import collect_garbage
+from registry.jobs.gc import collect_garbage
 from registry.models import utcnow
 from tests.helpers import frozen_form, push
 
@@ -128,7 +128,7 @@ def test_registry_gc_command_reports_what_it_freed_and_dry_run_removes_nothing(t
 
 def test_workers_collect_garbage_periodically(tmp_path, models):
     from registry.app import create_app
-    from registry.worker import Worker
+    from registry.jobs.worker import Worker
     from tests.conftest import make_settings
 
     settings = make_settings(tmp_path / "home", gc_interval_seconds=0.2, gc_grace_seconds=0)

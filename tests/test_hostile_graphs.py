@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from registry import auth, safety
-from registry.audit import Actor
+from registry.auth.audit import Actor
 from registry.cli import main as cli
 from registry.client import RegistryClient
 from registry.entities import READY, VersionInfo

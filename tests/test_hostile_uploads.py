@@ -201,20 +201,20 @@ def test_keras_scan_passes_built_in_layers_and_flags_lambda_and_foreign_function
 def test_worker_adds_flags_a_forged_converter_report_left_out(tmp_path):
     """The child reports its own scan; the worker re-reads the frozen graph's ops (wire level, no
     TensorFlow) before storing it, so a report claiming a ReadFile graph is clean is corrected."""
-    from registry import safety
+    from registry.jobs.worker import confirm_report
     from tests import tfmodels
 
     frozen = tfmodels.build_reading_frozen(tmp_path, tmp_path / "anything.txt", in_function=True)
     forged = {"op_histogram": {}, "flags": [], "flagged": False, "upload_flags": []}
-    corrected = safety.confirm_report(Path(frozen), forged)
+    corrected = confirm_report(Path(frozen), forged)
     assert corrected["flagged"] is True and corrected["report_incomplete"] is True
     flag = {f["op"]: f for f in corrected["flags"]}["ReadFile"]
     assert flag["category"] == "reads_files" and any("/" in node for node in flag["nodes"])  # in a function body
     honest = {"op_histogram": {}, "flags": corrected["flags"], "flagged": True, "upload_flags": []}
-    assert safety.confirm_report(Path(frozen), honest) is honest
+    assert confirm_report(Path(frozen), honest) is honest
     (tmp_path / "junk.pb").write_bytes(b"\xff\xff\xff")
     with pytest.raises(ValueError):
-        safety.confirm_report(tmp_path / "junk.pb", forged)
+        confirm_report(tmp_path / "junk.pb", forged)
     (tmp_path / "link.pb").symlink_to(frozen)
     with pytest.raises(OSError):
-        safety.confirm_report(tmp_path / "link.pb", forged)
+        confirm_report(tmp_path / "link.pb", forged)

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from registry.errors import InvalidRequest
-from registry.limits import Rate, parse_rate
+from registry.auth.limits import Rate, parse_rate
 from tests.conftest import make_settings, start_live_server
 from tests.helpers import blob_files, frozen_form
 
@@ -74,7 +74,7 @@ def test_label_requests_over_the_limit_get_429_in_tf_serving_shape(limited_serve
 def test_rate_limits_apply_per_token_when_the_caller_sends_one(tmp_path, models):
     from registry import auth
     from registry.app import create_app
-    from registry.audit import SYSTEM
+    from registry.auth.audit import SYSTEM
 
     app = create_app(make_settings(tmp_path / "home", rate_limit_push="1/hour"))
     db = app.extensions["registry"].db

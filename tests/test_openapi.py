@@ -56,7 +56,7 @@ def test_listings_match_their_schemas(client, models, doc):
 
 
 def test_ready_version_matches_the_version_schema(client, registry, models, doc):
-    from registry.worker import Worker
+    from registry.jobs.worker import Worker
 
     push(client, "cnn", frozen_form(models["frozen"].frozen_graph))
     Worker(registry.settings, registry.db, registry.storage).run_once()
@@ -102,7 +102,7 @@ def test_every_operation_on_a_model_refuses_an_invalid_name_with_a_documented_40
 
 
 def test_each_operation_declares_the_scope_the_access_rules_require(app, doc):
-    from registry.access import RULES
+    from registry.auth.access import RULES
     from registry.api.openapi import endpoint_of
 
     scheme = doc["components"]["securitySchemes"]["bearer"]
@@ -120,7 +120,7 @@ def test_each_operation_declares_the_scope_the_access_rules_require(app, doc):
 
 def test_token_and_audit_answers_match_their_schemas(client, registry, doc):
     from registry import auth
-    from registry.audit import Actor
+    from registry.auth.audit import Actor
 
     _, admin = auth.create_token(registry.db, "admin", "admin", Actor("tests"))
     headers = {"Authorization": f"Bearer {admin}"}
@@ -137,7 +137,7 @@ def test_token_and_audit_answers_match_their_schemas(client, registry, doc):
 
 def test_allowed_ops_answers_match_their_schemas(client, registry, models, doc):
     from registry import auth
-    from registry.audit import Actor
+    from registry.auth.audit import Actor
 
     push(client, "cnn", frozen_form(models["frozen"].frozen_graph))
     _, admin = auth.create_token(registry.db, "admin", "admin", Actor("tests"))

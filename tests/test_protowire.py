@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry.protowire import GRAPH_DEF_FIELDS, META_GRAPH_DEF_FIELDS, WireScanner
+from registry.uploads.protowire import GRAPH_DEF_FIELDS, META_GRAPH_DEF_FIELDS, WireScanner
 
 
 def scan(data: bytes, chunk: int) -> WireScanner:

@@ -60,7 +60,7 @@ def test_four_worker_processes_convert_forty_versions_exactly_once_and_survive_a
     db = Database(pg_url)
     try:
         deadline = time.monotonic() + 120
-        while sum("registry.worker: worker" in log.read_text(errors="replace") for log in logs) < WORKERS:
+        while sum("registry.jobs.worker: worker" in log.read_text(errors="replace") for log in logs) < WORKERS:
             dead = [p.returncode for p in procs if p.poll() is not None]
             assert not dead, f"a worker exited at start: {logs[0].read_text()[-2000:]}"
             assert time.monotonic() < deadline, "the workers did not all start"

@@ -17,12 +17,12 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from registry import catalog, serving_export
+from registry import catalog, tfserving
 from registry.cli import main as cli
 from registry.client import RegistryClient
 from registry.models import VersionFile
 from registry.serving.grpc_server import start_grpc_server
-from registry.worker import Worker
+from registry.jobs.worker import Worker
 from tests import tfmodels
 from tests.conftest import make_settings, start_live_server
 from tests.test_openapi import _validator as openapi_schema
@@ -81,7 +81,7 @@ def parse_config(text: str) -> dict:
 
 def test_exported_version_computes_what_the_frozen_graph_computes(exporting, models, tmp_path):
     root = tmp_path / "serving"
-    report = serving_export.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
+    report = tfserving.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
     assert sorted(report.published) == ["cnn/3", "emb/1"] and not report.failed
     for name, number, model in (("cnn", 3, models["wide"]), ("emb", 1, models["embedding"])):
         frozen = tmp_path / f"{name}.pb"
@@ -128,7 +128,7 @@ def test_export_root_follows_aliases_and_the_served_versions_setting(exporting, 
     db, client = exporting.registry.db, exporting.client
 
     def sync():
-        return serving_export.sync(exporting.settings, db, exporting.registry.storage, str(root), "/models")
+        return tfserving.sync(exporting.settings, db, exporting.registry.storage, str(root), "/models")
 
     try:
         sync()  # default: the newest ready version of each model
@@ -179,10 +179,10 @@ def test_export_root_follows_aliases_and_the_served_versions_setting(exporting, 
 
 def test_a_model_missing_from_the_catalog_disappears_from_the_export_root(exporting, tmp_path):
     root = tmp_path / "serving"
-    serving_export.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
+    tfserving.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
     (root / "gone" / "4" / "variables").mkdir(parents=True)  # a model exported once, deleted since
     (root / "gone" / "4" / "saved_model.pb").write_bytes(b"old")
-    report = serving_export.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
+    report = tfserving.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
     assert report.removed == ["gone/4"]
     assert tree(root) == version_tree("cnn", 3) | version_tree("emb", 1) | {"models.config"}
 
@@ -190,8 +190,8 @@ def test_a_model_missing_from_the_catalog_disappears_from_the_export_root(export
 def test_half_written_version_folder_is_not_exported_and_gets_replaced(exporting, tmp_path):
     root = tmp_path / "serving"
     (root / "cnn" / "3" / "variables").mkdir(parents=True)  # a copy interrupted before saved_model.pb
-    assert serving_export.open_target(str(root)).exported() == {"cnn": {}}
-    report = serving_export.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
+    assert tfserving.open_target(str(root)).exported() == {"cnn": {}}
+    report = tfserving.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
     assert "cnn/3" in report.published and (root / "cnn" / "3" / "saved_model.pb").is_file()
     assert not any((root / ".staging").iterdir())  # nothing left in the staging area
 
@@ -210,7 +210,7 @@ def test_version_frozen_before_saved_models_gets_one_on_export(exporting, tmp_pa
     answer = exporting.app.test_client().get("/api/v1/models/emb/versions/1/saved_model.tar.gz")
     assert answer.status_code == 409
     assert "registry export-serving" in answer.get_json()["error"]["message"]
-    report = serving_export.sync(exporting.settings, db, exporting.registry.storage, str(tmp_path / "serving"))
+    report = tfserving.sync(exporting.settings, db, exporting.registry.storage, str(tmp_path / "serving"))
     assert "emb/1" in report.published
     assert catalog.get_version(db, "emb", "1").file("saved_model") is not None
     assert exporting.app.test_client().get("/api/v1/models/emb/versions/1/saved_model.tar.gz").status_code == 200
@@ -231,8 +231,8 @@ def test_export_to_s3_writes_the_layout_and_removes_what_is_not_served(exporting
         pages = s3_server.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix="serving/")
         return {item["Key"] for page in pages for item in page.get("Contents", [])}
 
-    sync = lambda: serving_export.sync(exporting.settings, exporting.registry.db,  # noqa: E731
-                                       exporting.registry.storage, root)
+    sync = lambda: tfserving.sync(exporting.settings, exporting.registry.db,  # noqa: E731
+                                  exporting.registry.storage, root)
     sync()
     assert keys() == {"serving/cnn/3/saved_model.pb", "serving/emb/1/saved_model.pb", "serving/models.config"}
     config = parse_config(s3_server.get_object(Bucket=S3_BUCKET, Key="serving/models.config")["Body"].read().decode())
@@ -254,7 +254,7 @@ def test_serving_reload_sends_the_config_and_the_server_reports_the_new_model_li
                                    settings=dataclasses.replace(exporting.settings, serving_export_root=str(root)))
     grpc_server, port = start_grpc_server(registry, port=0)
     try:
-        serving_export.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
+        tfserving.sync(exporting.settings, exporting.registry.db, exporting.registry.storage, str(root))
         result = CliRunner().invoke(cli, ["serving-reload", "--target", f"127.0.0.1:{port}", "--root", str(root)])
         assert result.exit_code == 0, result.output
         assert "reloaded its config: 2 model(s)" in result.output
@@ -365,7 +365,7 @@ def test_with_a_label_delay_a_moved_label_stays_on_the_loaded_version_until_the_
     client = exporting.client
 
     def sync():
-        return serving_export.sync(settings, exporting.registry.db, exporting.registry.storage, str(root))
+        return tfserving.sync(settings, exporting.registry.db, exporting.registry.storage, str(root))
 
     def cnn_config():
         return parse_config((root / "models.config").read_text())["cnn"][2:]
@@ -403,7 +403,7 @@ def test_on_s3_saved_model_pb_is_written_last_and_deleted_first(s3_server, tmp_p
     (folder / "variables" / "variables.data-00000-of-00001").write_bytes(b"data")
     (folder / "assets").mkdir()
     (folder / "assets" / "vocab.txt").write_bytes(b"a\nb\n")
-    target = serving_export.open_target(f"s3://{S3_BUCKET}/order")
+    target = tfserving.open_target(f"s3://{S3_BUCKET}/order")
     calls: list[tuple[str, str]] = []
 
     def record(params, model, **_):

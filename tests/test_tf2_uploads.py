@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from registry.archives import ArchiveLimits, check_archive, safe_extract
+from registry.uploads.archives import ArchiveLimits, check_archive, safe_extract
 from registry.converter.saved_model import write_archive
 from registry.errors import InvalidUpload
-from registry.worker import Worker
+from registry.jobs.worker import Worker
 from tests import tfmodels
 from tests.helpers import blob_files, push
 

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
-from registry.archives import (
+from registry.uploads.archives import (
     MAX_TAR_HEADER_BYTES,
     ArchiveLimits,
     check_archive,

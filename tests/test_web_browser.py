@@ -509,7 +509,7 @@ def test_unknown_pages_are_a_friendly_404(ui, cnn, path, says):
 def demo_server(tmp_path_factory):
     """A fresh registry seeded with the demo model, as `make run` does on first start."""
     from registry.client import RegistryClient
-    from registry.demo import seed_demo
+    from registry.demo.seed import seed_demo
     from tests.conftest import make_settings, start_live_server
 
     server, stop = start_live_server(make_settings(tmp_path_factory.mktemp("first-run"), embedded_workers=1),

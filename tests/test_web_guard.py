@@ -380,7 +380,7 @@ def test_a_copied_session_cookie_stops_working_after_sign_out(secured_server, fr
 @BOTH_DATABASES
 def test_revoking_a_token_ends_its_sessions_on_the_server(secured_server):
     from registry import auth
-    from registry.audit import Actor
+    from registry.auth.audit import Actor
 
     server, tokens = secured_server
     browser = _signed_in(server, tokens["write"])

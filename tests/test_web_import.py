@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from registry.app import create_app
 from registry.config import Settings
-import registry.cli, registry.worker, registry.converter.runner
+import registry.cli.server, registry.cli.admin, registry.cli.remote, registry.cli.labels
+import registry.jobs.worker, registry.converter.runner
 home = Path({str(tmp_path)!r})
 app = create_app(Settings.from_env(home=home, database_url=f"sqlite:///{{home}}/r.db",
                                    storage_url=(home / "blobs").as_uri()))

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from registry import jobs
 from registry.models import Job, utcnow
-from registry.worker import Worker
+from registry.jobs.worker import Worker
 from tests.conftest import BOTH_DATABASES
 from tests.helpers import checkpoint_form, frozen_form, push
 

@@ -1,14 +1,15 @@
-"""Token management and the audit log (admin scope, see registry.access.RULES)."""
+"""Token management and the audit log (admin scope, see registry.auth.access.RULES)."""
 
 from __future__ import annotations
 
 from flask import request
 
-from registry import audit, auth
-from registry.access import current_actor
+from registry import auth
 from registry.api import bp
-from registry.api.views import _int_arg, json_body, page_token_arg
-from registry.app import get_registry
+from registry.api.parsing import int_arg, json_body, page_token_arg
+from registry.auth import audit
+from registry.auth.access import current_actor
+from registry.context import get_registry
 from registry.errors import InvalidRequest
 
 
@@ -34,6 +35,6 @@ def revoke_token(name_or_id: str):
 
 @bp.get("/audit")
 def list_audit_events():
-    page = audit.list_events(get_registry().db, page_size=_int_arg("page_size"),
+    page = audit.list_events(get_registry().db, page_size=int_arg("page_size"),
                              page_token=page_token_arg(), action=request.args.get("action") or None)
     return {"events": [e.to_dict() for e in page.items], "next_page_token": page.next_page_token}

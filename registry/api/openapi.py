@@ -1,5 +1,9 @@
 """The OpenAPI 3.1 description of /api/v1.  Tests check it against the routes
-the app really has and validate real responses against these schemas."""
+the app really has and validate real responses against these schemas.
+
+Over 400 lines because it is the document itself, written out by hand: one
+schema per request and answer shape.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import re
 from functools import cache
 
 from registry import __version__
+from registry.api.parsing import MAX_JSON_BYTES
+from registry.auth.access import RULES
 
 _nullable_str = {"type": ["string", "null"]}
 _nullable_int = {"type": ["integer", "null"]}
@@ -324,11 +330,8 @@ _CROSS_SITE = ("a write from a page of another site without an Authorization: Be
 
 
 def _secure(document: dict) -> dict:
-    """Each operation's security requirement and 401/403 answers, from registry.access.RULES, and the
+    """Each operation's security requirement and 401/403 answers, from registry.auth.access.RULES, and the
     answers of the checks every request passes first (Host; Origin for writes; JSON body size)."""
-    from registry.access import RULES
-    from registry.api.views import MAX_JSON_BYTES
-
     for item in document["paths"].values():
         for method, operation in item.items():
             responses = operation["responses"]

@@ -3,62 +3,24 @@
 from __future__ import annotations
 
 from flask import Response, g, redirect, request, url_for
-from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import wrap_file
 
-from registry import catalog, uploads
-from registry.access import current_actor
+from registry import catalog, tfserving
 from registry.api import bp
-from registry.api.multipart import read_push_form
 from registry.api.openapi import openapi_document
-from registry.archives import ArchiveLimits
-from registry.app import get_registry
+from registry.api.parsing import MAX_INT64, int_arg, json_body, page_token_arg
+from registry.auth.access import current_actor
+from registry.context import get_registry
 from registry.entities import PREPROCESSING_KEYS, READY, SAVED_MODEL, VERSION_STATUSES
-from registry.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, StorageError
+from registry.errors import Conflict, InvalidRequest, NotFound, StorageError
+from registry.uploads.archives import ArchiveLimits
+from registry.uploads.multipart import read_push_form
+from registry.uploads.checks import parse_node_list
+from registry.uploads.files import PushRequest
+from registry.uploads.pushing import push
 
 
 SEND_BUFFER = 1024 * 1024  # bytes per write when streaming a blob to the client
-MAX_JSON_BYTES = 1024 * 1024  # a JSON request body of the registry API (an alias, an op list, ...)
-MAX_INT64 = 2**63 - 1  # numbers past it overflow the database's integers (SQLite: OverflowError)
-
-
-def _int_arg(name: str) -> int | None:
-    value = request.args.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} must be a whole number, not {value!r}", code=f"invalid_{name}") from exc
-
-
-def page_token_arg() -> str | None:
-    """The ``page_token`` query argument, refused when it holds a number past what the database
-    compares (a made-up token: the registry never hands one out)."""
-    token = request.args.get("page_token")
-    if token:
-        try:
-            value = catalog._decode_token(token)  # 400 for what is not a token at all
-        except RecursionError:
-            value = None
-        if value is None or isinstance(value, int) and not -MAX_INT64 <= value <= MAX_INT64:
-            raise InvalidRequest("invalid page_token: pass the next_page_token of the previous page unchanged",
-                                 code="invalid_page_token")
-    return token
-
-
-def json_body():
-    """The request's JSON body (None when it is not JSON), within MAX_JSON_BYTES (413 beyond) and
-    refused with a 400 when nested deeper than the JSON parser recurses."""
-    request.max_content_length = MAX_JSON_BYTES  # a body sent without a length stops there too
-    try:
-        return request.get_json(silent=True)
-    except RequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"the JSON body is larger than {MAX_JSON_BYTES} bytes: send only the fields "
-                              "the API documentation shows", code="payload_too_large") from exc
-    except RecursionError as exc:
-        raise InvalidRequest("the JSON body is nested too deeply: send a flat object as the API "
-                             "documentation shows", code="invalid_json") from exc
 
 
 @bp.get("/openapi.json")
@@ -70,7 +32,7 @@ def openapi():
 def list_models():
     page = catalog.list_models(
         get_registry().db,
-        page_size=_int_arg("page_size"),
+        page_size=int_arg("page_size"),
         page_token=page_token_arg(),
         query=request.args.get("q"),
     )
@@ -97,7 +59,7 @@ def list_versions(name: str):
         raise InvalidRequest(f"status must be one of {', '.join(VERSION_STATUSES)}", code="invalid_status")
     page = catalog.list_versions(
         get_registry().db, name,
-        page_size=_int_arg("page_size"), page_token=page_token_arg(), status=status,
+        page_size=int_arg("page_size"), page_token=page_token_arg(), status=status,
     )
     return {"versions": [v.to_dict() for v in page.items], "next_page_token": page.next_page_token}
 
@@ -121,17 +83,17 @@ def push_version(name: str):
     except StorageError as exc:
         raise StorageError(f"{exc.message}. Nothing of this push was kept: try again once storage answers.",
                            code=exc.code) from exc
-    push = uploads.PushRequest(
+    push_request = PushRequest(
         files=files,
-        output_nodes=uploads.parse_node_list(form.get("output_nodes"), "output node"),
-        input_nodes=uploads.parse_node_list(form.get("input_nodes"), "input node"),
+        output_nodes=parse_node_list(form.get("output_nodes"), "output node"),
+        input_nodes=parse_node_list(form.get("input_nodes"), "input node"),
         description=form.get("description", ""),
         preprocessing={k: form[k] for k in PREPROCESSING_KEYS if form.get(k, "") != ""},
         signature=form.get("signature", "").strip(),
     )
     settings = registry.settings
-    version = uploads.push(
-        registry.db, registry.storage, name, push, max_attempts=settings.job_max_attempts,
+    version = push(
+        registry.db, registry.storage, name, push_request, max_attempts=settings.job_max_attempts,
         archive_limits=ArchiveLimits(settings.max_archive_bytes, settings.max_archive_files),
         actor=current_actor(),
     )
@@ -305,19 +267,15 @@ def set_served_versions(name: str):
 
 @bp.get("/serving")
 def serving_plan():
-    from registry import serving_export
-
     settings = get_registry().settings
-    text, plans = serving_export.config_for(get_registry().db, settings.serving_export_root,
-                                            settings.serving_base_path or None, settings.serving_label_delay)
+    text, plans = tfserving.config_for(get_registry().db, settings.serving_export_root,
+                                       settings.serving_base_path or None, settings.serving_label_delay)
     return {"root": settings.serving_export_root, "models": [p.to_dict() for p in plans]}
 
 
 @bp.get("/serving/models.config")
 def serving_config():
-    from registry import serving_export
-
     settings = get_registry().settings
-    text, _ = serving_export.config_for(get_registry().db, settings.serving_export_root,
-                                        settings.serving_base_path or None, settings.serving_label_delay)
+    text, _ = tfserving.config_for(get_registry().db, settings.serving_export_root,
+                                   settings.serving_base_path or None, settings.serving_label_delay)
     return Response(text, mimetype="text/plain")

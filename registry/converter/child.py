@@ -16,16 +16,22 @@ import time
 import traceback
 from pathlib import Path
 
+from registry.converter import ops
+from registry.converter.probe import probe
+from registry.converter.runner import apply_limits
+from registry.converter.saved_model import build_archive
 from registry.errors import ConversionError, RegistryError
+from registry.uploads.archives import ArchiveLimits, safe_extract, saved_model_root
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def convert(request: dict) -> dict:
     """Freeze, scan and verify one upload; return the result record."""
+    # TensorFlow (and the modules that import it) load here, under the limits main() set first
     import tensorflow as tf
 
-    from registry.converter import graphs, ops
+    from registry.converter import graphs
     from registry.converter.freeze import freeze, restore_key_map
     from registry.converter.verify import verify
 
@@ -110,8 +116,6 @@ def convert(request: dict) -> dict:
         )
     saved_model = None
     if request.get("saved_model_path"):
-        from registry.converter.saved_model import build_archive
-
         build_archive(output_path, inputs, outputs, Path(request["saved_model_path"]))
         saved_model = request["saved_model_path"]
     return {
@@ -156,8 +160,7 @@ def merge_flags(*groups: list[dict]) -> list[dict]:
 
 def saved_model_plan(request: dict):
     """Unpack a pushed SavedModel archive, scan all of it, and plan the freeze of its signature."""
-    from registry.archives import ArchiveLimits, safe_extract, saved_model_root
-    from registry.converter import tf2, upload_scan
+    from registry.converter import tf2, upload_scan  # TensorFlow: loads under the limits main() set
 
     folder = Path(request["output_path"]).parent / "uploaded_saved_model"
     limits = ArchiveLimits(request.get("max_archive_bytes", ArchiveLimits.max_bytes),
@@ -175,10 +178,10 @@ def saved_model_plan(request: dict):
 
 def convert_keras(request: dict, started: float) -> dict:
     """A Keras file: its configuration scanned whole, then (only if clean) loaded and frozen."""
+    # TensorFlow (and the modules that import it) load here, under the limits main() set first
     import tensorflow as tf
 
-    from registry.converter import graphs, ops, tf2
-    from registry.converter.saved_model import build_archive
+    from registry.converter import graphs, tf2
 
     freeze_started = time.perf_counter()
     frozen, config_scan = tf2.from_keras(Path(request["files"]["keras"]), request["verify_tolerance"],
@@ -216,8 +219,6 @@ def convert_keras(request: dict, started: float) -> dict:
 
 def build_saved_model(request: dict) -> dict:
     """Only the SavedModel of an already-frozen version (versions frozen before SavedModels existed)."""
-    from registry.converter.saved_model import build_archive
-
     build_archive(Path(request["frozen_path"]), request["input_nodes"], request["output_nodes"],
                   Path(request["saved_model_path"]))
     return {"ok": True, "saved_model": request["saved_model_path"]}
@@ -238,11 +239,9 @@ def main(argv: list[str]) -> int:
     sandbox = None
     try:
         if "limits" in request:  # limits and sandbox, before anything reads the upload
-            from registry.converter.runner import apply_limits
-
             sandbox = apply_limits(request["limits"])
         if request.get("task") == "sandbox_probe":  # what the sandbox lets through (tests, diagnostics)
-            from registry.converter.probe import probe as task
+            task = probe
         else:
             task = TASKS[request.get("task", "convert")]
         result = task(request)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
-from tensorflow.python.framework import dtypes, tensor_util
+from tensorflow.python.framework import convert_to_constants as ctc, dtypes, tensor_util
 from tensorflow.python.training import py_checkpoint_reader
 
 from registry.converter.graphs import closest_names, node_name
@@ -235,8 +235,6 @@ def _freeze_through_functions(graph_def: graph_pb2.GraphDef, values: dict[str, n
     variable's value instead of its handle (``ReadVariableOp`` becomes ``Identity`` inside).  It is
     given the values read from the checkpoint: it works on the GraphDef only and runs nothing.
     """
-    from tensorflow.python.framework import convert_to_constants as ctc
-
     data = ctc._ConverterData(graph_def)  # noqa: SLF001 - the converter's data holder, fed by our reader
     for name, value in values.items():
         data.tensor_data[name] = ctc._TensorData(numpy=value, dtype=dtype_of[name], index=None)  # noqa: SLF001

@@ -11,6 +11,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 from tensorflow.core.framework import graph_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.python.framework import dtypes
 
 from registry.errors import ConversionError
 
@@ -269,8 +270,6 @@ def _copy_used_functions(source: graph_pb2.GraphDef, target: graph_pb2.GraphDef)
 
 
 def dtype_name(enum: int) -> str:
-    from tensorflow.python.framework import dtypes
-
     try:
         return dtypes.as_dtype(enum).name
     except TypeError:

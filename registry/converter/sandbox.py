@@ -40,6 +40,7 @@ import struct
 import sys
 from pathlib import Path
 
+import registry
 from registry.converter import landlock
 from registry.errors import ConverterSandboxError
 
@@ -188,8 +189,6 @@ def _try(info: dict, what: str, action) -> bool:
 def _needed_paths(workdir: str) -> list[str]:
     """What the child must still read: the Python installation, the virtualenv, every
     import path, the ``registry`` package, and its work directory."""
-    import registry
-
     candidates = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
                   *[p for p in sys.path if p and os.path.isabs(p)], *registry.__path__, workdir]
     found = sorted({os.path.realpath(p) for p in candidates if os.path.exists(p)}, key=lambda p: (len(p), p))

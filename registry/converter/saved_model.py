@@ -43,7 +43,7 @@ def _keys(names: list[str], what: str) -> dict[str, str]:
 
 def build_saved_model(frozen_path: Path, input_nodes: list[dict], output_nodes: list[str], export_dir: Path) -> None:
     """Write a SavedModel of the frozen graph at ``frozen_path`` into ``export_dir`` (must not exist)."""
-    import tensorflow as tf
+    import tensorflow as tf  # only here: write_archive (the CLI's push) needs no TensorFlow
 
     tf1 = tf.compat.v1
     graph_def = tf1.GraphDef()
@@ -91,4 +91,3 @@ def build_archive(frozen_path: Path, input_nodes: list[dict], output_nodes: list
         export_dir = Path(tmp) / "saved_model"
         build_saved_model(frozen_path, input_nodes, output_nodes, export_dir)
         write_archive(export_dir, archive)
-

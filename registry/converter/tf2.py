@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import attr_value_pb2, graph_pb2
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from registry.converter import graphs, ops, upload_scan
+from registry.converter.freeze import restore_key_map
+from registry.converter.graphs import node_name
 from registry.errors import ConversionError
 
 
@@ -46,8 +52,6 @@ def _node_name(wanted: str, taken: set[str]) -> str:
 
 
 def _sample(spec, rng: np.random.Generator) -> np.ndarray:
-    import tensorflow as tf
-
     shape = [2 if d is None else d for d in (spec.shape.as_list() if spec.shape.rank is not None else [2])]
     dtype = tf.as_dtype(spec.dtype)
     if dtype.is_floating:
@@ -61,10 +65,6 @@ def _sample(spec, rng: np.random.Generator) -> np.ndarray:
 
 def freeze_function(function, output_keys: list[str], tolerance: float) -> Frozen:
     """Freeze a concrete function whose flat outputs are named ``output_keys``."""
-    import tensorflow as tf
-    from tensorflow.core.framework import attr_value_pb2
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
     try:
         frozen = convert_variables_to_constants_v2(function)
     except Exception as exc:
@@ -79,9 +79,6 @@ def freeze_function(function, output_keys: list[str], tolerance: float) -> Froze
         node.attr["T"].CopyFrom(attr_value_pb2.AttrValue(type=tensor.dtype.as_datatype_enum))
         outputs.append(name)
     inputs = [t.name.rsplit(":", 1)[0] for t in frozen.inputs]
-
-    from registry.converter import graphs, ops
-
     scan = ops.scan(graphs.all_nodes(graph_def))
     if scan["flagged"]:
         reason = "the graph contains flagged ops and was not run: " + ", ".join(
@@ -135,11 +132,6 @@ def saved_model_plan(proto, folder: Path, signature_name: str) -> SavedModelPlan
     """The graph of ``signature_name`` with inputs named after the signature's input keys and an
     ``Identity`` output per output key, plus the checkpoint keys of its variables (from the
     restore ops, read as data).  TF1 and TF2 SavedModels alike: nothing is loaded or run."""
-    from tensorflow.core.framework import attr_value_pb2, graph_pb2
-
-    from registry.converter.freeze import restore_key_map
-    from registry.converter.graphs import node_name
-
     meta = _meta_graph(proto)
     signatures = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
     if signature_name not in signatures:
@@ -199,10 +191,6 @@ def saved_model_plan(proto, folder: Path, signature_name: str) -> SavedModelPlan
 
 def from_keras(path: Path, tolerance: float, allowed_ops: list[str] | tuple[str, ...] = ()) -> tuple[Frozen, dict]:
     """Freeze a Keras file; returns the frozen model and the scan of its whole configuration."""
-    import tensorflow as tf
-
-    from registry.converter import upload_scan
-
     scan = upload_scan.scan_keras(upload_scan.keras_config(path))
     if scan.custom_objects:
         names = ", ".join(sorted(set(scan.custom_objects)))
@@ -219,7 +207,7 @@ def from_keras(path: Path, tolerance: float, allowed_ops: list[str] | tuple[str,
             "code), or export a SavedModel (model.export(PATH)) and push that with --saved-model",
             code="flagged_upload")
     try:
-        import keras
+        import keras  # Keras loads only for a Keras upload whose scan found nothing
     except ImportError as exc:  # pragma: no cover - keras ships with TensorFlow 2.16+
         raise ConversionError("Keras is not installed in the converter", code="keras_missing") from exc
     # Safe to load: the scan above read the whole configuration as data and found only Keras's own

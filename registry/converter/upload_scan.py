@@ -26,6 +26,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import saved_model_pb2
+
 from registry.converter import ops
 from registry.converter.graphs import ancestors, node_name
 from registry.errors import ConversionError
@@ -99,9 +102,6 @@ def classify_any(op: str) -> str | None:
 
 def read_saved_model(folder: Path):
     """The ``SavedModel`` proto of an unpacked upload (parsed, nothing loaded)."""
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
-
     path = folder / "saved_model.pb"
     if not path.is_file():
         raise ConversionError("the archive has no saved_model.pb at its top", code="invalid_saved_model")
@@ -263,7 +263,7 @@ def keras_config(path: Path) -> dict:
             with zipfile.ZipFile(path) as archive:
                 with archive.open("config.json") as handle:
                     return json.loads(handle.read(16 * 1024 * 1024 + 1))
-        import h5py
+        import h5py  # a legacy .h5 Keras file only (h5py comes with Keras)
 
         with h5py.File(path, "r") as h5:
             raw = h5.attrs.get("model_config")
@@ -282,7 +282,7 @@ def keras_config(path: Path) -> dict:
 def scan_keras(config: dict) -> UploadScan:
     """Every object the configuration would build: built-in Keras classes pass; ``Lambda`` (Python),
     ``TFSMLayer`` (loads files) and Python functions are flagged; other classes are custom objects."""
-    import keras
+    import keras  # Keras loads only for a Keras upload
 
     scan = UploadScan()
     for where, obj in _keras_objects(config, "model"):

@@ -35,11 +35,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from registry import catalog
+from registry import auth, catalog
 from registry.entities import FAILED, TF_SERVING_STATE, VersionInfo
-from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError
+from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError, Unauthorized
 from registry.serving.signature import SIGNATURE, signature_def_json
-from registry.serving_export import has_version, reload_folder
+from registry.tfserving import has_version, reload_folder
 
 log = logging.getLogger(__name__)
 
@@ -336,9 +336,6 @@ class _TokenCheck(grpc.ServerInterceptor):
         self.registry = registry
 
     def intercept_service(self, continuation, handler_call_details):
-        from registry import auth
-        from registry.errors import Unauthorized
-
         header = dict(handler_call_details.invocation_metadata or ()).get("authorization")
         try:
             granted = None

@@ -89,7 +89,7 @@ class Worker:
             self.fail(request, "failed", f"{type(exc).__name__}: {_first_line(exc)}")
 
     def op_load(self, request: dict, buffers: list[bytes]) -> None:
-        from registry.serving.session import FrozenSession
+        from registry.serving.session import FrozenSession  # TensorFlow: imported by main() after the limits
 
         session = FrozenSession(buffers[0], request["inputs"], request["outputs"], request["timeout_seconds"])
         del buffers[:]
@@ -106,7 +106,7 @@ class Worker:
         self.reply(request, {"ok": True, "rss": rss_bytes()})
 
     def op_run(self, request: dict, buffers: list[bytes]) -> None:
-        import tensorflow as tf
+        import tensorflow as tf  # already loaded by warm_up(): after the limits main() set
 
         with self.lock:
             session = self.graphs.get(request["key"])
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the label service decides when this stops
     channel = wire.Channel(Connection(config["fd"]), max_bytes=config["max_input_bytes"])
 
-    from registry.serving.session import warm_up
+    from registry.serving.session import warm_up  # TensorFlow loads only now, under the limits above
 
     warm_up()  # import TensorFlow and create its thread pools before saying ready
     worker = Worker(channel, config["max_output_bytes"])

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from registry import catalog
+from registry.context import get_registry
 from registry.entities import FAILED, TF_SERVING_STATE
 from registry.errors import InvalidRequest, NotFound, RegistryError
 
@@ -26,7 +27,7 @@ MAX_REQUEST_BYTES = 256 * 1024 * 1024
 
 
 def label_service():
-    return current_app.extensions["registry"].label_service()
+    return get_registry().label_service()
 
 
 @bp.errorhandler(RegistryError)
@@ -73,11 +74,11 @@ def get_model(spec: str):
     name, ref, metadata, verb = _parse(spec)
     if verb:
         raise InvalidRequest(f":{verb} takes a POST", code="method_not_allowed", status=405)
-    registry = current_app.extensions["registry"]
+    registry = get_registry()
     if metadata:
         service = label_service()
         version = service.resolve(name, ref)
-        from registry.serving.signature import metadata_json
+        from registry.serving.signature import metadata_json  # TensorFlow: not in the web process until asked
 
         return metadata_json(name, version, service.graph(version))
     if ref is not None:
@@ -87,7 +88,7 @@ def get_model(spec: str):
 
 
 def _images_from_request() -> list:
-    from registry.serving.service import Image
+    from registry.serving.service import Image  # numpy: not in the web process until a label request
 
     if request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
         return [Image("image", request.get_data(cache=False))]
@@ -111,7 +112,7 @@ def _values(name: str) -> list[str] | None:
 @bp.post("/v1/models/<path:spec>")
 def post_model(spec: str):
     name, ref, metadata, verb = _parse(spec)
-    from registry.serving.service import validate_top_k
+    from registry.serving.service import validate_top_k  # numpy: not in the web process until a label request
 
     service = label_service()
     top_k_arg = request.args.get("top_k") or (request.form.get("top_k") if request.mimetype == "multipart/form-data"
@@ -129,9 +130,10 @@ def post_model(spec: str):
         return service.compare(name, _images_from_request(), refs=_values("versions"),
                                expected=_values("expected"), top_k=validate_top_k(top_k_arg))
     if verb == "predict":
+        # numpy: not in the web process until a predict request
         from registry.serving.tfs_json import check_answer_size, format_predict, load_body, parse_predict
 
-        max_elements = current_app.extensions["registry"].settings.predict_max_elements
+        max_elements = get_registry().settings.predict_max_elements
         # TF Serving ignores the content type; the body is measured before it is parsed.
         body = load_body(request.get_data(cache=False), max_elements)
         version = service.resolve(name, ref)

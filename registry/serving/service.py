@@ -24,6 +24,7 @@ from registry.entities import READY, VersionInfo
 from registry.errors import Conflict, InvalidRequest
 from registry.serving.cache import GraphCache
 from registry.serving.images import sniff
+from registry.serving.workers import WorkerPool
 from registry.storage import BlobStorage
 
 MAX_TOP_K = 1000
@@ -56,8 +57,6 @@ def validate_top_k(value, default: int = 5) -> int:
 class LabelService:
     def __init__(self, settings: Settings, db: Database, storage: BlobStorage,
                  stop: threading.Event | None = None) -> None:
-        from registry.serving.workers import WorkerPool
-
         self.settings = settings
         self.db = db
         self.storage = storage
@@ -115,7 +114,7 @@ class LabelService:
         return self.cache.get(stale.key)
 
     def _load(self, key):
-        from registry.serving.loader import LoadedGraph
+        from registry.serving.loader import LoadedGraph  # TensorFlow: with the first graph, not the service
 
         version = catalog.get_version_by_id(self.db, key[0])
         with self.storage.open(version.frozen_sha256) as stream:
@@ -149,7 +148,7 @@ class LabelService:
         return spec
 
     def _preprocess(self, version: VersionInfo, images: list[Image]) -> tuple[np.ndarray, float]:
-        from registry.serving.preprocess import preprocessor
+        from registry.serving.preprocess import preprocessor  # TensorFlow: with the first image, not the service
 
         p = version.preprocessing
         pre = preprocessor(int(p["input_height"]), int(p["input_width"]), float(p["input_mean"]),

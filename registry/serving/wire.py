@@ -31,7 +31,7 @@ def _dtype(name: str) -> np.dtype:
     if name not in NUMERIC_DTYPES:
         raise ProtocolError(f"unsupported array type {name!r}")
     if name == "bfloat16":
-        import ml_dtypes  # installed with TensorFlow
+        import ml_dtypes  # installed with TensorFlow: only for a bfloat16 array, never in the web process
 
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)

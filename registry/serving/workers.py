@@ -17,6 +17,9 @@ bounds what the workers really hold, not only the cache's estimate.
 
 Workers are started from one long-lived supervisor thread, because the kernel
 kills a worker when the *thread* that started it exits (``PR_SET_PDEATHSIG``).
+
+Somewhat over 400 lines: the supervisor and the handle of each worker (start,
+load, run, drain, replace) are one protocol with one set of locks.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from registry.errors import StorageError
-from registry.storage import BlobInfo, BlobRef, BlobStorage, BlobWriter, TemporaryUpload, blob_key
+from registry.storage.interfaces import BlobInfo, BlobRef, BlobStorage, BlobWriter, TemporaryUpload, blob_key
 
 
 def _mtime(stat: os.stat_result) -> datetime:

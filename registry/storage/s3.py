@@ -12,6 +12,10 @@ uploads in progress.  A blob smaller than one part goes up with a single
 ``put_object`` straight to its final key once its digest is known; a larger one
 streams as a multipart upload to a temporary key and is copied to its final key
 in :meth:`S3BlobWriter.finish`, so the final key only ever holds a complete blob.
+
+One module of about 500 lines on purpose: the backend, its streaming multipart
+writer and its ranged reader share one client and one translation of S3's
+errors into ``StorageError``, and change together.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from botocore.exceptions import (
 )
 
 from registry.errors import StorageError
-from registry.storage import BlobInfo, BlobRef, BlobStorage, BlobWriter, TemporaryUpload, blob_key
+from registry.storage.interfaces import BlobInfo, BlobRef, BlobStorage, BlobWriter, TemporaryUpload, blob_key
 
 log = logging.getLogger(__name__)
 

@@ -9,4 +9,6 @@ from flask import Blueprint
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
-from registry.web import views  # noqa: E402,F401  (registers the routes)
+from registry.web import views  # noqa: E402  (registers the routes)
+
+__all__ = ["bp", "views"]

@@ -6,12 +6,13 @@ from urllib.parse import unquote, urlsplit
 
 from flask import abort, redirect, render_template, request, send_from_directory, url_for
 
-from registry import audit as audit_log, auth, catalog, safety
-from registry.access import current_actor, sign_in as start_session, sign_out as end_session
-from registry.api.views import page_token_arg
-from registry.app import get_registry
+from registry import auth, catalog, safety
+from registry.auth import audit as audit_log
+from registry.auth.access import current_actor, sign_in as start_session, sign_out as end_session
+from registry.context import get_registry
 from registry.entities import READY
 from registry.errors import RegistryError
+from registry.pagination import checked_token
 from registry.web import bp
 
 PAGE_SIZE = 25
@@ -22,6 +23,10 @@ def _page_size() -> int:
         return max(1, min(200, int(request.args.get("page_size", PAGE_SIZE))))
     except ValueError:
         return PAGE_SIZE
+
+
+def _page_token() -> str | None:
+    return checked_token(request.args.get("page_token"))
 
 
 def _next_url(page) -> str | None:
@@ -35,7 +40,7 @@ def _next_url(page) -> str | None:
 @bp.get("/")
 def models():
     query = request.args.get("q", "").strip()
-    page = catalog.list_models(get_registry().db, page_size=_page_size(), page_token=page_token_arg(),
+    page = catalog.list_models(get_registry().db, page_size=_page_size(), page_token=_page_token(),
                                query=query or None)
     return render_template("models.html", page=page, query=query, next_url=_next_url(page))
 
@@ -45,7 +50,7 @@ def model(name: str):
     registry = get_registry()
     info = catalog.get_model(registry.db, name)
     page = catalog.list_versions(registry.db, name, page_size=_page_size(),
-                                 page_token=page_token_arg(), summary=True)
+                                 page_token=_page_token(), summary=True)
     return render_template("model.html", model=info, page=page, next_url=_next_url(page),
                            alias_error=request.args.get("alias_error"))
 
@@ -165,6 +170,6 @@ def sign_out():
 
 @bp.get("/audit")
 def audit():
-    page = audit_log.list_events(get_registry().db, page_size=_page_size(), page_token=page_token_arg(),
+    page = audit_log.list_events(get_registry().db, page_size=_page_size(), page_token=_page_token(),
                              action=request.args.get("action") or None)
     return render_template("audit.html", page=page, next_url=_next_url(page), action=request.args.get("action", ""))

@@ -17,15 +17,20 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from registry import catalog, jobs, safety as safety_rules
+from registry import catalog, safety as safety_rules
 from registry.config import Settings
+from registry.converter import ops  # op names only: no TensorFlow
 from registry.converter.runner import Outcome, run_conversion
 from registry.db import Database
 from registry.entities import SAVED_MODEL, SAVED_MODEL_FILENAME, SAVED_MODEL_SOURCE, NewFile, VersionInfo
 from registry.errors import NotFound, StorageError
-from registry.storage import BlobRef, BlobStorage
-from registry.uploads import DATA_SHARD_RE
+from registry.jobs import queue
+from registry.jobs.gc import collect_garbage
+from registry.storage import BlobRef, BlobStorage, open_regular
+from registry.uploads import protowire
+from registry.uploads.checks import DATA_SHARD_RE
 
 log = logging.getLogger(__name__)
 WORKDIR_PREFIX = "registry-convert-"
@@ -65,7 +70,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Process one job if there is one; return whether there was."""
-        job = jobs.claim(self.db, self.owner, self.settings.job_lease_seconds)
+        job = queue.claim(self.db, self.owner, self.settings.job_lease_seconds)
         if job is None:
             return False
         self.process(job)
@@ -94,15 +99,13 @@ class Worker:
 
     def collect_garbage(self) -> None:
         """The periodic ``registry gc`` (REGISTRY_GC_INTERVAL_SECONDS), between jobs."""
-        from registry.gc import collect_garbage
-
         try:
             report = collect_garbage(self.db, self.storage, grace_seconds=self.settings.gc_grace_seconds)
             log.info("garbage collection: %s", report.summary())
         except Exception:
             log.exception("worker %s: garbage collection failed", self.owner)
 
-    def process(self, job: jobs.ClaimedJob) -> None:
+    def process(self, job: queue.ClaimedJob) -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{job.version_id}-"))
         try:
             version = catalog.get_version_by_id(self.db, job.version_id)
@@ -114,7 +117,7 @@ class Worker:
                 memory_mb=self.settings.convert_memory_mb,
                 max_output_mb=self.settings.convert_max_output_mb,
                 user=self.settings.convert_user,
-                heartbeat=lambda: jobs.heartbeat(self.db, job, self.settings.job_lease_seconds),
+                heartbeat=lambda: queue.heartbeat(self.db, job, self.settings.job_lease_seconds),
                 heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3),
             )
             self._record(job, version, outcome, workdir)
@@ -122,10 +125,10 @@ class Worker:
             log.info("version id %d was deleted before its conversion started; dropping the job", job.version_id)
         except StorageError as exc:  # full, read-only or unreachable: worth a later attempt (bounded)
             log.warning("conversion of version id %d: %s", job.version_id, exc.message)
-            jobs.retry_later(self.db, job, exc.message)
+            queue.retry_later(self.db, job, exc.message)
         except Exception as exc:
             log.exception("conversion of version id %d failed", job.version_id)
-            jobs.retry_later(self.db, job, f"{type(exc).__name__}: {exc}")
+            queue.retry_later(self.db, job, f"{type(exc).__name__}: {exc}")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -172,15 +175,15 @@ class Worker:
             "max_archive_files": self.settings.max_archive_files,
         }
 
-    def _record(self, job: jobs.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> None:
+    def _record(self, job: queue.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> None:
         if outcome.lost_lease:
             log.warning("lost the lease on job %d (its version was deleted, or another worker took it)", job.id)
             return
         if not outcome.ok:
             if outcome.retryable:
-                jobs.retry_later(self.db, job, outcome.message)
+                queue.retry_later(self.db, job, outcome.message)
             else:
-                jobs.finish(self.db, job, ready=False, message=outcome.message, fields={})
+                queue.finish(self.db, job, ready=False, message=outcome.message, fields={})
             return
         result = outcome.result
         stored: list[BlobRef] = []  # removed again unless the version ends up referring to them
@@ -196,15 +199,15 @@ class Worker:
         if self.on_ready is not None:
             self.on_ready()
 
-    def _store_and_finish(self, job: jobs.ClaimedJob, version: VersionInfo, result: dict, workdir: Path,
+    def _store_and_finish(self, job: queue.ClaimedJob, version: VersionInfo, result: dict, workdir: Path,
                           stored: list[BlobRef]) -> str | None:
         """Store the frozen graph and SavedModel (appending each to ``stored``) and record the
         version as ready; return its status message, or None if the lease was lost meanwhile."""
         try:
-            result["conversion"]["safety"] = safety_rules.confirm_report(workdir / "frozen.pb",
+            result["conversion"]["safety"] = confirm_report(workdir / "frozen.pb",
                                                                          result["conversion"]["safety"])
         except (ValueError, OSError) as exc:
-            jobs.finish(self.db, job, ready=False, fields={},
+            queue.finish(self.db, job, ready=False, fields={},
                         message=f"the converter wrote a frozen graph that cannot be read back ({exc})")
             return None
         ref = self.storage.put_file(workdir / "frozen.pb")
@@ -223,7 +226,7 @@ class Worker:
             message = f"frozen and verified (largest difference {verification['max_abs_diff']:.3g})"
         else:
             message = f"frozen; not verified: {verification.get('reason') or verification.get('note')}"
-        recorded = jobs.finish(
+        recorded = queue.finish(
             self.db, job, ready=True, message=message,
             fields={
                 "output_nodes": result["output_nodes"],
@@ -237,6 +240,25 @@ class Worker:
             files=made,
         )
         return message if recorded else None
+
+
+def confirm_report(frozen_path: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """The converter child's safety report, checked against the frozen graph it wrote.
+
+    The child scans and reports on its own; if code the scan missed had run there, it could
+    leave an op out of the report.  The worker reads the frozen graph it is about to store (the
+    graph the label service will run) at the wire level, without TensorFlow, and adds any flag the
+    report lacks.  Raises ValueError when the file is not a GraphDef.
+    """
+    # open_regular: a symlink or FIFO the child left in place of the graph is refused
+    found = ops.scan(protowire.graph_def_ops(open_regular(frozen_path)))
+    reported = {f["op"] for f in report.get("flags", [])}
+    missing = [f for f in found["flags"] if f["op"] not in reported]
+    if not missing:
+        return report
+    log.warning("the converter's safety report left out %s; flagging the version", safety_rules.describe(missing))
+    return {**report, "flags": sorted([*report.get("flags", []), *missing], key=lambda f: f["op"]),
+            "flagged": True, "op_histogram": found["op_histogram"], "report_incomplete": True}
 
 
 def drop_unreferenced(db: Database, storage: BlobStorage, blobs: list[BlobRef]) -> None:

@@ -1,161 +1,31 @@
-"""Pushing a version: receive untrusted files as streams, check them, register them.
+"""What a push must be before anything of it is published: the right files, each what it claims.
 
-Each uploaded file streams straight into a blob writer while a running sha256
-and a protobuf wire scan look at it; nothing is held whole in memory, and a
-part's file is closed as soon as the part ends.  Every check (the archive check
-of a SavedModel or Keras upload included) runs on the unpublished bytes, so a
-refused push aborts its writers and leaves nothing behind.
-
-Once published, blobs are never deleted by the push: identical bytes are one
-blob, and another push in flight may have just published the same bytes and
-not committed its version yet.  Should a push fail after publishing (the
-database refuses its version), what it published is left to the garbage
-collector (``registry.gc``), which deletes only blobs that are unreferenced
-and older than its grace period, checking both again just before.
+Every check runs on the parts' unpublished bytes (their head, tail and wire
+scan, see ``registry.uploads.files``; an archive's local copy), so a refused
+push leaves nothing behind.  Each refusal is an ``InvalidUpload`` (400) that
+says what to send instead.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
-from dataclasses import dataclass, field
 
-from registry import catalog
-from registry.audit import SYSTEM, Actor
-from registry.db import Database
-from registry.archives import ArchiveLimits, check_archive, check_saved_model_archive
-from registry.entities import (
-    SAVED_MODEL_SOURCE,
-    SOURCE_FROZEN,
-    SOURCE_GRAPH,
-    SOURCE_KERAS,
-    SOURCE_META,
-    SOURCE_SAVED_MODEL,
-    NewFile,
-    VersionInfo,
-)
-from registry.errors import InvalidUpload, StorageError
-from registry.protowire import GRAPH_DEF_FIELDS, META_GRAPH_DEF_FIELDS, WireScanner
-from registry.storage import BlobRef, BlobStorage, BlobWriter
-
-log = logging.getLogger(__name__)
+from registry.entities import SOURCE_FROZEN, SOURCE_GRAPH, SOURCE_KERAS, SOURCE_META, SOURCE_SAVED_MODEL
+from registry.errors import InvalidUpload
+from registry.uploads.archives import ArchiveLimits, check_archive, check_saved_model_archive
+from registry.uploads.files import ARCHIVE_FIELDS, FILE_FIELDS, PushRequest, ReceivedFile
+from registry.uploads.protowire import GRAPH_DEF_FIELDS, META_GRAPH_DEF_FIELDS
 
 INDEX_MAGIC = bytes.fromhex("57fb808b247547db")  # TensorBundle/LevelDB table footer, little-endian
 DATA_SHARD_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/>]*(:\d+)?$")
-FILE_FIELDS = ("meta", "index", "data", "graph", "frozen", "saved_model", "keras", "labels")
-# Form fields recorded under another version file role ("saved_model" is the SavedModel built for TF Serving).
-ROLE_OF_FIELD = {"saved_model": SAVED_MODEL_SOURCE}
 ZIP_MAGIC = b"PK\x03\x04"
 GZIP_MAGIC = b"\x1f\x8b"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
-GRAPH_FIELDS = ("meta", "graph", "frozen")  # the parts whose protobuf wire format is checked
-ARCHIVE_FIELDS = ("saved_model", "keras")  # the parts whose archive is checked before publishing
 MAX_LABELS_BYTES = 16 * 1024 * 1024
 MAX_FILENAME_LENGTH = 255  # what the version_files table keeps
-HEAD_BYTES = 4096
-
-
-class UploadSink:
-    """One uploaded part on its way into blob storage, with what we learn from
-    its bytes as they pass: head, tail and (for graph parts) the wire scan.
-
-    ``keep_local`` parts (archives) are checked as a local file before they are
-    published: the writer's own staging file, or a spooled copy where the storage
-    keeps none (S3).
-    """
-
-    def __init__(self, writer: BlobWriter, *, scan: bool = True, keep_local: bool = False) -> None:
-        self.writer = writer
-        self.scanner = WireScanner() if scan else None
-        self.head = bytearray()
-        self.tail = b""
-        self.ref: BlobRef | None = None
-        self.finished = False
-        self._spool = None
-        if keep_local and not writer.keeps_local_file:
-            self._spool = tempfile.NamedTemporaryFile(prefix="registry-upload-", delete=False)
-
-    def write(self, data: bytes) -> int:
-        if len(self.head) < HEAD_BYTES:
-            self.head += data[: HEAD_BYTES - len(self.head)]
-        self.tail = (self.tail + bytes(data[-16:]))[-16:]
-        if self.scanner is not None:
-            self.scanner.feed(data)
-        if self._spool is not None:
-            try:
-                self._spool.write(data)
-            except OSError as exc:
-                raise StorageError(f"spooling an uploaded archive to {self._spool.name} for its check failed "
-                                   f"({exc.strerror or exc}): free space in the temporary folder") from exc
-        return self.writer.write(data)
-
-    def end(self) -> None:
-        """The part is complete: close the files it held open (its bytes stay until publish or abort)."""
-        self.writer.end()
-        if self._spool is not None and not self._spool.closed:
-            self._spool.close()
-
-    def local_path(self) -> Path:
-        """The part's bytes as a local file, before they are published (``keep_local`` parts)."""
-        self.end()
-        path = Path(self._spool.name) if self._spool is not None else self.writer.local_path()
-        if path is None:
-            raise RuntimeError("this upload part was not received with keep_local=True")
-        return path
-
-    def _drop_spool(self) -> None:
-        if self._spool is not None:
-            self._spool.close()
-            Path(self._spool.name).unlink(missing_ok=True)
-            self._spool = None
-
-    @property
-    def size(self) -> int:
-        return self.writer.size
-
-    def looks_like_text(self) -> bool:
-        head = bytes(self.head).lstrip()
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            # The head may end inside a multi-byte character.
-            if exc.start < len(head) - 4:
-                return False
-        return bool(head) and (head[:1].isalpha() or head[:1] == b"#")
-
-    def publish(self) -> BlobRef:
-        self._drop_spool()
-        self.ref = self.writer.finish()
-        self.finished = True
-        return self.ref
-
-    def abort(self) -> None:
-        self._drop_spool()
-        if not self.finished:
-            self.writer.abort()
-            self.finished = True
-
-
-@dataclass
-class ReceivedFile:
-    field: str
-    filename: str
-    sink: UploadSink
-
-
-@dataclass
-class PushRequest:
-    files: list[ReceivedFile]
-    output_nodes: list[str] = field(default_factory=list)
-    input_nodes: list[str] = field(default_factory=list)
-    description: str = ""
-    preprocessing: dict = field(default_factory=dict)
-    signature: str = ""  # for a pushed SavedModel: the signature to freeze (default serving_default)
 
 
 def parse_node_list(value: str | None, kind: str) -> list[str]:
@@ -359,7 +229,8 @@ def plan_push(request: PushRequest) -> tuple[str, list[ReceivedFile]]:
     return source, ordered
 
 
-def _check_fields(source: str, request: PushRequest) -> None:
+def check_fields(source: str, request: PushRequest) -> None:
+    """Node names and a signature go only with the kinds of push that use them."""
     if source in (SOURCE_SAVED_MODEL, SOURCE_KERAS):
         if request.output_nodes or request.input_nodes:
             raise InvalidUpload(f"a {source} push takes its inputs and outputs from the model's signature: "
@@ -368,7 +239,7 @@ def _check_fields(source: str, request: PushRequest) -> None:
         raise InvalidUpload("signature applies only to a pushed SavedModel", code="conflicting_fields")
 
 
-def _check_archives(source: str, ordered: list[ReceivedFile], limits: ArchiveLimits) -> None:
+def check_archives(source: str, ordered: list[ReceivedFile], limits: ArchiveLimits) -> None:
     """Refuse an unsafe or bomb-like archive now, with a 400, before it is published,
     rather than fail the conversion later."""
     archive = next((f for f in ordered if f.field in ARCHIVE_FIELDS), None)
@@ -378,53 +249,3 @@ def _check_archives(source: str, ordered: list[ReceivedFile], limits: ArchiveLim
         check_saved_model_archive(archive.sink.local_path(), limits)
     else:
         check_archive(archive.sink.local_path(), limits)
-
-
-def push(
-    db: Database, storage: BlobStorage, name: str, request: PushRequest, *, max_attempts: int = 3,
-    archive_limits: ArchiveLimits | None = None,
-    actor: Actor = SYSTEM,
-) -> VersionInfo:
-    """Validate, publish blobs and register the next version with a queued conversion."""
-    catalog.validate_model_name(name)
-    if request.signature and not SIGNATURE_RE.match(request.signature):
-        raise InvalidUpload(f"signature {request.signature!r} is not a signature name (e.g. serving_default)",
-                            code="invalid_signature")
-    catalog.validate_preprocessing(request.preprocessing)
-    if len(request.description) > 10_000:
-        raise InvalidUpload("description is longer than 10,000 characters", code="invalid_description")
-    try:
-        source, ordered = plan_push(request)
-        _check_fields(source, request)
-        _check_archives(source, ordered, archive_limits or ArchiveLimits())
-    except BaseException:
-        abort(request.files)  # nothing is published yet: the staged bytes go at once
-        raise
-    try:
-        for f in ordered:
-            f.sink.publish()
-        return catalog.create_version(
-            db,
-            name,
-            source=source,
-            files=[NewFile(ROLE_OF_FIELD.get(f.field, f.field), f.filename, f.sink.ref.sha256, f.sink.ref.size)
-                   for f in ordered],
-            signature=request.signature or None,
-            description=request.description,
-            output_nodes=request.output_nodes,
-            input_nodes=request.input_nodes,
-            preprocessing=request.preprocessing,
-            max_attempts=max_attempts,
-            actor=actor,
-        )
-    except BaseException:
-        # What was published stays for the garbage collector: another push may be using the same bytes.
-        abort(request.files)
-        log.warning("push to %r failed after publishing its blobs; registry gc frees them once unreferenced "
-                    "and older than its grace period", name)
-        raise
-
-
-def abort(files: Iterable[ReceivedFile]) -> None:
-    for f in files:
-        f.sink.abort()

@@ -29,11 +29,13 @@ from urllib.parse import urlsplit
 from flask import Flask, g, has_request_context, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 
-from registry import auth
-from registry.audit import Actor
-from registry.auth import ADMIN, READ, WRITE, TokenInfo
+from registry.auth import tokens
+from registry.auth.audit import Actor
+from registry.auth.tokens import ADMIN, READ, WRITE, TokenInfo
 from registry.config import Settings, owner_only
+from registry.context import get_registry
 from registry.errors import Forbidden, InvalidRequest, Unauthorized
+from registry.http_errors import wants_json
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ RULES: dict[str, str | None] = {
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-SESSION_ID = "sid"  # the browser session's random id (registry.auth.start_web_session)
+SESSION_ID = "sid"  # the browser session's random id (registry.auth.tokens.start_web_session)
 SESSION_CSRF = "csrf"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -123,20 +125,16 @@ def csrf_token() -> str:
 
 def sign_in(token: TokenInfo) -> None:
     """Bind the browser to ``token`` with a new server-side session, and a fresh cookie and CSRF token."""
-    from registry.app import get_registry
-
     session.clear()
-    session[SESSION_ID] = auth.start_web_session(get_registry().db, token.id)
+    session[SESSION_ID] = tokens.start_web_session(get_registry().db, token.id)
     csrf_token()
 
 
 def sign_out() -> None:
     """End the browser's session on the server (a copy of the cookie stops working too) and clear it."""
-    from registry.app import get_registry
-
     session_id = session.get(SESSION_ID)
     if isinstance(session_id, str):
-        auth.end_web_session(get_registry().db, session_id)
+        tokens.end_web_session(get_registry().db, session_id)
     session.clear()
 
 
@@ -171,13 +169,13 @@ def _identify(registry) -> Caller:
     token = _bearer()
     if token is not None:
         try:
-            return Caller(auth.verify(registry.db, token), "bearer")
+            return Caller(tokens.verify(registry.db, token), "bearer")
         except Unauthorized:
             g.auth_error = "invalid_token"
             raise
     session_id = session.get(SESSION_ID)
     if session_id is not None:
-        info = auth.web_session_token(registry.db, session_id) if isinstance(session_id, str) else None
+        info = tokens.web_session_token(registry.db, session_id) if isinstance(session_id, str) else None
         if info is not None:
             return Caller(info, "session")
         session.pop(SESSION_ID, None)  # signed out (perhaps in another copy of this cookie), or revoked
@@ -243,15 +241,11 @@ def _cross_site() -> str | None:
 
 
 def _is_page() -> bool:
-    from registry.api.errors import wants_json
-
     return (request.endpoint or "").startswith("web.") and not wants_json()
 
 
 def check_request():
     """The before_request hook: identify the caller and apply ``RULES``."""
-    from registry.app import get_registry
-
     registry = get_registry()
     _check_host(registry.settings)
     endpoint = request.endpoint
@@ -277,7 +271,7 @@ def check_request():
         return None
     caller = g.caller = _identify(registry)
     granted = caller.token.scope if caller.token else None
-    if not (auth.allows(granted, required) or auth.anonymous_allowed(registry.settings, registry.db, required)):
+    if not (tokens.allows(granted, required) or tokens.anonymous_allowed(registry.settings, registry.db, required)):
         if caller.token is None:
             if _is_page():
                 back = request.full_path.rstrip("?") if request.method == "GET" else None

@@ -1,4 +1,6 @@
-"""One error shape for the whole API: ``{"error": {"code", "message"}}``."""
+"""HTTP error rendering for the whole app: ``{"error": {"code", "message"}}`` for API clients, an
+error page for browsers on the pages, answered in one place from the domain errors of
+``registry.errors`` (the label service keeps TF Serving's own shape, see ``registry.serving.rest``)."""
 
 from __future__ import annotations
 

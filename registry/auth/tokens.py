@@ -27,8 +27,8 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from registry import audit
-from registry.audit import Actor
+from registry.auth import audit
+from registry.auth.audit import Actor
 from registry.config import Settings
 from registry.db import Database
 from registry.entities import _iso

@@ -6,7 +6,7 @@ moving window, counted by the ``limits`` library as PyPI's warehouse does).  A
 request over the limit is answered 429 with ``Retry-After`` (seconds until the
 oldest request in the window leaves it).  Clients are told apart by
 :func:`client_key`: the caller's API token when it sent one (set by
-``registry.access``), else the remote address.
+``registry.auth.access``), else the remote address.
 
 The counts live in ``REGISTRY_RATELIMIT_STORAGE``: in each process's memory by
 default (``memory://``), or in Redis (``redis://host:6379/0``) so that every
@@ -87,7 +87,7 @@ class Limiter:
 
 
 def client_key() -> str:
-    """Who is asking: the caller's token when it sent one (``registry.access``), else the remote address."""
+    """Who is asking: the caller's token when it sent one (``registry.auth.access``), else the remote address."""
     caller = g.get("caller")
     if caller is not None and caller.token is not None:
         return f"token:{caller.token.id}"

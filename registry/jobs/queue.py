@@ -6,6 +6,9 @@ died or hung, is claimable again; each claim counts as an attempt and a job that
 has used up its attempts is failed with its last error.  Claims use
 ``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it (PostgreSQL),
 and a conditional ``UPDATE`` everywhere, so two workers never both win a job.
+
+The job of a pushed version is added by ``registry.catalog.create_version`` in
+the push's own transaction, so it exists if and only if the version does.
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from registry.db import Database
-from registry.entities import CONVERTING, FAILED, QUEUED, READY, NewFile
+from registry.entities import CONVERT, CONVERTING, FAILED, QUEUED, READY, RUNNING, SUCCEEDED, NewFile
 from registry.models import Job, ModelVersion, VersionFile, utcnow
 
-CONVERT = "convert"
-RUNNING, SUCCEEDED = "running", "succeeded"
+__all__ = ["CONVERT", "RUNNING", "SUCCEEDED", "ClaimedJob", "claim", "finish", "heartbeat", "retry_later"]
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,6 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     owner: str
-
-
-def enqueue(session: Session, *, version_id: int, kind: str = CONVERT, max_attempts: int = 3) -> None:
-    """Add a job inside the caller's transaction, so it exists iff the version does."""
-    session.add(Job(kind=kind, version_id=version_id, status=QUEUED, max_attempts=max_attempts))
 
 
 def _claimable(now):

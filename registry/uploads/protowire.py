@@ -9,6 +9,8 @@ truncated copy, and a MetaGraphDef from a GraphDef.
 
 from __future__ import annotations
 
+import mmap
+
 VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5
 
 # field number -> wire type, for the messages we accept.
@@ -129,8 +131,6 @@ def graph_def_ops(handle) -> list[tuple[str, str]]:
     wire level (``GraphDef.node`` = 1, ``.library`` = 2; ``FunctionDef.node_def`` = 3; ``NodeDef.name``
     = 1, ``.op`` = 2) from an open binary file.  Tensor contents are skipped by their length,
     never copied."""
-    import mmap
-
     out: list[tuple[str, str]] = []
     with handle:
         if handle.seek(0, 2) == 0:

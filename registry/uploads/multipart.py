@@ -29,7 +29,7 @@ from werkzeug.sansio.multipart import (
 
 from registry.errors import InvalidRequest, InvalidUpload
 from registry.storage import BlobStorage
-from registry.uploads import ARCHIVE_FIELDS, FILE_FIELDS, GRAPH_FIELDS, ReceivedFile, UploadSink
+from registry.uploads.files import ARCHIVE_FIELDS, FILE_FIELDS, GRAPH_FIELDS, ReceivedFile, UploadSink
 
 CHUNK = 256 * 1024
 MAX_FIELD_BYTES = 64 * 1024

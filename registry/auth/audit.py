@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from registry import pagination
 from registry.db import Database
 from registry.entities import Page, _iso
 from registry.errors import InvalidRequest
@@ -59,12 +60,10 @@ def record(session: Session, actor: Actor, action: str, target: str = "", detail
 def list_events(db: Database, *, page_size: int | None = None, page_token: str | None = None,
                 action: str | None = None) -> Page:
     """Events newest first, in keyset pages."""
-    from registry import catalog  # catalog records events through this module
-
-    size = catalog._page_size(page_size)
+    size = pagination.page_size(page_size)
     query = sa.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(size + 1)
     if page_token:
-        before = catalog._decode_token(page_token)
+        before = pagination.decode_token(page_token)
         if not isinstance(before, int):
             raise InvalidRequest("page_token is not one this registry gave out; start again without it",
                                  code="invalid_page_token")
@@ -75,4 +74,4 @@ def list_events(db: Database, *, page_size: int | None = None, page_token: str |
         rows = session.scalars(query).all()
         items = [AuditEntry(r.id, r.created_at, r.actor, r.token_id, r.action, r.target, r.details, r.remote_addr)
                  for r in rows[:size]]
-    return Page(items, catalog._encode_token(rows[size - 1].id) if len(rows) > size else None)
+    return Page(items, pagination.encode_token(rows[size - 1].id) if len(rows) > size else None)

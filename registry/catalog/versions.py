@@ -1,0 +1,221 @@
+"""Versions: pushing the next one, editing it, reading one or a page of them.
+
+Version numbers come from a per-model counter bumped by ``UPDATE ... SET
+last_version = last_version + 1`` inside the push transaction: the row lock
+(PostgreSQL) or the write lock (SQLite) serialises concurrent pushes, a
+rolled-back push gives its number back, and the unique constraint on
+``(model_id, version)`` backs it up.  The push transaction also adds the
+version's conversion job (claimed by ``registry.jobs``), so the job exists if
+and only if the version does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, defer
+
+from registry import pagination
+from registry.auth import audit
+from registry.auth.audit import SYSTEM, Actor
+from registry.catalog.mapping import version_entities
+from registry.catalog.names import validate_model_name
+from registry.catalog.rows import model_row, model_write, resolve_version_row
+from registry.db import Database
+from registry.entities import CONVERT, PREPROCESSING_KEYS, QUEUED, FileInfo, NewFile, Page, VersionInfo
+from registry.errors import InvalidRequest, NotFound
+from registry.models import Job, ModelVersion, RegisteredModel, VersionFile, utcnow
+
+
+def create_version(
+    db: Database,
+    name: str,
+    *,
+    source: str,
+    files: Sequence[NewFile],
+    description: str = "",
+    output_nodes: list[str] | None = None,
+    input_nodes: list[str] | None = None,
+    preprocessing: dict | None = None,
+    signature: str | None = None,
+    max_attempts: int = 3,
+    actor: Actor = SYSTEM,
+) -> VersionInfo:
+    """Register the next version of ``name`` (creating the model on first push)
+    and queue its conversion, all in one transaction."""
+    validate_model_name(name)
+    for attempt in range(5):
+        try:
+            with db.transaction(write=True) as session:
+                model_id = _get_or_create_model_id(session, name)
+                # Bump the counter (the model's row is locked already).
+                session.execute(
+                    sa.update(RegisteredModel)
+                    .where(RegisteredModel.id == model_id)
+                    .values(last_version=RegisteredModel.last_version + 1,
+                            version_count=RegisteredModel.version_count + 1, updated_at=utcnow())
+                )
+                number = session.scalar(sa.select(RegisteredModel.last_version).where(RegisteredModel.id == model_id))
+                row = ModelVersion(
+                    model_id=model_id,
+                    version=number,
+                    status=QUEUED,
+                    status_message="waiting for a converter worker",
+                    source=source,
+                    description=description,
+                    requested_output_nodes=output_nodes or None,
+                    requested_input_nodes=input_nodes or None,
+                    preprocessing=validate_preprocessing(preprocessing) if preprocessing else None,
+                    signature=signature or None,
+                )
+                session.add(row)
+                session.flush()
+                session.add_all(
+                    VersionFile(version_id=row.id, role=f.role, filename=f.filename, sha256=f.sha256, size=f.size)
+                    for f in files
+                )
+                # its conversion job, claimed by a worker (registry.jobs): committed with the version or not at all
+                session.add(Job(kind=CONVERT, version_id=row.id, status=QUEUED, max_attempts=max_attempts))
+                audit.record(session, actor, "version.push", f"{name}/{number}",
+                             {"source": source, "files": [{"role": f.role, "filename": f.filename,
+                                                           "sha256": f.sha256, "size": f.size} for f in files]})
+                session.flush()
+                return version_entities(session, name, [row])[0]
+        except IntegrityError:
+            # Another push created the model (or took the number) first: go again.
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _get_or_create_model_id(session: Session, name: str) -> int:
+    """The model's id, its row locked; a deleted model comes back with its counter, so numbers go on.
+
+    The lock comes before looking at ``deleted_at``: a push waits for a delete of
+    the model to commit, then sees the tombstone and brings the model back, rather
+    than adding its version to a model deleted meanwhile.
+    """
+    model_id, deleted_at = session.execute(
+        sa.select(RegisteredModel.id, RegisteredModel.deleted_at).where(RegisteredModel.name == name)
+        .with_for_update()
+    ).one_or_none() or (None, None)
+    if model_id is None:
+        model = RegisteredModel(name=name)
+        session.add(model)
+        session.flush()
+        model_id = model.id
+    elif deleted_at is not None:
+        now = utcnow()
+        session.execute(
+            sa.update(RegisteredModel).where(RegisteredModel.id == model_id)
+            .values(deleted_at=None, description="", created_at=now, updated_at=now)
+        )
+    return model_id
+
+
+def validate_preprocessing(values: dict) -> dict:
+    """label_image.py settings: whole sizes of 1-8192 pixels, a mean, and a non-zero std."""
+    unknown = sorted(set(values) - set(PREPROCESSING_KEYS))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown preprocessing setting(s) {', '.join(unknown)}: use {', '.join(PREPROCESSING_KEYS)}",
+            code="invalid_preprocessing",
+        )
+    out: dict = {}
+    for key, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if number != number or number in (float("inf"), float("-inf")) or isinstance(value, bool):
+            raise InvalidRequest(f"{key} must be a number, not {value!r}", code="invalid_preprocessing")
+        if key in ("input_height", "input_width"):
+            if number != int(number) or not 1 <= number <= 8192:
+                raise InvalidRequest(f"{key} must be a whole number of pixels from 1 to 8192", code="invalid_preprocessing")
+            out[key] = int(number)
+        elif key == "input_std" and number == 0:
+            raise InvalidRequest("input_std must not be 0 (pixels are divided by it)", code="invalid_preprocessing")
+        else:
+            out[key] = number
+    return out
+
+
+def update_version(db: Database, name: str, ref: str, *, preprocessing: dict | None = None,
+                   description: str | None = None, actor: Actor = SYSTEM) -> VersionInfo:
+    """Edit what may change after a push: preprocessing settings and the description."""
+    with model_write(db, name) as (session, model):
+        row = resolve_version_row(session, model, ref)
+        if preprocessing is not None:
+            row.preprocessing = {**(row.preprocessing or {}), **validate_preprocessing(preprocessing)} or None
+        if description is not None:
+            row.description = description
+        row.updated_at = utcnow()
+        changes = {k: v for k, v in {"preprocessing": preprocessing, "description": description}.items()
+                   if v is not None}
+        audit.record(session, actor, "version.update", f"{name}/{row.version}", changes)
+        session.flush()
+        return version_entities(session, name, [row])[0]
+
+
+def attach_file(db: Database, version_id: int, new: NewFile) -> FileInfo:
+    """Add an artifact made after the conversion (a SavedModel built later) to a
+    version, unless one with that role is already there; returns the recorded one."""
+    with db.transaction(write=True) as session:
+        row = session.get(ModelVersion, version_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"version id {version_id} does not exist", code="version_not_found")
+        existing = session.scalar(sa.select(VersionFile).where(VersionFile.version_id == version_id,
+                                                               VersionFile.role == new.role))
+        if existing is None:
+            existing = VersionFile(version_id=version_id, role=new.role, filename=new.filename,
+                                   sha256=new.sha256, size=new.size)
+            session.add(existing)
+            session.flush()
+        return FileInfo(existing.role, existing.filename, existing.sha256, existing.size)
+
+
+def get_version(db: Database, name: str, ref: str) -> VersionInfo:
+    validate_model_name(name)
+    with db.transaction() as session:
+        model = model_row(session, name)
+        row = resolve_version_row(session, model, ref)
+        return version_entities(session, name, [row])[0]
+
+
+def get_version_by_id(db: Database, version_id: int) -> VersionInfo:
+    with db.transaction() as session:
+        row = session.get(ModelVersion, version_id)
+        if row is None:
+            raise NotFound(f"version id {version_id} does not exist", code="version_not_found")
+        model_name = session.scalar(sa.select(RegisteredModel.name).where(RegisteredModel.id == row.model_id))
+        return version_entities(session, model_name, [row])[0]
+
+
+def list_versions(
+    db: Database, name: str, *, page_size: int | None = None, page_token: str | None = None,
+    status: str | None = None, summary: bool = False,
+) -> Page:
+    """Versions newest first, by keyset on the version number.
+
+    ``summary`` leaves out what a listing page does not show (the conversion
+    report and the file list), so a page costs the same for 10 or 10,000 versions.
+    """
+    validate_model_name(name)
+    size = pagination.page_size(page_size)
+    with db.transaction() as session:
+        model = model_row(session, name)
+        query = sa.select(ModelVersion).where(ModelVersion.model_id == model.id)
+        if summary:
+            query = query.options(defer(ModelVersion.conversion, raiseload=True))
+        if status:
+            query = query.where(ModelVersion.status == status)
+        if page_token:
+            before = pagination.decode_token(page_token)
+            if not isinstance(before, int):
+                raise InvalidRequest("invalid page_token for this listing", code="invalid_page_token")
+            query = query.where(ModelVersion.version < before)
+        rows = session.scalars(query.order_by(ModelVersion.version.desc()).limit(size + 1)).all()
+        token = pagination.encode_token(rows[size - 1].version) if len(rows) > size else None
+        return Page(version_entities(session, name, rows[:size], summary=summary), token)

@@ -1,0 +1,66 @@
+"""The ``registry`` command: run the server and worker, push, pull and list.
+
+One module per group of commands, each imported only when one of its commands
+runs (or ``--help`` lists them), so ``registry ls`` does not load the server:
+
+* ``server.py``: the server roles: ``serve``, ``label-serve``, ``worker``, ``migrate``, ``check``;
+* ``admin.py``: against the database and blob storage: ``token``, ``gc``, ``export-serving``,
+  ``saved-models``, and ``serving-reload`` (to a running TF Serving);
+* ``remote.py``: through the registry's HTTP API: ``push``, ``pull``, ``ls``, ``alias``, ``delete``,
+  ``allow-ops``, ``serving-versions``;
+* ``labels.py``: through the label service: ``label``, ``compare``;
+* ``options.py``, ``local.py``, ``output.py``: ``--url``/``--token`` and the HTTP client; the
+  settings, database and blob storage of the commands that use them; tables and progress bars.
+
+A registry error (a refused request, an unreachable database, a missing bucket)
+becomes a one-line ``Error: ...`` and exit status 1 in one place,
+:meth:`RegistryGroup.invoke`, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from registry.errors import RegistryError
+
+# command name -> the module of registry.cli that defines it (as a function named like the command)
+COMMANDS = {
+    "serve": "server", "label-serve": "server", "worker": "server", "migrate": "server", "check": "server",
+    "token": "admin", "gc": "admin", "export-serving": "admin", "saved-models": "admin",
+    "serving-reload": "admin",
+    "push": "remote", "pull": "remote", "ls": "remote", "alias": "remote", "delete": "remote",
+    "allow-ops": "remote", "serving-versions": "remote",
+    "label": "labels", "compare": "labels",
+}
+
+
+class RegistryGroup(click.Group):
+    """Subcommands loaded from their module on first use; registry errors turned into CLI errors."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module = importlib.import_module(f"registry.cli.{COMMANDS[cmd_name]}")
+            self.add_command(getattr(module, cmd_name.replace("-", "_")), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RegistryError as exc:  # the client's errors too (ClientError): what went wrong and what to do
+            raise click.ClickException(exc.message) from None
+
+
+@click.group(cls=RegistryGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def main(verbose: bool) -> None:
+    """A model registry for TensorFlow checkpoints and frozen graphs."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)

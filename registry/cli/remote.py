@@ -1,0 +1,243 @@
+"""Commands that talk to a registry through its HTTP API (``--url``, ``--token``): ``push``, ``pull``,
+``ls``, ``alias``, ``delete``, ``allow-ops`` and ``serving-versions``."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from registry.cli.options import connect, split_ref, url_option
+from registry.cli.output import print_version, progress, table
+from registry.client import checkpoint_files
+from registry.converter.saved_model import write_archive  # writes a .tar.gz: no TensorFlow
+
+
+@click.command()
+@click.argument("name")
+@click.argument("checkpoint_prefix", required=False, type=click.Path(path_type=Path))
+@click.option("--graph", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Inference GraphDef (.pb or .pbtxt) to freeze instead of the .meta graph.")
+@click.option("--frozen", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Register an already-frozen GraphDef instead of a checkpoint.")
+@click.option("--saved-model", type=click.Path(exists=True, path_type=Path),
+              help="Push a TF2 SavedModel (its folder, or a .zip/.tar.gz of it) instead of a checkpoint.")
+@click.option("--signature", default="", help="The SavedModel signature to freeze (default serving_default).")
+@click.option("--keras", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Push a Keras model file (.keras or .h5) instead of a checkpoint.")
+@click.option("--output-nodes", default="", help="Comma-separated output node names (detected when left out).")
+@click.option("--input-nodes", default="", help="Comma-separated input node names (placeholders when left out).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Labels, one per line.")
+@click.option("--description", default="")
+@click.option("--wait", is_flag=True, help="Wait until the version is ready or failed.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
+@url_option
+def push(name, checkpoint_prefix, graph, frozen, saved_model, signature, keras, output_nodes, input_nodes, labels,
+         description, wait, timeout, url):
+    """Push a checkpoint (CHECKPOINT_PREFIX, e.g. train/model.ckpt) as the next version of NAME."""
+    files: list[tuple[str, Path]] = []
+    scratch = tempfile.TemporaryDirectory(prefix="registry-push-")
+    if sum(bool(x) for x in (frozen, saved_model, keras, checkpoint_prefix)) > 1:
+        raise click.UsageError("give one of: a checkpoint prefix, --frozen, --saved-model or --keras")
+    if saved_model:
+        if saved_model.is_dir():
+            archive = Path(scratch.name) / f"{saved_model.name or 'saved_model'}.tar.gz"
+            write_archive(saved_model, archive)
+            saved_model = archive
+        files.append(("saved_model", saved_model))
+    elif keras:
+        files.append(("keras", keras))
+    elif frozen:
+        if checkpoint_prefix:
+            raise click.UsageError("give either a checkpoint prefix or --frozen, not both")
+        files.append(("frozen", frozen))
+    else:
+        if not checkpoint_prefix:
+            raise click.UsageError("give a checkpoint prefix (e.g. train/model.ckpt) or --frozen FILE")
+        found = checkpoint_files(checkpoint_prefix)
+        missing = [k for k in ("index", "data") if k not in found]
+        if missing:
+            raise click.ClickException(
+                f"no checkpoint at {checkpoint_prefix}: missing {checkpoint_prefix}.index / .data-*-of-* files"
+            )
+        if "meta" not in found and not graph:
+            raise click.ClickException(f"no {checkpoint_prefix}.meta: pass the inference graph with --graph")
+        for role in ("meta", "index", "data"):
+            files.extend((role, p) for p in found.get(role, []))
+        if graph:
+            files.append(("graph", graph))
+    if labels:
+        files.append(("labels", labels))
+    fields = {k: v for k, v in {"output_nodes": output_nodes, "input_nodes": input_nodes,
+                                "description": description, "signature": signature}.items() if v}
+    client = connect(url)
+    total = sum(p.stat().st_size for _, p in files)
+    try:
+        with progress(total, f"push {name}") as bar:
+            record = client.push(name, files, fields, progress=bar.update)
+        click.echo(f"{name} version {record['version']}: {record['status']}")
+        if wait:
+            record = client.wait(name, record["version"], timeout=timeout)
+            print_version(record)
+            if record["status"] != "ready":
+                sys.exit(1)
+    finally:
+        scratch.cleanup()
+
+
+@click.command()
+@click.argument("spec", metavar="NAME[:REF]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write it (default NAME-vN.pb, or NAME-vN-saved_model.tar.gz).")
+@click.option("--format", "fmt", type=click.Choice(["frozen", "saved_model"]), default="frozen", show_default=True,
+              help="The frozen GraphDef, or the SavedModel built from it (.tar.gz of the folder TF Serving loads).")
+@url_option
+def pull(spec: str, output: Path | None, fmt: str, url: str | None) -> None:
+    """Download a version's frozen graph or SavedModel (REF: number, alias or latest) and check its sha256."""
+    name, ref = split_ref(spec)
+    client = connect(url)
+    record = client.get_version(name, ref)
+    if fmt == "saved_model":
+        dest = output or Path(f"{name}-v{record['version']}-saved_model.tar.gz")
+        digest = client.pull_saved_model(name, record, dest)
+        click.echo(f"{dest}: {name} version {record['version']} SavedModel, sha256 {digest} (verified)")
+        return
+    dest = output or Path(f"{name}-v{record['version']}.pb")
+    bar = None
+
+    def start(total: int) -> None:
+        nonlocal bar
+        bar = progress(total, f"pull {name}:{record['version']}")
+
+    client.pull(name, str(record["version"]), dest, progress=lambda n: bar.update(n), on_start=start)
+    if bar is not None:
+        bar.close()
+    click.echo(f"{dest}: {name} version {record['version']}, sha256 {record['frozen']['sha256']} (verified)")
+    if record.get("output_nodes"):
+        click.echo(f"  outputs: {', '.join(record['output_nodes'])}")
+
+
+@click.command("serving-versions")
+@click.argument("name")
+@click.argument("versions", required=False)
+@click.option("--default", "use_default", is_flag=True, help="Back to the default: every aliased version and "
+                                                              "the newest ready one.")
+@url_option
+def serving_versions(name: str, versions: str | None, use_default: bool, url: str | None) -> None:
+    """Choose which versions of NAME a TF Serving export serves (VERSIONS: e.g. 1,3, or all)."""
+    if bool(versions) == use_default:
+        raise click.UsageError("give the versions (e.g. 1,3) or --default")
+    try:
+        numbers = None if use_default else "all" if versions == "all" else [
+            int(v) for v in versions.split(",") if v.strip()]
+    except ValueError:
+        raise click.UsageError("versions are numbers separated by commas, e.g. 1,3") from None
+    answer = connect(url).set_served_versions(name, numbers)
+    chosen = answer["versions"]
+    click.echo(f"{name}: serving " + ("every ready version" if chosen == "all" else ", ".join(map(str, chosen))
+                                      if chosen else "every aliased version and the newest ready one"))
+
+
+@click.command("ls")
+@click.argument("name", required=False)
+@click.option("--limit", default=50, show_default=True, help="Versions to show for NAME.")
+@url_option
+def ls(name: str | None, limit: int, url: str | None) -> None:
+    """List models, or the versions of NAME (newest first)."""
+    client = connect(url)
+    if name is None:
+        rows = [(m["name"], str(m["version_count"]), str(m["latest_version"] or "-"),
+                 ", ".join(f"{k}={v}" for k, v in m["aliases"].items()) or "-") for m in client.list_models()]
+        table(("MODEL", "VERSIONS", "LATEST", "ALIASES"), rows)
+    else:
+        rows = [(str(v["version"]), v["status"], v["source"], ", ".join(v["output_nodes"] or []) or "-",
+                 ", ".join(v["aliases"]) or "-", v["created_at"][:19]) for v in client.list_versions(name, limit)]
+        table(("VERSION", "STATUS", "SOURCE", "OUTPUTS", "ALIASES", "CREATED"), rows)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int, required=False)
+@click.option("--delete", is_flag=True, help="Remove the alias.")
+@url_option
+def alias(name: str, alias: str, version: int | None, delete: bool, url: str | None) -> None:
+    """Point ALIAS of NAME at VERSION (or remove it with --delete)."""
+    client = connect(url)
+    if delete:
+        client.delete_alias(name, alias)
+        click.echo(f"{name}: alias {alias} removed")
+    elif version is None:
+        raise click.UsageError("give the version number the alias should point at")
+    else:
+        client.set_alias(name, alias, version)
+        click.echo(f"{name}: {alias} -> version {version}")
+
+
+@click.command()
+@click.argument("spec", metavar="NAME:VERSION | NAME --model")
+@click.option("--model", "whole_model", is_flag=True, help="Delete the model NAME and every version of it.")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting a whole model.")
+@url_option
+def delete(spec: str, whole_model: bool, yes: bool, url: str | None) -> None:
+    """Delete a version (NAME:VERSION) or, with --model, a model and all its versions.
+
+    Version numbers are never reused; aliases pointing at a deleted version are
+    removed; a conversion still queued or running is cancelled.  Storage is freed
+    by 'registry gc'.
+    """
+    name, _, ref = spec.partition(":")
+    client = connect(url)
+    if whole_model:
+        if ref:
+            raise click.UsageError("--model deletes a whole model: give NAME without :VERSION")
+        if not yes:
+            count = client.get_model(name)["version_count"]
+            click.confirm(f"delete model {name} and its {count} version(s)?", abort=True)
+        answer = client.delete_model(name)
+        aliases = f", aliases removed: {', '.join(answer['aliases_removed'])}" if answer["aliases_removed"] else ""
+        click.echo(f"{name}: model deleted ({answer['versions_deleted']} version(s){aliases}); "
+                   f"a new push of {name} starts at version {answer['last_version'] + 1}")
+        return
+    if not ref:
+        raise click.UsageError("give NAME:VERSION (e.g. cnn:3), or NAME --model to delete the whole model")
+    answer = client.delete_version(name, ref)
+    extra = []
+    if answer["aliases_removed"]:
+        extra.append(f"aliases removed: {', '.join(answer['aliases_removed'])}")
+    if answer["job_cancelled"]:
+        extra.append("its conversion was cancelled")
+    click.echo(f"{name}: version {answer['version']} deleted" + (f" ({'; '.join(extra)})" if extra else ""))
+
+
+@click.command("allow-ops")
+@click.argument("name")
+@click.argument("ops", nargs=-1)
+@click.option("--reason", default="", help="Why these ops are safe for this model (kept in the audit log).")
+@click.option("--clear", is_flag=True, help="Remove every allowed op: flagged versions are refused again.")
+@url_option
+def allow_ops(name: str, ops: tuple[str, ...], reason: str, clear: bool, url: str | None) -> None:
+    """Allow OPS in NAME's graphs despite the converter's op scan (admin token), or show the list.
+
+    The list replaces the previous one; the label service and the export serve a
+    version once every op its scan flagged is on it, and refuse it again when one
+    is removed.
+    """
+    client = connect(url)
+    if clear:
+        if ops:
+            raise click.UsageError("give either ops or --clear, not both")
+        answer = client.set_allowed_ops(name, [], reason)
+    elif ops:
+        if not reason.strip():
+            raise click.UsageError("say why with --reason (it is kept in the audit log)")
+        answer = client.set_allowed_ops(name, list(ops), reason)
+    else:
+        answer = client.get_allowed_ops(name)
+    click.echo(f"{name}: allowed ops: {', '.join(answer['ops']) or 'none'}")
+    change = answer.get("last_change")
+    if change:
+        click.echo(f"  last changed by {change['actor']} at {change['at']}"
+                   + (f": {change['reason']}" if change["reason"] else ""))

@@ -1,0 +1,197 @@
+"""The server roles: ``serve``, ``label-serve``, ``worker``, ``migrate`` and ``check``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import click
+from werkzeug.serving import make_server
+
+from registry.app import create_app
+from registry.cli import local
+from registry.config import DEFAULT_PORT, Settings
+from registry.db import Database
+from registry.demo.seed import start_seeding
+from registry.health import readiness
+from registry.jobs.worker import Worker, remove_stale_workdirs
+from registry.storage import open_storage
+from registry.tfserving import ExportSyncer
+
+try:
+    from gunicorn.config import KNOWN_SETTINGS
+except ImportError:  # only serve --gunicorn needs it, and says so
+    KNOWN_SETTINGS = ()
+
+
+def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_port: int | None = None) -> None:
+    """Run ``app`` on a threaded HTTP server (and the gRPC API beside it) until stopped."""
+    registry = app.extensions["registry"]
+    grpc_server = None
+    if grpc_port is not None:
+        from registry.serving.grpc_server import start_grpc_server  # TensorFlow: only with --grpc-port
+
+        try:
+            grpc_server, grpc_port = start_grpc_server(registry, host, grpc_port)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
+    server = make_server(host, port, app, threaded=True)
+    url = f"http://{host}:{server.port}"
+    click.echo(f"{title} listening on {url}")
+    if grpc_server is not None:
+        click.echo(f"  TensorFlow Serving gRPC API on {host}:{grpc_port}")
+    for line in lines:
+        click.echo(line.format(url=url))
+    sys.stdout.flush()
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        registry.stop_workers.set()
+        if grpc_server is not None:
+            grpc_server.stop(grace=2)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--workers", type=int, default=None,
+              help="Converter threads inside the server (REGISTRY_EMBEDDED_WORKERS, default 1; 0 for none).")
+@click.option("--grpc-port", type=int, default=None,
+              help="Also serve TensorFlow Serving's gRPC API on this port (off by default).")
+@click.option("--no-demo", is_flag=True,
+              help="Do not seed the demo model 'digits' on first start (REGISTRY_DEMO=0).")
+@click.option("--gunicorn", "use_gunicorn", is_flag=True,
+              help="Serve with gunicorn (several processes, registry.wsgi:app); converter workers then run "
+                   "separately as 'registry worker'.")
+@click.option("--processes", type=int, default=2, show_default=True, help="gunicorn worker processes (--gunicorn).")
+@click.option("--threads", type=int, default=8, show_default=True, help="Threads per gunicorn process (--gunicorn).")
+def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_demo: bool,
+          use_gunicorn: bool, processes: int, threads: int) -> None:
+    """Run the registry: API, label service and embedded converter workers, in one process.
+
+    With --gunicorn: the API and label service in several gunicorn processes, and
+    converter workers as a separate 'registry worker' service.
+    """
+    overrides = {"embedded_workers": workers} if workers is not None else {}
+    if no_demo:
+        overrides["demo"] = False
+    if use_gunicorn:
+        _serve_gunicorn(host, port, workers, grpc_port, processes, threads, no_demo)
+        return
+    settings = Settings.from_env(**overrides).bound_to(host)
+    app = create_app(settings, start_workers=True)
+    lines = [
+        f"  data: {settings.database_url}  blobs: {settings.storage_url}",
+        "  label service (TF Serving REST): {url}/v1/models/NAME",
+        "  try:  REGISTRY_URL={url} registry push NAME path/to/model.ckpt --wait",
+    ]
+    if start_seeding(app.extensions["registry"]) is not None:
+        lines.append("  demo: preparing model 'digits' in the background (trained now on scikit-learn's 8x8 "
+                     "digits; --no-demo or REGISTRY_DEMO=0 turns it off)")
+    _serve_http(app, host, port, "Registry", lines, grpc_port)
+
+
+def _serve_gunicorn(host: str, port: int, workers: int | None, grpc_port: int | None,
+                    processes: int, threads: int, no_demo: bool) -> None:
+    """Replace this process with gunicorn serving ``registry.wsgi:app`` (no embedded converters, no demo)."""
+    if workers:
+        raise click.UsageError("--workers does not go with --gunicorn: run 'registry worker' beside it")
+    if grpc_port is not None:
+        raise click.UsageError("--grpc-port does not go with --gunicorn: run 'registry label-serve' for gRPC")
+    if processes < 1 or threads < 1:
+        raise click.UsageError("--processes and --threads must be at least 1")
+    if not KNOWN_SETTINGS:
+        raise click.ClickException("gunicorn is not installed: pip install 'gunicorn>=22'")
+    settings = Settings.from_env(embedded_workers=0)
+    # Migrate (and check the database and blob storage) once here, so the
+    # gunicorn processes do not race each other through the migrations.
+    create_app(settings)
+    click.echo(f"Registry (gunicorn, {processes} processes x {threads} threads) on http://{host}:{port}")
+    click.echo(f"  data: {settings.database_url}  blobs: {settings.storage_url}")
+    click.echo("  no embedded converter workers: run 'registry worker' (any number) to freeze pushed versions")
+    if settings.demo and not no_demo:
+        click.echo("  demo model: not seeded under --gunicorn (run 'registry serve' once without it to seed it)")
+    sys.stdout.flush()
+    # the gunicorn processes build their settings from the environment: they answer to --host too
+    env = dict(os.environ, REGISTRY_EMBEDDED_WORKERS="0",
+               REGISTRY_ALLOWED_HOSTS=",".join(settings.bound_to(host).allowed_hosts))
+    argv = [sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", str(processes),
+            "--threads", str(threads), "-k", "gthread",
+            "--timeout", "0",  # uploads and label requests can take long; no worker watchdog kill
+            "--access-logfile", "-"]
+    if _gunicorn_has_setting("control_socket_disable"):
+        # newer gunicorn (27 here) opens a control socket under $HOME by default: one path shared by
+        # every instance, and $HOME may not be writable (containers).
+        argv.append("--no-control-socket")
+    argv.append("registry.wsgi:app")
+    os.execvpe(sys.executable, argv, env)
+
+
+def _gunicorn_has_setting(name: str) -> bool:
+    return any(setting.name == name for setting in KNOWN_SETTINGS)
+
+
+@click.command("label-serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8501, show_default=True, type=int, help="REST port (TF Serving's is 8501).")
+@click.option("--grpc-port", default=8500, show_default=True, type=int, help="gRPC port (TF Serving's is 8500).")
+@click.option("--no-grpc", is_flag=True, help="Serve REST only.")
+def label_serve(host: str, port: int, grpc_port: int, no_grpc: bool) -> None:
+    """Run a label service alone (any number of them): TF Serving's REST and gRPC APIs, :label, :compare."""
+    app = create_app(Settings.from_env().bound_to(host), serving_only=True)
+    _serve_http(app, host, port, "Label service", [], None if no_grpc else grpc_port)
+
+
+@click.command()
+def migrate() -> None:
+    """Apply database migrations up to the newest."""
+    settings = local.settings()
+    local.database(settings)
+    click.echo(f"database at head: {settings.database_url}")
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Process the jobs waiting now, then exit.")
+def worker(once: bool) -> None:
+    """Run a converter worker (any number of them, anywhere)."""
+    settings, db, storage = local.services()
+    exporter = None
+    if settings.serving_export_root:
+        exporter = ExportSyncer(settings, db, storage)
+    w = Worker(settings, db, storage, on_ready=exporter.request if exporter else None)
+    if once:
+        remove_stale_workdirs()
+        while w.run_once():
+            pass
+        if exporter is not None:
+            exporter.wait_idle(timeout=settings.convert_timeout_seconds)
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(f"worker {w.owner} waiting for jobs")
+    try:
+        w.run_forever(stop)
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command()
+def check() -> None:
+    """Exit 0 when the database and blob storage answer (a health check for workers), else 1."""
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    try:
+        storage = open_storage(settings.storage_url)
+    except Exception as exc:
+        click.echo(f"storage: error: {getattr(exc, 'message', exc)}")
+        sys.exit(1)
+    checks = readiness(db, storage)
+    for name, value in checks.items():
+        click.echo(f"{name}: {value}")
+    if any(value != "ok" for value in checks.values()):
+        sys.exit(1)
