@@ -1,12 +1,22 @@
 """Shared fixtures: real TensorFlow checkpoints (built once per session), a
-real SQLite database and blob folder per test, and real HTTP servers."""
+real SQLite database and blob folder per test, and real HTTP servers.
+
+Databases are migrated once per session: the fixtures and ``start_live_server``
+give each registry a copy of a template already at head (a SQLite file copied,
+or ``CREATE DATABASE ... TEMPLATE`` on PostgreSQL), so that ``create_app``'s
+migration only confirms the head revision.  Tests that call ``create_app``
+themselves on a new home, and ``pg_url``, still start from nothing and run
+every migration, as a first start in production does."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -19,6 +29,10 @@ import pytest
 from registry.config import Settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# A live server's thread checks this often whether it was asked to stop (the
+# standard library's 0.5 s would add half a second to every server's teardown).
+SERVER_POLL_SECONDS = 0.02
 
 
 def make_settings(home: Path, **overrides) -> Settings:
@@ -38,6 +52,45 @@ def make_settings(home: Path, **overrides) -> Settings:
     )
     values.update(overrides)
     return Settings(**values)
+
+
+_sqlite_template: Path | None = None
+
+
+def sqlite_template() -> Path:
+    """A SQLite database file migrated to head, made on first use and kept for the session."""
+    global _sqlite_template
+    if _sqlite_template is None:
+        from registry.db import Database
+
+        folder = Path(tempfile.mkdtemp(prefix="registry-test-template-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        path = folder / "registry.db"
+        db = Database(f"sqlite:///{path}")
+        try:
+            db.upgrade()
+        finally:
+            db.dispose()  # the last connection closes: SQLite folds its WAL into the file
+        assert not Path(f"{path}-wal").exists(), "the template's WAL was not checkpointed into the file"
+        _sqlite_template = path
+    return _sqlite_template
+
+
+def seed_database(settings: Settings) -> Settings:
+    """Give ``settings`` a migrated database if it names a SQLite file that does not exist yet
+    (the embedded default): a copy of the session's template, with its owner-only mode."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:" \
+            or url.database.startswith("file:"):
+        return settings
+    path = Path(url.database)
+    if not path.exists():
+        settings.ensure_home()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sqlite_template(), path)
+    return settings
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +132,7 @@ def settings(tmp_path, database) -> Settings:
 def app(settings):
     from registry.app import create_app
 
-    app = create_app(settings)
+    app = create_app(seed_database(settings))
     app.config["TESTING"] = True
     yield app
     app.extensions["registry"].stop_workers.set()
@@ -108,18 +161,21 @@ class LiveServer:
 
 
 def start_live_server(settings: Settings, *, workers: bool) -> tuple[LiveServer, callable]:
-    """The app behind a real threaded HTTP server on a free port."""
+    """The app behind a real threaded HTTP server on a free port (on a copy of the migrated
+    template when its database is a SQLite file that does not exist yet)."""
     from werkzeug.serving import make_server
 
     from registry.app import create_app
 
-    app = create_app(settings, start_workers=workers)
+    app = create_app(seed_database(settings), start_workers=workers)
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS},
+                              daemon=True)
     thread.start()
 
     def stop() -> None:
         server.shutdown()
+        thread.join(timeout=10)
         app.extensions["registry"].stop_workers.set()
         for worker in app.extensions["registry"].workers:
             worker.join(timeout=30)
@@ -156,9 +212,9 @@ BOTH_DATABASES_PER_MODULE = pytest.mark.parametrize("module_database", BACKENDS,
 
 
 @contextmanager
-def fresh_postgres_database():
-    """A new, empty PostgreSQL database, dropped afterwards (skips the test
-    without REGISTRY_TEST_DATABASE_URL)."""
+def fresh_postgres_database(template: str | None = None):
+    """A new PostgreSQL database, dropped afterwards (skips the test without
+    REGISTRY_TEST_DATABASE_URL): empty, or a copy of the database named ``template``."""
     import sqlalchemy as sa
 
     base = os.environ.get("REGISTRY_TEST_DATABASE_URL")
@@ -167,7 +223,7 @@ def fresh_postgres_database():
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
     name = f"registry_test_{uuid.uuid4().hex[:10]}"
     with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     try:
         yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
     finally:
@@ -176,18 +232,37 @@ def fresh_postgres_database():
         admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def postgres_template():
+    """The name of a PostgreSQL database migrated to head, made once per session and dropped at
+    its end (skips without REGISTRY_TEST_DATABASE_URL); ``database`` and ``module_database`` copy
+    it.  Nothing may stay connected to it, or PostgreSQL refuses the copy."""
+    import sqlalchemy as sa
+
+    from registry.db import Database
+
+    with fresh_postgres_database() as url:
+        db = Database(url)
+        try:
+            db.upgrade()
+        finally:
+            db.dispose()
+        yield sa.make_url(url).database
+
+
 def _database(request):
     if getattr(request, "param", "sqlite") == "sqlite":
-        yield None  # the embedded default: a SQLite file in the test's home
+        yield None  # the embedded default: a SQLite file in the test's home (seeded by the fixtures)
         return
-    with fresh_postgres_database() as url:
+    with fresh_postgres_database(template=request.getfixturevalue("postgres_template")) as url:
         yield url
 
 
 @pytest.fixture
 def database(request):
-    """The database URL of a test's registry: None (SQLite, the default) or a
-    fresh PostgreSQL database where a module asks for BOTH_DATABASES."""
+    """The database URL of a test's registry: None (SQLite, the default: the fixtures put a copy
+    of the migrated template in its home) or, where a module asks for BOTH_DATABASES, a fresh
+    PostgreSQL database copied from the migrated template."""
     yield from _database(request)
 
 

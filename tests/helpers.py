@@ -47,7 +47,7 @@ def csrf_token(client) -> str:
 def issue_tokens(db) -> dict[str, str]:
     """A token of each scope, plus one that was revoked, created through the service."""
     from registry import auth
-    from registry.audit import Actor
+    from registry.auth.audit import Actor
 
     actor = Actor("tests")
     tokens = {scope: auth.create_token(db, f"{scope}-token", scope, actor)[1] for scope in auth.SCOPES}

@@ -13,10 +13,12 @@ import requests
 
 pytest.importorskip("moto", reason="moto[server] is not installed: pip install 'moto[server]>=5'")
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed")
+from botocore.stub import Stubber  # noqa: E402
 
 from registry.errors import StorageError  # noqa: E402
 from registry.storage import blob_key, open_storage  # noqa: E402
-from tests.conftest import S3_BUCKET as BUCKET, _free_port  # noqa: E402
+from tests.conftest import S3_BUCKET as BUCKET, _free_port, make_settings, seed_database  # noqa: E402
+from tests.helpers import frozen_form, push  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -213,11 +215,6 @@ def test_unreachable_endpoint_is_a_clear_error(s3_server):
         S3Storage(f"s3://{BUCKET}/x", client=client)
 
 
-@pytest.mark.skip(reason="moto accepts any credentials, so bad credentials cannot be shown against it")
-def test_bad_credentials_are_a_clear_error():  # pragma: no cover
-    pass
-
-
 def test_bad_urls_are_refused(s3_server):
     from registry.storage.s3 import S3Storage
 
@@ -226,6 +223,104 @@ def test_bad_urls_are_refused(s3_server):
     with pytest.raises(StorageError) as info:
         S3Storage("s3://Not_A_Valid:Bucket/x")
     assert info.value.code == "bad_storage_url"
+
+
+# -- bad credentials --------------------------------------------------------------------------
+# moto accepts any credentials, so botocore's Stubber makes the backend's own client answer as S3
+# answers a bad key pair: a HEAD request gets a bare 403 (no body, so no error code), any other
+# request an error document naming InvalidAccessKeyId (unknown key id) or SignatureDoesNotMatch
+# (wrong secret).  Each test checks what the registry tells the user to fix.
+
+BAD_KEY_ID = ("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+BAD_SECRET = ("SignatureDoesNotMatch", "The request signature we calculated does not match the signature "
+                                       "you provided. Check your key and signing method.")
+TO_FIX = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def refuse_head(stub, operation: str) -> None:
+    """Queue the answer S3 gives a HEAD request signed with a bad key pair."""
+    stub.add_client_error(operation, service_error_code="403", service_message="Forbidden", http_status_code=403)
+
+
+def names_what_to_fix(message: str) -> bool:
+    return all(setting in message for setting in TO_FIX)
+
+
+def test_bad_credentials_at_start_up_name_the_settings_to_fix(s3_server):
+    from registry.storage.s3 import S3Storage, make_client
+
+    client = make_client()
+    with Stubber(client) as stub:
+        refuse_head(stub, "head_bucket")
+        with pytest.raises(StorageError) as info:
+            S3Storage(f"s3://{BUCKET}/blobs", client=client)
+        stub.assert_no_pending_responses()
+    message = info.value.message
+    assert message.startswith(f"access to S3 bucket {BUCKET!r} was denied: check AWS_ACCESS_KEY_ID"), message
+    assert names_what_to_fix(message) and "does not exist" not in message
+
+
+@pytest.mark.parametrize("code, text", [BAD_KEY_ID, BAD_SECRET], ids=[BAD_KEY_ID[0], BAD_SECRET[0]])
+def test_bad_credentials_on_an_upload_name_the_s3_error_and_the_settings_to_fix(storage, s3_server, prefix,
+                                                                                big_data, code, text):
+    with Stubber(storage.client) as stub:
+        stub.add_client_error("create_multipart_upload", service_error_code=code, service_message=text,
+                              http_status_code=403)
+        with pytest.raises(StorageError) as info:
+            storage.put_stream(io.BytesIO(big_data[:9 * MiB]))  # past one part: a multipart upload
+        stub.assert_no_pending_responses()
+    message = info.value.message
+    assert message.startswith(f"S3 storage s3://{BUCKET} failed uploading a part of a blob: access to bucket "
+                              f"{BUCKET!r} was denied ({code}: {text}): check AWS_ACCESS_KEY_ID"), message
+    assert names_what_to_fix(message)
+    assert keys(s3_server, prefix) == [] and pending_uploads(s3_server, prefix) == []
+
+
+def test_bad_credentials_on_a_download_name_the_settings_and_leave_no_file(storage, s3_server, prefix, tmp_path):
+    ref = storage.put_stream(io.BytesIO(b"the frozen graph" * 1000))
+    head = s3_server.head_object(Bucket=BUCKET, Key=f"{prefix}/{blob_key(ref.sha256)}")
+    code, text = BAD_SECRET
+    with Stubber(storage.client) as stub:  # the key pair was rotated after the blob was stored
+        stub.add_response("head_object", {k: head[k] for k in ("ContentLength", "ETag", "Metadata")})
+        stub.add_client_error("get_object", service_error_code=code, service_message=text, http_status_code=403)
+        with pytest.raises(StorageError) as info:
+            storage.materialize(ref.sha256, tmp_path / "frozen.pb")
+        stub.assert_no_pending_responses()
+    message = info.value.message
+    assert f"failed downloading blob {ref.sha256}: access to bucket {BUCKET!r} was denied ({code}: {text})" in message
+    assert names_what_to_fix(message)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a partial download
+
+
+def test_bad_credentials_fail_readyz_and_a_push_with_503s_naming_the_settings(s3_server, prefix, tmp_path, models):
+    from registry.app import create_app
+
+    app = create_app(seed_database(make_settings(tmp_path / "home", storage_url=f"s3://{BUCKET}/{prefix}")))
+    app.config["TESTING"] = True
+    storage = app.extensions["registry"].storage
+    client = app.test_client()
+    try:
+        with Stubber(storage.client) as stub:
+            refuse_head(stub, "head_bucket")
+            ready = client.get("/readyz")
+            refuse_head(stub, "head_object")  # the push asks whether its blob is stored already
+            pushed = push(client, "cnn", frozen_form(models["frozen"].frozen_graph))
+            stub.assert_no_pending_responses()
+        assert ready.status_code == 503
+        checks = ready.get_json()["checks"]
+        assert checks["database"] == "ok"
+        assert checks["storage"].startswith(f"error: S3 storage s3://{BUCKET} failed checking the bucket: access "
+                                            f"to bucket {BUCKET!r} was denied (403: Forbidden)"), checks
+        assert names_what_to_fix(checks["storage"])
+        assert pushed.status_code == 503
+        error = pushed.get_json()["error"]
+        assert error["code"] == "storage_error" and names_what_to_fix(error["message"]), error
+        assert f"access to bucket {BUCKET!r} was denied" in error["message"]
+        assert client.get("/api/v1/models/cnn/versions/1").status_code == 404  # nothing was published
+        assert keys(s3_server, prefix) == []
+        assert client.get("/readyz").status_code == 200  # the real client again
+    finally:
+        app.extensions["registry"].db.dispose()
 
 
 def test_presigned_url_downloads_the_blob(storage):
@@ -242,11 +337,9 @@ def test_presigned_url_downloads_the_blob(storage):
 @pytest.mark.slow
 def test_registry_end_to_end_on_s3(s3_server, prefix, tmp_path, models):
     from registry.app import create_app
-    from registry.worker import Worker
-    from tests.conftest import make_settings
-    from tests.helpers import frozen_form, push
+    from registry.jobs.worker import Worker
 
-    settings = make_settings(tmp_path / "home", storage_url=f"s3://{BUCKET}/{prefix}")
+    settings = seed_database(make_settings(tmp_path / "home", storage_url=f"s3://{BUCKET}/{prefix}"))
     app = create_app(settings)
     app.config["TESTING"] = True
     registry = app.extensions["registry"]
