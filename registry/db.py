@@ -97,6 +97,14 @@ class Database:
                 session.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield session
             session.commit()
+        except sa.exc.DBAPIError as exc:
+            session.rollback()
+            # The database's own faults (read-only, full, unreachable) become one domain error,
+            # answered 503 over REST and UNAVAILABLE over gRPC; anything else is a bug or a race.
+            fault = database_fault(exc)
+            if fault is None:
+                raise
+            raise fault from exc
         except BaseException:
             session.rollback()
             raise

@@ -122,6 +122,7 @@ class DatabaseUnavailable(RegistryError):
 
     code = "database_unavailable"
     status = 503
+    headers = {"Retry-After": "30"}  # worth retrying shortly
 
 
 # SQLite primary result codes (the low byte of an extended code) and PostgreSQL SQLSTATEs

@@ -32,7 +32,7 @@ from registry.auth.audit import Actor
 from registry.config import Settings
 from registry.db import Database
 from registry.entities import _iso
-from registry.errors import Conflict, InvalidRequest, NotFound, Unauthorized, database_fault
+from registry.errors import Conflict, DatabaseUnavailable, InvalidRequest, NotFound, Unauthorized
 from registry.models import ApiToken, WebSession, utcnow
 
 log = logging.getLogger(__name__)
@@ -178,10 +178,8 @@ def _record_use(db: Database, token_id: int, now: datetime) -> None:
     try:
         with db.transaction() as session:
             session.execute(sa.update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
-    except sa.exc.DBAPIError as exc:
-        if database_fault(exc) is None:
-            raise
-        log.warning("could not record the use of token id %d: %s", token_id, database_fault(exc).message)
+    except DatabaseUnavailable as exc:
+        log.warning("could not record the use of token id %d: %s", token_id, exc.message)
 
 
 def anonymous_allowed(settings: Settings, db: Database, required: str) -> bool:

@@ -58,7 +58,8 @@ def convert(request: dict) -> dict:
         raise ConversionError("nothing to convert: upload a .meta file, an inference graph or a frozen graph",
                               code="missing_graph")
 
-    upload_scan = ops.scan(graphs.all_nodes(graph_def))
+    # A SavedModel was scanned whole already; checkpoints and GraphDefs are scanned here.
+    upload_flags = whole_upload_flags if plan is not None else ops.scan(graphs.all_nodes(graph_def))["flags"]
 
     requested = request.get("output_nodes") or []
     if plan is not None:
@@ -132,7 +133,7 @@ def convert(request: dict) -> dict:
                 "op_histogram": frozen_scan["op_histogram"],
                 "flags": frozen_scan["flags"],
                 "flagged": frozen_scan["flagged"],
-                "upload_flags": whole_upload_flags if plan is not None else upload_scan["flags"],
+                "upload_flags": upload_flags,
             },
             "nodes": {"uploaded": uploaded_nodes, "frozen": frozen_nodes},
             "variables": report.variables,

@@ -2,10 +2,10 @@
 
 A SavedModel (TF1 or TF2) is never loaded: :func:`saved_model_plan` reads the
 chosen signature's graph out of the MetaGraphDef as data, with its inputs named
-after the signature's input keys and an ``Identity`` node per output key, and
-the checkpoint key of each variable from the restore ops (read, not run).  The
-converter then freezes it with a checkpoint reader like any checkpoint, so the
-upload's init, main and restore ops never run.
+after the signature's input keys and an ``Identity`` node per output key.  The
+converter then freezes it with a checkpoint reader like any checkpoint (each
+variable's checkpoint key read off the restore ops, not run), so the upload's
+init, main and restore ops never run.
 
 A Keras file is different: its model exists only as a configuration that Keras
 builds.  Its whole configuration is scanned as data first
@@ -27,7 +27,6 @@ from tensorflow.core.framework import attr_value_pb2, graph_pb2
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from registry.converter import graphs, ops, upload_scan
-from registry.converter.freeze import restore_key_map
 from registry.converter.graphs import node_name
 from registry.errors import ConversionError
 
@@ -111,7 +110,6 @@ class SavedModelPlan:
     graph_def: object
     outputs: list[str]
     inputs: list[str]
-    key_map: dict[str, str]
     checkpoint_prefix: str | None
     signature: str
 
@@ -130,8 +128,8 @@ def _meta_graph(proto):
 
 def saved_model_plan(proto, folder: Path, signature_name: str) -> SavedModelPlan:
     """The graph of ``signature_name`` with inputs named after the signature's input keys and an
-    ``Identity`` output per output key, plus the checkpoint keys of its variables (from the
-    restore ops, read as data).  TF1 and TF2 SavedModels alike: nothing is loaded or run."""
+    ``Identity`` output per output key, and where its variables are.  TF1 and TF2 SavedModels
+    alike: nothing is loaded or run."""
     meta = _meta_graph(proto)
     signatures = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
     if signature_name not in signatures:
@@ -185,8 +183,8 @@ def saved_model_plan(proto, folder: Path, signature_name: str) -> SavedModelPlan
         node.attr["T"].CopyFrom(attr_value_pb2.AttrValue(type=info.dtype))
         outputs.append(name)
     index = folder / "variables" / "variables.index"
-    return SavedModelPlan(graph_def, outputs, inputs, restore_key_map(graph_def),
-                          str(index.with_suffix("")) if index.is_file() else None, signature_name)
+    return SavedModelPlan(graph_def, outputs, inputs, str(index.with_suffix("")) if index.is_file() else None,
+                          signature_name)
 
 
 def from_keras(path: Path, tolerance: float, allowed_ops: list[str] | tuple[str, ...] = ()) -> tuple[Frozen, dict]:

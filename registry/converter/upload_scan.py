@@ -57,6 +57,7 @@ STATE_OPS = frozenset("""
     StaticRegexFullMatch Assert Print PrintV2 ReportUninitializedVariables
     """.split())
 LAMBDA_CLASSES = {"Lambda": ops.CALLS_PYTHON, "TFSMLayer": ops.READS_FILES, "__lambda__": ops.CALLS_PYTHON}
+MAX_KERAS_CONFIG_BYTES = 16 * 1024 * 1024
 # Values Keras serialises as tagged objects (tensors, arrays, slices): data, not classes.
 KERAS_DATA_TAGS = {"__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__", "__slice__",
                    "__typespec__"}
@@ -262,7 +263,11 @@ def keras_config(path: Path) -> dict:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 with archive.open("config.json") as handle:
-                    return json.loads(handle.read(16 * 1024 * 1024 + 1))
+                    text = handle.read(MAX_KERAS_CONFIG_BYTES + 1)
+                if len(text) > MAX_KERAS_CONFIG_BYTES:
+                    raise ConversionError(f"the Keras model's config.json is over {MAX_KERAS_CONFIG_BYTES >> 20} MB: "
+                                          "that is no model Keras wrote", code="invalid_keras")
+                return json.loads(text)
         import h5py  # a legacy .h5 Keras file only (h5py comes with Keras)
 
         with h5py.File(path, "r") as h5:

@@ -35,9 +35,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from registry import auth, catalog
+from registry import catalog
 from registry.entities import FAILED, TF_SERVING_STATE, VersionInfo
-from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError, Unauthorized
+from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError
+from registry.serving.grpc_auth import TokenCheck
 from registry.serving.signature import SIGNATURE, signature_def_json
 from registry.tfserving import has_version, reload_folder
 
@@ -322,50 +323,6 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return model_management_pb2.ReloadConfigResponse(status={"error_code": 0, "error_message": ""})
 
 
-# Methods that change what the server does; every other method only reads.
-WRITE_METHODS = frozenset({"/tensorflow.serving.ModelService/HandleReloadConfigRequest"})
-
-
-class _TokenCheck(grpc.ServerInterceptor):
-    """The REST API's tokens on gRPC: ``authorization: Bearer …`` metadata; read scope for the
-    methods that read, write scope for a config reload.  UNAUTHENTICATED without a valid token
-    where the scope is not open to anonymous callers, PERMISSION_DENIED for a token whose scope
-    is too narrow."""
-
-    def __init__(self, registry) -> None:
-        self.registry = registry
-
-    def intercept_service(self, continuation, handler_call_details):
-        header = dict(handler_call_details.invocation_metadata or ()).get("authorization")
-        try:
-            granted = None
-            if header is not None:
-                kind, _, token = header.strip().partition(" ")
-                if kind.lower() != "bearer" or not token.strip():
-                    raise Unauthorized("send the token as metadata authorization: Bearer rgt_…")
-                granted = auth.verify(self.registry.db, token.strip()).scope
-            required = auth.WRITE if handler_call_details.method in WRITE_METHODS else auth.READ
-            if not (auth.allows(granted, required)
-                    or auth.anonymous_allowed(self.registry.settings, self.registry.db, required)):
-                if granted is not None:
-                    return _refusal(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"this token has {granted} scope; this needs {required}")
-                raise Unauthorized(f"this needs a token with {required} scope: send metadata "
-                                   "authorization: Bearer <token>")
-        except Unauthorized as exc:
-            return _refusal(grpc.StatusCode.UNAUTHENTICATED, exc.message)
-        except RegistryError as exc:
-            return _refusal(grpc.StatusCode.UNAVAILABLE, exc.message)
-        return continuation(handler_call_details)
-
-
-def _refusal(code: grpc.StatusCode, message: str):
-    def refuse(request, context):
-        context.abort(code, message)
-
-    return grpc.unary_unary_rpc_method_handler(refuse)
-
-
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -384,7 +341,7 @@ def start_grpc_server(registry, host: str = "127.0.0.1", port: int = 8500,
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
         ],
-        interceptors=[_TokenCheck(registry)],
+        interceptors=[TokenCheck(registry)],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(registry), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
