@@ -22,6 +22,7 @@ SOURCE_GRAPH = "checkpoint+graph"
 SOURCE_FROZEN = "frozen"
 SOURCE_SAVED_MODEL = "saved_model"  # a TF2 SavedModel folder, pushed as a .zip or .tar.gz
 SOURCE_KERAS = "keras"  # a .keras or .h5 file
+SOURCES = (SOURCE_META, SOURCE_GRAPH, SOURCE_FROZEN, SOURCE_SAVED_MODEL, SOURCE_KERAS)
 
 # The version file holding the TF Serving SavedModel built from the frozen graph (a .tar.gz).
 SAVED_MODEL = "saved_model"
@@ -36,19 +37,12 @@ DEFAULT_INPUT_STD = 255.0
 PREPROCESSING_KEYS = ("input_height", "input_width", "input_mean", "input_std")
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
 @dataclass(frozen=True)
 class FileInfo:
     role: str
     filename: str
     sha256: str
     size: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "filename": self.filename, "sha256": self.sha256, "size": self.size}
 
 
 @dataclass(frozen=True)
@@ -116,38 +110,6 @@ class VersionInfo:
             return None
         return safety.refusal(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        conversion = self.conversion or {}
-        return {
-            "model": self.model,
-            "version": self.version,
-            "status": self.status,
-            "status_message": self.status_message,
-            "source": self.source,
-            "description": self.description,
-            "aliases": list(self.aliases),
-            "output_nodes": self.output_nodes,
-            "output_nodes_detected": self.output_nodes_detected,
-            "requested_output_nodes": self.requested_output_nodes,
-            "input_nodes": self.input_nodes,
-            "preprocessing": self.preprocessing,
-            "frozen": (
-                {"sha256": self.frozen_sha256, "size": self.frozen_size}
-                if self.frozen_sha256
-                else None
-            ),
-            "tensorflow_version": self.tf_version,
-            "verification": conversion.get("verification"),
-            "safety": safety.summary(self.conversion, self.allowed_ops) if self.conversion else None,
-            "refusal": self.refusal,
-            "conversion": {k: v for k, v in conversion.items() if k not in ("verification", "safety")} or None,
-            "files": [f.to_dict() for f in self.files],
-            "agreement_with_previous": self.agreement_with_previous,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "ready_at": _iso(self.ready_at),
-        }
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -161,19 +123,6 @@ class ModelInfo:
     updated_at: datetime
     allowed_ops: list[str] = field(default_factory=list)
     served_versions: list[int] | str | None = None  # what a TF Serving export serves; "all"; None: the default
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "version_count": self.version_count,
-            "latest_version": self.latest_version,
-            "last_version": self.last_version,
-            "aliases": dict(self.aliases),
-            "allowed_ops": list(self.allowed_ops),
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-        }
 
 
 @dataclass(frozen=True)
@@ -202,10 +151,6 @@ class DeletedVersion:
     aliases_removed: list[str]
     job_cancelled: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "version": self.version, "status": self.status,
-                "aliases_removed": self.aliases_removed, "job_cancelled": self.job_cancelled}
-
 
 @dataclass(frozen=True)
 class DeletedModel:
@@ -216,8 +161,3 @@ class DeletedModel:
     aliases_removed: list[str]
     jobs_cancelled: int
     last_version: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "versions_deleted": self.versions_deleted,
-                "aliases_removed": self.aliases_removed, "jobs_cancelled": self.jobs_cancelled,
-                "last_version": self.last_version}

@@ -25,9 +25,6 @@ class RegistryError(Exception):
         if status is not None:
             self.status = status
 
-    def to_dict(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
-
 
 class InvalidRequest(RegistryError):
     """The request itself is malformed or names something invalid."""

@@ -16,14 +16,14 @@ from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
-from registry.api.openapi import openapi_document  # noqa: E402
+from registry.api import api_document  # noqa: E402
 from tests.conftest import make_settings, start_live_server  # noqa: E402
 from tests.helpers import bearer, frozen_form, issue_tokens, push  # noqa: E402
 
 pytestmark = pytest.mark.slow
 EXAMPLES = 16  # per operation, 22 operations: about 350 requests, the same ones every run (derandomized);
 # benchmarks/fuzz_api.py explores at random, for longer
-SCHEMA = schemathesis.openapi.from_dict(openapi_document())
+SCHEMA = schemathesis.openapi.from_dict(api_document())
 OPERATIONS = {result.ok().label: result.ok() for result in SCHEMA.get_all_operations()}
 TOKENS: dict[str, str] = {}
 

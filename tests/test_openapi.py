@@ -103,14 +103,14 @@ def test_every_operation_on_a_model_refuses_an_invalid_name_with_a_documented_40
 
 def test_each_operation_declares_the_scope_the_access_rules_require(app, doc):
     from registry.auth.access import RULES
-    from registry.api.openapi import endpoint_of
 
+    endpoint_of = {getattr(view, "operation").operation_id: endpoint
+                   for endpoint, view in app.view_functions.items() if hasattr(view, "operation")}
     scheme = doc["components"]["securitySchemes"]["bearer"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     for path, item in doc["paths"].items():
         for method, operation in item.items():
-            scope = RULES[endpoint_of(operation["operationId"])]
-            assert endpoint_of(operation["operationId"]) in app.view_functions, operation["operationId"]
+            scope = RULES[endpoint_of[operation["operationId"]]]
             if scope is None:
                 assert operation["security"] == [], path
             else:
@@ -153,3 +153,47 @@ def test_allowed_ops_answers_match_their_schemas(client, registry, models, doc):
                          headers=headers)
     _validator(doc, "Error").validate(invalid.get_json())
     assert str(invalid.status_code) in doc["paths"]["/api/v1/models/{name}/allowed-ops"]["put"]["responses"]
+
+
+def test_names_and_enums_in_the_document_are_the_ones_the_code_checks(doc):
+    from registry import auth, catalog, safety
+    from registry.entities import VERSION_STATUSES
+
+    listing = {p["name"]: p["schema"] for p in doc["paths"]["/api/v1/models/{name}/versions"]["get"]["parameters"]}
+    assert listing["name"]["pattern"] == catalog.MODEL_NAME_RE.pattern
+    assert listing["status"]["enum"] == list(VERSION_STATUSES)
+    assert listing["page_size"]["maximum"] == catalog.MAX_PAGE_SIZE
+    alias = {p["name"]: p["schema"] for p in doc["paths"]["/api/v1/models/{name}/aliases/{alias}"]["put"]["parameters"]}
+    assert alias["alias"]["pattern"] == catalog.ALIAS_RE.pattern
+    schemas = doc["components"]["schemas"]
+    assert schemas["TokenRequest"]["properties"]["name"]["pattern"] == auth.TOKEN_NAME_RE.pattern
+    assert schemas["TokenRequest"]["properties"]["scope"]["enum"] == list(auth.SCOPES)
+    ops = schemas["AllowedOpsRequest"]["properties"]["ops"]
+    assert (ops["items"]["pattern"], ops["maxItems"]) == (safety.OP_NAME_RE.pattern, safety.MAX_ALLOWED_OPS)
+
+
+@pytest.mark.parametrize(("method", "url", "body", "code", "says"), [
+    ("put", "/api/v1/models/cnn/aliases/prod", {"version": True}, "invalid_alias_body", '{"version": 3}'),
+    ("put", "/api/v1/models/cnn/aliases/prod", {"version": "3x"}, "invalid_alias_body", '{"version": 3}'),
+    ("patch", "/api/v1/models/cnn/versions/1", {}, "invalid_version_update", '"preprocessing"'),
+    ("patch", "/api/v1/models/cnn/versions/1", {"description": 5}, "invalid_version_update", "must be a string"),
+    ("patch", "/api/v1/models/cnn/versions/1", {"preprocessing": 3}, "invalid_preprocessing", "must be an object"),
+    ("patch", "/api/v1/models/cnn/versions/1", {"preprocessing": {"input_std": 0}}, "invalid_preprocessing",
+     "input_std must not be 0"),
+    ("patch", "/api/v1/models/cnn/versions/1", {"preprocessing": {"input_mean": 10**30}}, "invalid_preprocessing",
+     "below 2^63"),
+    ("put", "/api/v1/models/cnn/serving", {"versions": [0]}, "invalid_served_versions", "non-empty list"),
+    ("put", "/api/v1/models/cnn/serving", {"versions": [2**64]}, "invalid_served_versions", "go up to"),
+    ("put", "/api/v1/models/cnn/serving", {"versions": [1], "x": 1}, "invalid_served_versions", '"all"'),
+    ("get", "/api/v1/models?page_size=ten", None, "invalid_page_size", "whole number, not 'ten'"),
+    ("get", "/api/v1/models?page_size=0", None, "invalid_page_size", "between 1 and 1000"),
+    ("get", "/api/v1/models/cnn/versions?status=done", None, "invalid_status", "queued, converting, ready, failed"),
+    ("get", "/api/v1/models?page_token=%%%", None, "invalid_page_token", "next_page_token"),
+])
+def test_a_request_the_models_refuse_gets_the_registry_error_and_what_to_fix(client, doc, method, url, body, code,
+                                                                             says):
+    answer = client.open(url, method=method.upper(), json=body)
+    assert answer.status_code == 400
+    _validator(doc, "Error").validate(answer.get_json())
+    assert answer.get_json()["error"]["code"] == code
+    assert says in answer.get_json()["error"]["message"]

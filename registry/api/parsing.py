@@ -1,5 +1,4 @@
-"""Reading the parts of an API request every endpoint shares: whole-number and page-token
-query arguments, and a bounded JSON body."""
+"""The bounded JSON body every API write reads (its shape is checked by ``registry.api.schemas``)."""
 
 from __future__ import annotations
 
@@ -7,27 +6,10 @@ from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from registry.errors import InvalidRequest, PayloadTooLarge
-from registry.pagination import MAX_INT64, checked_token
 
 MAX_JSON_BYTES = 1024 * 1024  # a JSON request body of the registry API (an alias, an op list, ...)
 
-__all__ = ["MAX_INT64", "MAX_JSON_BYTES", "int_arg", "json_body", "page_token_arg"]
-
-
-def int_arg(name: str) -> int | None:
-    """The query argument ``name`` as a whole number (None when absent; 400 when not a number)."""
-    value = request.args.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} must be a whole number, not {value!r}", code=f"invalid_{name}") from exc
-
-
-def page_token_arg() -> str | None:
-    """The ``page_token`` query argument, refused when it is not one the registry handed out."""
-    return checked_token(request.args.get("page_token"))
+__all__ = ["MAX_JSON_BYTES", "json_body"]
 
 
 def json_body():

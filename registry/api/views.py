@@ -2,69 +2,93 @@
 
 from __future__ import annotations
 
-from flask import Response, g, redirect, request, url_for
+from typing import Annotated
+
+from flask import Response, current_app, g, redirect, request, url_for
+from pydantic import Field
 from werkzeug.wsgi import wrap_file
 
 from registry import catalog, tfserving
-from registry.api import bp
-from registry.api.openapi import openapi_document
-from registry.api.parsing import MAX_INT64, int_arg, json_body, page_token_arg
+from registry.api import bp, schemas
+from registry.api.spec import Json, Param, blob_answers, openapi_document, operation, text_answer, validated
 from registry.auth.access import current_actor
 from registry.context import get_registry
-from registry.entities import PREPROCESSING_KEYS, READY, SAVED_MODEL, VERSION_STATUSES
+from registry.entities import READY, SAVED_MODEL
 from registry.errors import Conflict, InvalidRequest, NotFound, StorageError
 from registry.uploads.archives import ArchiveLimits
-from registry.uploads.multipart import read_push_form
-from registry.uploads.checks import parse_node_list
 from registry.uploads.files import PushRequest
+from registry.uploads.multipart import read_push_form
 from registry.uploads.pushing import push
 
 
 SEND_BUFFER = 1024 * 1024  # bytes per write when streaming a blob to the client
 
+NAME = Param("name", "Model name", schemas.ModelName)
+REF = Param("ref", "A version number, `latest` (newest ready version) or an alias")
+ALIAS = Param("alias")
+NEW_ALIAS = Param("alias", "1-64 letters, digits, '_', '-' or '.', starting with a letter; not 'latest'",
+                  Annotated[str, Field(pattern=catalog.ALIAS_RE.pattern)])
+# Writes on one model take turns (a row lock); should a race still surface, it is this 409, never a 500.
+CONCURRENT = "The model changed under a concurrent request (concurrent_change): look again and retry"
+
 
 @bp.get("/openapi.json")
+@operation("openapi", summary="This document", answers={200: {
+    "description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}})
 def openapi():
-    return openapi_document()
+    return openapi_document(current_app)
 
 
 @bp.get("/models")
-def list_models():
-    page = catalog.list_models(
-        get_registry().db,
-        page_size=int_arg("page_size"),
-        page_token=page_token_arg(),
-        query=request.args.get("q"),
-    )
-    return {"models": [m.to_dict() for m in page.items], "next_page_token": page.next_page_token}
+@operation("listModels", summary="Models by name", query=schemas.ModelQuery,
+           answers={200: Json(schemas.ModelList, "A page of models"), 400: "Bad page size or token"})
+def list_models(query: schemas.ModelQuery):
+    page = catalog.list_models(get_registry().db, page_size=query.page_size, page_token=query.page_token,
+                               query=query.q)
+    return schemas.ModelList(models=page.items, next_page_token=page.next_page_token)
 
 
 @bp.get("/models/<name>")
+@operation("getModel", path=(NAME,), answers={200: Json(schemas.Model, "The model"), 400: "Invalid model name",
+                                              404: "No such model"})
 def get_model(name: str):
-    return catalog.get_model(get_registry().db, name).to_dict()
+    return schemas.Model.model_validate(catalog.get_model(get_registry().db, name))
 
 
 @bp.delete("/models/<name>")
+@operation("deleteModel", summary="Delete the model and all its versions (its numbers are never reused)",
+           path=(NAME,), answers={200: Json(schemas.DeletedModel, "Deleted"), 400: "Invalid model name",
+                                  404: "No such model", 409: CONCURRENT})
 def delete_model(name: str):
     registry = get_registry()
     answer = catalog.delete_model(registry.db, name, actor=current_actor())
     registry.serving_changed()
-    return answer.to_dict()
+    return schemas.DeletedModel.model_validate(answer)
 
 
 @bp.get("/models/<name>/versions")
-def list_versions(name: str):
-    status = request.args.get("status")
-    if status and status not in VERSION_STATUSES:
-        raise InvalidRequest(f"status must be one of {', '.join(VERSION_STATUSES)}", code="invalid_status")
-    page = catalog.list_versions(
-        get_registry().db, name,
-        page_size=int_arg("page_size"), page_token=page_token_arg(), status=status,
-    )
-    return {"versions": [v.to_dict() for v in page.items], "next_page_token": page.next_page_token}
+@operation("listVersions", summary="Versions, newest first", path=(NAME,), query=schemas.VersionQuery,
+           answers={200: Json(schemas.VersionList, "A page of versions"), 400: "Bad parameters",
+                    404: "No such model"})
+def list_versions(name: str, query: schemas.VersionQuery):
+    page = catalog.list_versions(get_registry().db, name, page_size=query.page_size, page_token=query.page_token,
+                                 status=query.status)
+    return schemas.VersionList.of(page)
 
 
 @bp.post("/models/<name>/versions")
+@operation("pushVersion", summary="Push the next version (creates the model on first push)", path=(NAME,),
+           form=schemas.PushForm, answers={
+               202: Json(schemas.Version, "Registered and queued for conversion",
+                         headers={"Location": {"schema": {"type": "string"}}}),
+               400: "Missing, empty or invalid files or fields, an unsafe archive, more parts than "
+                    "REGISTRY_MAX_UPLOAD_PARTS (too_many_parts), or a multipart preamble, part header or epilogue "
+                    "over 64 KiB (multipart_header_too_long)",
+               413: "Upload larger than the limit (REGISTRY_MAX_UPLOAD_BYTES)",
+               429: {"description": "Too many pushes from this client (REGISTRY_RATE_LIMIT_PUSH)",
+                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                     "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                                 "description": "Seconds until a push is accepted"}}}})
 def push_version(name: str):
     registry = get_registry()
     catalog.validate_model_name(name)
@@ -83,13 +107,10 @@ def push_version(name: str):
     except StorageError as exc:
         raise StorageError(f"{exc.message}. Nothing of this push was kept: try again once storage answers.",
                            code=exc.code) from exc
+    fields = validated(schemas.PushForm, form)
     push_request = PushRequest(
-        files=files,
-        output_nodes=parse_node_list(form.get("output_nodes"), "output node"),
-        input_nodes=parse_node_list(form.get("input_nodes"), "input node"),
-        description=form.get("description", ""),
-        preprocessing={k: form[k] for k in PREPROCESSING_KEYS if form.get(k, "") != ""},
-        signature=form.get("signature", "").strip(),
+        files=files, output_nodes=fields.output_nodes, input_nodes=fields.input_nodes,
+        description=fields.description, preprocessing=fields.preprocessing, signature=fields.signature,
     )
     settings = registry.settings
     version = push(
@@ -99,43 +120,42 @@ def push_version(name: str):
     )
     registry.notify_workers()
     location = url_for("api.get_version", name=name, ref=str(version.version))
-    return version.to_dict(), 202, {"Location": location}
+    return schemas.Version.of(version), 202, {"Location": location}
 
 
 @bp.get("/models/<name>/versions/<ref>")
+@operation("getVersion", path=(NAME, REF), answers={
+    200: Json(schemas.Version, "The version"),
+    400: "Invalid model name, or a version written with other digits than 0-9",
+    404: "No such model, version or alias"})
 def get_version(name: str, ref: str):
-    return catalog.get_version(get_registry().db, name, ref).to_dict()
+    return schemas.Version.of(catalog.get_version(get_registry().db, name, ref))
 
 
 @bp.delete("/models/<name>/versions/<ref>")
+@operation("deleteVersion", summary="Delete a version by number: its aliases go, its conversion is cancelled, "
+                                    "its number is never reused", path=(NAME, REF), answers={
+    200: Json(schemas.DeletedVersion, "Deleted"),
+    400: "Invalid model name, or not a version number (digits 0-9)",
+    404: "No such model or version (or it was deleted by a concurrent request)",
+    409: CONCURRENT})
 def delete_version(name: str, ref: str):
     registry = get_registry()
     answer = catalog.delete_version(registry.db, name, ref, actor=current_actor())
     registry.serving_changed()
-    return answer.to_dict()
+    return schemas.DeletedVersion.model_validate(answer)
 
 
 @bp.patch("/models/<name>/versions/<ref>")
-def update_version(name: str, ref: str):
-    body = json_body()
-    if not isinstance(body, dict) or not set(body) <= {"preprocessing", "description"} or not body:
-        raise InvalidRequest(
-            'send a JSON object with "preprocessing" (e.g. {"input_mean": 128, "input_std": 128}) '
-            'and/or "description"',
-            code="invalid_version_update",
-        )
-    preprocessing = body.get("preprocessing")
-    if preprocessing is not None and not isinstance(preprocessing, dict):
-        raise InvalidRequest('"preprocessing" must be an object', code="invalid_preprocessing")
-    for key, value in (preprocessing or {}).items():
-        if isinstance(value, int) and abs(value) > MAX_INT64:  # no float holds it: OverflowError
-            raise InvalidRequest(f"{key} must be a number below 2^63, not one of 20 or more digits",
-                                 code="invalid_preprocessing")
-    description = body.get("description")
-    if description is not None and not isinstance(description, str):
-        raise InvalidRequest('"description" must be a string', code="invalid_version_update")
-    return catalog.update_version(get_registry().db, name, ref, preprocessing=preprocessing,
-                                  description=description, actor=current_actor()).to_dict()
+@operation("updateVersion", summary="Edit preprocessing settings or description", path=(NAME, REF),
+           body=schemas.VersionUpdate, answers={
+               200: Json(schemas.Version, "The updated version"), 400: "Invalid settings",
+               404: "No such model, version or alias", 409: CONCURRENT})
+def update_version(name: str, ref: str, body: schemas.VersionUpdate):
+    preprocessing = body.preprocessing.model_dump(exclude_unset=True) if body.preprocessing else None
+    return schemas.Version.of(catalog.update_version(
+        get_registry().db, name, ref, preprocessing=preprocessing, description=body.description,
+        actor=current_actor()))
 
 
 def _send_blob(digest: str, download_name: str, mimetype: str):
@@ -170,6 +190,9 @@ def _send_blob(digest: str, download_name: str, mimetype: str):
 
 
 @bp.get("/models/<name>/versions/<ref>/frozen.pb")
+@operation("downloadFrozen", path=(NAME, REF), answers={
+    **blob_answers("The frozen GraphDef", "application/octet-stream"), 400: "Invalid model name",
+    409: "The version is not ready"})
 def download_frozen(name: str, ref: str):
     version = catalog.get_version(get_registry().db, name, ref)
     if version.status != READY or not version.frozen_sha256:
@@ -183,6 +206,8 @@ def download_frozen(name: str, ref: str):
 
 
 @bp.get("/models/<name>/versions/<ref>/labels.txt")
+@operation("downloadLabels", path=(NAME, REF), answers={
+    **blob_answers("The labels file", "text/plain"), 400: "Invalid model name"})
 def download_labels(name: str, ref: str):
     version = catalog.get_version(get_registry().db, name, ref)
     labels = version.file("labels")
@@ -192,21 +217,21 @@ def download_labels(name: str, ref: str):
 
 
 @bp.put("/models/<name>/aliases/<alias>")
-def set_alias(name: str, alias: str):
-    body = json_body()
-    number = body.get("version") if isinstance(body, dict) else None
-    if isinstance(number, str) and number.isascii() and number.isdecimal():  # not '²': int() refuses it
-        number = int(number) if len(number) <= len(str(MAX_INT64)) else MAX_INT64 + 1
-    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_INT64:
-        raise InvalidRequest(f'send a JSON body like {{"version": 3}}: a version number from 1 to {MAX_INT64}',
-                             code="invalid_alias_body")
+@operation("setAlias", path=(NAME, NEW_ALIAS), body=schemas.AliasBody, answers={
+    200: Json(schemas.Alias, "The alias now points at the version"), 400: "Invalid alias or body",
+    404: "No such model or version (or it was deleted by a concurrent request)",
+    409: "The version failed, or the model changed under a concurrent request (concurrent_change): look again "
+         "and retry"})
+def set_alias(name: str, alias: str, body: schemas.AliasBody):
     registry = get_registry()
-    version = catalog.set_alias(registry.db, name, alias, number, actor=current_actor())
+    version = catalog.set_alias(registry.db, name, alias, body.version, actor=current_actor())
     registry.serving_changed()
-    return {"model": name, "alias": alias, "version": version.version}
+    return schemas.Alias(model=name, alias=alias, version=version.version)
 
 
 @bp.delete("/models/<name>/aliases/<alias>")
+@operation("deleteAlias", path=(NAME, ALIAS), answers={
+    204: {"description": "Deleted"}, 400: "Invalid model name", 404: "No such model or alias", 409: CONCURRENT})
 def delete_alias(name: str, alias: str):
     registry = get_registry()
     catalog.delete_alias(registry.db, name, alias, actor=current_actor())
@@ -215,26 +240,32 @@ def delete_alias(name: str, alias: str):
 
 
 @bp.get("/models/<name>/allowed-ops")
+@operation("getAllowedOps", summary="The model's op allowlist", path=(NAME,), answers={
+    200: Json(schemas.AllowedOps, "The allowed ops and the last change"), 400: "Invalid model name",
+    404: "No such model"})
 def get_allowed_ops(name: str):
-    return catalog.get_allowed_ops(get_registry().db, name)
+    return schemas.AllowedOps.model_validate(catalog.get_allowed_ops(get_registry().db, name))
 
 
 @bp.put("/models/<name>/allowed-ops")
-def set_allowed_ops(name: str):
-    body = json_body()
-    if not isinstance(body, dict) or "ops" not in body or not set(body) <= {"ops", "reason"}:
-        raise InvalidRequest('send a JSON body like {"ops": ["ReadFile"], "reason": "reads its vocabulary file"} '
-                             '({"ops": []} clears the list)', code="invalid_allowed_ops")
-    reason = body.get("reason", "")
-    if not isinstance(reason, str):
-        raise InvalidRequest('"reason" must be a string', code="invalid_allowed_ops")
+@operation("setAllowedOps", summary="Replace the model's op allowlist (audited)",
+           description="Versions whose flagged ops are all on the list are served; the list is read on every "
+                       "request, so existing versions follow at once.",
+           path=(NAME,), body=schemas.AllowedOpsRequest, answers={
+               200: Json(schemas.AllowedOps, "The new list"), 400: "Invalid op names, body or missing reason",
+               404: "No such model", 409: CONCURRENT})
+def set_allowed_ops(name: str, body: schemas.AllowedOpsRequest):
     registry = get_registry()
-    answer = catalog.set_allowed_ops(registry.db, name, body["ops"], reason, actor=current_actor())
+    answer = catalog.set_allowed_ops(registry.db, name, body.ops, body.reason, actor=current_actor())
     registry.serving_changed()  # flagged versions are exported only while their ops are allowed
-    return answer
+    return schemas.AllowedOps.model_validate(answer)
 
 
 @bp.get("/models/<name>/versions/<ref>/saved_model.tar.gz")
+@operation("downloadSavedModel", path=(NAME, REF),
+           summary="The SavedModel TF Serving loads (saved_model.pb + variables/), as a .tar.gz", answers={
+               **blob_answers("The SavedModel folder as a .tar.gz", "application/gzip"), 400: "Invalid model name",
+               409: "The version is not ready, or was frozen before SavedModels were built"})
 def download_saved_model(name: str, ref: str):
     version = catalog.get_version(get_registry().db, name, ref)
     if version.status != READY:
@@ -249,31 +280,30 @@ def download_saved_model(name: str, ref: str):
 
 
 @bp.put("/models/<name>/serving")
-def set_served_versions(name: str):
-    body = json_body()
-    if isinstance(body, dict) and isinstance(body.get("versions"), list) and any(
-            isinstance(v, int) and v > MAX_INT64 for v in body["versions"]):
-        raise InvalidRequest(f"version numbers go up to {MAX_INT64}", code="invalid_served_versions")
-    if not isinstance(body, dict) or set(body) != {"versions"}:
-        raise InvalidRequest('send {"versions": [1, 3]} to serve those versions, {"versions": "all"} for every '
-                             'ready version, or {"versions": null} for the default (every aliased version and the '
-                             "newest ready one)",
-                             code="invalid_served_versions")
+@operation("setServedVersions", summary="Which versions a TF Serving export serves", path=(NAME,),
+           body=schemas.ServedVersions, answers={
+               200: Json(schemas.ServedVersionsAnswer, "The new setting"), 400: "Invalid body",
+               404: "No such model or version", 409: CONCURRENT})
+def set_served_versions(name: str, body: schemas.ServedVersions):
     registry = get_registry()
-    model = catalog.set_served_versions(registry.db, name, body["versions"], actor=current_actor())
+    model = catalog.set_served_versions(registry.db, name, body.versions, actor=current_actor())
     registry.serving_changed()
-    return {"model": name, "versions": model.served_versions}
+    return schemas.ServedVersionsAnswer(model=name, versions=model.served_versions)
 
 
 @bp.get("/serving")
+@operation("servingPlan", summary="Per model: versions served and exported, labels, and what was left out and why",
+           answers={200: Json(schemas.ServingPlan, "The plan"), 409: "REGISTRY_SERVING_EXPORT_ROOT is not set"})
 def serving_plan():
     settings = get_registry().settings
     text, plans = tfserving.config_for(get_registry().db, settings.serving_export_root,
                                        settings.serving_base_path or None, settings.serving_label_delay)
-    return {"root": settings.serving_export_root, "models": [p.to_dict() for p in plans]}
+    return schemas.ServingPlan(root=settings.serving_export_root, models=plans)
 
 
 @bp.get("/serving/models.config")
+@operation("servingConfig", summary="TF Serving's ModelServerConfig text proto for what is exported now",
+           answers={200: text_answer("models.config"), 409: "REGISTRY_SERVING_EXPORT_ROOT is not set"})
 def serving_config():
     settings = get_registry().settings
     text, _ = tfserving.config_for(get_registry().db, settings.serving_export_root,

@@ -13,6 +13,8 @@ from registry.auth.tokens import (
     ADMIN,
     READ,
     SCOPES,
+    TOKEN_NAME_RE,
+    TOKEN_PREFIX,
     WRITE,
     TokenInfo,
     allows,
@@ -24,12 +26,13 @@ from registry.auth.tokens import (
     revoke_token,
     start_web_session,
     validate_scope,
+    validate_token_name,
     verify,
     web_session_token,
 )
 
 __all__ = [
-    "ADMIN", "READ", "SCOPES", "WRITE", "TokenInfo", "allows", "anonymous_allowed", "any_token_created",
+    "ADMIN", "READ", "SCOPES", "TOKEN_NAME_RE", "TOKEN_PREFIX", "WRITE", "TokenInfo", "allows", "anonymous_allowed", "any_token_created",
     "create_token", "end_web_session", "list_tokens", "revoke_token", "start_web_session", "validate_scope",
-    "verify", "web_session_token",
+    "validate_token_name", "verify", "web_session_token",
 ]

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from registry import pagination
 from registry.db import Database
-from registry.entities import Page, _iso
+from registry.entities import Page
 from registry.errors import InvalidRequest
 from registry.models import AuditEvent
 
@@ -43,11 +43,6 @@ class AuditEntry:
     target: str
     details: dict[str, Any] | None
     remote_addr: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "created_at": _iso(self.created_at), "actor": self.actor, "token_id": self.token_id,
-                "action": self.action, "target": self.target, "details": self.details,
-                "remote_addr": self.remote_addr}
 
 
 def record(session: Session, actor: Actor, action: str, target: str = "", details: dict[str, Any] | None = None,

@@ -31,7 +31,6 @@ from registry.auth import audit
 from registry.auth.audit import Actor
 from registry.config import Settings
 from registry.db import Database
-from registry.entities import _iso
 from registry.errors import Conflict, DatabaseUnavailable, InvalidRequest, NotFound, Unauthorized
 from registry.models import ApiToken, WebSession, utcnow
 
@@ -67,12 +66,6 @@ class TokenInfo:
     def active(self) -> bool:
         return self.revoked_at is None
 
-    def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "scope": self.scope, "prefix": f"{TOKEN_PREFIX}{self.prefix}",
-                "created_by": self.created_by, "created_at": _iso(self.created_at),
-                "last_used_at": _iso(self.last_used_at), "revoked_at": _iso(self.revoked_at),
-                "active": self.active}
-
 
 def _info(row: ApiToken) -> TokenInfo:
     return TokenInfo(row.id, row.name, row.scope, row.prefix, row.created_by, row.created_at, row.last_used_at,
@@ -89,11 +82,16 @@ def validate_scope(scope: str) -> str:
     return scope
 
 
-def create_token(db: Database, name: str, scope: str, actor: Actor) -> tuple[TokenInfo, str]:
-    """A new token; the token itself is returned here once and never stored."""
+def validate_token_name(name: object) -> str:
     if not isinstance(name, str) or not TOKEN_NAME_RE.match(name) or name.isdigit():
         raise InvalidRequest(f"invalid token name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-', "
                              "starting with a letter or digit, not only digits", code="invalid_token_name")
+    return name
+
+
+def create_token(db: Database, name: str, scope: str, actor: Actor) -> tuple[TokenInfo, str]:
+    """A new token; the token itself is returned here once and never stored."""
+    validate_token_name(name)
     validate_scope(scope)
     with db.transaction() as session:
         taken = session.scalar(sa.select(sa.exists().where(ApiToken.name == name, ApiToken.revoked_at.is_(None))))
@@ -195,6 +193,7 @@ def anonymous_allowed(settings: Settings, db: Database, required: str) -> bool:
 
 
 # -- browser sessions ------------------------------------------------------------------------
+
 
 def _session_digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()

@@ -16,7 +16,7 @@ from registry.catalog.mapping import model_entities
 from registry.catalog.names import validate_model_name
 from registry.catalog.rows import model_row, model_write
 from registry.db import Database
-from registry.entities import ModelInfo, _iso
+from registry.entities import ModelInfo
 from registry.errors import InvalidRequest, NotFound
 from registry.models import AuditEvent, ModelVersion, RegisteredModel, utcnow
 
@@ -28,7 +28,7 @@ def _allowed_ops_answer(session: Session, model: RegisteredModel) -> dict:
         .order_by(AuditEvent.id.desc()).limit(1))
     change = None
     if last is not None:
-        change = {"actor": last.actor, "at": _iso(last.created_at),
+        change = {"actor": last.actor, "at": last.created_at,
                   "reason": (last.details or {}).get("reason", "")}
     return {"model": model.name, "ops": list(model.allowed_ops or []), "last_change": change}
 

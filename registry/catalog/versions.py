@@ -21,7 +21,7 @@ from registry import pagination
 from registry.auth import audit
 from registry.auth.audit import SYSTEM, Actor
 from registry.catalog.mapping import version_entities
-from registry.catalog.names import validate_model_name
+from registry.catalog.names import MAX_VERSION, validate_model_name
 from registry.catalog.rows import model_row, model_write, resolve_version_row
 from registry.db import Database
 from registry.entities import CONVERT, PREPROCESSING_KEYS, QUEUED, FileInfo, NewFile, Page, VersionInfo
@@ -125,6 +125,9 @@ def validate_preprocessing(values: dict) -> dict:
         )
     out: dict = {}
     for key, value in values.items():
+        if isinstance(value, int) and abs(value) > MAX_VERSION:  # no float holds it: OverflowError
+            raise InvalidRequest(f"{key} must be a number below 2^63, not one of 20 or more digits",
+                                 code="invalid_preprocessing")
         try:
             number = float(value)
         except (TypeError, ValueError):

@@ -18,6 +18,7 @@ WRITES_FILES = "writes_files"
 NETWORK = "network"
 CALLS_PYTHON = "calls_python"
 NOT_ALLOWLISTED = "not_allowlisted"
+CATEGORIES = (READS_FILES, WRITES_FILES, NETWORK, CALLS_PYTHON, NOT_ALLOWLISTED)  # a flag's category
 
 _DANGER_EXACT: dict[str, str] = {
     "ReadFile": READS_FILES,

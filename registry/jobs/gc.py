@@ -41,11 +41,6 @@ class GcReport:
     referenced: int = 0
     missing: list[str] = field(default_factory=list)  # referenced by a version, absent from storage
 
-    def to_dict(self) -> dict:
-        return {"dry_run": self.dry_run, "blobs_deleted": self.blobs_deleted, "blob_bytes": self.blob_bytes,
-                "temporary_deleted": self.temporary_deleted, "temporary_bytes": self.temporary_bytes,
-                "kept_young": self.kept_young, "referenced": self.referenced, "missing": self.missing}
-
     def summary(self) -> str:
         verb = "would free" if self.dry_run else "freed"
         text = (f"{verb} {self.blobs_deleted} unreferenced blob(s), {self.blob_bytes:,} bytes, and "

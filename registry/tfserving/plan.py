@@ -29,6 +29,7 @@ LABEL_RE = re.compile(r"^[a-zA-Z0-9_]+$")
 # TF Serving takes the name as a path component of base_path and of its REST URLs.
 SERVABLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
+
 @dataclass
 class ModelPlan:
     """What one model contributes to TF Serving."""
@@ -44,19 +45,6 @@ class ModelPlan:
     exported: list[int] = field(default_factory=list)  # filled by models_config
     held: list[dict] = field(default_factory=list)  # labels kept on a version while the new one loads
     wait: float | None = None  # seconds until a withheld label can move
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "served_versions_setting": self.setting,
-            "versions": self.versions,
-            "exported_versions": self.exported,
-            "labels": self.labels,
-            "skipped_versions": self.skipped_versions,
-            "skipped_aliases": self.skipped_aliases,
-            "held_labels": self.held,
-            "skipped": self.skipped,
-        }
 
 
 def _all_models(db: Database) -> Iterator:

@@ -40,10 +40,6 @@ class SyncReport:
     config: str = ""
     retry_after: float | None = None  # a label waits for a version to load: sync again after this
 
-    def to_dict(self) -> dict:
-        return {"root": self.root, "config_path": self.config_path, "published": self.published,
-                "removed": self.removed, "failed": self.failed, "models": [m.to_dict() for m in self.models]}
-
 
 def config_for(db: Database, root: str, base_path: str | None = None,
                label_delay: float = 0.0) -> tuple[str, list[ModelPlan]]:
