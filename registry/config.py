@@ -60,6 +60,7 @@ class Settings:
     convert_memory_mb: int = 16384
     convert_max_output_mb: int = 3072
     convert_user: str = "nobody"  # who the converter child runs as when the registry runs as root
+    convert_warm: bool = True  # keep a converter child waiting with TensorFlow imported (one per worker)
     verify_tolerance: float = 1e-4
     max_upload_bytes: int = 20 * 1024**3
     label_cache_mb: int = 2048
@@ -115,6 +116,7 @@ class Settings:
             convert_memory_mb=int(_env("REGISTRY_CONVERT_MEMORY_MB", "16384")),
             convert_max_output_mb=int(_env("REGISTRY_CONVERT_MAX_OUTPUT_MB", "3072")),
             convert_user=_env("REGISTRY_CONVERT_USER", "nobody"),
+            convert_warm=_flag(_env("REGISTRY_CONVERT_WARM", "1")),
             verify_tolerance=float(_env("REGISTRY_VERIFY_TOLERANCE", "1e-4")),
             max_upload_bytes=int(_env("REGISTRY_MAX_UPLOAD_BYTES", str(20 * 1024**3))),
             label_cache_mb=int(_env("REGISTRY_LABEL_CACHE_MB", "2048")),

@@ -28,7 +28,7 @@ import registry
 from registry import catalog
 from registry.auth.access import secret_key
 from registry.converter import landlock
-from registry.converter.runner import run_conversion
+from registry.converter.runner import run_conversion, warm_up
 from registry.jobs.worker import Worker
 from tests import tfmodels
 from tests.conftest import make_settings
@@ -50,9 +50,29 @@ def workdir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+START = {"mode": "cold"}
+
+
+@pytest.fixture(autouse=True, params=["cold", "warm"])
+def start(request):
+    """Every check holds for a child started for its job (cold) and for one that imported TensorFlow
+    ahead and forked the process doing the work once the job came (warm, REGISTRY_CONVERT_WARM)."""
+    START["mode"] = request.param
+    yield request.param
+    START["mode"] = "cold"
+
+
 def probe(workdir: Path, *, user: str = "nobody", **request) -> dict:
-    outcome = run_conversion({"task": "sandbox_probe", **request}, workdir, timeout=60, memory_mb=2048, user=user)
+    warm = START["mode"] == "warm"
+    if warm:
+        warm_up()
+    outcome = run_conversion({"task": "sandbox_probe", **request}, workdir, timeout=60, memory_mb=4096, user=user,
+                             warm=warm)
     assert outcome.ok, outcome.message
+    report = outcome.result["probe"]
+    assert report["tensorflow_loaded"] is warm  # the probe ran where it was meant to
+    if warm:
+        assert report["threads"] == 1  # TensorFlow's threads stayed behind: the sandbox confines the whole process
     return outcome.result
 
 

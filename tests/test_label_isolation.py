@@ -293,11 +293,11 @@ def _zombie(pid: int) -> bool:
 GRAPH_MB = 24  # the cache's estimate of one loaded: 5.5 x 24 + 16 = 148 MB
 CACHE_MB = 160  # room for one
 VERSIONS = 5
-ROUNDS = 6
+ROUNDS = 3
 
 
 def test_the_cache_budget_bounds_what_the_workers_really_hold(tmp_path, monkeypatch):
-    """30 loads of 5 versions of a 24 MB graph under a 160 MB budget (one graph at a time): the
+    """15 loads of 5 versions of a 24 MB graph under a 160 MB budget (one graph at a time): the
     workers' resident memory stays within what they held after the first load, the budget and a
     margin (without unloading, five such graphs hold about 650 MB more).  Then a worker that holds
     more than its graphs should after an eviction is replaced, and serving goes on."""

@@ -31,7 +31,7 @@ from tests.helpers import frozen_form, push
 pytestmark = pytest.mark.slow
 
 WORKERS = 4
-VERSIONS = 40
+VERSIONS = 16  # four per worker: enough to share the queue and lose one mid-conversion
 LEASE_SECONDS = 10
 
 
@@ -46,10 +46,10 @@ def _statuses(db: Database) -> collections.Counter:
         return collections.Counter(session.scalars(sa.select(ModelVersion.status)))
 
 
-def test_four_worker_processes_convert_forty_versions_exactly_once_and_survive_a_sigkill(
+def test_four_worker_processes_convert_sixteen_versions_exactly_once_and_survive_a_sigkill(
         tmp_path, pg_url, s3_server, models):
     """Four `registry worker` processes start together on an empty PostgreSQL
-    database (they migrate it concurrently), convert 40 versions kept in S3,
+    database (they migrate it concurrently), convert 16 versions kept in S3,
     and one of them is SIGKILLed in the middle of a conversion."""
     storage_url = f"s3://{S3_BUCKET}/scale-{uuid.uuid4().hex[:8]}"
     env = _worker_env(pg_url, storage_url, tmp_path / "workers")
@@ -157,15 +157,22 @@ class TcpProxy:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def cut(self) -> None:
-        """Refuse new connections and reset the open ones."""
+        """Refuse new connections and reset the open ones.  Closing a socket another thread waits
+        on does not wake that thread (it would go on accepting or relaying for a minute), so each is
+        shut down first, then closed with a zero linger (a reset)."""
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             for conn in self._connections:
                 try:
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    conn.close()
+                    conn.shutdown(socket.SHUT_RD)
                 except OSError:
                     pass
+                conn.close()
             self._connections.clear()
 
     def _accept(self, listener: socket.socket) -> None:

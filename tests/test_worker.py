@@ -183,3 +183,33 @@ def test_conversion_over_its_file_size_limit_fails_the_version_saying_so(tmp_pat
     assert "file-size limit (1 MB, REGISTRY_CONVERT_MAX_OUTPUT_MB)" in record["status_message"]
     with registry.db.transaction() as session:
         assert session.scalar(sa.select(Job.attempts)) == 1  # the same graph would fail again: not retried
+
+
+def test_a_warm_converter_child_that_died_waiting_is_replaced_and_the_job_still_converts(client, registry, models):
+    from registry.converter import runner
+
+    runner.warm_up()
+    waiting = runner._warm.child
+    waiting.kill()
+    waiting.wait()
+    push(client, "cnn", checkpoint_form(models["resource_meta"]))
+    assert Worker(registry.settings, registry.db, registry.storage).run_once()
+    assert version(client, "cnn")["status"] == "ready"
+    assert runner._warm.child is not None and runner._warm.child.poll() is None  # the next one waits
+
+
+def test_a_warm_converter_child_freezes_the_same_bytes_as_a_cold_one(client, registry, models):
+    from registry.converter import runner
+
+    frozen = []
+    for warm in (False, True):
+        if warm:
+            runner.warm_up()  # taken by the next conversion of this thread
+        push(client, "cnn", checkpoint_form(models["resource_meta"]))
+        settings = dataclasses.replace(registry.settings, convert_warm=warm)
+        assert Worker(settings, registry.db, registry.storage).run_once()
+        record = client.get(f"/api/v1/models/cnn/versions/{len(frozen) + 1}").get_json()
+        assert record["status"] == "ready", record["status_message"]
+        assert record["verification"]["status"] == "passed"
+        frozen.append(record["frozen"]["sha256"])
+    assert frozen[0] == frozen[1]

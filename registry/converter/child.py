@@ -4,6 +4,10 @@ Reads a request written by ``registry.converter.runner``, writes the frozen
 graph and ``result.json`` into the work directory.  Runs in a child process
 with the memory, CPU-time and file-size limits the parent asks for, which it
 sets on itself before reading anything.
+
+``python -m registry.converter.child --warm PARENT_PID`` is the same child
+started ahead: it imports TensorFlow, waits for one request path on stdin,
+then forks the process that runs it as above (see :func:`warm`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -19,6 +25,7 @@ from pathlib import Path
 from registry.converter import ops
 from registry.converter.probe import probe
 from registry.converter.runner import apply_limits
+from registry.converter.sandbox import die_with_parent
 from registry.converter.saved_model import build_archive
 from registry.errors import ConversionError, RegistryError
 from registry.uploads.archives import ArchiveLimits, safe_extract, saved_model_root
@@ -231,23 +238,71 @@ TASKS = {"convert": convert, "saved_model": build_saved_model}
 def _is_memory_failure(exc: Exception) -> bool:
     """Under the address-space limit TensorFlow fails to map its libraries or allocate."""
     text = str(exc)
-    return any(m in text for m in ("failed to map segment", "Cannot allocate memory", "bad_alloc", "OOM"))
+    return any(m in text for m in ("failed to map segment", "Cannot allocate memory", "bad_alloc", "OOM",
+                                   "alloc failed"))
 
 
-def main(argv: list[str]) -> int:
+def warm(parent: int) -> int:
+    """A converter child started before its job: import TensorFlow, wait for one request path on stdin,
+    and run it in a forked process, ending the way that process ends.
+
+    The fork is what keeps the sandbox whole: TensorFlow's import leaves threads behind, and Landlock
+    and the namespaces confine only the thread that enters them, so the work runs in a fresh
+    single-threaded process, which sets its limits and enters its sandbox (``main``) before it reads
+    anything of the upload.  Nothing untrusted is read before that, and the request names only files in
+    the job's own work directory."""
+    die_with_parent(parent)
+    import tensorflow  # noqa: F401  (what the conversion would otherwise wait for)
+
+    from registry.converter import freeze, graphs, tf2, verify  # noqa: F401
+
+    os.write(1, b"ready\n")  # the runner hands a job only to a child that has imported TensorFlow
+    line = sys.stdin.readline().strip()
+    if not line:  # the worker stopped before it had a job for us
+        return 0
+    request_path = Path(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            log = os.open(request_path.parent / "converter.log", os.O_WRONLY | os.O_APPEND)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.close(log)
+            os.chdir(request_path.parent)
+            tempfile.tempdir = None  # the sandbox points TMPDIR at the work directory
+            code = main([sys.argv[0], str(request_path)], parent=os.getppid())
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):  # end the same way, so that the runner reads the same exit status
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))
+    return os.waitstatus_to_exitcode(status)
+
+
+def main(argv: list[str], parent: int | None = None) -> int:
+    """Run the request ``argv[1]`` names; ``parent`` is the process to die with when it is not the
+    runner that wrote the request (a warm child's fork dies with the warm child)."""
     request = json.loads(Path(argv[1]).read_text())
     result_path = Path(request["result_path"])
     sandbox = None
     try:
         if "limits" in request:  # limits and sandbox, before anything reads the upload
-            sandbox = apply_limits(request["limits"])
+            limits = request["limits"] if parent is None else {**request["limits"], "parent": parent}
+            sandbox = apply_limits(limits)
         if request.get("task") == "sandbox_probe":  # what the sandbox lets through (tests, diagnostics)
             task = probe
         else:
             task = TASKS[request.get("task", "convert")]
         result = task(request)
     except ConversionError as exc:
-        result = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+        if _is_memory_failure(exc):  # a parse that could not allocate is no broken upload
+            result = {"ok": False, "error": {"code": "out_of_memory", "message": exc.message}}
+        else:
+            result = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
     except MemoryError:
         result = {"ok": False, "error": {"code": "out_of_memory", "message": "conversion ran out of memory"}}
     except Exception as exc:  # unexpected: report it with its trace for the logs
@@ -272,4 +327,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(warm(int(sys.argv[2])) if sys.argv[1:2] == ["--warm"] else main(sys.argv))

@@ -10,6 +10,7 @@ import errno
 import os
 import signal
 import socket
+import sys
 import time
 
 
@@ -22,7 +23,9 @@ def probe(request: dict) -> dict:
     report: dict = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "read": {}, "write": {},
                     "connect": {}, "udp": {}, "tmpdir": os.environ.get("TMPDIR"), "home": os.environ.get("HOME"),
                     "interfaces": [name for _, name in socket.if_nameindex()],
-                    "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}
+                    "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+                    "threads": len(os.listdir("/proc/self/task")),
+                    "tensorflow_loaded": "tensorflow" in sys.modules}  # a warm child's fork has it
     with open("/proc/self/status") as f:
         report["cap_eff"] = next(line.split()[1] for line in f if line.startswith("CapEff:"))
     for path in request.get("read", []):

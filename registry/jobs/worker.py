@@ -22,7 +22,7 @@ from typing import Any
 from registry import catalog, safety as safety_rules
 from registry.config import Settings
 from registry.converter import ops  # op names only: no TensorFlow
-from registry.converter.runner import Outcome, run_conversion
+from registry.converter.runner import Outcome, run_conversion, warm_up
 from registry.db import Database
 from registry.entities import SAVED_MODEL, SAVED_MODEL_FILENAME, SAVED_MODEL_SOURCE, NewFile, VersionInfo
 from registry.errors import NotFound, StorageError
@@ -78,6 +78,8 @@ class Worker:
 
     def run_forever(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         log.info("worker %s started", self.owner)
+        if self.settings.convert_warm:
+            warm_up()  # this thread's first conversion skips TensorFlow's import too
         if removed := remove_stale_workdirs():
             log.info("removed %d conversion folder(s) left by workers that died", removed)
         interval = self.settings.gc_interval_seconds
@@ -119,6 +121,7 @@ class Worker:
                 user=self.settings.convert_user,
                 heartbeat=lambda: queue.heartbeat(self.db, job, self.settings.job_lease_seconds),
                 heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3),
+                warm=self.settings.convert_warm,
             )
             self._record(job, version, outcome, workdir)
         except NotFound:
