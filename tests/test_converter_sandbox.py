@@ -67,7 +67,7 @@ def probe(workdir: Path, *, user: str = "nobody", **request) -> dict:
     if warm:
         warm_up()
     outcome = run_conversion({"task": "sandbox_probe", **request}, workdir, timeout=60, memory_mb=4096, user=user,
-                             warm=warm)
+                             warm_start=warm)
     assert outcome.ok, outcome.message
     report = outcome.result["probe"]
     assert report["tensorflow_loaded"] is warm  # the probe ran where it was meant to

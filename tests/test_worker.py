@@ -154,9 +154,9 @@ def test_conversion_over_its_memory_limit_fails_the_version_saying_so(settings, 
 
 
 def test_conversion_over_its_time_limit_fails_the_version_saying_so(settings, models):
-    record = convert_once_with(settings, models, convert_timeout_seconds=0.5)
+    record = convert_once_with(settings, models, convert_timeout_seconds=0.05)  # a warm job freezes this in 0.5 s
     assert record["status"] == "failed"
-    assert "longer than 0.5 s" in record["status_message"]
+    assert "longer than 0.05 s" in record["status_message"]
 
 
 def test_blob_missing_from_storage_is_retried_not_lost(client, registry, models):
@@ -185,31 +185,34 @@ def test_conversion_over_its_file_size_limit_fails_the_version_saying_so(tmp_pat
         assert session.scalar(sa.select(Job.attempts)) == 1  # the same graph would fail again: not retried
 
 
-def test_a_warm_converter_child_that_died_waiting_is_replaced_and_the_job_still_converts(client, registry, models):
-    from registry.converter import runner
+def test_a_warm_converter_template_that_died_is_replaced_and_the_job_still_converts(client, registry, models):
+    from registry.converter import runner, warm
 
     runner.warm_up()
-    waiting = runner._warm.child
-    waiting.kill()
-    waiting.wait()
+    dead = warm._local.template
+    dead.proc.kill()
+    dead.proc.wait()
     push(client, "cnn", checkpoint_form(models["resource_meta"]))
     assert Worker(registry.settings, registry.db, registry.storage).run_once()
     assert version(client, "cnn")["status"] == "ready"
-    assert runner._warm.child is not None and runner._warm.child.poll() is None  # the next one waits
+    assert warm._local.template is not dead and warm._local.template.alive()  # the next jobs' template
 
 
-def test_a_warm_converter_child_freezes_the_same_bytes_as_a_cold_one(client, registry, models):
-    from registry.converter import runner
+def test_a_warm_template_forks_each_job_and_freezes_the_same_bytes_as_a_cold_child(client, registry, models):
+    from registry.converter import runner, warm
 
     frozen = []
-    for warm in (False, True):
-        if warm:
-            runner.warm_up()  # taken by the next conversion of this thread
+    for start in ("cold", "warm", "warm"):
         push(client, "cnn", checkpoint_form(models["resource_meta"]))
-        settings = dataclasses.replace(registry.settings, convert_warm=warm)
+        settings = dataclasses.replace(registry.settings, convert_warm=start == "warm")
+        if start == "warm":
+            runner.warm_up()
+            template = warm._local.template.proc.pid
         assert Worker(settings, registry.db, registry.storage).run_once()
         record = client.get(f"/api/v1/models/cnn/versions/{len(frozen) + 1}").get_json()
         assert record["status"] == "ready", record["status_message"]
         assert record["verification"]["status"] == "passed"
         frozen.append(record["frozen"]["sha256"])
-    assert frozen[0] == frozen[1]
+        if start == "warm":
+            assert warm._local.template.proc.pid == template  # one template, a fresh process per job
+    assert len(set(frozen)) == 1

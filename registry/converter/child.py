@@ -5,9 +5,9 @@ graph and ``result.json`` into the work directory.  Runs in a child process
 with the memory, CPU-time and file-size limits the parent asks for, which it
 sets on itself before reading anything.
 
-``python -m registry.converter.child --warm PARENT_PID`` is the same child
-started ahead: it imports TensorFlow, waits for one request path on stdin,
-then forks the process that runs it as above (see :func:`warm`).
+``python -m registry.converter.child --warm PARENT_PID`` is a worker's warm
+template (``registry.converter.warm``): it imports TensorFlow once and forks
+one process per request, which runs it as above (see :func:`warm`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -243,44 +242,48 @@ def _is_memory_failure(exc: Exception) -> bool:
 
 
 def warm(parent: int) -> int:
-    """A converter child started before its job: import TensorFlow, wait for one request path on stdin,
-    and run it in a forked process, ending the way that process ends.
-
-    The fork is what keeps the sandbox whole: TensorFlow's import leaves threads behind, and Landlock
-    and the namespaces confine only the thread that enters them, so the work runs in a fresh
-    single-threaded process, which sets its limits and enters its sandbox (``main``) before it reads
-    anything of the upload.  Nothing untrusted is read before that, and the request names only files in
-    the job's own work directory."""
+    """The warm template of ``registry.converter.warm``: import TensorFlow, then fork one process per
+    request path read from stdin and report how it ended.  The template never reads an upload; each
+    forked process sets its limits and enters its sandbox (``main``) before it does."""
     die_with_parent(parent)
-    import tensorflow  # noqa: F401  (what the conversion would otherwise wait for)
+    import tensorflow  # noqa: F401  (what each conversion would otherwise wait for)
 
     from registry.converter import freeze, graphs, tf2, verify  # noqa: F401
 
-    os.write(1, b"ready\n")  # the runner hands a job only to a child that has imported TensorFlow
-    line = sys.stdin.readline().strip()
-    if not line:  # the worker stopped before it had a job for us
-        return 0
-    request_path = Path(line)
-    pid = os.fork()
-    if pid == 0:
-        code = 70
+    os.write(1, b"ready\n")
+    while line := sys.stdin.buffer.readline().strip():
+        request_path = Path(os.fsdecode(line))
+        pid = os.fork()
+        if pid == 0:
+            _run_forked(request_path)
+        os.write(1, f"pid {pid}\n".encode())
+        _, status = os.waitpid(pid, 0)
+        os.write(1, f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
+    return 0
+
+
+def _run_forked(request_path: Path) -> None:
+    """In the forked process: its own session (the runner kills its group on a timeout), its output in
+    the job's log, nothing of the template's pipes, then the job, as a cold child runs it."""
+    code = 70
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        log = os.open(request_path.parent / "converter.log", os.O_WRONLY | os.O_APPEND)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(null)
+        os.close(log)
+        os.chdir(request_path.parent)
+        tempfile.tempdir = None  # the sandbox points TMPDIR at the work directory
+        code = main([sys.argv[0], str(request_path)], parent=os.getppid())
+    finally:
         try:
-            log = os.open(request_path.parent / "converter.log", os.O_WRONLY | os.O_APPEND)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            os.close(log)
-            os.chdir(request_path.parent)
-            tempfile.tempdir = None  # the sandbox points TMPDIR at the work directory
-            code = main([sys.argv[0], str(request_path)], parent=os.getppid())
-        finally:
             sys.stdout.flush()
             sys.stderr.flush()
+        finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):  # end the same way, so that the runner reads the same exit status
-        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-        os.kill(os.getpid(), os.WTERMSIG(status))
-    return os.waitstatus_to_exitcode(status)
 
 
 def main(argv: list[str], parent: int | None = None) -> int:

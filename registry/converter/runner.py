@@ -16,19 +16,17 @@ import logging
 import os
 import pwd
 import resource
-import select
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from registry.converter import sandbox
+from registry.converter import sandbox, warm
 from registry.storage import open_regular
 
 log = logging.getLogger(__name__)
@@ -38,19 +36,6 @@ DEFAULT_USER = "nobody"
 CHILD_ENV = {"PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS",
              "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS"}
 _reported: set[str] = set()
-_warm = threading.local()  # this thread's warm child: TensorFlow imported, waiting for its one request
-WARM_HOME = "/nonexistent"  # a warm child's HOME and TMPDIR until its job's sandbox names the work directory
-WARM_WAIT_SECONDS = 60.0  # how long a job waits for a warm child still importing TensorFlow
-WARM_HEADROOM_MB = 512  # a job whose memory limit leaves less beyond a warm child's size starts cold
-
-
-def _vm_bytes(pid: int) -> int:
-    """A process's address space (what RLIMIT_AS counts)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
-    except (OSError, StopIteration, ValueError):
-        return 1 << 62
 
 
 @dataclass
@@ -201,51 +186,10 @@ def _child_env(home: str) -> dict[str, str]:
 
 
 def warm_up() -> None:
-    """Start this thread's warm converter child unless it has one (``REGISTRY_CONVERT_WARM``).
-
-    A warm child imports TensorFlow ahead and waits for one request; it then forks the
-    process that does the work, which sets its limits and enters its sandbox exactly as
-    a cold child does, before it reads the upload (see ``registry.converter.child.warm``).
-    It holds no job and no credentials while it waits, and dies with the thread that
-    started it (the worker's), so an idle worker costs one waiting Python with TensorFlow
-    loaded (about 730 MB resident, 1.6 GB of address space, here)."""
-    child = getattr(_warm, "child", None)
-    if child is not None and child.poll() is None:
-        return
-    _warm.ready = False
-    _warm.child = subprocess.Popen(
-        [sys.executable, "-P", "-m", "registry.converter.child", "--warm", str(os.getpid())],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/",
-        env=_child_env(WARM_HOME), start_new_session=True,
-    )
-
-
-def _take_warm(request_path: Path, memory_mb: int) -> subprocess.Popen | None:
-    """This thread's warm child, handed ``request_path`` once it has imported TensorFlow; None when
-    there is none, it died waiting, or it already holds too much of ``memory_mb`` to work within it
-    (the caller starts a cold child: the job is not lost, and a limit too small for TensorFlow fails
-    the way it always did)."""
-    child = getattr(_warm, "child", None)
-    if child is None or child.poll() is not None:
-        _warm.child = None
-        return None
-    if not getattr(_warm, "ready", False):  # still importing: worth the wait, it is ahead of a cold child
-        _warm.ready = (bool(select.select([child.stdout], [], [], WARM_WAIT_SECONDS)[0])
-                       and child.stdout.readline() == b"ready\n")
-        if not _warm.ready:
-            _warm.child = None
-            _kill(child)
-            return None
-    if _vm_bytes(child.pid) + WARM_HEADROOM_MB * 1024 * 1024 > memory_mb * 1024 * 1024:
-        return None  # kept for a job with a larger limit; this one starts small, as a cold child
-    _warm.child = None
-    try:
-        child.stdin.write(f"{request_path}\n".encode())
-        child.stdin.close()
-    except OSError:
-        _kill(child)
-        return None
-    return child
+    """Start this thread's warm converter template unless it has one (``REGISTRY_CONVERT_WARM``,
+    see ``registry.converter.warm``): an idle worker then costs one waiting Python with TensorFlow
+    loaded, about 730 MB resident (1.6 GB of address space) here."""
+    warm.warm_up(_child_env(warm.HOME))
 
 
 def run_conversion(
@@ -258,14 +202,13 @@ def run_conversion(
     user: str = DEFAULT_USER,
     heartbeat: Callable[[], bool] | None = None,
     heartbeat_every: float = 10.0,
-    warm: bool = False,
+    warm_start: bool = False,
 ) -> Outcome:
     """Run ``registry.converter.child`` on ``request``; wait, renewing the lease.
 
     ``user`` is ``REGISTRY_CONVERT_USER``: the user the child drops to when the
-    registry runs as root (see :func:`child_identity`).  With ``warm``, this thread's
-    warm child takes the request (a cold one when it has none), and the next warm
-    child starts importing TensorFlow while this one converts."""
+    registry runs as root (see :func:`child_identity`).  With ``warm_start``, this thread's
+    template forks the process for the request (a cold child runs it when it cannot)."""
     cpu_seconds = int(timeout * max(1, os.cpu_count() or 1)) + 10
     ids = child_identity(user)
     _hand_over(workdir, ids)
@@ -277,15 +220,15 @@ def run_conversion(
     request_path = workdir / "request.json"
     request_path.write_text(json.dumps(request))
     with open(workdir / "converter.log", "w+b") as log_file:
-        child = _take_warm(request_path, memory_mb) if warm else None
+        child: subprocess.Popen | warm.ForkedJob | None = None
+        if warm_start:
+            child = warm.start(request_path, memory_mb, _child_env(warm.HOME))
         if child is None:  # -P: the work directory (the current one) is not put on the import path
             child = subprocess.Popen(
                 [sys.executable, "-P", "-m", "registry.converter.child", str(request_path)],
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
                 env=_child_env(box["workdir"]), start_new_session=True,
             )
-        if warm:
-            warm_up()
         started = last_beat = time.monotonic()
         while True:
             try:
@@ -354,7 +297,7 @@ def _size_message(max_output_mb: int) -> str:
             "REGISTRY_CONVERT_MAX_OUTPUT_MB) and was stopped: raise the limit for graphs this large")
 
 
-def _kill(child: subprocess.Popen) -> None:
+def _kill(child: subprocess.Popen | warm.ForkedJob) -> None:
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -121,7 +121,7 @@ class Worker:
                 user=self.settings.convert_user,
                 heartbeat=lambda: queue.heartbeat(self.db, job, self.settings.job_lease_seconds),
                 heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3),
-                warm=self.settings.convert_warm,
+                warm_start=self.settings.convert_warm,
             )
             self._record(job, version, outcome, workdir)
         except NotFound:
@@ -291,7 +291,7 @@ def build_saved_model(settings: Settings, db: Database, storage: BlobStorage, ve
             {"task": "saved_model", "frozen_path": str(frozen), "input_nodes": version.input_nodes or [],
              "output_nodes": version.output_nodes or [], "saved_model_path": str(workdir / SAVED_MODEL_FILENAME)},
             workdir, timeout=settings.convert_timeout_seconds, memory_mb=settings.convert_memory_mb,
-            user=settings.convert_user,
+            user=settings.convert_user, warm_start=settings.convert_warm,  # a backfill of many: one import
         )
         if not outcome.ok:
             raise RuntimeError(f"building the SavedModel of {version.model} v{version.version} failed: "
