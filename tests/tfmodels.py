@@ -275,3 +275,171 @@ def build_slow_frozen(directory: Path) -> Path:
     path = directory / "slow.pb"
     path.write_bytes(graph.as_graph_def().SerializeToString())
     return path
+
+
+# -- Inception-shaped classifiers: a prediction head and an auxiliary head ------------------------
+
+INCEPTION_OUTPUT = "InceptionV3/Predictions/Reshape_1"
+INCEPTION_AUX = "InceptionV3/AuxLogits/SpatialSqueeze"
+INCEPTION_CLASSES = 7
+INCEPTION_SIZE = 32
+
+
+def _slim_conv(x, scope: str, depth: int, kernel: int, stride: int = 1, padding: str = "SAME", *,
+               logits: bool = False):
+    """TF-slim's conv2d as inception_v3_arg_scope sets it up, with its variable names: weights,
+    then batch norm without scale (moving averages, inference) and relu; a logits layer has
+    biases instead (and larger weights, so that the classes' scores are well apart)."""
+    def variable(name: str, shape, low: float, high: float, trainable: bool = True):
+        return tf1.get_variable(name, shape, use_resource=False, trainable=trainable,
+                                initializer=tf1.random_uniform_initializer(low, high))
+
+    with tf1.variable_scope(scope):
+        spread = tf1.random_normal_initializer(stddev=1.0) if logits else None
+        weights = tf1.get_variable("weights", [kernel, kernel, x.shape[-1], depth], use_resource=False,
+                                   initializer=spread)
+        y = tf.nn.conv2d(x, weights, [1, stride, stride, 1], padding)
+        if logits:
+            return tf.nn.bias_add(y, variable("biases", [depth], -0.1, 0.1))
+        with tf1.variable_scope("BatchNorm"):
+            beta = variable("beta", [depth], -0.1, 0.1)
+            mean = variable("moving_mean", [depth], -0.1, 0.1, trainable=False)
+            variance = variable("moving_variance", [depth], 0.5, 1.5, trainable=False)
+            y, _, _ = tf1.nn.fused_batch_norm(y, tf.ones([depth]), beta, mean, variance, epsilon=1e-3,
+                                              is_training=False)
+        return tf.nn.relu(y)
+
+
+def _mixed(x, scope: str, depth: int = 8):
+    """An Inception block: 1x1, 1x1 → 3x3 and avg pool → 1x1 branches, concatenated."""
+    with tf1.variable_scope(scope):
+        with tf1.variable_scope("Branch_0"):
+            b0 = _slim_conv(x, "Conv2d_0a_1x1", depth, 1)
+        with tf1.variable_scope("Branch_1"):
+            b1 = _slim_conv(_slim_conv(x, "Conv2d_0a_1x1", depth, 1), "Conv2d_0b_3x3", depth, 3)
+        with tf1.variable_scope("Branch_2"):
+            b2 = _slim_conv(tf.nn.avg_pool2d(x, 3, 1, "SAME", name="AvgPool_0a_3x3"), "Conv2d_0b_1x1", depth, 1)
+        return tf.concat([b0, b1, b2], 3, name="concat")
+
+
+def _reduction(x, scope: str, depth: int = 8):
+    """An Inception grid reduction: a stride-2 3x3 conv beside a stride-2 max pool."""
+    with tf1.variable_scope(scope):
+        with tf1.variable_scope("Branch_0"):
+            b0 = _slim_conv(x, "Conv2d_1a_3x3", depth, 3, 2)
+        with tf1.variable_scope("Branch_1"):
+            b1 = tf.nn.max_pool2d(x, 3, 2, "SAME", name="MaxPool_1a_3x3")
+        return tf.concat([b0, b1], 3, name="concat")
+
+
+def inception_network(x, *, aux_scope: str = "AuxLogits", classes: int = INCEPTION_CLASSES):
+    """inception_v3(is_training=False) in miniature, with plain tf.compat.v1 ops: a conv trunk
+    (Mixed_5b, Mixed_6a, Mixed_6e, Mixed_7a..7c), an auxiliary head branching off after Mixed_6e
+    and ending in SpatialSqueeze, and the main head Logits → Predictions/Softmax → Reshape_1
+    (reshaped back to the logits' shape, as slim.softmax does).  Returns (predictions, aux logits)."""
+    with tf1.variable_scope("InceptionV3"):
+        net = _slim_conv(x, "Conv2d_1a_3x3", 8, 3, 2)                   # 16x16
+        net = _mixed(net, "Mixed_5b")
+        net = _reduction(net, "Mixed_6a")                                # 8x8
+        net = _mixed(net, "Mixed_6e")
+        with tf1.variable_scope(aux_scope):
+            aux = tf.nn.avg_pool2d(net, 5, 3, "VALID", name="AvgPool_1a_5x5")  # 2x2
+            aux = _slim_conv(aux, "Conv2d_1b_1x1", 8, 1)
+            aux = _slim_conv(aux, "Conv2d_2a_5x5", 16, 2, padding="VALID")  # 1x1
+            aux = _slim_conv(aux, "Conv2d_2b_1x1", classes, 1, logits=True)
+            aux = tf.squeeze(aux, [1, 2], name="SpatialSqueeze")
+        net = _reduction(net, "Mixed_7a")                                # 4x4
+        net = _mixed(net, "Mixed_7b")
+        net = _mixed(net, "Mixed_7c")
+        with tf1.variable_scope("Logits"):
+            net = tf.nn.avg_pool2d(net, 4, 1, "VALID", name="AvgPool_1a_4x4")
+            net = tf.identity(net, name="Dropout_1b/Identity")  # slim.dropout at inference
+            logits = _slim_conv(net, "Conv2d_1c_1x1", classes, 1, logits=True)
+            logits = tf.squeeze(logits, [1, 2], name="SpatialSqueeze")
+        with tf1.variable_scope("Predictions"):
+            softmax = tf.nn.softmax(tf.reshape(logits, [-1, classes]), name="Softmax")
+            predictions = tf.reshape(softmax, tf.shape(logits), name="Reshape_1")
+    return predictions, aux
+
+
+def inception_graph_def(*, aux_scope: str = "AuxLogits") -> tf1.GraphDef:
+    """The inference GraphDef of the miniature Inception (variables uninitialised), as
+    export_inference_graph.py writes it."""
+    graph = tf.Graph()
+    with graph.as_default():
+        inception_network(tf1.placeholder(tf.float32, [None, INCEPTION_SIZE, INCEPTION_SIZE, 3], name="input"),
+                          aux_scope=aux_scope)
+    return graph.as_graph_def()
+
+
+def build_inception(directory: Path, *, seed: int = 17) -> BuiltModel:
+    """The miniature Inception as TF-slim's scripts leave it: a checkpoint (+ .meta) of a training
+    graph whose loss reads both heads (0.4 × the auxiliary loss, as train_image_classifier.py
+    weighs it), and the inference graph with both heads.  ``frozen_graph`` is TensorFlow's own
+    freeze of both heads."""
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = directory / "model.ckpt"
+    shape = [None, INCEPTION_SIZE, INCEPTION_SIZE, 3]
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(seed)
+        x = tf1.placeholder(tf.float32, shape, name="input")
+        labels = tf1.placeholder(tf.int64, [None], name="labels")
+        _, aux = inception_network(x)
+        logits = graph.get_tensor_by_name("InceptionV3/Logits/SpatialSqueeze:0")
+        loss = (tf1.losses.sparse_softmax_cross_entropy(labels, logits)
+                + 0.4 * tf1.losses.sparse_softmax_cross_entropy(labels, aux, scope="aux_loss"))
+        tf1.train.GradientDescentOptimizer(0.01).minimize(loss, name="train")
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())
+            tf1.train.Saver().save(session, str(prefix))
+    test_input = np.random.default_rng(19).random((2, INCEPTION_SIZE, INCEPTION_SIZE, 3), dtype=np.float32)
+    inference = tf.Graph()
+    with inference.as_default():
+        x = tf1.placeholder(tf.float32, shape, name="input")
+        inception_network(x)
+        with tf1.Session(graph=inference) as session:
+            tf1.train.Saver().restore(session, str(prefix))
+            expected = session.run(INCEPTION_OUTPUT + ":0", {x: test_input})
+            frozen = tf1.graph_util.convert_variables_to_constants(session, inference.as_graph_def(),
+                                                                   [INCEPTION_OUTPUT, INCEPTION_AUX])
+    tf.io.write_graph(inference.as_graph_def(), str(directory), "inference_graph.pb", as_text=False)
+    (directory / "both_heads_frozen.pb").write_bytes(frozen.SerializeToString())
+    return BuiltModel(prefix=prefix, output=INCEPTION_OUTPUT, test_input=test_input, expected=expected,
+                      inference_graph=directory / "inference_graph.pb",
+                      frozen_graph=directory / "both_heads_frozen.pb")
+
+
+def two_head_graph_def(*, branch: str = "end", second_classes: int = CLASSES, two_inputs: bool = False,
+                       second_scope: str = "second") -> tf1.GraphDef:
+    """An inference GraphDef with two genuine outputs, ``first/probs`` and ``<second_scope>/scores``.
+
+    The trunk is a conv and two residual blocks.  ``branch`` = "end": both heads hang off
+    the trunk's last node (the first through slim.softmax's Reshape, the second through an
+    l2-normalisation, whose input feeds two ops); "mid": the second head branches off before
+    the residual blocks.  ``two_inputs``: each head has its own input placeholder and trunk."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
+        with tf1.variable_scope("trunk"):
+            block1 = _slim_conv(x, "block1", 4, 3)
+            net = block1
+            for name in ("unit_1", "unit_2"):
+                with tf1.variable_scope(name):
+                    net = tf.nn.relu(net + _slim_conv(_slim_conv(net, "conv1", 4, 3), "conv2", 4, 3))
+            final = tf.reduce_mean(net, [1, 2], name="pool")
+        if two_inputs:
+            other = tf1.placeholder(tf.float32, [None, 8, 8, 3], name="other_input")
+            with tf1.variable_scope("other_trunk"):
+                second_source = tf.reduce_mean(_slim_conv(other, "block1", 4, 3), [1, 2], name="pool")
+        elif branch == "mid":
+            second_source = tf.reduce_mean(block1, [1, 2], name="early_pool")
+        else:
+            second_source = final
+        with tf1.variable_scope("first"):
+            logits = tf.matmul(final, tf1.get_variable("weights", [4, CLASSES], use_resource=False))
+            tf.reshape(tf.nn.softmax(tf.reshape(logits, [-1, CLASSES])), tf.shape(logits), name="probs")
+        with tf1.variable_scope(second_scope):
+            scores = tf.matmul(second_source, tf1.get_variable("weights", [4, second_classes], use_resource=False))
+            tf.identity(tf.math.l2_normalize(scores, axis=1), name="scores")
+    return graph.as_graph_def()

@@ -13,6 +13,7 @@ from tensorflow.core.framework import graph_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework import dtypes
 
+from registry.converter.heads import prediction_heads
 from registry.errors import ConversionError
 
 # Ops that exist only for training, checkpointing or bookkeeping: never an output.
@@ -134,7 +135,8 @@ def _is_training_only(node) -> bool:
 
 def detect_outputs(graph_def: graph_pb2.GraphDef) -> list[str]:
     """Nodes nothing consumes, leaving out training, checkpoint and summary
-    machinery and anything that does not depend on an input placeholder."""
+    machinery, auxiliary and evaluation heads, and anything that does not
+    depend on an input placeholder."""
     nodes = {node.name: node for node in graph_def.node}
     consumed: set[str] = set()
     for node in graph_def.node:
@@ -162,7 +164,9 @@ def detect_outputs(graph_def: graph_pb2.GraphDef) -> list[str]:
     # the prediction reads: keep the candidates whose inputs are not a strict
     # superset of another candidate's.
     reads = {c: frozenset(ancestors(nodes, [c]) & placeholders) for c in candidates}
-    return sorted(c for c in candidates if not any(reads[o] < reads[c] for o in candidates))
+    candidates = [c for c in candidates if not any(reads[o] < reads[c] for o in candidates)]
+    # Auxiliary classifiers (Inception's AuxLogits) are sinks too, but training's, not the prediction.
+    return sorted(prediction_heads(nodes, candidates))
 
 
 def ancestors(nodes: dict, roots: Iterable[str]) -> set[str]:
