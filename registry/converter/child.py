@@ -39,6 +39,7 @@ def convert(request: dict) -> dict:
 
     from registry.converter import graphs
     from registry.converter.freeze import freeze, restore_key_map
+    from registry.converter.tables import inline_tables
     from registry.converter.verify import verify
 
     started = time.perf_counter()
@@ -82,6 +83,8 @@ def convert(request: dict) -> dict:
     elif requested_inputs:
         requested_inputs = graphs.require_nodes(graph_def, requested_inputs, "input")
 
+    # Lookups in constant-filled tables become plain ops: a frozen graph has no init ops to fill them.
+    tables_inlined = inline_tables(graph_def)
     pruned, dropped = graphs.extract_subgraph(graph_def, outputs)
     # Keys can differ from node names; a Saver's restore ops say which key is which.
     key_map = restore_key_map(meta.graph_def) if meta is not None else {}
@@ -145,6 +148,7 @@ def convert(request: dict) -> dict:
             "variables": report.variables,
             "variable_bytes": report.variable_bytes,
             "dropped_control_edges": report.dropped_control_edges,
+            "tables_inlined": tables_inlined,
             "freeze_seconds": round(freeze_seconds, 4),
             "total_seconds": round(time.perf_counter() - started, 4),
         },
@@ -248,7 +252,7 @@ def warm(parent: int) -> int:
     die_with_parent(parent)
     import tensorflow  # noqa: F401  (what each conversion would otherwise wait for)
 
-    from registry.converter import freeze, graphs, tf2, verify  # noqa: F401
+    from registry.converter import freeze, graphs, tables, tf2, verify  # noqa: F401
 
     os.write(1, b"ready\n")
     while line := sys.stdin.buffer.readline().strip():

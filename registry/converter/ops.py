@@ -98,8 +98,22 @@ INFERENCE_OPS: frozenset[str] = frozenset(
     _Arg _Retval _FusedConv2D _FusedMatMul _FusedBatchNormEx
     AsString StringFormat StringLength StringLower StringUpper StaticRegexReplace RegexReplace ReduceJoin
     StringStrip LookupTableFind Softmax Sort
+    ParseExample ParseExampleV2 ParseSingleExample ParseSequenceExample ParseSequenceExampleV2
+    ParseSingleSequenceExample ParseTensor SerializeTensor DecodeCSV DecodeCompressed DecodeJSONExample
+    StringToHashBucket StringToHashBucketStrong HashTable MutableHashTableV2 MutableDenseHashTableV2
+    InitializeTableV2 LookupTableImportV2 LookupTableExportV2 LookupTableInsertV2
+    SparseFillEmptyRows SparseReshape SparseSegmentSumWithNumSegments SparseSegmentMeanWithNumSegments
+    SparseSegmentSqrtNWithNumSegments SparseTensorDenseMatMul SparseTensorDenseAdd SparseReduceSum
+    SparseReduceMax SparseConcat SparseSlice SparseCross SparseCrossV2 SparseCrossHashed SparseAdd
+    SparseToSparseSetOperation SparseReorder SparseSoftmax SparseDenseCwiseMul SparseDenseCwiseAdd
+    Assert UnicodeDecode UnicodeDecodeWithOffsets UnicodeEncode UnicodeTranscode UnicodeScript
+    StringNGrams RaggedTensorToTensor RaggedTensorToSparse RaggedTensorFromVariant RaggedGather
+    RaggedRange RaggedTensorToVariant EmptyTensorList
     """.split()
 )
+# tf.Example parsing and the string, sparse and lookup ops feature columns run on their inputs: they
+# read only the tensors they are given.  A table filled from a file (InitializeTableFromTextFile*) is
+# still flagged above.
 
 
 def classify(op: str) -> str | None:

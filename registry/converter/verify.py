@@ -45,10 +45,80 @@ def deterministic_feeds(inputs: list[dict], graph: tf.Graph) -> dict:
             value = rng.integers(0, 2, size=dims).astype(dtype.as_numpy_dtype)
         elif dtype == tf.bool:
             value = np.zeros(dims, dtype=bool)
+        elif dtype == tf.string and (parse := _example_parser(tensor)) is not None:
+            value = np.array([_example(parse, rng) for _ in range(int(np.prod(dims)))], dtype=object).reshape(dims)
         else:
             raise CannotVerify(f"input {spec['name']!r} is {dtype.name}; no deterministic value to feed it")
         feeds[tensor] = value
     return feeds
+
+
+PARSE_EXAMPLE_OPS = ("ParseExample", "ParseExampleV2", "ParseSingleExample")
+
+
+def _example_parser(tensor: tf.Tensor) -> tf.Operation | None:
+    """The tf.Example parse op that reads ``tensor`` (through Identity ops), if one does."""
+    pending, seen = [tensor], set()
+    while pending:
+        current = pending.pop()
+        for consumer in current.consumers():
+            if consumer.name in seen:
+                continue
+            seen.add(consumer.name)
+            if consumer.type in PARSE_EXAMPLE_OPS and consumer.inputs[0] is current:
+                return consumer
+            if consumer.type in ("Identity", "IdentityN", "Reshape", "ExpandDims", "Squeeze"):
+                pending.extend(consumer.outputs)
+    return None
+
+
+def _example_features(parse: tf.Operation) -> list[tuple[str, tf.DType, list[int]]]:
+    """(key, dtype, shape) of every feature the parse op reads, from its own keys, types and shapes."""
+    def constants(tensors) -> list[str]:
+        keys: list[str] = []
+        for t in tensors:
+            value = tf.get_static_value(t)
+            if value is None:
+                raise CannotVerify(f"{parse.name} takes its feature keys from a tensor that is not a constant")
+            keys += [k.decode() if isinstance(k, bytes) else str(k) for k in np.atleast_1d(value).tolist()]
+        return keys
+
+    dense_types = [tf.as_dtype(t) for t in parse.get_attr("Tdense")]
+    dense_shapes = [tf.TensorShape(s).as_list() if tf.TensorShape(s).rank is not None else [1]
+                    for s in parse.get_attr("dense_shapes")]
+    sparse_types = [tf.as_dtype(t) for t in parse.get_attr("sparse_types")]
+    if parse.type == "ParseExampleV2":
+        sparse_keys, dense_keys = constants([parse.inputs[2]]), constants([parse.inputs[3]])
+        ragged_keys = constants([parse.inputs[4]])
+        ragged_types = [tf.as_dtype(t) for t in parse.get_attr("ragged_value_types")]
+    elif parse.type == "ParseExample":
+        n_sparse, n_dense = parse.get_attr("Nsparse"), parse.get_attr("Ndense")
+        sparse_keys = constants(parse.inputs[2:2 + n_sparse])
+        dense_keys = constants(parse.inputs[2 + n_sparse:2 + n_sparse + n_dense])
+        ragged_keys, ragged_types = [], []
+    else:  # ParseSingleExample names its keys in attributes
+        sparse_keys = [k.decode() for k in parse.get_attr("sparse_keys")]
+        dense_keys = [k.decode() for k in parse.get_attr("dense_keys")]
+        ragged_keys, ragged_types = [], []
+    features = [(k, t, [d if d is not None and d >= 0 else 1 for d in shape])
+                for k, t, shape in zip(dense_keys, dense_types, dense_shapes)]
+    features += [(k, t, [1]) for k, t in zip(sparse_keys + ragged_keys, sparse_types + ragged_types)]
+    return features
+
+
+def _example(parse: tf.Operation, rng: np.random.Generator) -> bytes:
+    """A serialized tf.Example holding every feature ``parse`` reads, with deterministic values."""
+    example = tf.train.Example()
+    for key, dtype, shape in _example_features(parse):
+        count = int(np.prod(shape)) if shape else 1
+        feature = example.features.feature[key]
+        if dtype.is_floating:
+            feature.float_list.value.extend(rng.random(count).astype(np.float32).tolist())
+        elif dtype.is_integer:
+            feature.int64_list.value.extend(rng.integers(0, 2, size=count).tolist())
+        else:
+            feature.bytes_list.value.extend([f"value-{i}".encode() for i in rng.integers(0, 3, size=count)])
+    return example.SerializeToString()
 
 
 def _session_config():

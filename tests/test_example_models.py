@@ -1,0 +1,154 @@
+"""tf.Example models, as Estimators and TF Serving's own test models export them: a string input of
+serialized examples, parsed in the graph (ParseExample) and looked up in constant tables.  They are
+frozen, verified on examples built from the parse op's own feature keys, and served: `:predict`
+takes the examples base64-encoded, as TF Serving's clients send them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+
+from registry.client import RegistryClient
+from registry.converter.saved_model import write_archive
+from tests.conftest import make_settings, start_live_server
+
+pytestmark = pytest.mark.slow
+tf1 = tf.compat.v1
+COLORS = ["red", "green", "blue"]
+
+
+def build_example_model(root: Path) -> Path:
+    """A TF1 SavedModel like TF Serving's half_plus_two, with a categorical feature: serialized
+    tf.Examples → ParseExample → x (required), x2 (default 0) and color (a constant vocabulary
+    table, out-of-vocabulary → -1); y = 0.5 x + 2, y3 = 0.5 x2 + 3 + color id."""
+    export = root / "half_plus_two"
+    graph = tf.Graph()
+    with graph.as_default():
+        serialized = tf1.placeholder(tf.string, [None], name="tf_example")
+        features = tf1.io.parse_example(serialized, {
+            "x": tf1.io.FixedLenFeature([1], tf.float32),
+            "x2": tf1.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
+            "color": tf1.io.FixedLenFeature([1], tf.string, default_value=["none"]),
+        })
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(COLORS), tf.constant([0, 1, 2], tf.int64)), -1)
+        color_id = tf.cast(table.lookup(features["color"]), tf.float32)
+        a = tf1.get_variable("a", initializer=tf.constant(0.5))
+        b = tf1.get_variable("b", initializer=tf.constant(2.0))
+        c = tf1.get_variable("c", initializer=tf.constant(3.0))
+        y = tf.add(a * features["x"], b, name="y")
+        y3 = tf.add(a * features["x2"] + c, color_id, name="y3")
+        with tf1.Session(graph=graph) as session:
+            session.run([tf1.global_variables_initializer(), tf1.tables_initializer()])
+            info = tf1.saved_model.utils.build_tensor_info
+            predict = tf1.saved_model.signature_def_utils.build_signature_def(
+                {"examples": info(serialized)}, {"y": info(y), "y3": info(y3)}, "tensorflow/serving/predict")
+            builder = tf1.saved_model.Builder(str(export))
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={"serving_default": predict},
+                                                 main_op=tf1.tables_initializer())
+            builder.save()
+    write_archive(export, root / "half_plus_two.tar.gz")
+    return root / "half_plus_two.tar.gz"
+
+
+def example(**features) -> bytes:
+    message = tf.train.Example()
+    for key, value in features.items():
+        if isinstance(value, str):
+            message.features.feature[key].bytes_list.value.append(value.encode())
+        else:
+            message.features.feature[key].float_list.value.append(value)
+    return message.SerializeToString()
+
+
+def run_saved_model(export: Path, examples: list[bytes]) -> dict[str, np.ndarray]:
+    """What TensorFlow's own loader computes for these examples."""
+    with tf1.Session(graph=tf.Graph()) as session:
+        meta = tf1.saved_model.loader.load(session, ["serve"], str(export))
+        signature = meta.signature_def["serving_default"]
+        outputs = {k: v.name for k, v in signature.outputs.items()}
+        return session.run(outputs, {signature.inputs["examples"].name: examples})
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("examples")
+    archive = build_example_model(root)
+    server, stop = start_live_server(make_settings(root / "home", embedded_workers=1), workers=True)
+    client = RegistryClient(server.url)
+    number = client.push("half_plus_two", [("saved_model", archive)], {})["version"]
+    record = client.wait("half_plus_two", number, timeout=300)
+    yield {"url": server.url, "record": record, "export": root / "half_plus_two"}
+    stop()
+
+
+def test_a_tf_example_model_is_frozen_verified_on_examples_and_not_flagged(served):
+    record = served["record"]
+    assert record["status"] == "ready", record["status_message"]
+    assert record["input_nodes"] == [{"name": "examples", "dtype": "string", "shape": [None], "optional": False}]
+    assert sorted(record["output_nodes"]) == ["y", "y3"]
+    assert record["verification"]["status"] == "passed"  # examples made from the parse op's own keys
+    assert record["verification"]["max_abs_diff"] == 0
+    assert not record["safety"]["flagged"] and record["safety"]["flags"] == []
+    histogram = record["safety"]["op_histogram"]
+    assert "ParseExampleV2" in histogram
+    # the color lookup became plain ops over the vocabulary: nothing needs initialising when served
+    assert record["conversion"]["tables_inlined"] == 1
+    assert not any("Table" in op for op in histogram), histogram
+
+
+def test_predict_takes_base64_examples_and_answers_what_the_saved_model_computes(served):
+    examples = [example(x=1.0), example(x=4.0, x2=2.0, color="blue"), example(x=-2.0, color="purple")]
+    answer = requests.post(f"{served['url']}/v1/models/half_plus_two:predict", timeout=60,
+                           data=json.dumps({"instances": [{"b64": base64.b64encode(e).decode()} for e in examples]}))
+    assert answer.status_code == 200, answer.text
+    expected = run_saved_model(served["export"], examples)
+    predictions = answer.json()["predictions"]
+    assert [p["y"] for p in predictions] == expected["y"].tolist() == [[2.5], [4.0], [1.0]]
+    assert [p["y3"] for p in predictions] == expected["y3"].tolist() == [[2.0], [6.0], [2.0]]  # OOV color: -1
+
+
+def test_an_example_without_a_required_feature_is_a_400_naming_it(served):
+    answer = requests.post(f"{served['url']}/v1/models/half_plus_two:predict", timeout=60,
+                           json={"instances": [{"b64": base64.b64encode(example(x2=1.0)).decode()}]})
+    assert answer.status_code == 400, answer.text
+    assert set(answer.json()) == {"error"}
+    assert "x" in answer.json()["error"] and "required" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("keys, values, default, queries", [
+    ([3, 5, 8], ["three", "five", "eight"], "unknown", [[5, 4], [8, 3]]),  # ids to names
+    (["a", "b"], [1.5, -2.0], 0.25, [["b", "a", "z"]]),  # names to numbers
+    ([10, 20], [1, 2], -1, [[20, 20, 30]]),  # ids to ids, a repeated key
+])
+def test_a_constant_table_inlined_answers_every_lookup_as_the_table_does(keys, values, default, queries):
+    from registry.converter.tables import inline_tables
+
+    key_dtype = tf.string if keys and isinstance(keys[0], str) else tf.int64
+    value_dtype = tf.string if isinstance(default, str) else (tf.float32 if isinstance(default, float) else tf.int64)
+    graph = tf.Graph()
+    with graph.as_default():
+        query = tf1.placeholder(key_dtype, [None, None], name="query")
+        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(keys, key_dtype), tf.constant(values, value_dtype)), tf.constant(default, value_dtype))
+        tf.identity(table.lookup(query), name="found")
+        tf.identity(table.size(), name="size")
+        with tf1.Session() as session:
+            session.run(tf1.tables_initializer())
+            expected = session.run(["found:0", "size:0"], {query: queries})
+    graph_def = graph.as_graph_def()
+    assert inline_tables(graph_def) == 2
+    inlined = tf.Graph()
+    with inlined.as_default():
+        tf.import_graph_def(graph_def, name="")
+    assert not any(op.type.startswith(("HashTable", "LookupTable")) for op in inlined.get_operations()
+                   if "found" in op.name or "size" in op.name)
+    with tf1.Session(graph=inlined) as session:  # no table initialiser is run
+        found, size = session.run(["found:0", "size:0"], {"query:0": queries})
+    assert found.tolist() == expected[0].tolist() and size == expected[1]
