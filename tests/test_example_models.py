@@ -84,7 +84,7 @@ def served(tmp_path_factory):
     client = RegistryClient(server.url)
     number = client.push("half_plus_two", [("saved_model", archive)], {})["version"]
     record = client.wait("half_plus_two", number, timeout=300)
-    yield {"url": server.url, "record": record, "export": root / "half_plus_two"}
+    yield {"url": server.url, "record": record, "export": root / "half_plus_two"}  # more models pushed by tests
     stop()
 
 
@@ -99,7 +99,7 @@ def test_a_tf_example_model_is_frozen_verified_on_examples_and_not_flagged(serve
     histogram = record["safety"]["op_histogram"]
     assert "ParseExampleV2" in histogram
     # the color lookup became plain ops over the vocabulary: nothing needs initialising when served
-    assert record["conversion"]["tables_inlined"] == 1
+    assert record["conversion"]["lookups_inlined"] == 1
     assert not any("Table" in op for op in histogram), histogram
 
 
@@ -152,3 +152,55 @@ def test_a_constant_table_inlined_answers_every_lookup_as_the_table_does(keys, v
     with tf1.Session(graph=inlined) as session:  # no table initialiser is run
         found, size = session.run(["found:0", "size:0"], {"query:0": queries})
     assert found.tolist() == expected[0].tolist() and size == expected[1]
+
+
+def build_vocabulary_model(root: Path) -> Path:
+    """An Estimator-style model: a categorical feature looked up in a vocabulary file (an asset of
+    the SavedModel, as feature columns save it), one-hot, times weights: score = w[word id]."""
+    vocabulary = root / "words.txt"
+    vocabulary.write_text("\n".join(WORDS) + "\n")
+    export = root / "vocabulary_model"
+    graph = tf.Graph()
+    with graph.as_default():
+        serialized = tf1.placeholder(tf.string, [None], name="input_example_tensor")
+        column = tf1.feature_column.categorical_column_with_vocabulary_file(
+            "word", str(vocabulary), num_oov_buckets=1)
+        features = tf1.io.parse_example(serialized, tf1.feature_column.make_parse_example_spec([column]))
+        one_hot = tf1.feature_column.input_layer(features, [tf1.feature_column.indicator_column(column)])
+        weights = tf1.get_variable("weights", initializer=tf.constant([[1.0], [2.0], [3.0], [-1.0]]))
+        score = tf.matmul(one_hot, weights, name="score")
+        with tf1.Session(graph=graph) as session:
+            session.run([tf1.global_variables_initializer(), tf1.tables_initializer()])
+            info = tf1.saved_model.utils.build_tensor_info
+            predict = tf1.saved_model.signature_def_utils.build_signature_def(
+                {"examples": info(serialized)}, {"score": info(score)}, "tensorflow/serving/predict")
+            builder = tf1.saved_model.Builder(str(export))
+            # the vocabulary's path tensor is the SavedModel's asset, as an Estimator export records it
+            assets = [op.outputs[0] for op in graph.get_operations() if op.name.endswith("/asset_path")]
+            builder.add_meta_graph_and_variables(
+                session, ["serve"], signature_def_map={"serving_default": predict}, main_op=tf1.tables_initializer(),
+                assets_collection=assets)
+            builder.save()
+    vocabulary.unlink()  # only the SavedModel's own copy remains
+    write_archive(export, root / "vocabulary_model.tar.gz")
+    return root / "vocabulary_model.tar.gz"
+
+
+WORDS = ["apple", "banana", "cherry"]
+
+
+def test_a_vocabulary_file_is_inlined_and_the_model_predicts_as_the_saved_model_does(served, tmp_path):
+    client = RegistryClient(served["url"])
+    archive = build_vocabulary_model(tmp_path)
+    record = client.wait("words", client.push("words", [("saved_model", archive)], {})["version"], timeout=300)
+    assert record["status"] == "ready", record["status_message"]
+    assert record["verification"]["status"] == "passed", (record["verification"], record["safety"]["flags"])
+    assert not record["safety"]["flagged"], record["safety"]["flags"]  # nothing reads the file any more
+    assert record["conversion"]["lookups_inlined"] == 2  # the word's lookup, and the table's size
+    assert not any("TextFile" in op or "Table" in op for op in record["safety"]["op_histogram"])
+    examples = [example(word=w) for w in ("cherry", "apple", "durian", "banana")]
+    answer = requests.post(f"{served['url']}/v1/models/words:predict", timeout=60,
+                           json={"instances": [{"b64": base64.b64encode(e).decode()} for e in examples]})
+    assert answer.status_code == 200, answer.text
+    expected = run_saved_model(tmp_path / "vocabulary_model", examples)["score"]
+    assert answer.json()["predictions"] == expected.tolist() == [[3.0], [1.0], [-1.0], [2.0]]  # durian: OOV

@@ -84,7 +84,7 @@ def convert(request: dict) -> dict:
         requested_inputs = graphs.require_nodes(graph_def, requested_inputs, "input")
 
     # Lookups in constant-filled tables become plain ops: a frozen graph has no init ops to fill them.
-    tables_inlined = inline_tables(graph_def)
+    lookups_inlined = inline_tables(graph_def)
     pruned, dropped = graphs.extract_subgraph(graph_def, outputs)
     # Keys can differ from node names; a Saver's restore ops say which key is which.
     key_map = restore_key_map(meta.graph_def) if meta is not None else {}
@@ -148,7 +148,7 @@ def convert(request: dict) -> dict:
             "variables": report.variables,
             "variable_bytes": report.variable_bytes,
             "dropped_control_edges": report.dropped_control_edges,
-            "tables_inlined": tables_inlined,
+            "lookups_inlined": lookups_inlined,
             "freeze_seconds": round(freeze_seconds, 4),
             "total_seconds": round(time.perf_counter() - started, 4),
         },
@@ -172,6 +172,7 @@ def merge_flags(*groups: list[dict]) -> list[dict]:
 def saved_model_plan(request: dict):
     """Unpack a pushed SavedModel archive, scan all of it, and plan the freeze of its signature."""
     from registry.converter import tf2, upload_scan  # TensorFlow: loads under the limits main() set
+    from registry.converter.tables import inline_vocabulary_files
 
     folder = Path(request["output_path"]).parent / "uploaded_saved_model"
     limits = ArchiveLimits(request.get("max_archive_bytes", ArchiveLimits.max_bytes),
@@ -182,6 +183,8 @@ def saved_model_plan(request: dict):
     except RegistryError as exc:
         raise ConversionError(exc.message, code="unsafe_archive") from exc
     proto = upload_scan.read_saved_model(root)
+    for meta in proto.meta_graphs:  # vocabulary files become constants: nothing will read them when served
+        inline_vocabulary_files(meta, root)
     scan = upload_scan.scan_saved_model(proto)
     plan = tf2.saved_model_plan(proto, root, request.get("signature") or "serving_default")
     return plan, scan.flags

@@ -9,15 +9,22 @@ a constant-filled table becomes plain ops over the table's contents as constants
     value    = SelectV2(Any(found_at, -1), Gather(table_values, ArgMax(found_at, -1)), default)
 
 keeping the lookup's node name, so its consumers are unchanged; ``LookupTableSizeV2`` becomes a
-constant.  Tables filled any other way are left as they are (the frozen graph then fails its
-verification, saying the table is not initialised).
+constant.  A table filled from one of a SavedModel's own vocabulary files (its ``assets/``) is
+first rewritten as filled from constants read from that file (:func:`inline_vocabulary_files`).
+Tables filled any other way are left as they are (the frozen graph then fails its verification,
+saying the table is not initialised, and a file read is flagged by the op scan).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework import tensor_util
+
+from registry.errors import ConversionError
 
 TABLE_OPS = ("HashTableV2", "HashTable")
 INIT_OPS = ("InitializeTableV2", "InitializeTable", "LookupTableImportV2", "LookupTableImport")
@@ -27,6 +34,9 @@ SIZE_OPS = ("LookupTableSizeV2", "LookupTableSize")
 
 def _base(ref: str) -> str:
     return ref.lstrip("^").split(":", 1)[0]
+
+
+node_name = _base
 
 
 def _through_identity(nodes: dict, name: str):
@@ -134,3 +144,90 @@ def _lookup_nodes(name: str, keys_ref: str, default_ref: str, keys: np.ndarray, 
             batch_dims=attr_value_pb2.AttrValue(i=0)),
         _op(name, "SelectV2", [f"{scope}/found", f"{scope}/value", default_ref], T=_type(value_type)),
     ]
+
+
+# -- vocabulary files -----------------------------------------------------------------------------------------
+
+FILE_INIT_OPS = ("InitializeTableFromTextFileV2", "InitializeTableFromTextFile")
+WHOLE_LINE, LINE_NUMBER = -2, -1
+MAX_VOCABULARY_BYTES = 256 * 1024 * 1024  # a vocabulary file larger than this is not inlined
+
+
+def inline_vocabulary_files(meta, root: Path) -> list[str]:
+    """Rewrite, in ``meta``'s graph, every table filled from one of the SavedModel's own asset files
+    (``InitializeTableFromTextFileV2``, as ``categorical_column_with_vocabulary_file`` and
+    ``index_table_from_file`` write it) as a table filled from constants read from that file now, so
+    that :func:`inline_tables` turns its lookups into plain ops and nothing reads a file when served.
+    Returns the rewritten initialisers.  A file outside ``assets/`` or a table filled any other way
+    is left alone (and the op scan flags it)."""
+    assets = {node_name(a.tensor_info.name): a.filename for a in _asset_file_defs(meta)}
+    nodes = {n.name: n for n in meta.graph_def.node}
+    folder = (root / "assets").resolve()
+    rewritten = []
+    for node in meta.graph_def.node:
+        if node.op not in FILE_INIT_OPS or len(node.input) < 2:
+            continue
+        table = _through_identity(nodes, _base(node.input[0]))
+        source = _through_identity(nodes, _base(node.input[1]))
+        if table is None or table.op not in TABLE_OPS or source is None or source.name not in assets:
+            continue
+        path = (folder / assets[source.name]).resolve()
+        if path.parent != folder or not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_VOCABULARY_BYTES:
+            continue
+        try:
+            keys, values = _read_vocabulary(path, node, table)
+        except (ValueError, IndexError, KeyError, UnicodeDecodeError) as exc:
+            raise ConversionError(f"the vocabulary file assets/{assets[source.name]} does not fit the table "
+                                  f"{table.name!r} that reads it ({type(exc).__name__}: {exc}): save the model with "
+                                  "the vocabulary it was trained with", code="invalid_vocabulary") from exc
+        key_node = _const(f"{node.name}/inlined_keys", keys, table.attr["key_dtype"].type)
+        value_node = _const(f"{node.name}/inlined_values", values, table.attr["value_dtype"].type)
+        control = [ref for ref in node.input if ref.startswith("^")]
+        replacement = _op(node.name, "InitializeTableV2", [node.input[0], key_node.name, value_node.name, *control],
+                          Tkey=_type(table.attr["key_dtype"].type), Tval=_type(table.attr["value_dtype"].type))
+        node.CopyFrom(replacement)
+        meta.graph_def.node.extend([key_node, value_node])
+        rewritten.append(node.name)
+    return rewritten
+
+
+def _asset_file_defs(meta) -> list:
+    """The SavedModel's assets: ``asset_file_def`` (TF2 savers), or the ``saved_model_assets``
+    collection the TF1 builder writes."""
+    found = list(meta.asset_file_def)
+    for packed in meta.collection_def["saved_model_assets"].any_list.value if "saved_model_assets" in \
+            meta.collection_def else []:
+        asset = meta_graph_pb2.AssetFileDef()
+        if packed.Unpack(asset):
+            found.append(asset)
+    return found
+
+
+def _read_vocabulary(path: Path, init, table) -> tuple[np.ndarray, np.ndarray]:
+    """The (keys, values) TensorFlow's text-file initialiser would read: ``key_index`` and
+    ``value_index`` pick a column (split by ``delimiter``), the whole line, or the line number."""
+    lines = path.read_bytes().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    size = init.attr["vocab_size"].i
+    if size > 0:
+        lines = lines[:size]
+    offset = init.attr["offset"].i if "offset" in init.attr else 0
+    delimiter = init.attr["delimiter"].s or b"\t"
+
+    def column(index: int, dtype: int) -> np.ndarray:
+        if index == LINE_NUMBER:
+            raw = [str(n + offset).encode() for n in range(len(lines))]
+        elif index == WHOLE_LINE:
+            raw = lines
+        else:
+            raw = [line.split(delimiter)[index] for line in lines]
+        if dtype == types_pb2.DT_STRING:
+            return np.array(raw, dtype=object)
+        numpy_type = {types_pb2.DT_INT64: np.int64, types_pb2.DT_INT32: np.int32, types_pb2.DT_FLOAT: np.float32,
+                      types_pb2.DT_DOUBLE: np.float64}[dtype]
+        return np.array([numpy_type(v.decode()) for v in raw], dtype=numpy_type)
+
+    return (column(init.attr["key_index"].i, table.attr["key_dtype"].type),
+            column(init.attr["value_index"].i, table.attr["value_dtype"].type))
