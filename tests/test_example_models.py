@@ -204,3 +204,55 @@ def test_a_vocabulary_file_is_inlined_and_the_model_predicts_as_the_saved_model_
     assert answer.status_code == 200, answer.text
     expected = run_saved_model(tmp_path / "vocabulary_model", examples)["score"]
     assert answer.json()["predictions"] == expected.tolist() == [[3.0], [1.0], [-1.0], [2.0]]  # durian: OOV
+
+
+class JpegClassifier(tf.Module):
+    """TF Serving's ResNet-tutorial pattern: JPEG bytes in, decoded in the graph inside a map_fn."""
+
+    def __init__(self) -> None:
+        self.w = tf.Variable(tf.random.stateless_normal([3, 4], seed=[1, 2]))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve(self, image_bytes):
+        def decode(encoded):
+            image = tf.cast(tf.io.decode_jpeg(encoded, channels=3), tf.float32) / 255.0
+            return tf.image.resize(image, [16, 16])
+
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.float32)
+        return {"probabilities": tf.nn.softmax(tf.reduce_mean(images, axis=[1, 2]) @ self.w)}
+
+
+def test_a_model_decoding_jpeg_bytes_is_verified_on_jpegs_and_predicts_b64_instances_like_resnet_client(
+        served, tmp_path):
+    model = JpegClassifier()
+    tf.saved_model.save(model, str(tmp_path / "jpeg_model"), signatures={"serving_default": model.serve})
+    write_archive(tmp_path / "jpeg_model", tmp_path / "jpeg_model.tar.gz")
+    client = RegistryClient(served["url"])
+    record = client.wait("jpegs", client.push("jpegs", [("saved_model", tmp_path / "jpeg_model.tar.gz")], {})["version"],
+                         timeout=300)
+    assert record["status"] == "ready", record["status_message"]
+    assert record["verification"]["status"] == "passed", record["verification"]  # fed JPEGs it could decode
+    rng = np.random.default_rng(9)
+    jpegs = [tf.io.encode_jpeg(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).numpy() for h, w in ((40, 30), (8, 8))]
+    # as TF Serving's resnet_client.py sends it: {"instances": [{"b64": ...}]}
+    answer = requests.post(f"{served['url']}/v1/models/jpegs:predict", timeout=60,
+                           data=json.dumps({"instances": [{"b64": base64.b64encode(j).decode()} for j in jpegs]}))
+    assert answer.status_code == 200, answer.text
+    expected = tf.saved_model.load(str(tmp_path / "jpeg_model")).signatures["serving_default"](
+        image_bytes=tf.constant(jpegs))["probabilities"].numpy()
+    np.testing.assert_allclose(answer.json()["predictions"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("image_format, decode", [("jpeg", tf.io.decode_jpeg), ("png", tf.io.decode_png),
+                                                  ("bmp", tf.io.decode_bmp)])
+def test_verification_images_decode_with_the_op_the_graph_uses(image_format, decode):
+    from registry.converter.verify import TEST_IMAGE_SIZE, _encoded_image
+
+    encoded = _encoded_image(image_format, np.random.default_rng(1))
+    decoded = decode(encoded).numpy()
+    assert decoded.shape == (*TEST_IMAGE_SIZE, 3)
+    if image_format != "jpeg":  # lossless: the very pixels
+        again = _encoded_image(image_format, np.random.default_rng(1))
+        assert again == encoded
+        expected = np.random.default_rng(1).integers(0, 256, size=(*TEST_IMAGE_SIZE, 3), dtype=np.uint8)
+        assert (decoded == expected).all()

@@ -47,6 +47,9 @@ def deterministic_feeds(inputs: list[dict], graph: tf.Graph) -> dict:
             value = np.zeros(dims, dtype=bool)
         elif dtype == tf.string and (parse := _example_parser(tensor)) is not None:
             value = np.array([_example(parse, rng) for _ in range(int(np.prod(dims)))], dtype=object).reshape(dims)
+        elif dtype == tf.string and (image_format := _decoded_image_format(graph)) is not None:
+            value = np.array([_encoded_image(image_format, rng) for _ in range(int(np.prod(dims)))],
+                             dtype=object).reshape(dims)
         else:
             raise CannotVerify(f"input {spec['name']!r} is {dtype.name}; no deterministic value to feed it")
         feeds[tensor] = value
@@ -54,6 +57,36 @@ def deterministic_feeds(inputs: list[dict], graph: tf.Graph) -> dict:
 
 
 PARSE_EXAMPLE_OPS = ("ParseExample", "ParseExampleV2", "ParseSingleExample")
+# The format an image-decoding op expects (TF Serving's ResNet export takes JPEG bytes, often in a map_fn).
+DECODE_FORMATS = {"DecodeJpeg": "jpeg", "DecodeAndCropJpeg": "jpeg", "DecodePng": "png", "DecodeBmp": "bmp",
+                  "DecodeImage": "png"}
+TEST_IMAGE_SIZE = (24, 32)
+
+
+def _decoded_image_format(graph: tf.Graph) -> str | None:
+    """The image format the graph decodes its string input from, if it decodes one (in its nodes or in a
+    function such as a map_fn's body)."""
+    graph_def = graph.as_graph_def()
+    op_types = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+    found = [DECODE_FORMATS[op] for op in DECODE_FORMATS if op in op_types]
+    return found[0] if found else None
+
+
+def _encoded_image(image_format: str, rng: np.random.Generator) -> bytes:
+    """A deterministic RGB image, encoded as ``image_format``."""
+    height, width = TEST_IMAGE_SIZE
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    if image_format == "bmp":  # TensorFlow has no BMP encoder: a 24-bit BMP, bottom-up BGR rows padded to 4 bytes
+        row = width * 3 + (-width * 3) % 4
+        body = b"".join(np.pad(pixels[y, :, ::-1].reshape(-1), (0, row - width * 3)).tobytes()
+                        for y in range(height - 1, -1, -1))
+        header = (b"BM" + (54 + len(body)).to_bytes(4, "little") + b"\0\0\0\0" + (54).to_bytes(4, "little")
+                  + (40).to_bytes(4, "little") + width.to_bytes(4, "little") + height.to_bytes(4, "little")
+                  + (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + b"\0" * 24)
+        return header + body
+    with tf1.Session(graph=tf.Graph()) as session:
+        encode = tf.io.encode_jpeg if image_format == "jpeg" else tf.io.encode_png
+        return session.run(encode(tf.constant(pixels)))
 
 
 def _example_parser(tensor: tf.Tensor) -> tf.Operation | None:
