@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, start_
     if not serving_only:
         app.register_blueprint(api_bp)
         app.register_blueprint(web_bp)
-    app.register_blueprint(serving_bp)
+    app.register_blueprint(serving_bp)  # with TF Serving's /monitoring/prometheus/metrics
     register_error_handlers(app)
     access.install(app, settings)
 

@@ -55,6 +55,8 @@ ACCESS = {
     # the label service runs graphs but changes nothing: model status, :label, :compare, :predict
     ("GET", "/v1/models/<path:spec>"): READ,
     ("POST", "/v1/models/<path:spec>"): READ,
+    # the label service's Prometheus metrics (TF Serving's path): counts per model tell what the catalog does
+    ("GET", "/monitoring/prometheus/metrics"): READ,
     # changing the catalog: pushing, editing and deleting versions and models, moving aliases,
     # choosing what a TF Serving export serves (like moving an alias)
     ("POST", "/api/v1/models/<name>/versions"): WRITE,
@@ -99,7 +101,7 @@ def routes(app):
 
 
 def is_page(url: str) -> bool:
-    return not url.startswith(("/api/", "/v1/"))
+    return not url.startswith(("/api/", "/v1/", "/monitoring/"))
 
 
 @pytest.fixture

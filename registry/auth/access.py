@@ -65,6 +65,7 @@ RULES: dict[str, str | None] = {
     "web.demo_file": READ,
     "serving.get_model": READ,
     "serving.post_model": READ,  # :label, :compare, :predict run graphs but change nothing
+    "serving.prometheus_metrics": READ,  # request counts per model: as much as the catalog tells
     # changing the catalog
     "api.push_version": WRITE,
     "api.update_version": WRITE,

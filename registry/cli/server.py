@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import click
 from werkzeug.serving import make_server
@@ -15,8 +18,10 @@ from registry.cli import local
 from registry.config import DEFAULT_PORT, Settings
 from registry.db import Database
 from registry.demo.seed import start_seeding
+from registry.gunicorn_conf import PRIVATE_DIR_PREFIX, is_private_dir
 from registry.health import readiness
 from registry.jobs.worker import Worker, remove_stale_workdirs
+from registry.metrics import MULTIPROC_ENV
 from registry.storage import open_storage
 from registry.tfserving import ExportSyncer
 
@@ -29,6 +34,8 @@ except ImportError:  # only serve --gunicorn needs it, and says so
 def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_port: int | None = None) -> None:
     """Run ``app`` on a threaded HTTP server (and the gRPC API beside it) until stopped."""
     registry = app.extensions["registry"]
+    if os.environ.get(MULTIPROC_ENV):  # the operator's metrics folder: a new server counts from 0
+        metrics_folder(os.environ[MULTIPROC_ENV])
     grpc_server = None
     if grpc_port is not None:
         from registry.serving.grpc_server import start_grpc_server  # TensorFlow: only with --grpc-port
@@ -120,16 +127,49 @@ def _serve_gunicorn(host: str, port: int, workers: int | None, grpc_port: int | 
     # the gunicorn processes build their settings from the environment: they answer to --host too
     env = dict(os.environ, REGISTRY_EMBEDDED_WORKERS="0",
                REGISTRY_ALLOWED_HOSTS=",".join(settings.bound_to(host).allowed_hosts))
+    # every process counts into files there, and a scrape of any one sums them (registry.metrics)
+    env[MULTIPROC_ENV] = metrics_folder(os.environ.get(MULTIPROC_ENV))
     argv = [sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", str(processes),
             "--threads", str(threads), "-k", "gthread",
             "--timeout", "0",  # uploads and label requests can take long; no worker watchdog kill
-            "--access-logfile", "-"]
+            "--access-logfile", "-",
+            "-c", "python:registry.gunicorn_conf"]  # hooks: a dead worker's live gauges leave the sums
     if _gunicorn_has_setting("control_socket_disable"):
         # newer gunicorn (27 here) opens a control socket under $HOME by default: one path shared by
         # every instance, and $HOME may not be writable (containers).
         argv.append("--no-control-socket")
     argv.append("registry.wsgi:app")
     os.execvpe(sys.executable, argv, env)
+
+
+def metrics_folder(named: str | None) -> str:
+    """The PROMETHEUS_MULTIPROC_DIR the gunicorn processes share: the operator's (``named``), else
+    a private temporary one (removed when gunicorn exits; those of servers that died are removed
+    here).  Files of processes that no longer run are removed first: a new server counts from 0."""
+    if named:
+        folder = Path(named)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    else:
+        for stale in Path(tempfile.gettempdir()).glob(f"{PRIVATE_DIR_PREFIX}*-*"):
+            pid = stale.name[len(PRIVATE_DIR_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and is_private_dir(stale, int(pid)) and not _running(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_DIR_PREFIX}{os.getpid()}-"))  # gunicorn keeps this pid
+    for path in folder.glob("*.db"):  # prometheus_client's files: {kind}_{pid}.db
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            path.unlink(missing_ok=True)
+    return str(folder)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _gunicorn_has_setting(name: str) -> bool:

@@ -24,7 +24,7 @@ from registry.db import Database
 from registry.entities import CONVERT, CONVERTING, FAILED, QUEUED, READY, RUNNING, SUCCEEDED, NewFile
 from registry.models import Job, ModelVersion, VersionFile, utcnow
 
-__all__ = ["CONVERT", "RUNNING", "SUCCEEDED", "ClaimedJob", "claim", "finish", "heartbeat", "retry_later"]
+__all__ = ["CONVERT", "RUNNING", "SUCCEEDED", "ClaimedJob", "claim", "depth", "finish", "heartbeat", "retry_later"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,16 @@ def claim(db: Database, owner: str, lease_seconds: float) -> ClaimedJob | None:
                 .values(status=CONVERTING, status_message=f"converting (attempt {job.attempts + 1})", updated_at=now)
             )
             return ClaimedJob(job.id, job.kind, job.version_id, job.attempts + 1, job.max_attempts, owner)
+
+
+def depth(db: Database) -> dict[str, int]:
+    """Jobs queued (waiting, or backing off before a retry) and running: one COUNT over the
+    (status, run_after) index, cheap enough for every metrics scrape."""
+    with db.transaction() as session:
+        rows = session.execute(
+            sa.select(Job.status, sa.func.count()).where(Job.status.in_((QUEUED, RUNNING))).group_by(Job.status)
+        ).all()
+    return {QUEUED: 0, RUNNING: 0, **{status: count for status, count in rows}}
 
 
 def heartbeat(db: Database, job: ClaimedJob, lease_seconds: float) -> bool:

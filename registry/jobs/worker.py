@@ -2,7 +2,8 @@
 
 Runs as ``registry worker`` (any number, on any machine that reaches the
 database and blob storage) and, in the embedded default, as background threads
-inside ``registry serve``.
+inside ``registry serve``.  Each attempt is counted and timed by outcome in
+``registry.metrics`` (ready, failed, retried, lost_lease, deleted).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from registry import catalog, safety as safety_rules
+from registry import catalog, metrics, safety as safety_rules
 from registry.config import Settings
 from registry.converter import ops  # op names only: no TensorFlow
 from registry.converter.runner import Outcome, run_conversion, warm_up
@@ -108,6 +109,16 @@ class Worker:
             log.exception("worker %s: garbage collection failed", self.owner)
 
     def process(self, job: queue.ClaimedJob) -> None:
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            outcome = self._process(job)
+        finally:
+            metrics.CONVERSIONS.labels(outcome).inc()
+            metrics.CONVERSION_SECONDS.labels(outcome).observe(time.monotonic() - started)
+
+    def _process(self, job: queue.ClaimedJob) -> str:
+        """Convert ``job``'s version and record the result; return the outcome the metrics count."""
         workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{job.version_id}-"))
         try:
             version = catalog.get_version_by_id(self.db, job.version_id)
@@ -123,15 +134,16 @@ class Worker:
                 heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3),
                 warm_start=self.settings.convert_warm,
             )
-            self._record(job, version, outcome, workdir)
+            return self._record(job, version, outcome, workdir)
         except NotFound:
             log.info("version id %d was deleted before its conversion started; dropping the job", job.version_id)
+            return "deleted"
         except StorageError as exc:  # full, read-only or unreachable: worth a later attempt (bounded)
             log.warning("conversion of version id %d: %s", job.version_id, exc.message)
-            queue.retry_later(self.db, job, exc.message)
+            return _retried(queue.retry_later(self.db, job, exc.message))
         except Exception as exc:
             log.exception("conversion of version id %d failed", job.version_id)
-            queue.retry_later(self.db, job, f"{type(exc).__name__}: {exc}")
+            return _retried(queue.retry_later(self.db, job, f"{type(exc).__name__}: {exc}"))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -178,17 +190,23 @@ class Worker:
             "max_archive_files": self.settings.max_archive_files,
         }
 
-    def _record(self, job: queue.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> None:
+    def _record(self, job: queue.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> str:
+        """Record ``outcome`` on the version; return what the metrics count it as."""
         if outcome.lost_lease:
             log.warning("lost the lease on job %d (its version was deleted, or another worker took it)", job.id)
-            return
+            return "lost_lease"
         if not outcome.ok:
             if outcome.retryable:
-                queue.retry_later(self.db, job, outcome.message)
-            else:
-                queue.finish(self.db, job, ready=False, message=outcome.message, fields={})
-            return
+                return _retried(queue.retry_later(self.db, job, outcome.message))
+            recorded = queue.finish(self.db, job, ready=False, message=outcome.message, fields={})
+            return "failed" if recorded else "lost_lease"
         result = outcome.result
+        try:
+            result["conversion"]["safety"] = confirm_report(workdir / "frozen.pb", result["conversion"]["safety"])
+        except (ValueError, OSError) as exc:
+            recorded = queue.finish(self.db, job, ready=False, fields={},
+                                    message=f"the converter wrote a frozen graph that cannot be read back ({exc})")
+            return "failed" if recorded else "lost_lease"
         stored: list[BlobRef] = []  # removed again unless the version ends up referring to them
         try:
             recorded = self._store_and_finish(job, version, result, workdir, stored)
@@ -197,22 +215,16 @@ class Worker:
             raise
         if not recorded:
             drop_unreferenced(self.db, self.storage, stored)
-            return
+            return "lost_lease"
         log.info("%s v%d: %s", version.model, version.version, recorded)
         if self.on_ready is not None:
             self.on_ready()
+        return "ready"
 
     def _store_and_finish(self, job: queue.ClaimedJob, version: VersionInfo, result: dict, workdir: Path,
                           stored: list[BlobRef]) -> str | None:
         """Store the frozen graph and SavedModel (appending each to ``stored``) and record the
         version as ready; return its status message, or None if the lease was lost meanwhile."""
-        try:
-            result["conversion"]["safety"] = confirm_report(workdir / "frozen.pb",
-                                                                         result["conversion"]["safety"])
-        except (ValueError, OSError) as exc:
-            queue.finish(self.db, job, ready=False, fields={},
-                        message=f"the converter wrote a frozen graph that cannot be read back ({exc})")
-            return None
         ref = self.storage.put_file(workdir / "frozen.pb")
         stored.append(ref)
         made = []
@@ -243,6 +255,11 @@ class Worker:
             files=made,
         )
         return message if recorded else None
+
+
+def _retried(again: bool) -> str:
+    """The outcome of an attempt given back to the queue: retried, or failed once out of attempts."""
+    return "retried" if again else "failed"
 
 
 def confirm_report(frozen_path: Path, report: dict[str, Any]) -> dict[str, Any]:

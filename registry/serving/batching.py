@@ -4,7 +4,8 @@ No timer and no extra latency when the graph is idle: the first request runs
 at once, and requests that arrive while it runs queue up and go together in
 the next ``Session.run`` (up to ``max_batch`` rows), led by the first of them.
 A batch whose outputs do not split back by rows, or that fails, is re-run one
-request at a time, so one bad request never fails the others.
+request at a time, so one bad request never fails the others.  Every
+``Session.run`` is recorded in ``registry.metrics`` (requests and rows in it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from registry import metrics
 
 Runner = Callable[[dict, tuple], list]
 
@@ -39,9 +42,10 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, run: Runner, *, max_batch: int = 16) -> None:
+    def __init__(self, run: Runner, *, max_batch: int = 16, labels: tuple[str, str] = ("", "")) -> None:
         self._run = run
         self.max_batch = max_batch
+        self.labels = labels  # (model, version) of the graph, for the batch-size metrics
         self._lock = threading.Lock()
         self._queues: dict[tuple, deque[_Item]] = {}
         self._active: set[tuple] = set()
@@ -50,7 +54,7 @@ class Batcher:
     def submit(self, feeds: dict[str, np.ndarray], fetch: tuple[str, ...], *, batchable: bool) -> list:
         rows = _rows(feeds)
         if not batchable or self.max_batch <= 1 or rows is None or rows > self.max_batch:
-            self.runs += 1
+            self._count_run(1, rows)
             return self._run(feeds, fetch)
         key = (fetch, tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(feeds.items())))
         item = _Item(feeds, rows)
@@ -83,12 +87,16 @@ class Batcher:
                     break
         return item.result()
 
+    def _count_run(self, requests: int, rows: int | None) -> None:
+        self.runs += 1
+        metrics.record_batch(self.labels, requests, rows)
+
     def _execute(self, batch: Sequence[_Item], fetch: tuple[str, ...]) -> None:
         if len(batch) > 1:
             total = sum(item.rows for item in batch)
             feeds = {name: np.concatenate([item.feeds[name] for item in batch]) for name in batch[0].feeds}
             try:
-                self.runs += 1
+                self._count_run(len(batch), total)
                 outputs = self._run(feeds, fetch)
             except Exception:
                 outputs = None
@@ -100,7 +108,7 @@ class Batcher:
                 return
         for item in batch:  # alone, or the batch did not work out
             try:
-                self.runs += 1
+                self._count_run(1, item.rows)
                 item.deliver(self._run(item.feeds, fetch))
             except Exception as exc:
                 item.deliver(error=exc)

@@ -13,6 +13,7 @@ Importing this module loads TensorFlow; only the label service imports it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from registry import catalog
+from registry import catalog, metrics
 from registry.entities import FAILED, TF_SERVING_STATE, VersionInfo
 from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError
 from registry.serving.grpc_auth import TokenCheck
@@ -55,6 +56,7 @@ _CODE = {
     405: grpc.StatusCode.INVALID_ARGUMENT,
     409: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
@@ -62,25 +64,33 @@ _CODE = {
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
-def _answer_errors(method: Handler) -> Handler:
-    """Turn a RegistryError into its gRPC status, and anything else into INTERNAL (logged)."""
+def _answer_errors(metered: str | None) -> Callable[[Handler], Handler]:
+    """Turn a RegistryError into its gRPC status, and anything else into INTERNAL (logged); count
+    and time the call as method ``metered`` (``registry.metrics``, api ``grpc``; None: not counted)."""
 
-    @functools.wraps(method)
-    def wrapper(self, request, context: grpc.ServicerContext):
-        try:
-            return method(self, request, context)
-        except RegistryError as exc:
-            code = _CODE.get(exc.status)
-            if code is None:
-                log.error("gRPC %s failed: %s", method.__name__, exc.message)
-                code = grpc.StatusCode.INTERNAL
-            message = exc.message
-        except Exception as exc:
-            log.exception("gRPC %s failed", method.__name__)
-            code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
-        context.abort(code, message)
+    def decorate(method: Handler) -> Handler:
+        @functools.wraps(method)
+        def wrapper(self, request, context: grpc.ServicerContext):
+            with (metrics.observe_request("grpc", metered) if metered else contextlib.nullcontext()) as observed:
+                try:
+                    return method(self, request, context)
+                except RegistryError as exc:
+                    code = _CODE.get(exc.status)
+                    if code is None:
+                        log.error("gRPC %s failed: %s", method.__name__, exc.message)
+                        code = grpc.StatusCode.INTERNAL
+                    message = exc.message
+                except Exception as exc:
+                    log.exception("gRPC %s failed", method.__name__)
+                    code = grpc.StatusCode.INTERNAL
+                    message = f"internal error ({type(exc).__name__}); see the server log"
+                if observed is not None:
+                    observed.status = code.name
+            context.abort(code, message)
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def _model_name(spec: model_pb2.ModelSpec) -> str:
@@ -194,7 +204,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, registry) -> None:
         self.registry = registry
 
-    @_answer_errors
+    @_answer_errors("predict")
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
         name = _model_name(request.model_spec)
         _check_signature(request.model_spec)
@@ -210,7 +220,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[spec.key].CopyFrom(tf.make_tensor_proto(results[spec.name], dtype=spec.dtype))
         return response
 
-    @_answer_errors
+    @_answer_errors("metadata")
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                          context) -> get_model_metadata_pb2.GetModelMetadataResponse:
         name = _model_name(request.model_spec)
@@ -230,15 +240,18 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
         return response
 
-    def _unimplemented(self, method: str, context) -> None:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                      f"{method} needs a SavedModel with a {method.lower()} signature; frozen graphs answer Predict")
+    @staticmethod
+    def _unimplemented(method: str) -> RegistryError:
+        return RegistryError(f"{method} needs a SavedModel with a {method.lower()} signature; frozen graphs answer "
+                             "Predict", code="unsupported", status=501)
 
+    @_answer_errors("classify")
     def Classify(self, request, context):
-        self._unimplemented("Classify", context)
+        raise self._unimplemented("Classify")
 
+    @_answer_errors("regress")
     def Regress(self, request, context):
-        self._unimplemented("Regress", context)
+        raise self._unimplemented("Regress")
 
     def MultiInference(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED,
@@ -260,7 +273,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, registry) -> None:
         self.registry = registry
 
-    @_answer_errors
+    @_answer_errors("status")
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                        context) -> get_model_status_pb2.GetModelStatusResponse:
         name = _model_name(request.model_spec)
@@ -276,10 +289,11 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 token = page.next_page_token
                 if not token:
                     break
+        metrics.served(name, versions[0].version if ref is not None else None)
         return get_model_status_pb2.GetModelStatusResponse(
             model_version_status=[_version_status(v) for v in versions])
 
-    @_answer_errors
+    @_answer_errors(None)
     def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
                                   context) -> model_management_pb2.ReloadConfigResponse:
         """Check a config as TF Serving does, keep it as the served model list, and log that list.

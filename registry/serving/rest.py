@@ -3,19 +3,23 @@
 Paths, bodies and the error shape ``{"error": "..."}`` follow TF Serving's
 ``api_rest.md``, so a client written for TF Serving works unchanged.  Importing
 this module does not load TensorFlow; the first request that runs a graph does.
+Every request for a known method is counted and timed (``registry.metrics``,
+api ``rest``), and TF Serving's ``/monitoring/prometheus/metrics`` answers here,
+in a label service alone as in the whole registry.
 """
 
 from __future__ import annotations
 
 import re
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from registry import catalog
+from registry import catalog, metrics
 from registry.context import get_registry
 from registry.entities import FAILED, TF_SERVING_STATE
 from registry.errors import InvalidRequest, NotFound, RegistryError
+from registry.jobs import queue
 
 bp = Blueprint("serving", __name__)
 
@@ -24,6 +28,7 @@ PATH = re.compile(
     r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?$"
 )
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
+POST_METHODS = frozenset({"predict", "classify", "regress", "label", "compare"})
 
 
 def label_service():
@@ -74,16 +79,26 @@ def get_model(spec: str):
     name, ref, metadata, verb = _parse(spec)
     if verb:
         raise InvalidRequest(f":{verb} takes a POST", code="method_not_allowed", status=405)
-    registry = get_registry()
-    if metadata:
-        service = label_service()
-        version = service.resolve(name, ref)
-        from registry.serving.signature import metadata_json  # TensorFlow: not in the web process until asked
+    with metrics.observe_request("rest", "metadata" if metadata else "status"):
+        return jsonify(_metadata(name, ref) if metadata else _status(name, ref))
 
-        return metadata_json(name, version, service.graph(version))
+
+def _metadata(name: str, ref: str | None) -> dict:
+    service = label_service()
+    version = service.resolve(name, ref)
+    from registry.serving.signature import metadata_json  # TensorFlow: not in the web process until asked
+
+    return metadata_json(name, version, service.graph(version))
+
+
+def _status(name: str, ref: str | None) -> dict:
+    db = get_registry().db
     if ref is not None:
-        return {"model_version_status": [_version_status(catalog.get_version(registry.db, name, ref))]}
-    versions = catalog.list_versions(registry.db, name, page_size=1000).items
+        version = catalog.get_version(db, name, ref)
+        metrics.served(name, version.version)
+        return {"model_version_status": [_version_status(version)]}
+    versions = catalog.list_versions(db, name, page_size=1000).items
+    metrics.served(name)
     return {"model_version_status": [_version_status(v) for v in versions]}
 
 
@@ -112,6 +127,13 @@ def _values(name: str) -> list[str] | None:
 @bp.post("/v1/models/<path:spec>")
 def post_model(spec: str):
     name, ref, metadata, verb = _parse(spec)
+    if verb not in POST_METHODS:  # refused below: counted under no method
+        return _post(name, ref, verb)
+    with metrics.observe_request("rest", verb):
+        return jsonify(_post(name, ref, verb))
+
+
+def _post(name: str, ref: str | None, verb: str | None) -> dict:
     from registry.serving.service import validate_top_k  # numpy: not in the web process until a label request
 
     service = label_service()
@@ -147,3 +169,11 @@ def post_model(spec: str):
         raise InvalidRequest(f":{verb} needs a SavedModel with a {verb} signature; frozen graphs answer :predict",
                              code="unsupported")
     raise NotFound(f"unknown method :{verb or ''}; use :predict, :label or :compare", code="not_found")
+
+
+@bp.get(metrics.PATH)
+def prometheus_metrics():
+    """Prometheus's text format: every server process's counts, and the job queue counted now."""
+    db = get_registry().db
+    body = metrics.exposition([metrics.QueueDepth(lambda: queue.depth(db))])
+    return Response(body, content_type=metrics.CONTENT_TYPE)

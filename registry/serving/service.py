@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registry import catalog, safety
+from registry import catalog, metrics, safety
 from registry.config import Settings
 from registry.db import Database
 from registry.entities import READY, VersionInfo
@@ -41,6 +41,11 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def _graph_labels(graph) -> tuple[str, str]:
+    """The (model, version) metrics labels of a loaded graph."""
+    return graph.version.model, str(graph.version.version)
+
+
 def validate_top_k(value, default: int = 5) -> int:
     if value in (None, ""):
         return default
@@ -60,7 +65,8 @@ class LabelService:
         self.settings = settings
         self.db = db
         self.storage = storage
-        self.cache = GraphCache(settings.label_cache_mb * 1024 * 1024, self._load, on_evict=lambda g: g.evict())
+        self.cache = GraphCache(settings.label_cache_mb * 1024 * 1024, self._load, on_evict=lambda g: g.evict(),
+                                describe=_graph_labels)
         self._resolved: dict[tuple[str, str], tuple[float, VersionInfo]] = {}
         # Started now, so the first request finds a worker (almost) ready; stopped with ``stop``.
         self.pool = WorkerPool(count=settings.label_workers, memory_mb=settings.label_memory_mb,
@@ -68,8 +74,9 @@ class LabelService:
                                stop=stop)
 
     def close(self) -> None:
-        """Stop the inference workers."""
+        """Stop the inference workers (their graphs go: the cache's gauges drop them)."""
         self.pool.close()
+        self.cache.discard(lambda _key, _graph: True)
 
     def _worker_lost(self, worker) -> None:
         """A worker died or is being replaced: its graphs load again (elsewhere) on their next request."""
@@ -88,9 +95,11 @@ class LabelService:
         now = time.monotonic()
         cached = self._resolved.get(key)
         if cached is not None and now - cached[0] < RESOLVE_TTL_S:
-            return cached[1]
-        version = self._resolve(name, ref or "latest")
-        self._resolved[key] = (now, version)
+            version = cached[1]
+        else:
+            version = self._resolve(name, ref or "latest")
+            self._resolved[key] = (now, version)
+        metrics.served(version.model, version.version)  # the request's metrics labels: a real version
         return version
 
     def _resolve(self, name: str, ref: str) -> VersionInfo:
@@ -124,9 +133,11 @@ class LabelService:
         if labels_file is not None:
             with self.storage.open(labels_file.sha256) as stream:
                 labels = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()]
-        return LoadedGraph(version, key, frozen, labels, pool=self.pool, reload=self._reload,
-                           max_batch=self.settings.batch_max_size,
-                           timeout_seconds=self.settings.label_timeout_seconds)
+        graph = LoadedGraph(version, key, frozen, labels, pool=self.pool, reload=self._reload,
+                            max_batch=self.settings.batch_max_size,
+                            timeout_seconds=self.settings.label_timeout_seconds)
+        graph.batcher.labels = _graph_labels(graph)
+        return graph
 
     def _timed_graph(self, version: VersionInfo):
         started = time.perf_counter()

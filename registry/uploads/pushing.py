@@ -12,6 +12,9 @@ not committed its version yet.  Should a push fail after publishing (the
 database refuses its version), what it published is left to the garbage
 collector (``registry.jobs.gc``), which deletes only blobs that are unreferenced
 and older than its grace period, checking both again just before.
+
+Every push is counted by outcome in ``registry.metrics``: accepted, refused (a
+4xx, with its error code) or failed.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from registry import catalog
+from registry import catalog, metrics
 from registry.auth.audit import SYSTEM, Actor
 from registry.db import Database
 from registry.entities import NewFile, VersionInfo
-from registry.errors import InvalidUpload
+from registry.errors import InvalidUpload, RegistryError
 from registry.storage import BlobStorage
 from registry.uploads.archives import ArchiveLimits
 from registry.uploads.checks import SIGNATURE_RE, check_archives, check_fields, plan_push
@@ -38,6 +41,26 @@ def push(
     actor: Actor = SYSTEM,
 ) -> VersionInfo:
     """Validate, publish blobs and register the next version with a queued conversion."""
+    try:
+        version = _push(db, storage, name, request, max_attempts=max_attempts, archive_limits=archive_limits,
+                        actor=actor)
+    except RegistryError as exc:
+        metrics.PUSHES.labels(*_outcome(exc)).inc()
+        raise
+    except BaseException:
+        metrics.PUSHES.labels("failed", "").inc()
+        raise
+    metrics.PUSHES.labels("accepted", "").inc()
+    return version
+
+
+def _outcome(exc: RegistryError) -> tuple[str, str]:
+    """(outcome, code) labels of a push that raised ``exc``: a 4xx is the pusher's to fix."""
+    return ("refused", exc.code) if 400 <= exc.status < 500 else ("failed", exc.code)
+
+
+def _push(db: Database, storage: BlobStorage, name: str, request: PushRequest, *, max_attempts: int,
+          archive_limits: ArchiveLimits | None, actor: Actor) -> VersionInfo:
     catalog.validate_model_name(name)
     if request.signature and not SIGNATURE_RE.match(request.signature):
         raise InvalidUpload(f"signature {request.signature!r} is not a signature name (e.g. serving_default)",
