@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/model_page.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/metrics_overhead.py
 
 clean:
 	rm -rf $(VENV) registry-data .pytest_cache .import_linter_cache benchmarks/.work
