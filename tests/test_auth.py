@@ -53,6 +53,7 @@ ACCESS = {
     ("GET", "/models/<name>/compare"): READ,
     ("GET", "/demo/<path:filename>"): READ,
     # the label service runs graphs but changes nothing: model status, :label, :compare, :predict
+    ("GET", "/v1/models"): READ,
     ("GET", "/v1/models/<path:spec>"): READ,
     ("POST", "/v1/models/<path:spec>"): READ,
     # the label service's Prometheus metrics (TF Serving's path): counts per model tell what the catalog does

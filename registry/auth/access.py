@@ -63,6 +63,7 @@ RULES: dict[str, str | None] = {
     "web.version": READ,
     "web.compare": READ,
     "web.demo_file": READ,
+    "serving.list_models": READ,
     "serving.get_model": READ,
     "serving.post_model": READ,  # :label, :compare, :predict run graphs but change nothing
     "serving.prometheus_metrics": READ,  # request counts per model: as much as the catalog tells
