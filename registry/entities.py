@@ -35,6 +35,8 @@ DEFAULT_IMAGE_SIZE = 299
 DEFAULT_INPUT_MEAN = 0.0
 DEFAULT_INPUT_STD = 255.0
 PREPROCESSING_KEYS = ("input_height", "input_width", "input_mean", "input_std")
+# Ops by which a graph decodes an encoded image it is given as a string.
+IMAGE_DECODE_OPS = ("DecodeJpeg", "DecodeAndCropJpeg", "DecodePng", "DecodeBmp", "DecodeGif", "DecodeImage")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,16 @@ class VersionInfo:
         if not spec["dtype"].startswith(("float", "bfloat")) or shape is None or len(shape) != 4:
             return None
         return spec if shape[3] in (None, 3) else None
+
+    @property
+    def image_bytes_input(self) -> dict[str, Any] | None:
+        """The input an encoded image is fed to as it is, a graph that decodes it itself (TF Serving's
+        ResNet export): its one required input, a string vector [batch]."""
+        required = [i for i in self.input_nodes or [] if not i.get("optional")]
+        if len(required) != 1 or required[0]["dtype"] != "string" or required[0].get("shape") != [None]:
+            return None
+        histogram = ((self.conversion or {}).get("safety") or {}).get("op_histogram") or {}
+        return required[0] if any(op in histogram for op in IMAGE_DECODE_OPS) else None  # not tf.Examples
 
     @property
     def preprocessing(self) -> dict[str, float | int]:

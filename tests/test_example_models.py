@@ -256,3 +256,32 @@ def test_verification_images_decode_with_the_op_the_graph_uses(image_format, dec
         assert again == encoded
         expected = np.random.default_rng(1).integers(0, 256, size=(*TEST_IMAGE_SIZE, 3), dtype=np.uint8)
         assert (decoded == expected).all()
+
+
+def test_label_passes_the_image_bytes_straight_to_a_graph_that_decodes_them(served, tmp_path):
+    """:label on the JPEG-bytes model (pushed by the test above, or here) feeds the uploaded file as it is:
+    its top-k are the SavedModel's own probabilities for those bytes, with no second preprocessing."""
+    model = JpegClassifier()
+    tf.saved_model.save(model, str(tmp_path / "jpeg_model"), signatures={"serving_default": model.serve})
+    write_archive(tmp_path / "jpeg_model", tmp_path / "jpeg_model.tar.gz")
+    client = RegistryClient(served["url"])
+    number = client.push("jpeg-label", [("saved_model", tmp_path / "jpeg_model.tar.gz")], {})["version"]
+    assert client.wait("jpeg-label", number, timeout=300)["status"] == "ready"
+    jpeg = tf.io.encode_jpeg(np.random.default_rng(4).integers(0, 256, (30, 20, 3), dtype=np.uint8)).numpy()
+    answer = requests.post(f"{served['url']}/v1/models/jpeg-label:label?top_k=4", timeout=60,
+                           files={"image": ("photo.jpg", jpeg, "image/jpeg")})
+    assert answer.status_code == 200, answer.text
+    expected = tf.saved_model.load(str(tmp_path / "jpeg_model")).signatures["serving_default"](
+        image_bytes=tf.constant([jpeg]))["probabilities"].numpy()[0]
+    predictions = answer.json()["predictions"]
+    assert [p["index"] for p in predictions] == np.argsort(expected)[::-1].tolist()
+    np.testing.assert_allclose([p["score"] for p in predictions], np.sort(expected)[::-1], atol=1e-6)
+    assert answer.json()["timing_ms"]["preprocess"] == 0  # nothing decoded or resized outside the graph
+
+
+def test_label_on_a_tf_example_model_says_to_use_predict(served):
+    jpeg = tf.io.encode_jpeg(np.zeros((8, 8, 3), np.uint8)).numpy()
+    answer = requests.post(f"{served['url']}/v1/models/half_plus_two:label", timeout=60,
+                           files={"image": ("photo.jpg", jpeg, "image/jpeg")})
+    assert answer.status_code == 400, answer.text
+    assert "does not take an image" in answer.json()["error"] and ":predict" in answer.json()["error"]

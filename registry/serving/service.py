@@ -148,12 +148,13 @@ class LabelService:
     # -- labelling -----------------------------------------------------------------------
 
     def _image_input(self, version: VersionInfo) -> dict:
-        spec = version.image_input
+        spec = version.image_input or version.image_bytes_input
         if spec is None:
             described = ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in version.input_nodes or []) or "none"
             raise InvalidRequest(
                 f"version {version.version} of {version.model!r} does not take an image (its inputs: {described}; "
-                "an image input is a float tensor [batch, height, width, 3]): use :predict instead",
+                "an image input is a float tensor [batch, height, width, 3], or a string vector [batch] of encoded "
+                "images the graph decodes): use :predict instead",
                 code="not_an_image_model",
             )
         return spec
@@ -161,6 +162,11 @@ class LabelService:
     def _preprocess(self, version: VersionInfo, images: list[Image]) -> tuple[np.ndarray, float]:
         from registry.serving.preprocess import preprocessor  # TensorFlow: with the first image, not the service
 
+        if version.image_input is None and version.image_bytes_input is not None:
+            # the graph decodes the image itself: the uploaded bytes go in as they are, no second preprocessing
+            for image in images:
+                sniff(image.data, self.settings.max_image_pixels)
+            return np.array([image.data for image in images], dtype=object), 0.0
         p = version.preprocessing
         pre = preprocessor(int(p["input_height"]), int(p["input_width"]), float(p["input_mean"]),
                            float(p["input_std"]))
@@ -255,7 +261,8 @@ class LabelService:
         report = []
         scores_by_version: dict[int, np.ndarray] = {}
         for ref, version in chosen:
-            key = tuple(sorted(version.preprocessing.items()))
+            key = (tuple(sorted(version.preprocessing.items())) if version.image_input is not None
+                   else ("encoded image bytes",))
             if key not in batches:
                 batches[key], seconds = self._preprocess(version, images)
                 preprocess_ms += _ms(seconds)
