@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from load import build_inputs  # noqa: E402
 from registry_server import RegistryServer  # noqa: E402
 
 from registry.client import RegistryClient  # noqa: E402
@@ -47,20 +48,6 @@ PATH = "/monitoring/prometheus/metrics"
 TARGET_RATIO = 0.98
 SCRAPE_EVERY_S = 1.0
 WARM_UP_REQUESTS = 200
-
-
-def build_graph() -> bytes:
-    """A tiny frozen image classifier, made with TensorFlow (as benchmarks/load.py makes it)."""
-    import numpy as np
-    import tensorflow as tf
-
-    rng = np.random.default_rng(7)
-    graph = tf.Graph()
-    with graph.as_default():
-        x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
-        logits = tf.matmul(tf.reshape(x, [-1, 192]), tf.constant(rng.normal(size=(192, 5)).astype(np.float32)))
-        tf.nn.softmax(logits, name="output")
-    return graph.as_graph_def().SerializeToString()
 
 
 def predict_round(url: str, body: dict, clients: int, seconds: float) -> tuple[int, int]:
@@ -144,7 +131,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one round")
     parser.add_argument("--groups", type=int, default=12, help="ABBA groups of four rounds")
     args = parser.parse_args()
-    graph = build_graph()
+    graph, _ = build_inputs()  # load.py's tiny frozen classifier
     with tempfile.TemporaryDirectory(prefix="registry-metrics-bench-") as directory:
         tmp = Path(directory)
         (tmp / "frozen.pb").write_bytes(graph)

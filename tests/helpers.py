@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import requests
 
 
 def checkpoint_form(model, *, graph: bool = False, labels: bytes | None = None, **fields) -> dict:
@@ -58,3 +66,44 @@ def issue_tokens(db) -> dict[str, str]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(home: Path, **settings: str) -> dict[str, str]:
+    """This environment without the registry's, cloud or metrics settings, on ``home``, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_", "PROMETHEUS_"))}
+    return {**env, "REGISTRY_HOME": str(home), **settings}
+
+
+def start_gunicorn(env: dict[str, str], processes: int, *options: str) -> tuple[subprocess.Popen, str]:
+    """`registry serve --gunicorn` with ``processes`` worker processes, once it answers /readyz."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", "--gunicorn", "--processes",
+                             str(processes), *options, "--port", str(port), "--no-demo"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "gunicorn did not become ready"
+        time.sleep(0.3)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM, as an orchestrator stops it; SIGKILL if it has not exited within 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()

@@ -3,7 +3,6 @@ Retry-After), each with a message saying what to do."""
 
 from __future__ import annotations
 
-import io
 
 import pytest
 import requests

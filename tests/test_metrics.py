@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from registry.client import RegistryClient
 from tests import images as test_images
 from tests.conftest import make_settings, start_live_server
+from tests.helpers import server_env, start_gunicorn, stop_server
 
 pytestmark = pytest.mark.slow
 PATH = "/monitoring/prometheus/metrics"
@@ -280,44 +280,6 @@ def test_a_label_service_alone_serves_the_metrics(tmp_path):
 
 # -- several gunicorn processes ----------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _clean_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_", "PROMETHEUS_"))}
-    return {**env, "REGISTRY_HOME": str(home)}
-
-
-def _start_gunicorn(home: Path, processes: int) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", "--gunicorn", "--processes",
-                             str(processes), "--threads", "4", "--port", str(port), "--no-demo"],
-                            env=_clean_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, "gunicorn did not become ready"
-        time.sleep(0.3)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-
-
 def _status_counts(files: Iterable[Path]) -> dict[int, float]:
     """Per process (pid from the file name): the status requests of NAME its counter file holds."""
     counts = {}
@@ -332,8 +294,8 @@ def _status_counts(files: Iterable[Path]) -> dict[int, float]:
 def test_gunicorn_processes_are_summed_in_one_scrape(tmp_path, models):
     home = tmp_path / "home"
     subprocess.run([sys.executable, "-m", "registry.cli", "migrate"], check=True, capture_output=True,
-                   env=_clean_env(home))
-    proc, url = _start_gunicorn(home, processes=2)
+                   env=server_env(home))
+    proc, url = start_gunicorn(server_env(home), 2, "--threads", "4")
     try:
         # the server made its own metrics folder (PROMETHEUS_MULTIPROC_DIR not set), named by its pid
         folders = list(Path(tempfile.gettempdir()).glob(f"registry-metrics-{proc.pid}-*"))
@@ -370,7 +332,7 @@ def test_gunicorn_processes_are_summed_in_one_scrape(tmp_path, models):
             time.sleep(0.2)
         assert value(scrape(url), "registry_serving_requests_total", **labels, status="OK") == sent
     finally:
-        _stop(proc)
+        stop_server(proc)
     assert not folder.exists(), "the server's own metrics folder outlived it"
 
 

@@ -9,15 +9,14 @@ other; with the default in-process counts each server counts on its own.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests.helpers import server_env, start_gunicorn, stop_server
 
 pytestmark = pytest.mark.slow
 REDIS_URL = os.environ.get("REGISTRY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -32,39 +31,8 @@ def _redis_answers() -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(home: Path, storage: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_"))}
-    env.update(REGISTRY_HOME=str(home), REGISTRY_RATE_LIMIT_PUSH="2/minute", REGISTRY_RATELIMIT_STORAGE=storage)
-    proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", "--gunicorn", "--processes", "1",
-                             "--port", str(port), "--no-demo"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, "gunicorn did not become ready"
-        time.sleep(0.3)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+def _start(home: Path, storage: str):
+    return start_gunicorn(server_env(home, REGISTRY_RATE_LIMIT_PUSH="2/minute", REGISTRY_RATELIMIT_STORAGE=storage), 1)
 
 
 def _pushes(servers: list[str], graph: bytes) -> list[int]:
@@ -92,5 +60,5 @@ def test_two_server_processes_share_one_push_limit_only_through_redis(tmp_path, 
             assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 60
             assert "2/minute per client (REGISTRY_RATE_LIMIT_PUSH)" in refused.json()["error"]["message"]
     finally:
-        _stop(first)
-        _stop(second)
+        stop_server(first)
+        stop_server(second)

@@ -26,8 +26,9 @@ class CannotVerify(Exception):
     """Verification is impossible for a reason that is not the upload's fault."""
 
 
-def deterministic_feeds(inputs: list[dict], graph: tf.Graph) -> dict:
-    """A fixed pseudo-random value for every required input."""
+def deterministic_feeds(inputs: list[dict], graph: tf.Graph, image_format: str | None = None) -> dict:
+    """A fixed pseudo-random value for every required input; ``image_format`` is what the graph decodes
+    a string input from, if it decodes images (:func:`decoded_image_format`)."""
     rng = np.random.default_rng(SEED)
     feeds = {}
     for spec in inputs:
@@ -47,7 +48,7 @@ def deterministic_feeds(inputs: list[dict], graph: tf.Graph) -> dict:
             value = np.zeros(dims, dtype=bool)
         elif dtype == tf.string and (parse := _example_parser(tensor)) is not None:
             value = np.array([_example(parse, rng) for _ in range(int(np.prod(dims)))], dtype=object).reshape(dims)
-        elif dtype == tf.string and (image_format := _decoded_image_format(graph)) is not None:
+        elif dtype == tf.string and image_format is not None:
             value = np.array([_encoded_image(image_format, rng) for _ in range(int(np.prod(dims)))],
                              dtype=object).reshape(dims)
         else:
@@ -63,10 +64,9 @@ DECODE_FORMATS = {"DecodeJpeg": "jpeg", "DecodeAndCropJpeg": "jpeg", "DecodePng"
 TEST_IMAGE_SIZE = (24, 32)
 
 
-def _decoded_image_format(graph: tf.Graph) -> str | None:
+def decoded_image_format(graph_def: graph_pb2.GraphDef) -> str | None:
     """The image format the graph decodes its string input from, if it decodes one (in its nodes or in a
     function such as a map_fn's body)."""
-    graph_def = graph.as_graph_def()
     op_types = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
     found = [DECODE_FORMATS[op] for op in DECODE_FORMATS if op in op_types]
     return found[0] if found else None
@@ -162,11 +162,12 @@ def _session_config():
     return config
 
 
-def _run(graph: tf.Graph, outputs: list[str], inputs: list[dict], setup=None) -> list[np.ndarray]:
+def _run(graph: tf.Graph, outputs: list[str], inputs: list[dict], image_format: str | None,
+         setup=None) -> list[np.ndarray]:
     with tf1.Session(graph=graph, config=_session_config()) as session:
         if setup is not None:
             session.run(setup)
-        feeds = deterministic_feeds(inputs, graph)
+        feeds = deterministic_feeds(inputs, graph, image_format)
         fetches = [graph.get_tensor_by_name(name + ":0") for name in outputs]
         return session.run(fetches, feed_dict=feeds)
 
@@ -178,8 +179,9 @@ def run_frozen(frozen_path: Path, outputs: list[str], inputs: list[dict]) -> lis
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(graph_def, name="")
+    image_format = decoded_image_format(graph_def)
     del graph_def  # the graph holds its own copy; big constants should not be held twice
-    return _run(graph, outputs, inputs)
+    return _run(graph, outputs, inputs, image_format)
 
 
 def run_restored(
@@ -192,7 +194,7 @@ def run_restored(
         tf.graph_util.import_graph_def(pruned, name="")
         variables = [n for n in pruned.node if n.op in VARIABLE_OPS | RESOURCE_VARIABLE_OPS]
         if not variables:
-            return _run(graph, outputs, inputs)
+            return _run(graph, outputs, inputs, decoded_image_format(pruned))
         with tf.name_scope("registry_verify_restore"):
             restored = tf.raw_ops.RestoreV2(
                 prefix=checkpoint_prefix,
@@ -207,7 +209,7 @@ def run_restored(
                     assigns.append(tf.raw_ops.AssignVariableOp(resource=target, value=value))
                 else:
                     assigns.append(tf.raw_ops.Assign(ref=target, value=value, validate_shape=False).op)
-    return _run(graph, outputs, inputs, setup=assigns)
+    return _run(graph, outputs, inputs, decoded_image_format(pruned), setup=assigns)
 
 
 def max_abs_difference(a: list[np.ndarray], b: list[np.ndarray], names: list[str]) -> tuple[float, str | None]:

@@ -36,10 +36,11 @@ _local = threading.local()  # this thread's template
 
 class Template:
     def __init__(self, env: dict[str, str]) -> None:
+        """``env``: the child's environment (``runner``'s, with HOME and TMPDIR at :data:`HOME`)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "registry.converter.child", "--warm", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/",
-            env={**env, "HOME": HOME, "TMPDIR": HOME}, start_new_session=True,
+            env=env, start_new_session=True,
         )
         self.ready = False
 
