@@ -104,7 +104,8 @@ CONVERSION_SECONDS = Histogram("registry_conversion_duration_seconds", "Time one
                                buckets=CONVERSION_BUCKETS)
 QUEUE_DEPTH = "registry_job_queue_depth"
 
-# The gRPC code names a registry error's HTTP status maps to (as registry.serving.grpc_server maps them).
+# The gRPC code names a registry error's HTTP status maps to: the label service's gRPC answers and the
+# ``status`` label of every request, REST or gRPC, use this one table.
 _STATUS_NAMES = {200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                  404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 409: "FAILED_PRECONDITION", 413: "RESOURCE_EXHAUSTED",
                  429: "RESOURCE_EXHAUSTED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}

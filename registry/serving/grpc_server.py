@@ -50,18 +50,14 @@ SIGNATURE_DEF_FIELD = "signature_def"
 
 _State = get_model_status_pb2.ModelVersionStatus.State
 
-_CODE = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.INVALID_ARGUMENT,
-    409: grpc.StatusCode.FAILED_PRECONDITION,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def _grpc_code(http_status: int) -> grpc.StatusCode:
+    """The gRPC status of a registry error, by the one mapping the metrics count with too; a status
+    with no gRPC counterpart is INTERNAL."""
+    name = metrics.status_name(http_status)
+    return grpc.StatusCode.INTERNAL if name in ("OK", "UNKNOWN") else grpc.StatusCode[name]
 
 
 def _answer_errors(metered: str | None) -> Callable[[Handler], Handler]:
@@ -75,10 +71,9 @@ def _answer_errors(metered: str | None) -> Callable[[Handler], Handler]:
                 try:
                     return method(self, request, context)
                 except RegistryError as exc:
-                    code = _CODE.get(exc.status)
-                    if code is None:
+                    code = _grpc_code(exc.status)
+                    if code is grpc.StatusCode.INTERNAL:
                         log.error("gRPC %s failed: %s", method.__name__, exc.message)
-                        code = grpc.StatusCode.INTERNAL
                     message = exc.message
                 except Exception as exc:
                     log.exception("gRPC %s failed", method.__name__)
