@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from registry import safety
+from registry import safety, signatures as sigs
 
 READY, QUEUED, CONVERTING, FAILED = "ready", "queued", "converting", "failed"
 VERSION_STATUSES = (QUEUED, CONVERTING, READY, FAILED)
@@ -76,6 +76,31 @@ class VersionInfo:
     agreement_with_previous: dict[str, Any] | None = None
     # The model's admin-set op allowlist (see registry.safety), read with the version.
     allowed_ops: list[str] = field(default_factory=list)
+    signatures: dict[str, Any] | None = None  # registry.signatures: every signature of the frozen graph
+    requested_signatures: list[dict[str, Any]] | None = None  # declared with the push
+    prediction_output: str | None = None  # set at conversion or by a user; None: the first output
+
+    @property
+    def default_signature(self) -> str:
+        """The signature input_nodes and output_nodes describe, and :label runs."""
+        return self.signature or sigs.DEFAULT
+
+    @property
+    def signature_map(self) -> dict[str, Any]:
+        """Every signature, by name; a version converted before signatures were recorded has one."""
+        if self.signatures:
+            return self.signatures
+        if not self.output_nodes:
+            return {}
+        return {self.default_signature: sigs.from_nodes(self.input_nodes, self.output_nodes)}
+
+    @property
+    def prediction_node(self) -> str | None:
+        """The output :label and :compare rank classes by."""
+        outputs = self.output_nodes or []
+        if self.prediction_output in outputs:
+            return self.prediction_output
+        return outputs[0] if outputs else None
 
     def file(self, role: str) -> FileInfo | None:
         return next((f for f in self.files if f.role == role), None)

@@ -84,8 +84,14 @@ class ModelVersion(Base):
     output_nodes: Mapped[list[Any] | None] = mapped_column(default=None)
     output_nodes_detected: Mapped[bool | None] = mapped_column(default=None)
     input_nodes: Mapped[list[Any] | None] = mapped_column(default=None)
-    # The signature a pushed TF2 SavedModel is frozen from (None: serving_default).
+    # The signature a pushed SavedModel's input_nodes/output_nodes describe (None: serving_default).
     signature: Mapped[str | None] = mapped_column(sa.String(128), default=None)
+    # Signatures declared with a push (registry.signatures.validate_declared), frozen with the default one.
+    requested_signatures: Mapped[list[Any] | None] = mapped_column(default=None)
+    # Every signature of the frozen graph, by name (registry.signatures).
+    signatures: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # The output :label and :compare rank classes by (a node of output_nodes); None: the first.
+    prediction_output: Mapped[str | None] = mapped_column(sa.String(255), default=None)
     frozen_sha256: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     frozen_size: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
     tf_version: Mapped[str | None] = mapped_column(sa.String(32), default=None)

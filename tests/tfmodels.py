@@ -443,3 +443,76 @@ def two_head_graph_def(*, branch: str = "end", second_classes: int = CLASSES, tw
             scores = tf.matmul(second_source, tf1.get_variable("weights", [4, second_classes], use_resource=False))
             tf.identity(tf.math.l2_normalize(scores, axis=1), name="scores")
     return graph.as_graph_def()
+
+
+HALF_PLUS_TWO_SIGNATURES = ("serving_default", "classify_x_to_y", "regress_x_to_y", "regress_x_to_y2",
+                            "regress_x2_to_y3")
+
+
+def build_half_plus_two(export: Path) -> Path:
+    """A TF1 SavedModel built the way TF Serving's ``saved_model_half_plus_two.py`` builds its test model
+    (written here after reading it): serialized tf.Examples → ParseExample → ``x`` (required) and
+    ``x2`` (default 0); ``y = a*x + b``, ``y2 = a*x + c``, ``y3 = a2*x2 + c2`` with a=0.5, b=2, c=3
+    in variables; an asset file and an init op that assigns a variable the checkpoint does not hold;
+    five signatures: predict ``x→y`` (serving_default), classify ``x→y``, regress ``x→y``,
+    regress ``x→y2``, regress ``x2→y3``.  Returns the export folder."""
+    graph = tf.Graph()
+    assets = export.parent / f"{export.name}-assets"
+    assets.mkdir(parents=True, exist_ok=True)
+    (assets / "foo.txt").write_text("asset-file-contents")
+    with graph.as_default(), tf1.Session(graph=graph) as session:
+        a = tf1.Variable(0.5, name="a")
+        b = tf1.Variable(2.0, name="b")
+        c = tf1.Variable(3.0, name="c")
+        serialized = tf1.placeholder(tf.string, name="tf_example", shape=[None])
+        parsed = tf1.io.parse_example(serialized, {
+            "x": tf1.io.FixedLenFeature([1], dtype=tf.float32),
+            "x2": tf1.io.FixedLenFeature([1], dtype=tf.float32, default_value=[0.0]),
+        })
+        x = tf.identity(parsed["x"], name="x")
+        y = tf.identity(tf.add(tf.multiply(a, x), b), name="y")
+        y2 = tf.identity(tf.add(tf.multiply(a, x), c), name="y2")
+        x2 = tf.identity(parsed["x2"], name="x2")
+        a2 = tf1.Variable(0.5, name="a2")
+        c2 = tf1.Variable(3.0, name="c2")
+        y3 = tf.identity(tf.add(tf.multiply(a2, x2), c2), name="y3")
+        asset_path = tf.constant(str(assets / "foo.txt"))
+        tf1.add_to_collection(tf1.GraphKeys.ASSET_FILEPATHS, asset_path)
+        filename = tf1.Variable("foo.txt", name="filename_tensor", trainable=False, collections=[])
+        assign_filename = filename.assign("foo.txt")
+
+        info = tf1.saved_model.utils.build_tensor_info
+        build = tf1.saved_model.signature_def_utils.build_signature_def
+        constants = tf1.saved_model.signature_constants
+
+        def regression(inputs, outputs):
+            return build({constants.REGRESS_INPUTS: info(inputs)}, {constants.REGRESS_OUTPUTS: info(outputs)},
+                         constants.REGRESS_METHOD_NAME)
+
+        signatures = {
+            "regress_x_to_y": regression(serialized, y),
+            "regress_x_to_y2": regression(serialized, y2),
+            "regress_x2_to_y3": regression(x2, y3),
+            "classify_x_to_y": build({constants.CLASSIFY_INPUTS: info(serialized)},
+                                     {constants.CLASSIFY_OUTPUT_SCORES: info(y)}, constants.CLASSIFY_METHOD_NAME),
+            "serving_default": build({"x": info(x)}, {"y": info(y)}, constants.PREDICT_METHOD_NAME),
+        }
+        session.run(tf1.global_variables_initializer())
+        builder = tf1.saved_model.Builder(str(export))
+        builder.add_meta_graph_and_variables(
+            session, ["serve"], signature_def_map=signatures,
+            assets_collection=tf1.get_collection(tf1.GraphKeys.ASSET_FILEPATHS), main_op=tf.group(assign_filename))
+        builder.save()
+    return export
+
+
+def saved_model_signature_defs(export: Path) -> dict:
+    """The SignatureDefs of a SavedModel's 'serve' MetaGraph as TF Serving's REST metadata writes them."""
+    from google.protobuf import json_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((export / "saved_model.pb").read_bytes())
+    meta = next(m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags)
+    return {name: json_format.MessageToDict(sig, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+            for name, sig in meta.signature_def.items()}

@@ -66,6 +66,9 @@ def version_entities(
             aliases=aliases.get(row.id, []),
             agreement_with_previous=agreement.get(row.version),
             allowed_ops=allowed_ops,
+            signatures=None if summary else row.signatures,
+            requested_signatures=row.requested_signatures,
+            prediction_output=row.prediction_output,
         )
         for row in rows
     ]

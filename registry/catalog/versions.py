@@ -40,6 +40,7 @@ def create_version(
     input_nodes: list[str] | None = None,
     preprocessing: dict | None = None,
     signature: str | None = None,
+    signatures: list[dict] | None = None,
     max_attempts: int = 3,
     actor: Actor = SYSTEM,
 ) -> VersionInfo:
@@ -69,6 +70,7 @@ def create_version(
                     requested_input_nodes=input_nodes or None,
                     preprocessing=validate_preprocessing(preprocessing) if preprocessing else None,
                     signature=signature or None,
+                    requested_signatures=signatures or None,
                 )
                 session.add(row)
                 session.flush()
@@ -211,7 +213,8 @@ def list_versions(
         model = model_row(session, name)
         query = sa.select(ModelVersion).where(ModelVersion.model_id == model.id)
         if summary:
-            query = query.options(defer(ModelVersion.conversion, raiseload=True))
+            query = query.options(defer(ModelVersion.conversion, raiseload=True),
+                                  defer(ModelVersion.signatures, raiseload=True))
         if status:
             query = query.where(ModelVersion.status == status)
         if page_token:

@@ -91,12 +91,11 @@ class Worker:
     def op_load(self, request: dict, buffers: list[bytes]) -> None:
         from registry.serving.session import FrozenSession  # TensorFlow: imported by main() after the limits
 
-        session = FrozenSession(buffers[0], request["inputs"], request["outputs"], request["timeout_seconds"])
+        session = FrozenSession(buffers[0], request["tensors"], request["timeout_seconds"])
         del buffers[:]
         with self.lock:
             self.graphs[request["key"]] = session
-        self.reply(request, {"ok": True, "inputs": session.inputs, "outputs": session.outputs,
-                             "rss": rss_bytes()})
+        self.reply(request, {"ok": True, "tensors": session.tensors, "rss": rss_bytes()})
 
     def op_unload(self, request: dict, buffers: list[bytes]) -> None:
         with self.lock:

@@ -30,8 +30,35 @@ class TensorSpec:
     optional: bool = False  # a PlaceholderWithDefault
 
 
-def _tensor_spec(spec: dict) -> TensorSpec:
-    return TensorSpec(spec["key"], spec["name"], tf.as_dtype(spec["dtype"]), spec["shape"], bool(spec["optional"]))
+@dataclass(frozen=True)
+class Signature:
+    """One signature of a loaded version (registry.signatures), its tensors described."""
+
+    name: str
+    method: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def input(self, key: str) -> TensorSpec | None:
+        return next((s for s in self.inputs if s.key == key), None)
+
+    def output(self, key: str) -> TensorSpec | None:
+        return next((s for s in self.outputs if s.key == key), None)
+
+
+def _tensor_spec(key: str, entry: dict, described: dict) -> TensorSpec:
+    """A signature's tensor: its recorded dtype and shape (what the SavedModel declared), else the graph's."""
+    graph = described[entry["name"]]
+    dtype = tf.as_dtype(entry["dtype"]) if entry.get("dtype") else tf.as_dtype(graph["dtype"])
+    shape = entry["shape"] if "shape" in entry else graph["shape"]
+    return TensorSpec(key, graph["name"], dtype, shape, bool(entry.get("optional")))
+
+
+def _signatures(signature_map: dict, described: dict) -> dict[str, Signature]:
+    return {name: Signature(name, sig["method"],
+                            [_tensor_spec(k, e, described) for k, e in sig["inputs"].items()],
+                            [_tensor_spec(k, e, described) for k, e in sig["outputs"].items()])
+            for name, sig in signature_map.items()}
 
 
 def memory_estimate(frozen_bytes: int) -> int:
@@ -54,10 +81,12 @@ class LoadedGraph:
         self.timeout_seconds = timeout_seconds
         self._pool = pool
         self._reload = reload
-        inputs = [{"name": i["name"], "optional": bool(i.get("optional"))} for i in version.input_nodes or []]
+        signature_map = version.signature_map
+        tensors = sorted({entry["name"] for sig in signature_map.values() for side in ("inputs", "outputs")
+                          for entry in sig[side].values()})
         try:
-            self.worker, answer = pool.load(key, frozen, inputs, list(version.output_nodes or []),
-                                            timeout_seconds=timeout_seconds, estimate=self.memory_bytes)
+            self.worker, answer = pool.load(key, frozen, tensors, timeout_seconds=timeout_seconds,
+                                            estimate=self.memory_bytes)
         except NoWorker as exc:
             raise InferenceUnavailable(f"no inference worker can load version {version.version} of "
                                        f"{version.model!r}: {exc}", code="inference_unavailable") from exc
@@ -71,8 +100,13 @@ class LoadedGraph:
                     code="inference_out_of_memory") from exc
             raise RegistryError(f"version {version.version} of {version.model!r} could not be loaded for "
                                 f"inference: {exc.message}", code="inference_failed") from exc
-        self.inputs = [_tensor_spec(s) for s in answer["inputs"]]
-        self.outputs = [_tensor_spec(s) for s in answer["outputs"]]
+        self.signatures = _signatures(signature_map, answer["tensors"])
+        # The signature input_nodes and output_nodes describe: what :label runs
+        default = self.signatures.get(version.default_signature) or next(iter(self.signatures.values()))
+        self.inputs, self.outputs = default.inputs, default.outputs
+        node = version.prediction_node
+        self.prediction_output = next((s for s in self.outputs if node and s.name == f"{node}:0"),
+                                      self.outputs[0] if self.outputs else None)
         self._by_key = {s.key: s for s in self.inputs + self.outputs}
         self._by_key.update({s.name.rsplit(":", 1)[0]: s for s in self.inputs + self.outputs})
         self.batcher = Batcher(self._run_now, max_batch=max_batch)
@@ -167,5 +201,6 @@ class LoadedGraph:
 
     def batchable(self, feeds: dict[str, Any]) -> bool:
         """Requests can share a Session.run when every fed input has a free batch dimension."""
-        specs = {s.name: s for s in self.inputs}
-        return all(name in specs and specs[name].shape and specs[name].shape[0] is None for name in feeds)
+        specs = {s.name: s for sig in self.signatures.values() for s in sig.inputs}
+        return all(name in specs and specs[name].shape and specs[name].shape[0] is None
+                   and np.ndim(value) == len(specs[name].shape) for name, value in feeds.items())

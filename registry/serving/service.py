@@ -178,7 +178,7 @@ class LabelService:
     @staticmethod
     def _scores(graph, outputs: dict, rows: int) -> np.ndarray:
         """Per-image class scores from the first output, as label_image.py reads them."""
-        name = graph.outputs[0].name
+        name = graph.prediction_output.name
         scores = np.asarray(outputs[name])
         scores = scores.reshape(rows, -1) if scores.size % rows == 0 and scores.ndim >= 1 else None
         if scores is None or scores.shape[1] < 1:
@@ -200,7 +200,7 @@ class LabelService:
         batch, preprocess_s = self._preprocess(version, [image])
         graph, load_ms = self._timed_graph(version)
         run_started = time.perf_counter()
-        outputs = graph.run({f"{spec['name']}:0": batch}, [graph.outputs[0].name])
+        outputs = graph.run({f"{spec['name']}:0": batch}, [graph.prediction_output.name])
         inference_s = time.perf_counter() - run_started
         scores = self._scores(graph, outputs, 1)[0]
         if top_k > scores.shape[0]:
@@ -269,7 +269,7 @@ class LabelService:
             graph, load_ms = self._timed_graph(version)
             spec = self._image_input(version)
             run_started = time.perf_counter()
-            outputs = graph.run({f"{spec['name']}:0": batches[key]}, [graph.outputs[0].name])
+            outputs = graph.run({f"{spec['name']}:0": batches[key]}, [graph.prediction_output.name])
             latency = time.perf_counter() - run_started
             scores = self._scores(graph, outputs, len(images))
             scores_by_version[version.version] = scores

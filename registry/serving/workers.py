@@ -370,12 +370,11 @@ class WorkerPool:
                     raise NoWorker(f"no inference worker started within {START_TIMEOUT_S:g} s")
                 self._cond.wait(min(remaining, 1.0))
 
-    def load(self, key: object, frozen: bytes, inputs: list[dict], outputs: list[str], *,
+    def load(self, key: object, frozen: bytes, tensors: list[str], *,
              timeout_seconds: float, estimate: int) -> tuple[WorkerProcess, dict]:
-        """Load a frozen graph into a worker: the worker, and the graph's input and output specs."""
+        """Load a frozen graph into a worker: the worker, and the dtype and shape of ``tensors``."""
         worker = self._choose()
-        request = {"op": "load", "key": str(key), "inputs": inputs, "outputs": outputs,
-                   "timeout_seconds": timeout_seconds}
+        request = {"op": "load", "key": str(key), "tensors": tensors, "timeout_seconds": timeout_seconds}
         try:
             header, _ = worker.call(request, [frozen], timeout=LOAD_TIMEOUT_S)
         except TimeoutError as exc:
