@@ -25,6 +25,7 @@ from registry.converter import ops
 from registry.converter.probe import probe
 from registry.converter.runner import apply_limits
 from registry.converter.sandbox import die_with_parent
+from registry import signatures
 from registry.converter.saved_model import build_archive
 from registry.errors import ConversionError, RegistryError
 from registry.uploads.archives import ArchiveLimits, safe_extract, saved_model_root
@@ -37,10 +38,11 @@ def convert(request: dict) -> dict:
     # TensorFlow (and the modules that import it) load here, under the limits main() set first
     import tensorflow as tf
 
-    from registry.converter import graphs
-    from registry.converter.freeze import freeze, restore_key_map
+    from registry.converter import graphs, heads
+    from registry.converter.freeze import restore_key_map
+    from registry.converter.plan import freeze_plan, graph_plan
     from registry.converter.tables import inline_tables
-    from registry.converter.verify import verify
+    from registry.converter.verify import describe_frozen, verify_signatures
 
     started = time.perf_counter()
     files = request["files"]
@@ -68,31 +70,36 @@ def convert(request: dict) -> dict:
     # A SavedModel was scanned whole already; checkpoints and GraphDefs are scanned here.
     upload_flags = whole_upload_flags if plan is not None else ops.scan(graphs.all_nodes(graph_def))["flags"]
 
-    requested = request.get("output_nodes") or []
-    if plan is not None:
-        outputs, detected = plan.outputs, False
-    elif requested:
-        outputs = graphs.require_nodes(graph_def, requested, "output")
-        detected = False
-    else:
-        outputs = graphs.detect_outputs(graph_def)
-        detected = True
-    requested_inputs = request.get("input_nodes") or []
-    if plan is not None:
-        requested_inputs = plan.inputs
-    elif requested_inputs:
-        requested_inputs = graphs.require_nodes(graph_def, requested_inputs, "input")
+    detected = False
+    requested_inputs: list[str] = []
+    if plan is None:
+        requested = request.get("output_nodes") or []
+        if requested:
+            outputs = graphs.require_nodes(graph_def, requested, "output")
+        else:
+            outputs, detected = graphs.detect_outputs(graph_def), True
+        if request.get("input_nodes"):
+            requested_inputs = graphs.require_nodes(graph_def, request["input_nodes"], "input")
+        # serving_default's inputs are known once the graph is frozen (the placeholders its outputs read)
+        plan = graph_plan(graph_def, outputs, [], request.get("signatures"))
 
     # Lookups in constant-filled tables become plain ops: a frozen graph has no init ops to fill them.
     lookups_inlined = inline_tables(graph_def)
-    pruned, dropped = graphs.extract_subgraph(graph_def, outputs)
     # Keys can differ from node names; a Saver's restore ops say which key is which.
     key_map = restore_key_map(meta.graph_def) if meta is not None else {}
     key_map.update(restore_key_map(graph_def))
     freeze_started = time.perf_counter()
-    frozen, report = freeze(pruned, checkpoint_prefix, key_map)
+    if source != "saved_model":
+        plan.graph_def = graph_def
+        extra = [n for n in requested_inputs if n not in plan.nodes()]
+        pruned, dropped = graphs.extract_subgraph(graph_def, plan.nodes() + extra)
+        from registry.converter.freeze import freeze
+
+        frozen, report = freeze(pruned, checkpoint_prefix, key_map)
+        report.dropped_control_edges = dropped
+    else:
+        frozen, report, pruned = freeze_plan(plan, checkpoint_prefix, key_map)
     freeze_seconds = time.perf_counter() - freeze_started
-    report.dropped_control_edges = dropped
 
     # Deterministic: the same upload always gives the same bytes, hence the same sha256 and ETag.
     output_path = Path(request["output_path"])
@@ -103,30 +110,61 @@ def convert(request: dict) -> dict:
         # A flagged op anywhere in a SavedModel flags the version, not only one in the frozen graph.
         frozen_scan["flags"] = merge_flags(frozen_scan["flags"], whole_upload_flags)
         frozen_scan["flagged"] = True
-    inputs = graphs.detect_inputs(frozen, requested_inputs or None)
-    del graph_def, meta, frozen  # verification needs the memory more than these
+    if source == "saved_model":
+        inputs = [_input_record(plan.signatures[plan.default]["inputs"], key) for key in
+                  sorted(plan.signatures[plan.default]["inputs"])]
+    else:
+        names = requested_inputs or graphs.placeholders_read(frozen, plan.outputs)
+        inputs = graphs.detect_inputs(frozen, names) if names else []
+        plan.signatures[plan.default]["inputs"] = signatures.from_nodes(inputs, [])["inputs"]
+    outputs = plan.outputs
+    frozen_nodes_by_name = {n.name: n for n in frozen.node}
+    del graph_def, meta  # verification needs the memory more than these
 
+    tolerance = request["verify_tolerance"]
     if not request.get("verify", True):
-        verification = {"status": "skipped", "reason": "verification turned off", "max_abs_diff": None,
-                        "tolerance": request["verify_tolerance"]}
+        verifications = {name: {"status": "skipped", "reason": "verification turned off", "max_abs_diff": None,
+                                "tolerance": tolerance} for name in plan.signatures}
     elif blocking := [f for f in frozen_scan["flags"] if f["op"] not in set(request.get("allowed_ops") or ())]:
         # Flagged graphs are never run, not even here: the model's admin-set allowlist is the only way in.
-        verification = {
-            "status": "skipped",
-            "reason": "flagged: the graph contains ops that read or write files, reach the network, call Python "
-            "or are not on the inference allowlist, so it was not run: "
-            + ", ".join(f"{f['op']} ({f['category']})" for f in blocking),
-            "max_abs_diff": None,
-            "tolerance": request["verify_tolerance"],
-        }
+        reason = ("flagged: the graph contains ops that read or write files, reach the network, call Python "
+                  "or are not on the inference allowlist, so it was not run: "
+                  + ", ".join(f"{f['op']} ({f['category']})" for f in blocking))
+        verifications = {name: {"status": "skipped", "reason": reason, "max_abs_diff": None, "tolerance": tolerance}
+                         for name in plan.signatures}
     else:
-        verification = verify(
-            output_path, pruned, checkpoint_prefix if report.variables else None,
-            report.variable_keys, outputs, inputs, request["verify_tolerance"],
-        )
+        verifications = verify_signatures(output_path, pruned, checkpoint_prefix if report.variables else None,
+                                          report.variable_keys, plan.signatures, tolerance)
+    if any("dtype" not in e or "shape" not in e for sig in plan.signatures.values()
+           for side in ("inputs", "outputs") for e in sig[side].values()):
+        describe_frozen(output_path, plan.signatures)
+    for name, verification in verifications.items():
+        if verification["status"] == "failed":
+            plan.failed[name] = verification["reason"]
+            del plan.signatures[name]
+        else:
+            plan.signatures[name]["verification"] = verification
+    if not plan.signatures:
+        raise ConversionError(verifications[plan.default]["reason"] if len(verifications) == 1 else
+                              "no signature reproduces the original: " + "; ".join(
+                                  f"{n}: {r}" for n, r in plan.failed.items()), code="verification_failed")
+    if plan.default not in plan.signatures:
+        plan.default = next(iter(plan.signatures))
+        outputs = plan.outputs
+        inputs = [_input_record(plan.signatures[plan.default]["inputs"], key) for key in
+                  sorted(plan.signatures[plan.default]["inputs"])]
+    verification = _overall(plan.signatures, plan.failed, tolerance)
+    default_check = plan.signatures[plan.default].get("verification") or {}
+    sizes = {o["name"]: (o["test_shape"][-1] if o.get("test_shape") else None)
+             for o in default_check.get("outputs") or []}
+    output_keys = {sigs_node(e["name"]): k for k, e in plan.signatures[plan.default]["outputs"].items()}
+    chosen, why = heads.prediction_output(frozen_nodes_by_name, outputs,
+                                          {n: sizes.get(output_keys.get(n)) for n in outputs},
+                                          request.get("labels_count"))
+    del frozen, frozen_nodes_by_name
     saved_model = None
     if request.get("saved_model_path"):
-        build_archive(output_path, inputs, outputs, Path(request["saved_model_path"]))
+        build_archive(output_path, plan.signatures, Path(request["saved_model_path"]))
         saved_model = request["saved_model_path"]
     return {
         "ok": True,
@@ -134,10 +172,15 @@ def convert(request: dict) -> dict:
         "output_nodes": outputs,
         "output_nodes_detected": detected,
         "input_nodes": inputs,
+        "signature": plan.default if source == "saved_model" else None,
+        "signatures": plan.signatures,
+        "prediction_output": chosen,
         "tf_version": tf.__version__,
         "conversion": {
-            **({"signature": plan.signature} if plan is not None else {}),
+            **({"signature": plan.default} if source == "saved_model" else {}),
             "verification": verification,
+            "failed_signatures": plan.failed,
+            "prediction_output": {"node": chosen, "reason": why},
             "safety": {
                 "op_histogram": frozen_scan["op_histogram"],
                 "flags": frozen_scan["flags"],
@@ -153,6 +196,37 @@ def convert(request: dict) -> dict:
             "total_seconds": round(time.perf_counter() - started, 4),
         },
     }
+
+
+def sigs_node(tensor: str) -> str:
+    return tensor.split(":", 1)[0]
+
+
+def _input_record(entries: dict, key: str) -> dict:
+    """A SavedModel signature's input as input_nodes records it (name: its node)."""
+    entry = entries[key]
+    return {"name": sigs_node(entry["name"]), "dtype": entry.get("dtype"), "shape": entry.get("shape"),
+            "optional": bool(entry.get("optional"))}
+
+
+def _overall(signatures_: dict, failed: dict, tolerance: float) -> dict:
+    """The version's verification: its signatures' worst."""
+    checks = {name: sig["verification"] for name, sig in signatures_.items()}
+    passed = [c for c in checks.values() if c["status"] == "passed"]
+    overall = dict(next(iter(checks.values())))
+    overall.pop("outputs", None)
+    if passed and len(passed) == len(checks):
+        overall = {"status": "passed", "max_abs_diff": max(c["max_abs_diff"] for c in passed), "tolerance": tolerance}
+    elif passed:
+        skipped = {n: c.get("reason") or c.get("note") for n, c in checks.items() if c["status"] != "passed"}
+        overall = {"status": "passed", "max_abs_diff": max(c["max_abs_diff"] for c in passed), "tolerance": tolerance,
+                   "note": "not compared: " + "; ".join(f"{n} ({r})" for n, r in skipped.items())}
+    if len(checks) > 1 or failed:
+        overall["signatures"] = {n: {"status": c["status"], "max_abs_diff": c.get("max_abs_diff")}
+                                 for n, c in checks.items()}
+    if failed:
+        overall["failed_signatures"] = sorted(failed)
+    return overall
 
 
 def merge_flags(*groups: list[dict]) -> list[dict]:
@@ -171,7 +245,8 @@ def merge_flags(*groups: list[dict]) -> list[dict]:
 
 def saved_model_plan(request: dict):
     """Unpack a pushed SavedModel archive, scan all of it, and plan the freeze of its signature."""
-    from registry.converter import tf2, upload_scan  # TensorFlow: loads under the limits main() set
+    from registry.converter import upload_scan  # TensorFlow: loads under the limits main() set
+    from registry.converter.plan import saved_model_plan as plan_saved_model
     from registry.converter.tables import inline_vocabulary_files
 
     folder = Path(request["output_path"]).parent / "uploaded_saved_model"
@@ -186,8 +261,7 @@ def saved_model_plan(request: dict):
     for meta in proto.meta_graphs:  # vocabulary files become constants: nothing will read them when served
         inline_vocabulary_files(meta, root)
     scan = upload_scan.scan_saved_model(proto)
-    plan = tf2.saved_model_plan(proto, root, request.get("signature") or "serving_default")
-    return plan, scan.flags
+    return plan_saved_model(proto, root, request.get("signature")), scan.flags
 
 
 def convert_keras(request: dict, started: float) -> dict:
@@ -196,6 +270,7 @@ def convert_keras(request: dict, started: float) -> dict:
     import tensorflow as tf
 
     from registry.converter import graphs, tf2
+    from registry.converter.verify import describe_frozen
 
     freeze_started = time.perf_counter()
     frozen, config_scan = tf2.from_keras(Path(request["files"]["keras"]), request["verify_tolerance"],
@@ -206,9 +281,12 @@ def convert_keras(request: dict, started: float) -> dict:
     scan = ops.scan(graphs.all_nodes(frozen.graph_def))
     flags = merge_flags(scan["flags"], config_scan["flags"])
     inputs = graphs.detect_inputs(frozen.graph_def, frozen.inputs)
+    signature_map = {signatures.DEFAULT: signatures.from_nodes(inputs, frozen.outputs)}
+    describe_frozen(output_path, signature_map)
+    signature_map[signatures.DEFAULT]["verification"] = frozen.verification
     saved_model = None
     if request.get("saved_model_path"):
-        build_archive(output_path, inputs, frozen.outputs, Path(request["saved_model_path"]))
+        build_archive(output_path, signature_map, Path(request["saved_model_path"]))
         saved_model = request["saved_model_path"]
     return {
         "ok": True,
@@ -216,6 +294,8 @@ def convert_keras(request: dict, started: float) -> dict:
         "output_nodes": frozen.outputs,
         "output_nodes_detected": True,
         "input_nodes": inputs,
+        "signatures": signature_map,
+        "prediction_output": frozen.outputs[0] if frozen.outputs else None,
         "tf_version": tf.__version__,
         "conversion": {
             "verification": frozen.verification,
@@ -233,7 +313,7 @@ def convert_keras(request: dict, started: float) -> dict:
 
 def build_saved_model(request: dict) -> dict:
     """Only the SavedModel of an already-frozen version (versions frozen before SavedModels existed)."""
-    build_archive(Path(request["frozen_path"]), request["input_nodes"], request["output_nodes"],
+    build_archive(Path(request["frozen_path"]), request["signatures"],
                   Path(request["saved_model_path"]))
     return {"ok": True, "saved_model": request["saved_model_path"]}
 
@@ -255,7 +335,7 @@ def warm(parent: int) -> int:
     die_with_parent(parent)
     import tensorflow  # noqa: F401  (what each conversion would otherwise wait for)
 
-    from registry.converter import freeze, graphs, tables, tf2, verify  # noqa: F401
+    from registry.converter import freeze, graphs, heads, plan, tables, tf2, verify  # noqa: F401
 
     os.write(1, b"ready\n")
     while line := sys.stdin.buffer.readline().strip():

@@ -280,6 +280,10 @@ def dtype_name(enum: int) -> str:
         return types_pb2.DataType.Name(enum)
 
 
+def dtype_enum(name: str) -> int:
+    return dtypes.as_dtype(name).as_datatype_enum
+
+
 def describe_input(node) -> dict:
     """Name, dtype and shape of a placeholder-like node, as recorded in the version."""
     dtype = node.attr["dtype"].type if "dtype" in node.attr else node.attr["T"].type
@@ -296,6 +300,14 @@ def describe_input(node) -> dict:
         "shape": shape,
         "optional": node.op == "PlaceholderWithDefault",
     }
+
+
+def placeholders_read(graph_def: graph_pb2.GraphDef, outputs: list[str]) -> list[str]:
+    """The placeholders ``outputs`` are computed from, in graph order."""
+    nodes = {node.name: node for node in graph_def.node}
+    needed = ancestors(nodes, outputs)
+    return [n.name for n in graph_def.node
+            if n.op in ("Placeholder", "PlaceholderV2", "PlaceholderWithDefault") and n.name in needed]
 
 
 def detect_inputs(graph_def: graph_pb2.GraphDef, requested: list[str] | None) -> list[dict]:

@@ -174,3 +174,44 @@ def _weight_shape(nodes: dict, name: str) -> list[int] | None:
             return None
         name = inputs[0]
     return None
+
+
+PROBABILITY_OPS = ("Softmax", "Sigmoid")
+PASSTHROUGH_OPS = frozenset({"Identity", "Reshape", "Squeeze", "Snapshot", "ExpandDims"})
+
+
+def _probability_op(nodes: dict, name: str) -> str | None:
+    """The Softmax or Sigmoid an output is (through Reshape, Identity and the like), if it is one."""
+    seen: set[str] = set()
+    while name in nodes and name not in seen:
+        seen.add(name)
+        node = nodes[name]
+        if node.op in PROBABILITY_OPS:
+            return node.op
+        if node.op not in PASSTHROUGH_OPS or not node.input:
+            return None
+        name = _ref_name(node.input[0])
+    return None
+
+
+def prediction_output(nodes: dict, outputs: list[str], sizes: dict[str, int | None],
+                      labels: int | None) -> tuple[str | None, str]:
+    """The output ``:label`` ranks classes by, and why: the probability output (a Softmax or Sigmoid,
+    possibly through Reshape/Identity) whose size matches the labels file, else the only probability
+    output, else the first output.  ``sizes`` holds each output's last dimension where known."""
+    if not outputs:
+        return None, "the version has no outputs"
+    if len(outputs) == 1:
+        return outputs[0], "the only output"
+    probabilities = [(o, op) for o in outputs if (op := _probability_op(nodes, o))]
+    if labels:
+        matching = [(o, op) for o, op in probabilities if sizes.get(o) == labels]
+        if matching:
+            return matching[0][0], (f"the {matching[0][1]} output whose {labels} classes match the labels file"
+                                    + (f" (of {len(matching)} that do)" if len(matching) > 1 else ""))
+    if probabilities:
+        size = sizes.get(probabilities[0][0])
+        return probabilities[0][0], (f"the {probabilities[0][1]} output" + (f" ({size} classes)" if size else "")
+                                     + (f", the first of {len(probabilities)}" if len(probabilities) > 1 else "")
+                                     + ("; none matches the labels file's size" if labels else ""))
+    return outputs[0], "the first output: none of the outputs is a Softmax or Sigmoid"

@@ -2,10 +2,9 @@
 
 TF Serving cannot load a frozen ``.pb``; it loads ``saved_model.pb`` +
 ``variables/``.  A frozen graph has only constants, so the SavedModel is the
-graph itself with one ``serving_default`` signature from the recorded input
-nodes to the recorded output nodes (keys: node names with every character
-other than letters, digits and ``_`` turned into ``_``, as the label service's
-metadata reports them) and an empty ``variables/`` folder.
+graph itself with every signature of the version (registry.signatures: their
+keys, tensors and method names, as the label service's metadata reports them)
+and an empty ``variables/`` folder.
 
 The archive is deterministic (sorted members, zero times, fixed owner), so the
 same frozen graph always gives the same bytes and the same sha256.
@@ -22,46 +21,34 @@ from pathlib import Path
 from registry.errors import ConversionError
 
 SERVING_TAG = "serve"
-SIGNATURE = "serving_default"
 
 
-def signature_key(node: str) -> str:
-    """``InceptionV3/Predictions/Reshape_1`` → ``InceptionV3_Predictions_Reshape_1``."""
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in node)
-
-
-def _keys(names: list[str], what: str) -> dict[str, str]:
-    keys: dict[str, str] = {}
-    for name in names:
-        key = signature_key(name)
-        if key in keys:
-            raise ConversionError(f"{what} nodes {keys[key]!r} and {name!r} give the same signature key {key!r}",
-                                  code="signature_key_clash")
-        keys[key] = name
-    return keys
-
-
-def build_saved_model(frozen_path: Path, input_nodes: list[dict], output_nodes: list[str], export_dir: Path) -> None:
-    """Write a SavedModel of the frozen graph at ``frozen_path`` into ``export_dir`` (must not exist)."""
+def build_saved_model(frozen_path: Path, signature_map: dict[str, dict], export_dir: Path) -> None:
+    """Write a SavedModel of the frozen graph at ``frozen_path`` into ``export_dir`` (must not exist), with
+    every signature of ``signature_map`` (registry.signatures) and its method name."""
     import tensorflow as tf  # only here: write_archive (the CLI's push) needs no TensorFlow
 
     tf1 = tf.compat.v1
     graph_def = tf1.GraphDef()
     graph_def.ParseFromString(frozen_path.read_bytes())
-    inputs = _keys([i["name"] for i in input_nodes if not i.get("optional")], "input")
-    outputs = _keys(list(output_nodes), "output")
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(graph_def, name="")
         del graph_def
-        # Optional inputs (PlaceholderWithDefault) stay out: a signature's inputs are all required.
-        signature = tf1.saved_model.signature_def_utils.predict_signature_def(
-            inputs={k: graph.get_tensor_by_name(f"{n}:0") for k, n in inputs.items()},
-            outputs={k: graph.get_tensor_by_name(f"{n}:0") for k, n in outputs.items()},
-        )
+        info = tf1.saved_model.utils.build_tensor_info
+        try:
+            # Optional inputs (PlaceholderWithDefault) stay out: a signature's inputs are all required.
+            defs = {name: tf1.saved_model.signature_def_utils.build_signature_def(
+                inputs={k: info(graph.get_tensor_by_name(e["name"])) for k, e in sig["inputs"].items()
+                        if not e.get("optional")},
+                outputs={k: info(graph.get_tensor_by_name(e["name"])) for k, e in sig["outputs"].items()},
+                method_name=sig["method"]) for name, sig in signature_map.items()}
+        except (KeyError, ValueError) as exc:
+            raise ConversionError(f"a signature names a tensor the frozen graph lacks ({exc})",
+                                  code="invalid_signature") from exc
         with tf1.Session(graph=graph) as session:
             builder = tf1.saved_model.Builder(str(export_dir))
-            builder.add_meta_graph_and_variables(session, [SERVING_TAG], signature_def_map={SIGNATURE: signature},
+            builder.add_meta_graph_and_variables(session, [SERVING_TAG], signature_def_map=defs,
                                                  strip_default_attrs=True)
             builder.save()
     (export_dir / "variables").mkdir(exist_ok=True)
@@ -85,9 +72,9 @@ def write_archive(directory: Path, archive: Path) -> None:
                         tar.addfile(info, f)
 
 
-def build_archive(frozen_path: Path, input_nodes: list[dict], output_nodes: list[str], archive: Path) -> None:
+def build_archive(frozen_path: Path, signature_map: dict[str, dict], archive: Path) -> None:
     """Build the SavedModel of a frozen graph and pack it as ``archive`` (.tar.gz)."""
     with tempfile.TemporaryDirectory(prefix="saved-model-", dir=archive.parent) as tmp:
         export_dir = Path(tmp) / "saved_model"
-        build_saved_model(frozen_path, input_nodes, output_nodes, export_dir)
+        build_saved_model(frozen_path, signature_map, export_dir)
         write_archive(export_dir, archive)

@@ -1,11 +1,10 @@
 """SavedModel and Keras uploads become the same kind of frozen GraphDef as checkpoints.
 
-A SavedModel (TF1 or TF2) is never loaded: :func:`saved_model_plan` reads the
-chosen signature's graph out of the MetaGraphDef as data, with its inputs named
-after the signature's input keys and an ``Identity`` node per output key.  The
-converter then freezes it with a checkpoint reader like any checkpoint (each
-variable's checkpoint key read off the restore ops, not run), so the upload's
-init, main and restore ops never run.
+A SavedModel (TF1 or TF2) is never loaded: :mod:`registry.converter.plan` reads
+every signature's graph out of the MetaGraphDef as data, and the converter
+freezes it with a checkpoint reader like any checkpoint (each variable's
+checkpoint key read off the restore ops, not run), so the upload's init, main
+and restore ops never run.
 
 A Keras file is different: its model exists only as a configuration that Keras
 builds.  Its whole configuration is scanned as data first
@@ -23,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import attr_value_pb2, graph_pb2
+from tensorflow.core.framework import attr_value_pb2
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from registry.converter import graphs, ops, upload_scan
-from registry.converter.graphs import node_name
 from registry.errors import ConversionError
 
 
@@ -101,90 +99,6 @@ def freeze_function(function, output_keys: list[str], tolerance: float) -> Froze
         raise ConversionError(f"the frozen graph differs from the model by {diff:.3g} (tolerance {tolerance:g})",
                               code="verification_failed")
     return Frozen(graph_def, outputs, inputs, verification)
-
-
-@dataclass
-class SavedModelPlan:
-    """What the checkpoint pipeline needs to freeze one signature of a SavedModel, read statically."""
-
-    graph_def: object
-    outputs: list[str]
-    inputs: list[str]
-    checkpoint_prefix: str | None
-    signature: str
-
-
-def _meta_graph(proto):
-    metas = list(proto.meta_graphs)
-    serving = [m for m in metas if "serve" in m.meta_info_def.tags]
-    if serving:
-        return serving[0]
-    if len(metas) == 1:
-        return metas[0]
-    tags = "; ".join(",".join(m.meta_info_def.tags) or "(none)" for m in metas)
-    raise ConversionError(f"the SavedModel has no MetaGraphDef tagged 'serve' (its tag sets: {tags}): save it "
-                          "with tags=['serve']", code="invalid_saved_model")
-
-
-def saved_model_plan(proto, folder: Path, signature_name: str) -> SavedModelPlan:
-    """The graph of ``signature_name`` with inputs named after the signature's input keys and an
-    ``Identity`` output per output key, and where its variables are.  TF1 and TF2 SavedModels
-    alike: nothing is loaded or run."""
-    meta = _meta_graph(proto)
-    signatures = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
-    if signature_name not in signatures:
-        have = ", ".join(sorted(signatures)) or "none"
-        raise ConversionError(f"the SavedModel has no signature {signature_name!r} (it has: {have}): pass "
-                              "signature=NAME with the push, or save it with that signature",
-                              code="signature_not_found")
-    signature = signatures[signature_name]
-    graph_def = graph_pb2.GraphDef()
-    graph_def.CopyFrom(meta.graph_def)
-    nodes = {n.name: n for n in graph_def.node}
-    for kind, infos in (("input", signature.inputs), ("output", signature.outputs)):
-        for key, info in infos.items():
-            if info.WhichOneof("encoding") != "name":
-                raise ConversionError(f"signature {signature_name!r} {kind} {key!r} is a sparse or composite tensor; "
-                                      "only dense tensors can be frozen", code="unsupported_signature")
-            if node_name(info.name) not in nodes:
-                raise ConversionError(f"signature {signature_name!r} names {info.name!r}, which is not in the graph",
-                                      code="invalid_saved_model")
-    taken = set(nodes)
-    renames: dict[str, str] = {}
-    inputs = []
-    for key in sorted(signature.inputs):
-        old = node_name(signature.inputs[key].name)
-        if nodes[old].op not in ("Placeholder", "PlaceholderV2", "PlaceholderWithDefault"):
-            raise ConversionError(f"signature input {key!r} is {nodes[old].op} node {old!r}, not a placeholder",
-                                  code="unsupported_signature")
-        new = old
-        if old != key:
-            taken.discard(old)
-            new = _node_name(key, taken)
-            renames[old] = new
-        inputs.append(new)
-    for node in graph_def.node:
-        node.name = renames.get(node.name, node.name)
-        for i, ref in enumerate(node.input):
-            control, rest = ref.startswith("^"), ref.lstrip("^")
-            base, _, port = rest.partition(":")
-            if base in renames:
-                node.input[i] = ("^" if control else "") + renames[base] + (f":{port}" if port else "")
-    outputs = []
-    for key in sorted(signature.outputs):
-        info = signature.outputs[key]
-        base, _, port = info.name.partition(":")
-        source = renames.get(base, base) + (f":{port}" if port and port != "0" else "")
-        if source == key:  # the output node already carries the key's name (TF1 signatures often do)
-            outputs.append(key)
-            continue
-        name = _node_name(key, taken)
-        node = graph_def.node.add(name=name, op="Identity", input=[source])
-        node.attr["T"].CopyFrom(attr_value_pb2.AttrValue(type=info.dtype))
-        outputs.append(name)
-    index = folder / "variables" / "variables.index"
-    return SavedModelPlan(graph_def, outputs, inputs, str(index.with_suffix("")) if index.is_file() else None,
-                          signature_name)
 
 
 def from_keras(path: Path, tolerance: float, allowed_ops: list[str] | tuple[str, ...] = ()) -> tuple[Frozen, dict]:

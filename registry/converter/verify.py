@@ -16,7 +16,6 @@ from tensorflow.core.framework import graph_pb2
 
 from registry.converter import ops
 from registry.converter.freeze import RESOURCE_VARIABLE_OPS, VARIABLE_OPS
-from registry.errors import ConversionError
 
 tf1 = tf.compat.v1
 SEED = 20260101
@@ -27,18 +26,23 @@ class CannotVerify(Exception):
 
 
 def deterministic_feeds(inputs: list[dict], graph: tf.Graph, image_format: str | None = None) -> dict:
-    """A fixed pseudo-random value for every required input; ``image_format`` is what the graph decodes
-    a string input from, if it decodes images (:func:`decoded_image_format`)."""
+    """A fixed pseudo-random value for every required input (``name``: a node or tensor name);
+    ``image_format`` is what the graph decodes a string input from, if it decodes images
+    (:func:`decoded_image_format`)."""
     rng = np.random.default_rng(SEED)
     feeds = {}
     for spec in inputs:
         if spec.get("optional"):
             continue
-        tensor = graph.get_tensor_by_name(spec["name"] + ":0")
-        shape = tensor.shape
-        if shape.rank is None:
-            raise CannotVerify(f"input {spec['name']!r} has an unknown rank")
-        dims = [1 if d is None else d for d in shape.as_list()]
+        name = spec["name"] if ":" in spec["name"] else spec["name"] + ":0"
+        tensor = graph.get_tensor_by_name(name)
+        parse = _example_parser(tensor) if tensor.dtype.base_dtype == tf.string else None
+        if parse is not None and parse.type == "ParseSingleExample":
+            dims: list[int] = []
+        elif tensor.shape.rank is None:  # any rank will do: a batch of two
+            dims = [2]
+        else:
+            dims = [1 if d is None else d for d in tensor.shape.as_list()]
         dtype = tensor.dtype.base_dtype
         if dtype.is_floating:
             value = rng.random(dims).astype(dtype.as_numpy_dtype)
@@ -46,7 +50,7 @@ def deterministic_feeds(inputs: list[dict], graph: tf.Graph, image_format: str |
             value = rng.integers(0, 2, size=dims).astype(dtype.as_numpy_dtype)
         elif dtype == tf.bool:
             value = np.zeros(dims, dtype=bool)
-        elif dtype == tf.string and (parse := _example_parser(tensor)) is not None:
+        elif parse is not None:
             value = np.array([_example(parse, rng) for _ in range(int(np.prod(dims)))], dtype=object).reshape(dims)
         elif dtype == tf.string and image_format is not None:
             value = np.array([_encoded_image(image_format, rng) for _ in range(int(np.prod(dims)))],
@@ -162,54 +166,131 @@ def _session_config():
     return config
 
 
-def _run(graph: tf.Graph, outputs: list[str], inputs: list[dict], image_format: str | None,
-         setup=None) -> list[np.ndarray]:
-    with tf1.Session(graph=graph, config=_session_config()) as session:
-        if setup is not None:
-            session.run(setup)
-        feeds = deterministic_feeds(inputs, graph, image_format)
-        fetches = [graph.get_tensor_by_name(name + ":0") for name in outputs]
-        return session.run(fetches, feed_dict=feeds)
-
-
-def run_frozen(frozen_path: Path, outputs: list[str], inputs: list[dict]) -> list[np.ndarray]:
-    """Run the frozen graph as written to disk: what users will pull."""
-    graph_def = graph_pb2.GraphDef()
-    graph_def.ParseFromString(frozen_path.read_bytes())
+def _import(graph_def: graph_pb2.GraphDef) -> tf.Graph:
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(graph_def, name="")
+    return graph
+
+
+def _restore_ops(graph: tf.Graph, pruned: graph_pb2.GraphDef, checkpoint_prefix: str,
+                 variable_keys: dict[str, str]) -> list:
+    """Our own RestoreV2 and assigns for the graph's variables (never the upload's restore ops)."""
+    variables = [n for n in pruned.node if n.op in VARIABLE_OPS | RESOURCE_VARIABLE_OPS]
+    if not variables:
+        return []
+    with graph.as_default(), tf.name_scope("registry_verify_restore"):
+        restored = tf.raw_ops.RestoreV2(
+            prefix=checkpoint_prefix,
+            tensor_names=[variable_keys[n.name] for n in variables],
+            shape_and_slices=[""] * len(variables),
+            dtypes=[tf.as_dtype(n.attr["dtype"].type).base_dtype for n in variables],
+        )
+        assigns = []
+        for node, value in zip(variables, restored):
+            target = graph.get_operation_by_name(node.name).outputs[0]
+            if node.op in RESOURCE_VARIABLE_OPS:
+                assigns.append(tf.raw_ops.AssignVariableOp(resource=target, value=value))
+            else:
+                assigns.append(tf.raw_ops.Assign(ref=target, value=value, validate_shape=False).op)
+    return assigns
+
+
+def _tensors(signature: dict, side: str) -> list[dict]:
+    return [{"name": e["name"], "optional": bool(e.get("optional"))} for _, e in sorted(signature[side].items())]
+
+
+def run_signatures(graph: tf.Graph, signatures: dict[str, dict], image_format: str | None,
+                   setup=None) -> dict[str, list[np.ndarray] | Exception]:
+    """Each signature's outputs (in key order) on its deterministic inputs, or why it could not run."""
+    results: dict[str, list[np.ndarray] | Exception] = {}
+    with tf1.Session(graph=graph, config=_session_config()) as session:
+        if setup:
+            session.run(setup)
+        for name, signature in signatures.items():
+            try:
+                feeds = deterministic_feeds(_tensors(signature, "inputs"), graph, image_format)
+                fetches = [graph.get_tensor_by_name(e["name"]) for e in _tensors(signature, "outputs")]
+                results[name] = session.run(fetches, feed_dict=feeds)
+            except (CannotVerify, tf.errors.OpError, ValueError, TypeError, KeyError) as exc:
+                results[name] = exc
+    return results
+
+
+def describe(graph: tf.Graph, signatures: dict[str, dict]) -> None:
+    """Fill in each signature tensor's dtype and shape that the plan did not know, from the graph."""
+    for signature in signatures.values():
+        for side in ("inputs", "outputs"):
+            for entry in signature[side].values():
+                if entry.get("dtype") and "shape" in entry:
+                    continue
+                tensor = graph.get_tensor_by_name(entry["name"])
+                entry.setdefault("dtype", tensor.dtype.base_dtype.name)
+                entry["dtype"] = entry["dtype"] or tensor.dtype.base_dtype.name
+                entry.setdefault("shape", None if tensor.shape.rank is None else tensor.shape.as_list())
+
+
+def describe_frozen(frozen_path: Path, signatures: dict[str, dict]) -> None:
+    """:func:`describe` for a frozen graph that is not run (verification off or skipped)."""
+    graph_def = graph_pb2.GraphDef()
+    graph_def.ParseFromString(frozen_path.read_bytes())
+    try:
+        describe(_import(graph_def), signatures)
+    except (ValueError, KeyError, TypeError, tf.errors.OpError):  # ops this TensorFlow lacks: left to the loader
+        pass
+
+
+def verify_signatures(
+    frozen_path: Path, pruned: graph_pb2.GraphDef, checkpoint_prefix: str | None,
+    variable_keys: dict[str, str], signatures: dict[str, dict], tolerance: float,
+) -> dict[str, dict]:
+    """Each signature of the frozen graph against the original (the checkpoint-restored graph, or a
+    SavedModel's graph with its variables), on the same deterministic inputs.  Fills in tensor dtypes
+    and shapes; returns each signature's verification (``status``: passed, ran, skipped or failed)."""
+    original = None
+    if checkpoint_prefix is not None:
+        graph = _import(pruned)
+        original = run_signatures(graph, signatures, decoded_image_format(pruned),
+                                  setup=_restore_ops(graph, pruned, checkpoint_prefix, variable_keys))
+        del graph
+        gc.collect()  # the restored graph's variables go before the frozen graph's constants come
+    graph_def = graph_pb2.GraphDef()
+    graph_def.ParseFromString(frozen_path.read_bytes())
     image_format = decoded_image_format(graph_def)
-    del graph_def  # the graph holds its own copy; big constants should not be held twice
-    return _run(graph, outputs, inputs, image_format)
+    graph = _import(graph_def)
+    del graph_def
+    describe(graph, signatures)
+    frozen = run_signatures(graph, signatures, image_format)
+    random_ops = sorted({n.op for n in pruned.node if n.op in RANDOM_OPS})
+    return {name: _verdict(signatures[name], frozen[name], None if original is None else original[name],
+                           tolerance, random_ops) for name in signatures}
 
 
-def run_restored(
-    pruned: graph_pb2.GraphDef, checkpoint_prefix: str, variable_keys: dict[str, str],
-    outputs: list[str], inputs: list[dict],
-) -> list[np.ndarray]:
-    """Run the inference graph with its variables restored from the checkpoint."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(pruned, name="")
-        variables = [n for n in pruned.node if n.op in VARIABLE_OPS | RESOURCE_VARIABLE_OPS]
-        if not variables:
-            return _run(graph, outputs, inputs, decoded_image_format(pruned))
-        with tf.name_scope("registry_verify_restore"):
-            restored = tf.raw_ops.RestoreV2(
-                prefix=checkpoint_prefix,
-                tensor_names=[variable_keys[n.name] for n in variables],
-                shape_and_slices=[""] * len(variables),
-                dtypes=[tf.as_dtype(n.attr["dtype"].type).base_dtype for n in variables],
-            )
-            assigns = []
-            for node, value in zip(variables, restored):
-                target = graph.get_operation_by_name(node.name).outputs[0]
-                if node.op in RESOURCE_VARIABLE_OPS:
-                    assigns.append(tf.raw_ops.AssignVariableOp(resource=target, value=value))
-                else:
-                    assigns.append(tf.raw_ops.Assign(ref=target, value=value, validate_shape=False).op)
-    return _run(graph, outputs, inputs, decoded_image_format(pruned), setup=assigns)
+def _verdict(signature: dict, frozen, original, tolerance: float, random_ops: list[str]) -> dict:
+    keys = sorted(signature["outputs"])
+    for result in (frozen, original):
+        if isinstance(result, CannotVerify):
+            return {"status": "skipped", "reason": str(result), "max_abs_diff": None, "tolerance": tolerance}
+        if isinstance(result, Exception):
+            if _sandbox_hid_a_file(result):
+                return {"status": "skipped", "max_abs_diff": None, "tolerance": tolerance,
+                        "reason": f"its {result.node_def.op} op could not open its file in the converter's "
+                                  f"sandbox, which shows it its work directory only ({error_summary(result)})"}
+            return {"status": "failed", "max_abs_diff": None, "tolerance": tolerance,
+                    "reason": f"the frozen graph does not run on a test input: {error_summary(result)}. Check the "
+                              "output and input nodes, or export an inference graph (is_training=False)"}
+    outputs = _describe(keys, frozen)
+    if original is None:
+        return {"status": "ran", "max_abs_diff": None, "tolerance": tolerance, "outputs": outputs,
+                "note": "uploaded already frozen: ran it once, nothing to compare against"}
+    diff, where = max_abs_difference(frozen, original, [signature["outputs"][k]["name"].split(":")[0] for k in keys])
+    if diff > tolerance:
+        hint = (f" The graph contains random ops ({', '.join(random_ops)}), so each run differs: export an "
+                "inference graph without dropout or sampling (is_training=False)." if random_ops else "")
+        return {"status": "failed", "max_abs_diff": diff, "tolerance": tolerance, "outputs": outputs,
+                "reason": f"the frozen graph does not reproduce the checkpoint: output {where!r} differs by "
+                          f"{diff:.3g} (tolerance {tolerance:g}).{hint}"}
+    return {"status": "passed", "max_abs_diff": diff, "tolerance": tolerance, "outputs": outputs}
 
 
 def max_abs_difference(a: list[np.ndarray], b: list[np.ndarray], names: list[str]) -> tuple[float, str | None]:
@@ -239,49 +320,6 @@ def error_summary(exc: Exception) -> str:
 
 
 RANDOM_OPS = {"RandomUniform", "RandomStandardNormal", "TruncatedNormal", "RandomUniformInt", "Multinomial"}
-
-
-def verify(
-    frozen_path: Path, pruned: graph_pb2.GraphDef, checkpoint_prefix: str | None,
-    variable_keys: dict[str, str], outputs: list[str], inputs: list[dict], tolerance: float,
-) -> dict:
-    """Compare frozen and restored outputs; raise ConversionError when they differ."""
-    try:
-        if checkpoint_prefix is None:
-            frozen_out = run_frozen(frozen_path, outputs, inputs)
-            return {"status": "ran", "max_abs_diff": None, "tolerance": tolerance,
-                    "outputs": _describe(outputs, frozen_out),
-                    "note": "uploaded already frozen: ran it once, nothing to compare against"}
-        restored_out = run_restored(pruned, checkpoint_prefix, variable_keys, outputs, inputs)
-        gc.collect()  # the restored graph's variables go before the frozen graph's constants come
-        frozen_out = run_frozen(frozen_path, outputs, inputs)
-    except CannotVerify as exc:
-        return {"status": "skipped", "reason": str(exc), "max_abs_diff": None, "tolerance": tolerance}
-    except (tf.errors.OpError, ValueError, TypeError) as exc:
-        if _sandbox_hid_a_file(exc):
-            return {"status": "skipped", "max_abs_diff": None, "tolerance": tolerance,
-                    "reason": f"its {exc.node_def.op} op could not open its file in the converter's sandbox, which "
-                              f"shows it its work directory only ({error_summary(exc)})"}
-        raise ConversionError(
-            f"the frozen graph does not run on a test input: {error_summary(exc)}. "
-            "Check the output and input nodes, or export an inference graph (is_training=False)",
-            code="verification_failed",
-        ) from exc
-    diff, where = max_abs_difference(frozen_out, restored_out, outputs)
-    if diff > tolerance:
-        random_ops = sorted({n.op for n in pruned.node if n.op in RANDOM_OPS})
-        hint = (
-            f" The graph contains random ops ({', '.join(random_ops)}), so each run differs: "
-            "export an inference graph without dropout or sampling (is_training=False)."
-            if random_ops else ""
-        )
-        raise ConversionError(
-            f"the frozen graph does not reproduce the checkpoint: output {where!r} differs by {diff:.3g} "
-            f"(tolerance {tolerance:g}).{hint}",
-            code="verification_failed",
-        )
-    return {"status": "passed", "max_abs_diff": diff, "tolerance": tolerance,
-            "outputs": _describe(outputs, frozen_out)}
 
 
 def _sandbox_hid_a_file(exc: Exception) -> bool:

@@ -175,6 +175,7 @@ class Worker:
                 files[f.role] = str(target)
         if version.file("index"):
             files["checkpoint_prefix"] = str(prefix)
+        labels = version.file("labels")
         return {
             "source": version.source,
             "files": files,
@@ -186,9 +187,21 @@ class Worker:
             # Ops the model's admin allowed: a graph flagged only for these is verified like any other.
             "allowed_ops": version.allowed_ops,
             "signature": version.signature,
+            "signatures": version.requested_signatures or [],
+            # the prediction output is the probability output whose size matches the labels file
+            "labels_count": self._count_lines(labels.sha256) if labels is not None else None,
             "max_archive_bytes": self.settings.max_archive_bytes,
             "max_archive_files": self.settings.max_archive_files,
         }
+
+    def _count_lines(self, sha256: str) -> int:
+        """Lines of a labels file, as the label service reads it (one class per line)."""
+        lines, last = 0, b"\n"
+        with self.storage.open(sha256) as stream:
+            while chunk := stream.read(1 << 20):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+        return lines + (last != b"\n")
 
     def _record(self, job: queue.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> str:
         """Record ``outcome`` on the version; return what the metrics count it as."""
@@ -234,13 +247,18 @@ class Worker:
             made.append(NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, saved.sha256, saved.size))
         verification = result["conversion"]["verification"]
         blocking = safety_rules.blocking_flags(result["conversion"], version.allowed_ops)
+        signature_map = result.get("signatures") or {}
+        count = f"{len(signature_map)} signatures, " if len(signature_map) > 1 else ""
         if blocking:
             message = (f"frozen, but flagged as unsafe to run: {safety_rules.describe(blocking)}; "
                        "never run (verification skipped)")
         elif verification["status"] == "passed":
-            message = f"frozen and verified (largest difference {verification['max_abs_diff']:.3g})"
+            message = f"frozen and verified ({count}largest difference {verification['max_abs_diff']:.3g})"
         else:
             message = f"frozen; not verified: {verification.get('reason') or verification.get('note')}"
+        failed = result["conversion"].get("failed_signatures") or {}
+        if failed:
+            message += "; not served: " + "; ".join(f"signature {n!r} ({r})" for n, r in failed.items())
         recorded = queue.finish(
             self.db, job, ready=True, message=message,
             fields={
@@ -251,6 +269,9 @@ class Worker:
                 "frozen_size": ref.size,
                 "tf_version": result["tf_version"],
                 "conversion": result["conversion"],
+                "signatures": signature_map or None,
+                "prediction_output": result.get("prediction_output"),
+                **({"signature": result["signature"]} if result.get("signature") else {}),
             },
             files=made,
         )
@@ -305,8 +326,8 @@ def build_saved_model(settings: Settings, db: Database, storage: BlobStorage, ve
         frozen = workdir / "frozen.pb"
         storage.materialize(version.frozen_sha256, frozen)
         outcome = run_conversion(
-            {"task": "saved_model", "frozen_path": str(frozen), "input_nodes": version.input_nodes or [],
-             "output_nodes": version.output_nodes or [], "saved_model_path": str(workdir / SAVED_MODEL_FILENAME)},
+            {"task": "saved_model", "frozen_path": str(frozen), "signatures": version.signature_map,
+             "saved_model_path": str(workdir / SAVED_MODEL_FILENAME)},
             workdir, timeout=settings.convert_timeout_seconds, memory_mb=settings.convert_memory_mb,
             user=settings.convert_user, warm_start=settings.convert_warm,  # a backfill of many: one import
         )

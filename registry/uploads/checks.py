@@ -8,9 +8,12 @@ says what to send instead.
 
 from __future__ import annotations
 
+import json
+
 import re
 from collections.abc import Iterable
 
+from registry import signatures
 from registry.entities import SOURCE_FROZEN, SOURCE_GRAPH, SOURCE_KERAS, SOURCE_META, SOURCE_SAVED_MODEL
 from registry.errors import InvalidUpload
 from registry.uploads.archives import ArchiveLimits, check_archive, check_saved_model_archive
@@ -229,12 +232,33 @@ def plan_push(request: PushRequest) -> tuple[str, list[ReceivedFile]]:
     return source, ordered
 
 
+def parse_signatures(value: object) -> list[dict]:
+    """The ``signatures`` field of a push: a JSON list of ``{"name", "method", "inputs", "outputs"}``
+    (registry.signatures.validate_declared), checked before anything is stored."""
+    if value in (None, "", []):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise InvalidUpload(f"signatures is not JSON ({exc}): send a list like [{{\"name\": \"classify\", "
+                                '"method": "classify", "inputs": ["tf_example"], "outputs": ["scores"]}]',
+                                code="invalid_signatures") from exc
+    try:
+        return signatures.validate_declared(value)
+    except ValueError as exc:
+        raise InvalidUpload(str(exc), code="invalid_signatures") from exc
+
+
 def check_fields(source: str, request: PushRequest) -> None:
     """Node names and a signature go only with the kinds of push that use them."""
     if source in (SOURCE_SAVED_MODEL, SOURCE_KERAS):
         if request.output_nodes or request.input_nodes:
             raise InvalidUpload(f"a {source} push takes its inputs and outputs from the model's signature: "
                                 "leave out output_nodes and input_nodes", code="conflicting_fields")
+        if request.signatures:
+            raise InvalidUpload(f"a {source} push keeps the signatures it was saved with: leave out signatures",
+                                code="conflicting_fields")
     elif request.signature:
         raise InvalidUpload("signature applies only to a pushed SavedModel", code="conflicting_fields")
 

@@ -122,3 +122,4 @@ class PushRequest:
     description: str = ""
     preprocessing: dict = field(default_factory=dict)
     signature: str = ""  # for a pushed SavedModel: the signature to freeze (default serving_default)
+    signatures: list[dict] = field(default_factory=list)  # declared with a checkpoint or frozen-graph push

@@ -85,6 +85,7 @@ def _push(db: Database, storage: BlobStorage, name: str, request: PushRequest, *
             files=[NewFile(ROLE_OF_FIELD.get(f.field, f.field), f.filename, f.sink.ref.sha256, f.sink.ref.size)
                    for f in ordered],
             signature=request.signature or None,
+            signatures=request.signatures or None,
             description=request.description,
             output_nodes=request.output_nodes,
             input_nodes=request.input_nodes,
