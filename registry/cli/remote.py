@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 import click
 
+from registry import signatures
 from registry.cli.options import connect, split_ref, url_option
 from registry.cli.output import print_version, progress, table
 from registry.client import checkpoint_files
@@ -24,7 +26,12 @@ from registry.converter.saved_model import write_archive  # writes a .tar.gz: no
               help="Register an already-frozen GraphDef instead of a checkpoint.")
 @click.option("--saved-model", type=click.Path(exists=True, path_type=Path),
               help="Push a TF2 SavedModel (its folder, or a .zip/.tar.gz of it) instead of a checkpoint.")
-@click.option("--signature", default="", help="The SavedModel signature to freeze (default serving_default).")
+@click.option("--signature", "signature_args", multiple=True, metavar="NAME | NAME:inputs=a,b:outputs=c:method=M",
+              help="With --saved-model: the signature input/output nodes describe (default serving_default; every "
+                   "signature is kept). With a checkpoint or --frozen: a signature to add, e.g. "
+                   "regress:inputs=tf_example:outputs=y:method=regress (repeatable).")
+@click.option("--signatures", "signatures_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help='Signatures to add, as a JSON file: [{"name", "method", "inputs": [...], "outputs": [...]}].')
 @click.option("--keras", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Push a Keras model file (.keras or .h5) instead of a checkpoint.")
 @click.option("--output-nodes", default="", help="Comma-separated output node names (detected when left out).")
@@ -34,9 +41,10 @@ from registry.converter.saved_model import write_archive  # writes a .tar.gz: no
 @click.option("--wait", is_flag=True, help="Wait until the version is ready or failed.")
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
 @url_option
-def push(name, checkpoint_prefix, graph, frozen, saved_model, signature, keras, output_nodes, input_nodes, labels,
-         description, wait, timeout, url):
+def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, signatures_file, keras, output_nodes,
+         input_nodes, labels, description, wait, timeout, url):
     """Push a checkpoint (CHECKPOINT_PREFIX, e.g. train/model.ckpt) as the next version of NAME."""
+    signature, declared = _signature_options(signature_args, signatures_file)
     files: list[tuple[str, Path]] = []
     scratch = tempfile.TemporaryDirectory(prefix="registry-push-")
     if sum(bool(x) for x in (frozen, saved_model, keras, checkpoint_prefix)) > 1:
@@ -71,7 +79,8 @@ def push(name, checkpoint_prefix, graph, frozen, saved_model, signature, keras, 
     if labels:
         files.append(("labels", labels))
     fields = {k: v for k, v in {"output_nodes": output_nodes, "input_nodes": input_nodes,
-                                "description": description, "signature": signature}.items() if v}
+                                "description": description, "signature": signature,
+                                "signatures": json.dumps(declared) if declared else ""}.items() if v}
     client = connect(url)
     total = sum(p.stat().st_size for _, p in files)
     try:
@@ -85,6 +94,32 @@ def push(name, checkpoint_prefix, graph, frozen, saved_model, signature, keras, 
                 sys.exit(1)
     finally:
         scratch.cleanup()
+
+
+def _signature_options(args: tuple[str, ...], path: Path | None) -> tuple[str, list[dict]]:
+    """(the SavedModel signature named, the signatures declared) from --signature and --signatures."""
+    names = [a for a in args if ":" not in a]
+    if len(names) > 1:
+        raise click.UsageError(f"--signature names one SavedModel signature, not {len(names)}: "
+                               f"{', '.join(names)}")
+    declared: list[dict] = []
+    if path is not None:
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise click.BadParameter(f"{path} is not a JSON file ({exc})", param_hint="--signatures") from None
+        declared += loaded if isinstance(loaded, list) else [loaded]
+    for arg in args:
+        if ":" in arg:
+            try:
+                declared.append(signatures.parse_declared(arg))
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--signature") from None
+    try:
+        signatures.validate_declared(declared)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--signature/--signatures") from None
+    return (names[0] if names else ""), declared
 
 
 @click.command()
