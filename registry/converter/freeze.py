@@ -245,7 +245,41 @@ def _freeze_through_functions(graph_def: graph_pb2.GraphDef, values: dict[str, n
             f"the graph passes variables to functions in a way that cannot be frozen ({_first_line(exc)}): pass "
             "output nodes of the inference part of the graph, or upload a frozen graph", code="unsupported_graph",
         ) from exc
+    for function in converted.library.function:
+        _gathers_from_values(function)
     return converted
+
+
+def _gathers_from_values(function) -> None:
+    """``ResourceGather`` on a function argument that now carries the variable's value becomes
+    ``GatherV2`` (TensorFlow's converter leaves gathers inside functions as they are, expecting
+    the functions to be inlined first; a tf.gather or embedding lookup in a TF2 signature is one)."""
+    args = {a.name: a for a in function.signature.input_arg}
+    nodes = {n.name: n for n in function.node_def}
+    for node in list(function.node_def):
+        if node.op != "ResourceGather":
+            continue
+        source = node.input[0].split(":", 1)[0]
+        while source in nodes and nodes[source].op == "Identity":
+            source = nodes[source].input[0].split(":", 1)[0]
+        arg = args.get(source)
+        if arg is None or arg.type == types_pb2.DT_RESOURCE:
+            continue
+        if node.attr["batch_dims"].i:
+            raise ConversionError(f"node {node.name!r} in function {function.signature.name!r} gathers from a "
+                                  "variable with batch_dims; freezing it is not supported: upload a frozen graph",
+                                  code="unsupported_graph")
+        axis = function.node_def.add(name=f"{node.name}/frozen_axis", op="Const")
+        axis.attr["dtype"].type = types_pb2.DT_INT32
+        axis.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(np.array(0, dtype=np.int32)))
+        node.op = "GatherV2"
+        node.input.insert(2, f"{axis.name}:output:0")
+        node.attr["Tparams"].type = arg.type
+        node.attr["Taxis"].type = types_pb2.DT_INT32
+        node.attr["batch_dims"].i = 0
+        for attr in ("dtype", "validate_indices"):
+            if attr in node.attr:
+                del node.attr[attr]
 
 
 def _rewrite_resource_consumer(

@@ -16,6 +16,7 @@ from tensorflow.core.framework import graph_pb2
 
 from registry.converter import ops
 from registry.converter.freeze import RESOURCE_VARIABLE_OPS, VARIABLE_OPS
+from registry.errors import ConversionError
 
 tf1 = tf.compat.v1
 SEED = 20260101
@@ -54,6 +55,9 @@ def deterministic_feeds(inputs: list[dict], graph: tf.Graph, image_format: str |
             value = np.array([_example(parse, rng) for _ in range(int(np.prod(dims)))], dtype=object).reshape(dims)
         elif dtype == tf.string and image_format is not None:
             value = np.array([_encoded_image(image_format, rng) for _ in range(int(np.prod(dims)))],
+                             dtype=object).reshape(dims)
+        elif dtype == tf.string:  # words, ids, categories: any deterministic strings compare the two graphs
+            value = np.array([f"value-{i}".encode() for i in rng.integers(0, 3, size=int(np.prod(dims)))],
                              dtype=object).reshape(dims)
         else:
             raise CannotVerify(f"input {spec['name']!r} is {dtype.name}; no deterministic value to feed it")
@@ -257,7 +261,11 @@ def verify_signatures(
     graph_def = graph_pb2.GraphDef()
     graph_def.ParseFromString(frozen_path.read_bytes())
     image_format = decoded_image_format(graph_def)
-    graph = _import(graph_def)
+    try:
+        graph = _import(graph_def)
+    except ValueError as exc:  # a node the freeze left inconsistent: the graph would not load when served either
+        raise ConversionError(f"the frozen graph does not load: {error_summary(exc)}. Upload a frozen graph, or "
+                              "report the model's structure", code="verification_failed") from exc
     del graph_def
     describe(graph, signatures)
     frozen = run_signatures(graph, signatures, image_format)
