@@ -199,6 +199,10 @@ class RegistryClient:
         expected = saved["sha256"] if saved else response.headers.get("X-Content-SHA256")
         return _save_verified(response, Path(dest), expected)
 
+    def set_prediction_output(self, name: str, ref: str | int, node: str, reason: str = "") -> dict:
+        return self._request("PUT", f"/api/v1/models/{name}/versions/{ref}/prediction-output",
+                             json={"prediction_output": node, "reason": reason}).json()
+
     def set_served_versions(self, name: str, versions: list[int] | str | None) -> dict:
         return self._request("PUT", f"/api/v1/models/{name}/serving", json={"versions": versions}).json()
 

@@ -62,6 +62,7 @@ ACCESS = {
     # choosing what a TF Serving export serves (like moving an alias)
     ("POST", "/api/v1/models/<name>/versions"): WRITE,
     ("PATCH", "/api/v1/models/<name>/versions/<ref>"): WRITE,
+    ("PUT", "/api/v1/models/<name>/versions/<ref>/prediction-output"): WRITE,
     ("DELETE", "/api/v1/models/<name>/versions/<ref>"): WRITE,
     ("DELETE", "/api/v1/models/<name>"): WRITE,
     ("PUT", "/api/v1/models/<name>/aliases/<alias>"): WRITE,
@@ -69,6 +70,7 @@ ACCESS = {
     ("PUT", "/api/v1/models/<name>/serving"): WRITE,
     ("GET", "/push"): WRITE,  # the push form, shown to those who may push
     ("POST", "/models/<name>/aliases"): WRITE,
+    ("POST", "/models/<name>/versions/<ref>/prediction-output"): WRITE,
     # tokens, the audit log, and relaxing the converter's op scan for a model (a security control)
     ("GET", "/api/v1/tokens"): ADMIN,
     ("POST", "/api/v1/tokens"): ADMIN,

@@ -30,7 +30,7 @@ from registry.converter.ops import CATEGORIES
 from registry.entities import PREPROCESSING_KEYS, SAVED_MODEL_SOURCE, SOURCES, VERSION_STATUSES, VersionInfo
 from registry.errors import InvalidRequest
 from registry.pagination import DEFAULT_PAGE_SIZE, MAX_INT64, MAX_PAGE_SIZE, checked_token
-from registry.uploads.checks import parse_node_list
+from registry.uploads.checks import parse_node_list, parse_signatures
 from registry.uploads.files import FILE_FIELDS
 
 
@@ -170,6 +170,19 @@ class VersionUpdate(Request):
         return value
 
 
+class PredictionOutputUpdate(Request):
+    """Choose the output :label and :compare rank classes by."""
+
+    invalid = Invalid("invalid_prediction_output",
+                      'send a JSON object like {"prediction_output": "second/scores", "reason": "..."}: one of the '
+                      "outputs of the version's default signature (its output_nodes)")
+
+    prediction_output: Annotated[str, Strict(), Field(
+        min_length=1, max_length=255, description="An output node of the default signature (node or node:0)")]
+    reason: Annotated[str, Strict(), Field(max_length=catalog.MAX_REASON,
+                                           description="Why (kept in the audit log and shown with the version)")] = ""
+
+
 class AliasBody(Request):
     model_config = ConfigDict(extra="ignore")
     invalid = Invalid("invalid_alias_body",
@@ -262,6 +275,11 @@ class PushForm(Request):
     description: str = ""
     signature: Annotated[str, AfterValidator(str.strip),
                          Field(description="the SavedModel signature to freeze (serving_default)")] = ""
+    signatures: Annotated[list[dict], _check(parse_signatures),
+                          Field(description='more signatures of a checkpoint or frozen-graph push, as JSON: '
+                                '[{"name": "classify", "method": "classify", "inputs": ["tf_example"], '
+                                '"outputs": ["scores"]}] (inputs and outputs: node names, or {key: node})',
+                                json_schema_extra=_sent_as_text)] = []
     input_height: int | None = Field(None, ge=1, le=8192)
     input_width: int | None = Field(None, ge=1, le=8192)
     input_mean: float | None = None
@@ -342,6 +360,23 @@ class Verification(Free):
     tolerance: float | None = None
 
 
+class SignatureTensor(Free):
+    name: str = Field(description="The frozen graph's tensor (node:0)")
+    dtype: str | None = Field(None, description="TensorFlow's name for it; absent: taken from the graph")
+    shape: list[int | None] | None = Field(None, description="null dimensions take any size; null: unknown rank")
+    optional: bool = Field(False, description="PlaceholderWithDefault: feeding it is optional")
+
+
+class Signature(Free):
+    """One named entry point into the frozen graph, as TF Serving's signature map has it."""
+
+    method: str = Field(description="tensorflow/serving/predict, tensorflow/serving/classify or "
+                                    "tensorflow/serving/regress")
+    inputs: dict[str, SignatureTensor]
+    outputs: dict[str, SignatureTensor]
+    verification: Verification | None = Field(None, description="How the freeze checked this signature's outputs")
+
+
 class Flag(Free):
     op: str
     category: Literal[CATEGORIES]  # type: ignore[valid-type]
@@ -367,6 +402,9 @@ class Agreement(Free):
     images: int = 0
 
 
+_LIFTED = ("verification", "safety", "failed_signatures", "prediction_output")  # answered beside conversion
+
+
 class Version(Answer):
     model: str
     version: int = Field(ge=1)
@@ -386,6 +424,14 @@ class Version(Answer):
     safety: Safety | None
     refusal: str | None = Field(description="Why the label service and the export refuse this ready version "
                                             "(null: they do not)")
+    default_signature: str = Field(description="The signature input_nodes and output_nodes describe, and :label runs")
+    signatures: dict[str, Signature] | None = Field(description="Every signature of the frozen graph, by name "
+                                                                "(null until converted)")
+    failed_signatures: dict[str, str] = Field(description="Signatures that could not be frozen or verified, "
+                                                          "with why; they are not served")
+    prediction_output: str | None = Field(description="The output :label and :compare rank classes by")
+    prediction_output_reason: str | None = Field(description="Why that output: the converter's reason, or who "
+                                                             "chose it (PUT .../prediction-output)")
     conversion: dict[str, Any] | None
     files: list[File]
     agreement_with_previous: Agreement | None
@@ -396,6 +442,7 @@ class Version(Answer):
     @classmethod
     def of(cls, v: VersionInfo) -> Version:
         conversion = v.conversion or {}
+        report = catalog.signature_report(v)
         return cls.model_validate({
             "model": v.model, "version": v.version, "status": v.status, "status_message": v.status_message,
             "source": v.source, "description": v.description, "aliases": list(v.aliases),
@@ -406,7 +453,9 @@ class Version(Answer):
             "tensorflow_version": v.tf_version, "verification": conversion.get("verification"),
             "safety": safety.summary(v.conversion, v.allowed_ops) if v.conversion else None,
             "refusal": v.refusal,
-            "conversion": {k: c for k, c in conversion.items() if k not in ("verification", "safety")} or None,
+            **{k: report[k] for k in ("default_signature", "signatures", "failed_signatures", "prediction_output",
+                                      "prediction_output_reason")},
+            "conversion": {k: c for k, c in conversion.items() if k not in _LIFTED} or None,
             "files": v.files, "agreement_with_previous": v.agreement_with_previous,
             "created_at": v.created_at, "updated_at": v.updated_at, "ready_at": v.ready_at,
         })

@@ -111,6 +111,7 @@ def push_version(name: str):
     push_request = PushRequest(
         files=files, output_nodes=fields.output_nodes, input_nodes=fields.input_nodes,
         description=fields.description, preprocessing=fields.preprocessing, signature=fields.signature,
+        signatures=fields.signatures,
     )
     settings = registry.settings
     version = push(
@@ -156,6 +157,22 @@ def update_version(name: str, ref: str, body: schemas.VersionUpdate):
     return schemas.Version.of(catalog.update_version(
         get_registry().db, name, ref, preprocessing=preprocessing, description=body.description,
         actor=current_actor()))
+
+
+@bp.put("/models/<name>/versions/<ref>/prediction-output")
+@operation("setPredictionOutput", summary="Choose the output :label and :compare rank classes by (audited)",
+           description="One of the outputs of the version's default signature. The label service reads the "
+                       "choice with the version it resolves, so it applies within a second, without loading the "
+                       "graph again.",
+           path=(NAME, REF), body=schemas.PredictionOutputUpdate, answers={
+               200: Json(schemas.Version, "The version, ranking by that output"),
+               400: "Not an output of the default signature (the message lists them), or an invalid body",
+               404: "No such model, version or alias",
+               409: "The version is not ready (its outputs are not known yet), or the model changed under a "
+                    "concurrent request (concurrent_change): look again and retry"})
+def set_prediction_output(name: str, ref: str, body: schemas.PredictionOutputUpdate):
+    return schemas.Version.of(catalog.set_prediction_output(
+        get_registry().db, name, ref, body.prediction_output, reason=body.reason, actor=current_actor()))
 
 
 def _send_blob(digest: str, download_name: str, mimetype: str):

@@ -70,6 +70,7 @@ RULES: dict[str, str | None] = {
     # changing the catalog
     "api.push_version": WRITE,
     "api.update_version": WRITE,
+    "api.set_prediction_output": WRITE,
     "api.set_alias": WRITE,
     "api.delete_alias": WRITE,
     "api.delete_version": WRITE,
@@ -77,6 +78,7 @@ RULES: dict[str, str | None] = {
     "api.set_served_versions": WRITE,  # which versions a TF Serving export serves: like moving an alias
     "web.push": WRITE,
     "web.set_alias": WRITE,
+    "web.set_prediction_output": WRITE,
     "api.get_allowed_ops": READ,
     # tokens, the audit log, and relaxing the converter's op scan for a model
     "api.set_allowed_ops": ADMIN,

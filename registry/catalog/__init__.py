@@ -3,7 +3,8 @@
 * ``names.py``: what models, aliases and version references may be called;
 * ``rows.py``: a model's row, locked for a write; a version reference resolved to its row;
 * ``mapping.py``: ORM rows to the plain entities handed out (rows never leave the catalog);
-* ``versions.py``: push the next version (with its conversion job), edit it, read it;
+* ``versions.py``: push the next version (with its conversion job), edit it (its prediction output
+  too), read it, describe its signatures;
 * ``registered_models.py``: read a model, list models;
 * ``aliases.py``, ``deletion.py``: move and remove aliases; delete versions and models;
 * ``model_settings.py``: a model's op allowlist and the versions a TF Serving export serves;
@@ -33,20 +34,25 @@ from registry.catalog.names import (
 )
 from registry.catalog.registered_models import get_model, list_models
 from registry.catalog.versions import (
+    MAX_REASON,
     attach_file,
     create_version,
     get_version,
     get_version_by_id,
     list_versions,
+    prediction_outputs,
+    set_prediction_output,
+    signature_report,
     update_version,
     validate_preprocessing,
 )
 from registry.pagination import MAX_PAGE_SIZE
 
 __all__ = [
-    "ALIAS_RE", "ALLOWED_OPS_ACTION", "MAX_PAGE_SIZE", "MAX_VERSION", "MODEL_NAME_RE", "RESERVED_ALIASES",
+    "ALIAS_RE", "ALLOWED_OPS_ACTION", "MAX_PAGE_SIZE", "MAX_REASON", "MAX_VERSION", "MODEL_NAME_RE", "RESERVED_ALIASES",
     "attach_file", "create_version", "delete_alias", "delete_model", "delete_version", "get_allowed_ops",
     "get_model", "get_version", "get_version_by_id", "is_blob_referenced", "list_models", "list_versions",
-    "record_agreements", "referenced_digests", "set_alias", "set_allowed_ops", "set_served_versions",
-    "update_version", "validate_alias_name", "validate_model_name", "validate_preprocessing", "version_number",
+    "prediction_outputs", "record_agreements", "referenced_digests", "set_alias", "set_allowed_ops",
+    "set_prediction_output", "set_served_versions", "signature_report", "update_version", "validate_alias_name",
+    "validate_model_name", "validate_preprocessing", "version_number",
 ]

@@ -1,4 +1,4 @@
-"""Versions: pushing the next one, editing it, reading one or a page of them.
+"""Versions: pushing the next one, editing it, choosing its prediction output, reading one or a page of them.
 
 Version numbers come from a per-model counter bumped by ``UPDATE ... SET
 last_version = last_version + 1`` inside the push transaction: the row lock
@@ -17,15 +17,15 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
-from registry import pagination
+from registry import pagination, signatures as sigs
 from registry.auth import audit
 from registry.auth.audit import SYSTEM, Actor
 from registry.catalog.mapping import version_entities
 from registry.catalog.names import MAX_VERSION, validate_model_name
 from registry.catalog.rows import model_row, model_write, resolve_version_row
 from registry.db import Database
-from registry.entities import CONVERT, PREPROCESSING_KEYS, QUEUED, FileInfo, NewFile, Page, VersionInfo
-from registry.errors import InvalidRequest, NotFound
+from registry.entities import CONVERT, PREPROCESSING_KEYS, QUEUED, READY, FileInfo, NewFile, Page, VersionInfo
+from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.models import Job, ModelVersion, RegisteredModel, VersionFile, utcnow
 
 
@@ -160,6 +160,92 @@ def update_version(db: Database, name: str, ref: str, *, preprocessing: dict | N
         changes = {k: v for k, v in {"preprocessing": preprocessing, "description": description}.items()
                    if v is not None}
         audit.record(session, actor, "version.update", f"{name}/{row.version}", changes)
+        session.flush()
+        return version_entities(session, name, [row])[0]
+
+
+MAX_REASON = 1000  # characters of the reason given with a new prediction output
+
+
+def prediction_outputs(version: VersionInfo) -> list[str]:
+    """The outputs :label and :compare may rank classes by: the default signature's output nodes."""
+    signature = version.signature_map.get(version.default_signature)
+    nodes = set(sigs.node_names(signature, "outputs")) if signature else set()
+    return [node for node in version.output_nodes or [] if node in nodes]
+
+
+def signature_report(version: VersionInfo) -> dict:
+    """A version's signatures as the API, the pages and the CLI show them: each with its verification
+    (a version converted before signatures were verified one by one has its one signature's from the
+    freeze), the ones that could not be frozen or verified, and the prediction output with why."""
+    conversion = version.conversion or {}
+    signatures = {}
+    stored = version.signature_map
+    for name in sorted(stored, key=lambda n: (n != version.default_signature, n)):  # the default first
+        signature = stored[name]
+        if name == version.default_signature and "verification" not in signature and conversion.get("verification"):
+            signature = {**signature, "verification": conversion["verification"]}
+        signatures[name] = signature
+    node = version.prediction_node
+    recorded = conversion.get("prediction_output") or {}
+    if node is None:
+        reason = None
+    elif recorded.get("node") == node and recorded.get("reason"):
+        reason = recorded["reason"]
+    elif len(version.output_nodes or []) == 1:
+        reason = "its only output"
+    else:
+        reason = "the first output (the conversion recorded no choice)"
+    return {"default_signature": version.default_signature, "signatures": signatures or None,
+            "failed_signatures": dict(conversion.get("failed_signatures") or {}),
+            "prediction_output": node, "prediction_output_reason": reason,
+            "prediction_outputs": prediction_outputs(version)}
+
+
+def set_prediction_output(db: Database, name: str, ref: str, node: str, *, reason: str = "",
+                          actor: Actor = SYSTEM) -> VersionInfo:
+    """Choose the output :label and :compare rank classes by, among the default signature's outputs.
+
+    The label service reads the choice from the version it resolves for each request, so it applies
+    without loading the graph again.  Why this output is kept with the conversion's own record
+    (``conversion["prediction_output"]``): the user's choice and reason, or, when the converter's
+    choice is chosen again, the converter's reason.
+    """
+    node = (node or "").strip()
+    node = node[:-2] if node.endswith(":0") else node
+    reason = (reason or "").strip()
+    if len(reason) > MAX_REASON:
+        raise InvalidRequest(f"the reason is {len(reason)} characters long: say why in at most {MAX_REASON}",
+                             code="invalid_prediction_output")
+    with model_write(db, name) as (session, model):
+        row = resolve_version_row(session, model, ref)
+        if row.status != READY:
+            raise Conflict(f"version {row.version} of {name!r} is {row.status}: its outputs are known once it is "
+                           "ready; choose its prediction output then", code="version_not_ready")
+        version = version_entities(session, name, [row])[0]
+        choices = prediction_outputs(version)
+        if node not in choices:
+            raise InvalidRequest(
+                f"{node!r} is not an output of the {version.default_signature} signature of version "
+                f"{row.version} of {name!r}: choose one of {', '.join(choices) or 'none'}",
+                code="invalid_prediction_output")
+        conversion = dict(row.conversion or {})
+        recorded = conversion.get("prediction_output") or {}
+        converter = recorded.get("converter") if "set_by" in recorded else (recorded or None)
+        now = utcnow()
+        if converter and converter.get("node") == node:
+            conversion["prediction_output"] = converter
+        else:
+            conversion["prediction_output"] = {
+                "node": node, "set_by": actor.name, "set_at": now.isoformat(),
+                "reason": f"chosen by {actor.name} on {now:%Y-%m-%d %H:%M} UTC" + (f": {reason}" if reason else ""),
+                **({"converter": converter} if converter else {})}
+        previous = version.prediction_node
+        row.conversion = conversion
+        row.prediction_output = node
+        row.updated_at = now
+        audit.record(session, actor, "version.update", f"{name}/{row.version}",
+                     {"prediction_output": node, "previous": previous, **({"reason": reason} if reason else {})})
         session.flush()
         return version_entities(session, name, [row])[0]
 

@@ -8,6 +8,8 @@ runs (or ``--help`` lists them), so ``registry ls`` does not load the server:
   ``saved-models``, and ``serving-reload`` (to a running TF Serving);
 * ``remote.py``: through the registry's HTTP API: ``push``, ``pull``, ``ls``, ``alias``, ``delete``,
   ``allow-ops``, ``serving-versions``;
+* ``versions.py``: through the registry's HTTP API: ``version show`` (signatures, prediction output) and
+  ``version set --prediction-output``;
 * ``labels.py``: through the label service: ``label``, ``compare``;
 * ``options.py``, ``local.py``, ``output.py``: ``--url``/``--token`` and the HTTP client; the
   settings, database and blob storage of the commands that use them; tables and progress bars.
@@ -32,7 +34,7 @@ COMMANDS = {
     "token": "admin", "gc": "admin", "export-serving": "admin", "saved-models": "admin",
     "serving-reload": "admin",
     "push": "remote", "pull": "remote", "ls": "remote", "alias": "remote", "delete": "remote",
-    "allow-ops": "remote", "serving-versions": "remote",
+    "allow-ops": "remote", "serving-versions": "remote", "version": "versions",
     "label": "labels", "compare": "labels",
 }
 

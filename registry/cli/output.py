@@ -1,4 +1,5 @@
-"""How the commands print: aligned tables, progress bars on a terminal, a version, a serving plan."""
+"""How the commands print: aligned tables, progress bars on a terminal, a version and its signatures, a
+serving plan."""
 
 from __future__ import annotations
 
@@ -33,6 +34,43 @@ def print_version(v: dict) -> None:
         click.echo(f"  frozen.pb: {v['frozen']['size']} bytes, sha256 {v['frozen']['sha256']}")
     if v.get("refusal"):
         click.echo(f"  refused: {v['refusal']}")
+
+
+def _shape(dims: list | None) -> str:
+    return "unknown" if dims is None else "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _tensors(side: dict) -> str:
+    return ", ".join(f"{key}={t['name']}" + (f" {t['dtype']}" if t.get("dtype") else "")
+                     + (f" {_shape(t['shape'])}" if "shape" in t else "") for key, t in side.items()) or "-"
+
+
+def _verification(check: dict | None) -> str:
+    if not check:
+        return "verification not recorded"
+    why = check.get("reason") or check.get("note")
+    if check["status"] == "passed" and check.get("max_abs_diff") is not None:
+        return f"verified (largest difference {check['max_abs_diff']:.3g})"
+    return f"verification {check['status']}" + (f": {why}" if why else "")
+
+
+def print_signatures(v: dict) -> None:
+    """A version's signatures (inputs -> outputs, verification), those not served, and its prediction output."""
+    signatures = v.get("signatures") or {}
+    if signatures:
+        click.echo("  signatures:")
+    for name, sig in signatures.items():
+        default = ", default" if name == v.get("default_signature") else ""
+        click.echo(f"    {name} ({sig['method'].rsplit('/', 1)[-1]}{default}): {_tensors(sig['inputs'])} -> "
+                   f"{_tensors(sig['outputs'])}; {_verification(sig.get('verification'))}")
+    failed = v.get("failed_signatures") or {}
+    if failed:
+        click.echo("  not served (could not be frozen or verified):")
+        for name, why in failed.items():
+            click.echo(f"    {name}: {why}")
+    if v.get("prediction_output"):
+        reason = f" ({v['prediction_output_reason']})" if v.get("prediction_output_reason") else ""
+        click.echo(f"  prediction output: {v['prediction_output']}{reason}")
 
 
 def print_predictions(title: str, predictions: list[dict]) -> None:

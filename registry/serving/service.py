@@ -176,9 +176,16 @@ class LabelService:
         return batch, time.perf_counter() - started
 
     @staticmethod
-    def _scores(graph, outputs: dict, rows: int) -> np.ndarray:
-        """Per-image class scores from the first output, as label_image.py reads them."""
-        name = graph.prediction_output.name
+    def _prediction_output(graph, version: VersionInfo) -> str:
+        """The tensor to rank classes by: the resolved version's prediction output, so a new choice
+        applies without loading the graph again (the graph's own is the one it was loaded with)."""
+        node = version.prediction_node
+        spec = next((s for s in graph.outputs if node and s.name == f"{node}:0"), graph.prediction_output)
+        return spec.name
+
+    @staticmethod
+    def _scores(name: str, outputs: dict, rows: int) -> np.ndarray:
+        """Per-image class scores from output ``name``, as label_image.py reads them."""
         scores = np.asarray(outputs[name])
         scores = scores.reshape(rows, -1) if scores.size % rows == 0 and scores.ndim >= 1 else None
         if scores is None or scores.shape[1] < 1:
@@ -200,9 +207,10 @@ class LabelService:
         batch, preprocess_s = self._preprocess(version, [image])
         graph, load_ms = self._timed_graph(version)
         run_started = time.perf_counter()
-        outputs = graph.run({f"{spec['name']}:0": batch}, [graph.prediction_output.name])
+        prediction = self._prediction_output(graph, version)
+        outputs = graph.run({f"{spec['name']}:0": batch}, [prediction])
         inference_s = time.perf_counter() - run_started
-        scores = self._scores(graph, outputs, 1)[0]
+        scores = self._scores(prediction, outputs, 1)[0]
         if top_k > scores.shape[0]:
             raise InvalidRequest(f"top_k is {top_k} but the model has {scores.shape[0]} classes",
                                  code="invalid_top_k")
@@ -269,9 +277,10 @@ class LabelService:
             graph, load_ms = self._timed_graph(version)
             spec = self._image_input(version)
             run_started = time.perf_counter()
-            outputs = graph.run({f"{spec['name']}:0": batches[key]}, [graph.prediction_output.name])
+            prediction = self._prediction_output(graph, version)
+            outputs = graph.run({f"{spec['name']}:0": batches[key]}, [prediction])
             latency = time.perf_counter() - run_started
-            scores = self._scores(graph, outputs, len(images))
+            scores = self._scores(prediction, outputs, len(images))
             scores_by_version[version.version] = scores
             results = [{"image": image.name, "predictions": self._top(graph, row, top_k)}
                        for image, row in zip(images, scores)]

@@ -8,7 +8,7 @@ from flask import abort, redirect, render_template, request, send_from_directory
 
 from registry import auth, catalog, safety
 from registry.auth import audit as audit_log
-from registry.auth.access import current_actor, sign_in as start_session, sign_out as end_session
+from registry.auth.access import current_actor, current_caller, sign_in as start_session, sign_out as end_session
 from registry.context import get_registry
 from registry.entities import READY
 from registry.errors import RegistryError
@@ -78,11 +78,34 @@ def set_alias(name: str):
     return redirect(url_for("web.model", name=name) + "#aliases")
 
 
+def _may_write() -> bool:
+    """Whether this visitor may change the catalog (forms are shown to those who may send them)."""
+    registry = get_registry()
+    caller = current_caller()
+    granted = caller.token.scope if caller.token else None
+    return auth.allows(granted, auth.WRITE) or auth.anonymous_allowed(registry.settings, registry.db, auth.WRITE)
+
+
 @bp.get("/models/<name>/versions/<ref>")
 def version(name: str, ref: str):
     record = catalog.get_version(get_registry().db, name, ref)
     return render_template("version.html", v=record, server_url=request.host_url.rstrip("/"),
-                           safety=safety.summary(record.conversion, record.allowed_ops) or {})
+                           safety=safety.summary(record.conversion, record.allowed_ops) or {},
+                           report=catalog.signature_report(record), may_write=_may_write(),
+                           prediction_error=request.args.get("prediction_error"))
+
+
+@bp.post("/models/<name>/versions/<ref>/prediction-output")
+def set_prediction_output(name: str, ref: str):
+    try:
+        record = catalog.set_prediction_output(get_registry().db, name, ref, request.form.get("node", ""),
+                                               reason=request.form.get("reason", "").strip(), actor=current_actor())
+    except RegistryError as exc:
+        if exc.status >= 500 or exc.status == 404:
+            raise
+        return redirect(url_for("web.version", name=name, ref=ref, prediction_error=exc.message)
+                        + "#prediction-output")
+    return redirect(url_for("web.version", name=name, ref=record.version) + "#prediction-output")
 
 
 @bp.get("/push")
