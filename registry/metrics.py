@@ -52,7 +52,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SIGNATURE = "serving_default"  # the one signature a frozen graph is served under
 # The TF Serving methods that name a signature; :label, :compare and status requests do not.
 SIGNATURE_METHODS = frozenset({"predict", "classify", "regress", "metadata"})
-METHODS = frozenset({"predict", "classify", "regress", "label", "compare", "metadata", "status"})
+METHODS = frozenset({"predict", "classify", "regress", "multi_inference", "label", "compare", "metadata", "status"})
 
 if MULTIPROCESS:  # the metrics below without labels write their file there as soon as they exist
     os.makedirs(os.environ[MULTIPROC_ENV], mode=0o700, exist_ok=True)
@@ -134,9 +134,12 @@ class Observation:
     model: str = ""
     version: str = ""
     status: str = "OK"
+    signature_name: str | None = None  # the signature the request named, once the version has it
 
     @property
     def signature(self) -> str:
+        if self.signature_name is not None:
+            return self.signature_name
         return SIGNATURE if self.model and self.method in SIGNATURE_METHODS else ""
 
 
@@ -152,6 +155,14 @@ def served(model: str, version: int | str | None = None) -> None:
     observation.model = model
     if observation.method != "compare" and version is not None:
         observation.version = str(version)
+
+
+def served_signature(name: str) -> None:
+    """The request being measured (if any) runs signature ``name`` of its version: called once the
+    version is known to have it ("" when it has not: an unknown name is no label)."""
+    observation = _current.get()
+    if observation is not None:
+        observation.signature_name = name
 
 
 @contextmanager

@@ -231,7 +231,7 @@ def test_grpc_calls_are_counted_under_api_grpc(served):
                 predictions.Predict(request, timeout=60)
             with pytest.raises(grpc.RpcError) as refused:
                 predictions.Classify(classification_pb2.ClassificationRequest(), timeout=30)
-            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # no model named
             status = get_model_status_pb2.GetModelStatusRequest()
             status.model_spec.name = NAME
             model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status, timeout=30)
@@ -241,7 +241,7 @@ def test_grpc_calls_are_counted_under_api_grpc(served):
     assert requests_moved(before, after, **request_labels("predict", api="grpc")) == 2
     assert moved(before, after, "registry_serving_request_duration_seconds_count",
                  **request_labels("predict", api="grpc")) == 2
-    assert requests_moved(before, after, "UNIMPLEMENTED",
+    assert requests_moved(before, after, "INVALID_ARGUMENT",
                           **request_labels("classify", api="grpc", model="", version="", signature="")) == 1
     assert requests_moved(before, after, **request_labels("status", api="grpc", version="", signature="")) == 1
 

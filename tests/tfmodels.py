@@ -516,3 +516,89 @@ def saved_model_signature_defs(export: Path) -> dict:
     meta = next(m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags)
     return {name: json_format.MessageToDict(sig, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
             for name, sig in meta.signature_def.items()}
+
+
+def build_multi_io(export: Path) -> Path:
+    """A TF1 SavedModel with several named inputs and outputs, strings among them: ``serving_default``
+    takes ``a`` (float [batch, 2]), ``b`` (float [batch]) and ``text`` (string [batch]) and answers
+    ``total = sum(a) + b``, ``echo = text + "!"`` and ``raw_bytes = text + b"\\xff"`` (not UTF-8);
+    ``sum_only`` takes ``a`` and ``b`` and answers ``total``."""
+    graph = tf.Graph()
+    with graph.as_default(), tf1.Session(graph=graph) as session:
+        a = tf1.placeholder(tf.float32, [None, 2], name="a")
+        b = tf1.placeholder(tf.float32, [None], name="b")
+        text = tf1.placeholder(tf.string, [None], name="text")
+        total = tf.identity(tf.reduce_sum(a, axis=1) + b, name="total")
+        echo = tf.strings.join([text, tf.constant("!")], name="echo")
+        raw = tf.strings.join([text, tf.constant(b"\xff")], name="raw")
+        info = tf1.saved_model.utils.build_tensor_info
+        build = tf1.saved_model.signature_def_utils.build_signature_def
+        signatures = {
+            "serving_default": build({"a": info(a), "b": info(b), "text": info(text)},
+                                     {"total": info(total), "echo": info(echo), "raw_bytes": info(raw)},
+                                     "tensorflow/serving/predict"),
+            "sum_only": build({"a": info(a), "b": info(b)}, {"total": info(total)}, "tensorflow/serving/predict"),
+        }
+        builder = tf1.saved_model.Builder(str(export))
+        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map=signatures)
+        builder.save()
+    return export
+
+
+VOCABULARY_WORDS = ["apple", "banana", "cherry"]
+VOCABULARY_CLASSES = ["pome", "berry", "drupe"]
+
+
+def build_vocabulary_classifier(root: Path) -> Path:
+    """An Estimator-style classifier whose vocabularies are files (assets of the SavedModel): the
+    categorical feature ``word`` looked up in ``words.txt`` (one out-of-vocabulary bucket), one-hot
+    times weights → logits over three classes; the class names read from ``classes.txt`` by line
+    number.  Signatures: ``classification`` (classify: ``classes`` [batch, 3] strings, ``scores``
+    softmax) and ``serving_default`` (predict: the scores).  Returns the export folder."""
+    words, classes_file = root / "words.txt", root / "classes.txt"
+    words.write_text("\n".join(VOCABULARY_WORDS) + "\n")
+    classes_file.write_text("\n".join(VOCABULARY_CLASSES) + "\n")
+    export = root / "vocabulary_classifier"
+    graph = tf.Graph()
+    with graph.as_default():
+        serialized = tf1.placeholder(tf.string, [None], name="input_example_tensor")
+        column = tf1.feature_column.categorical_column_with_vocabulary_file("word", str(words), num_oov_buckets=1)
+        features = tf1.io.parse_example(serialized, tf1.feature_column.make_parse_example_spec([column]))
+        one_hot = tf1.feature_column.input_layer(features, [tf1.feature_column.indicator_column(column)])
+        weights = tf1.get_variable("weights", initializer=tf.constant(
+            [[2.0, 0.5, -1.0], [0.1, 1.5, 0.2], [-0.5, 0.3, 2.5], [0.0, 0.0, 0.0]]))
+        logits = tf.matmul(one_hot, weights, name="logits")
+        scores = tf.nn.softmax(logits, name="scores")
+        names_path = tf.constant(str(classes_file), name="class_vocabulary/asset_path")
+        table = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+            names_path, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
+            tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+        ids = tf.tile(tf.range(len(VOCABULARY_CLASSES), dtype=tf.int64)[None, :], [tf.shape(logits)[0], 1])
+        classes = tf.identity(table.lookup(ids), name="classes")
+        with tf1.Session(graph=graph) as session:
+            session.run([tf1.global_variables_initializer(), tf1.tables_initializer()])
+            info = tf1.saved_model.utils.build_tensor_info
+            build = tf1.saved_model.signature_def_utils.build_signature_def
+            signatures = {
+                "classification": build({"inputs": info(serialized)},
+                                        {"classes": info(classes), "scores": info(scores)},
+                                        "tensorflow/serving/classify"),
+                "serving_default": build({"examples": info(serialized)}, {"scores": info(scores)},
+                                         "tensorflow/serving/predict"),
+            }
+            assets = [op.outputs[0] for op in graph.get_operations() if op.name.endswith("/asset_path")]
+            builder = tf1.saved_model.Builder(str(export))
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map=signatures,
+                                                 main_op=tf1.tables_initializer(), assets_collection=assets)
+            builder.save()
+    words.unlink()  # only the SavedModel's own copies remain
+    classes_file.unlink()
+    return export
+
+
+def run_signature(export: Path, name: str, feeds: dict) -> dict:
+    """What TensorFlow's own loader computes for signature ``name`` of a SavedModel (feeds by input key)."""
+    with tf1.Session(graph=tf.Graph()) as session:
+        signature = tf1.saved_model.loader.load(session, ["serve"], str(export)).signature_def[name]
+        return session.run({k: v.name for k, v in signature.outputs.items()},
+                           {signature.inputs[k].name: v for k, v in feeds.items()})

@@ -1,12 +1,15 @@
 """TensorFlow Serving's gRPC API (``PredictionService``, ``ModelService``) for the label service.
 
 Clients written for TF Serving (``tensorflow-serving-api`` stubs, port 8500)
-work unchanged: ``Predict`` and ``GetModelMetadata`` on the ``serving_default``
-signature of a frozen graph, ``GetModelStatus`` from the catalog.  Versions are
-chosen as TF Serving chooses them (``model_spec.version``, or
-``model_spec.version_label`` for our aliases, else the latest ready one), and
-registry errors become gRPC status codes.  The handlers reuse the label
-service and ``signature_def_json``, so REST and gRPC give the same answers.
+work unchanged: ``Predict`` (any signature, ``output_filter``), ``Classify``,
+``Regress`` and ``MultiInference`` (tf.Examples, ``example_list`` or
+``example_list_with_context``), ``GetModelMetadata`` with every signature,
+``GetModelStatus`` from the catalog.  Versions are chosen as TF Serving chooses
+them (``model_spec.version``, or ``model_spec.version_label`` for our aliases,
+else the latest ready one); every answer echoes the model_spec it ran (name,
+version, signature).  Registry errors become gRPC status codes.  The handlers
+reuse what REST runs (``signature``, ``examples``), so both APIs give the same
+answers.
 
 Importing this module loads TensorFlow; only the label service imports it.
 """
@@ -22,25 +25,26 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-import tensorflow as tf
-from google.protobuf import json_format
-from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from registry import catalog, metrics
+from registry import signatures as sigs
 from registry.entities import FAILED, TF_SERVING_STATE, VersionInfo
 from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError
+from registry.serving import examples, tensors
 from registry.serving.grpc_auth import TokenCheck
-from registry.serving.signature import SIGNATURE, signature_def_json
+from registry.serving.signature import find, signature_def_map
 from registry.tfserving import has_version, reload_folder
 
 log = logging.getLogger(__name__)
@@ -53,10 +57,11 @@ _State = get_model_status_pb2.ModelVersionStatus.State
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
-def _grpc_code(http_status: int) -> grpc.StatusCode:
-    """The gRPC status of a registry error, by the one mapping the metrics count with too; a status
-    with no gRPC counterpart is INTERNAL."""
-    name = metrics.status_name(http_status)
+def _grpc_code(exc: RegistryError) -> grpc.StatusCode:
+    """The gRPC status of a registry error: its own when it names one (TF Serving's FAILED_PRECONDITION
+    answered 400 over REST), else by the one mapping the metrics count with too; a status with no gRPC
+    counterpart is INTERNAL."""
+    name = getattr(exc, "grpc_code", None) or metrics.status_name(exc.status)
     return grpc.StatusCode.INTERNAL if name in ("OK", "UNKNOWN") else grpc.StatusCode[name]
 
 
@@ -71,7 +76,7 @@ def _answer_errors(metered: str | None) -> Callable[[Handler], Handler]:
                 try:
                     return method(self, request, context)
                 except RegistryError as exc:
-                    code = _grpc_code(exc.status)
+                    code = _grpc_code(exc)
                     if code is grpc.StatusCode.INTERNAL:
                         log.error("gRPC %s failed: %s", method.__name__, exc.message)
                     message = exc.message
@@ -110,115 +115,84 @@ def _ref(spec: model_pb2.ModelSpec) -> str | None:
     return None
 
 
-def _check_signature(spec: model_pb2.ModelSpec) -> None:
-    if spec.signature_name not in ("", SIGNATURE):
-        raise InvalidRequest(f"unknown signature_name {spec.signature_name!r}: this model has only "
-                             f"{SIGNATURE!r}", code="unknown_signature")
-
-
-def _fill_spec(out: model_pb2.ModelSpec, version: VersionInfo, signature: str = SIGNATURE) -> None:
+def _fill_spec(out: model_pb2.ModelSpec, version: VersionInfo, signature: str) -> None:
     out.name = version.model
     out.version.value = version.version
     out.signature_name = signature
 
 
-def _dtype_name(enum: int) -> str:
-    return types_pb2.DataType.Name(enum) if enum in types_pb2.DataType.values() else f"dtype {enum}"
-
-
-def _shape(spec) -> list[int]:
-    return [-1 if d is None else d for d in spec.shape]
-
-
-def _input_array(key: str, proto: tensor_pb2.TensorProto, spec) -> np.ndarray:
-    """``proto`` as an array, checked against the input's dtype and shape."""
-    want = spec.dtype.as_datatype_enum
-    if proto.dtype != want:
-        raise InvalidRequest(f"input {key} must be {_dtype_name(want)}, got {_dtype_name(proto.dtype)}",
-                             code="invalid_input")
-    try:
-        array = tf.make_ndarray(proto)
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest(f"input {key} is not a valid TensorProto: {exc}", code="invalid_input") from exc
-    if spec.shape is not None and (
-        array.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, array.shape))
-    ):
-        raise InvalidRequest(f"input {key} must have shape {_shape(spec)}, got {list(array.shape)}",
-                             code="invalid_input")
-    return array
-
-
-def _feeds(graph, inputs) -> dict[str, np.ndarray]:
+def _feeds(signature, inputs) -> dict[str, np.ndarray]:
     """Feeds keyed by tensor name from ``request.inputs`` (keyed by signature key or node name)."""
-    by_key = {s.key: s for s in graph.inputs}
-    by_key.update({s.name.rsplit(":", 1)[0]: s for s in graph.inputs})
-    valid = ", ".join(s.key for s in graph.inputs) or "none"
+    by_key = {s.key: s for s in signature.inputs}
+    by_key.update({s.name.rsplit(":", 1)[0]: s for s in signature.inputs})
+    valid = ", ".join(s.key for s in signature.inputs) or "none"
     unknown = sorted(set(inputs) - set(by_key))
     if unknown:
-        raise InvalidRequest(f"unknown input(s) {', '.join(unknown)}; the inputs of {SIGNATURE} are: {valid}",
-                             code="invalid_input")
+        raise InvalidRequest(f"input tensor alias not found in signature: {', '.join(unknown)}. The inputs of "
+                             f"{signature.name} are: {valid}", code="invalid_input")
     feeds: dict[str, np.ndarray] = {}
     for key, proto in inputs.items():
         spec = by_key[key]
         if spec.name in feeds:
             raise InvalidRequest(f"input {spec.key} is given twice (by signature key and by node name)",
                                  code="invalid_input")
-        feeds[spec.name] = _input_array(key, proto, spec)
-    missing = [s.key for s in graph.inputs if not s.optional and s.name not in feeds]
+        feeds[spec.name] = tensors.to_array(key, proto, spec)
+    missing = [s.key for s in signature.inputs if not s.optional and s.name not in feeds]
     if missing:
-        raise InvalidRequest(f"missing input(s) {', '.join(missing)}; the inputs of {SIGNATURE} are: {valid}",
+        raise InvalidRequest(f"missing input(s) {', '.join(missing)}; the inputs of {signature.name} are: {valid}",
                              code="invalid_input")
     return feeds
 
 
-def _fetch(graph, output_filter) -> list:
+def _fetch(signature, output_filter) -> list:
     """The output specs to compute: all of them, or those ``output_filter`` names (key or node name)."""
     if not output_filter:
-        return list(graph.outputs)
-    by_key = {s.key: s for s in graph.outputs}
-    by_key.update({s.name.rsplit(":", 1)[0]: s for s in graph.outputs})
+        return list(signature.outputs)
+    by_key = {s.key: s for s in signature.outputs}
+    by_key.update({s.name.rsplit(":", 1)[0]: s for s in signature.outputs})
     chosen = []
     for key in output_filter:
         spec = by_key.get(key)
         if spec is None:
-            raise InvalidRequest(f"output_filter names unknown output {key!r}; the outputs of {SIGNATURE} are: "
-                                 f"{', '.join(s.key for s in graph.outputs)}", code="invalid_output_filter")
+            raise InvalidRequest(f"output tensor alias not found in signature: {key}. Outputs expected to be in "
+                                 f"the set {{{','.join(sorted(s.key for s in signature.outputs))}}} (the outputs "
+                                 f"of {signature.name})", code="invalid_output_filter")
         if spec in chosen:
-            raise InvalidRequest(f"output_filter names output {spec.key} twice", code="invalid_output_filter")
+            raise InvalidRequest(f"duplicate output tensor alias: {spec.key}: name each output once",
+                                 code="invalid_output_filter")
         chosen.append(spec)
     return chosen
 
 
-def _signature_def(graph) -> meta_graph_pb2.SignatureDef:
-    return json_format.ParseDict(signature_def_json(graph), meta_graph_pb2.SignatureDef())
-
-
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata on frozen graphs."""
+    """``tensorflow.serving.PredictionService`` on every signature of a version."""
 
     def __init__(self, registry) -> None:
         self.registry = registry
 
+    def _graph(self, spec: model_pb2.ModelSpec):
+        name = _model_name(spec)
+        service = self.registry.label_service()
+        version = service.resolve(name, _ref(spec))
+        return version, service.graph(version)
+
     @_answer_errors("predict")
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        name = _model_name(request.model_spec)
-        _check_signature(request.model_spec)
-        service = self.registry.label_service()
-        version = service.resolve(name, _ref(request.model_spec))
-        graph = service.graph(version)
-        feeds = _feeds(graph, request.inputs)
-        specs = _fetch(graph, request.output_filter)
+        version, graph = self._graph(request.model_spec)
+        signature = find(graph, request.model_spec.signature_name, api="predict")
+        feeds = _feeds(signature, request.inputs)
+        specs = _fetch(signature, request.output_filter)
         results = graph.run(feeds, [s.name for s in specs])
         response = predict_pb2.PredictResponse()
-        _fill_spec(response.model_spec, version)
+        _fill_spec(response.model_spec, version, signature.name)
         for spec in specs:
-            response.outputs[spec.key].CopyFrom(tf.make_tensor_proto(results[spec.name], dtype=spec.dtype))
+            response.outputs[spec.key].CopyFrom(tensors.to_proto(results[spec.name], spec.dtype))
         return response
 
     @_answer_errors("metadata")
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                          context) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        name = _model_name(request.model_spec)
+        _model_name(request.model_spec)
         if not request.metadata_field:
             raise InvalidRequest(f"metadata_field is empty: ask for {SIGNATURE_DEF_FIELD!r}",
                                  code="invalid_metadata_field")
@@ -226,32 +200,59 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if unsupported:
             raise InvalidRequest(f"metadata field(s) {', '.join(map(repr, unsupported))} not supported: "
                                  f"only {SIGNATURE_DEF_FIELD!r}", code="invalid_metadata_field")
-        service = self.registry.label_service()
-        version = service.resolve(name, _ref(request.model_spec))
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        signatures.signature_def[SIGNATURE].CopyFrom(_signature_def(service.graph(version)))
+        version, graph = self._graph(request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
-        _fill_spec(response.model_spec, version, signature="")
-        response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
+        _fill_spec(response.model_spec, version, "")
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map(graph))
         return response
 
-    @staticmethod
-    def _unimplemented(method: str) -> RegistryError:
-        return RegistryError(f"{method} needs a SavedModel with a {method.lower()} signature; frozen graphs answer "
-                             "Predict", code="unsupported", status=501)
+    def _examples(self, request, method: str):
+        """Classify or Regress: the version, the signature it ran, and its result."""
+        version, graph = self._graph(request.model_spec)
+        task = examples.task(graph, request.model_spec.signature_name, method)
+        (result,) = examples.run(graph, [task], request.input)
+        return version, task, result
 
     @_answer_errors("classify")
-    def Classify(self, request, context):
-        raise self._unimplemented("Classify")
+    def Classify(self, request: classification_pb2.ClassificationRequest,
+                 context) -> classification_pb2.ClassificationResponse:
+        version, task, result = self._examples(request, sigs.CLASSIFY)
+        response = classification_pb2.ClassificationResponse(result=examples.classification_result(result))
+        _fill_spec(response.model_spec, version, task.signature.name)
+        return response
 
     @_answer_errors("regress")
-    def Regress(self, request, context):
-        raise self._unimplemented("Regress")
+    def Regress(self, request: regression_pb2.RegressionRequest, context) -> regression_pb2.RegressionResponse:
+        version, task, result = self._examples(request, sigs.REGRESS)
+        response = regression_pb2.RegressionResponse(result=examples.regression_result(result))
+        _fill_spec(response.model_spec, version, task.signature.name)
+        return response
 
-    def MultiInference(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                      "MultiInference runs classify and regress signatures of a SavedModel; frozen graphs "
-                      "answer Predict")
+    @_answer_errors("multi_inference")
+    def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
+                       context) -> inference_pb2.MultiInferenceResponse:
+        """Several classify and regress signatures of one version on the same examples, in one run."""
+        if not request.tasks:
+            raise InvalidRequest("MultiInference has no tasks: add one per signature to run, with its model_spec "
+                                 "and method_name", code="invalid_tasks")
+        spec = request.tasks[0].model_spec
+        for task in request.tasks:
+            if not task.model_spec.name:
+                raise InvalidRequest("Found ModelSpec with an empty model name: give every task's "
+                                     "model_spec.name", code="missing_model_name")
+            if (task.model_spec.name, _ref(task.model_spec)) != (spec.name, _ref(spec)):
+                raise InvalidRequest("All ModelSpecs in a MultiInferenceRequest must access the same model name "
+                                     "(and version): run the others in a request of their own",
+                                     code="invalid_tasks")
+        version, graph = self._graph(spec)
+        tasks = examples.multi_tasks(graph, [(t.model_spec.signature_name, t.method_name) for t in request.tasks])
+        metrics.served_signature("")  # several signatures: counted under none
+        response = inference_pb2.MultiInferenceResponse()
+        for task, result in zip(tasks, examples.run(graph, tasks, request.input)):
+            entry = response.results.add()
+            entry.CopyFrom(examples.inference_result(task, result))
+            _fill_spec(entry.model_spec, version, task.signature.name)
+        return response
 
 
 def _version_status(version: VersionInfo) -> get_model_status_pb2.ModelVersionStatus:

@@ -20,6 +20,7 @@ from registry.context import get_registry
 from registry.entities import FAILED, READY, TF_SERVING_STATE
 from registry.errors import InvalidRequest, NotFound, RegistryError
 from registry.jobs import queue
+from registry.signatures import METHODS
 
 bp = Blueprint("serving", __name__)
 
@@ -59,7 +60,7 @@ def _parse(spec: str) -> tuple[str, str | None, bool, str | None]:
     match = PATH.match(spec)
     if not match:
         raise NotFound(f"no such path /v1/models/{spec}: use /v1/models/NAME[/versions/N|/labels/L]"
-                       "[/metadata|:predict|:label|:compare]", code="not_found")
+                       "[/metadata|:predict|:classify|:regress|:label|:compare]", code="not_found")
     name, version, label = match["name"], match["version"], match["label"]
     if version is not None and not (version.isascii() and version.isdecimal()):  # '²'.isdigit() but int('²') fails
         raise InvalidRequest(f"version must be a number written with the digits 0-9, not {version!r} "
@@ -180,24 +181,24 @@ def _post(name: str, ref: str | None, verb: str | None) -> dict:
             raise InvalidRequest("compare runs on the model: POST /v1/models/NAME:compare with versions=1,2,...")
         return service.compare(name, _images_from_request(), refs=_values("versions"),
                                expected=_values("expected"), top_k=validate_top_k(top_k_arg))
-    if verb == "predict":
+    if verb in ("predict", "classify", "regress"):
         # numpy: not in the web process until a predict request
-        from registry.serving.tfs_json import check_answer_size, format_predict, load_body, parse_predict
+        from registry.serving.tfs_json import EXAMPLES_BODY, PREDICT_BODY, load_body, predict
 
         max_elements = get_registry().settings.predict_max_elements
         # TF Serving ignores the content type; the body is measured before it is parsed.
-        body = load_body(request.get_data(cache=False), max_elements)
-        version = service.resolve(name, ref)
-        graph = service.graph(version)
-        feeds, form = parse_predict(body, graph.inputs)
+        body = load_body(request.get_data(cache=False), max_elements,
+                         shape=PREDICT_BODY if verb == "predict" else EXAMPLES_BODY)
+        if verb == "predict":
+            return predict(service.graph(service.resolve(name, ref)), body, max_elements)
+        from registry.serving.examples import answer_json, input_from_json  # TensorFlow's protos, lazily
+
+        signature, examples = input_from_json(body)  # the whole body first, as TF Serving reads it
         del body
-        outputs = graph.run(feeds)
-        check_answer_size(outputs, max_elements)
-        return format_predict(outputs, graph.outputs, form)
-    if verb in ("classify", "regress"):
-        raise InvalidRequest(f":{verb} needs a SavedModel with a {verb} signature; frozen graphs answer :predict",
-                             code="unsupported")
-    raise NotFound(f"unknown method :{verb or ''}; use :predict, :label or :compare", code="not_found")
+        return answer_json(service.graph(service.resolve(name, ref)), METHODS[verb], signature, examples,
+                           max_elements)
+    raise NotFound(f"unknown method :{verb or ''}; use :predict, :classify, :regress, :label or :compare",
+                   code="not_found")
 
 
 @bp.get(metrics.PATH)

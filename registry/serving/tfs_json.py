@@ -1,10 +1,20 @@
-"""TensorFlow Serving's REST JSON for :predict, both request formats.
+"""TensorFlow Serving's REST JSON for :predict, both request formats, on any signature.
 
 Row format: ``{"instances": [...]}``, one entry per example, each a value (one
 input) or an object keyed by input; answered with ``{"predictions": [...]}``.
 Columnar format: ``{"inputs": value-or-object}``, batch dimension included;
-answered with ``{"outputs": value-or-object}``.  Binary strings travel as
-``{"b64": "..."}``.  Errors are ``{"error": "..."}`` (see ``api_rest.md``).
+answered with ``{"outputs": value-or-object}``.  ``signature_name`` picks the
+signature (default ``serving_default``); a single output is answered without
+its name.  Binary strings travel as ``{"b64": "..."}``: in inputs anywhere, in
+outputs for the keys ending in ``_bytes`` (other string outputs are text, and
+base64 only when they are not UTF-8).  Errors are ``{"error": "..."}`` (see
+``api_rest.md``).
+
+As in TF Serving, a value's dtype is checked here but not its shape against the
+signature's static shape: the graph's ops check what they read.  One exception
+(``check_rank``): an input declared with 3 or more dimensions takes values of
+that rank only, because oneDNN's spatial kernels abort the worker or answer
+wrongly on another rank instead of refusing it.
 
 A body is measured before it is parsed: more values than
 ``REGISTRY_PREDICT_MAX_ELEMENTS`` is a 413 and nesting deeper than
@@ -25,6 +35,7 @@ import numpy as np
 
 from registry.errors import InvalidRequest, PayloadTooLarge
 
+BYTES_SUFFIX = "_bytes"  # TF Serving's mark of an output whose strings are binary
 MAX_DEPTH = 64  # nesting of a body: a tensor of rank 60 inside {"instances": [{"x": ...}]}
 # A JSON string, escapes included; an unterminated one runs to the end (one pass, never backtracks).
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\Z)', re.DOTALL)
@@ -48,7 +59,11 @@ def _deepest(brackets: bytes) -> int:
     return deepest
 
 
-def load_body(data: bytes, max_elements: int, max_depth: int = MAX_DEPTH) -> Any:
+PREDICT_BODY = '{"instances": [...]} or {"inputs": ...}'
+EXAMPLES_BODY = '{"examples": [{"feature": value, ...}, ...]}'
+
+
+def load_body(data: bytes, max_elements: int, max_depth: int = MAX_DEPTH, *, shape: str = PREDICT_BODY) -> Any:
     """A :predict body parsed as JSON, once a scan of its bytes shows it is within bounds.
 
     The scan blanks out strings, then counts commas and brackets: a JSON text
@@ -70,8 +85,7 @@ def load_body(data: bytes, max_elements: int, max_depth: int = MAX_DEPTH) -> Any
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(f"the body is not valid JSON ({exc}): send {{\"instances\": [...]}} or "
-                             "{\"inputs\": ...}", code="invalid_json") from exc
+        raise InvalidRequest(f"the body is not valid JSON ({exc}): send {shape}", code="invalid_json") from exc
 
 
 def check_answer_size(outputs: dict[str, np.ndarray], max_elements: int) -> None:
@@ -83,14 +97,35 @@ def check_answer_size(outputs: dict[str, np.ndarray], max_elements: int) -> None
                               code="too_many_elements")
 
 
+def signature_name(body: Any) -> str:
+    """The body's ``signature_name`` ("" when it names none: the default signature)."""
+    if not isinstance(body, dict):
+        raise _bad('the body must be a JSON object: {"instances": [...]} or {"inputs": ...} for :predict, '
+                   '{"examples": [...]} for :classify and :regress')
+    name = body.get("signature_name", "")
+    if name is None:
+        return ""
+    if not isinstance(name, str):
+        raise _bad(f"JSON Value: {json.dumps(name)[:80]} not formatted correctly. 'signature_name' key must be a "
+                   'string value, e.g. "serving_default"')
+    return name
+
+
+def decode_b64(value: dict) -> bytes:
+    """``{"b64": "..."}`` as its bytes (TF Serving's binary values), or a 400 saying what is wrong."""
+    if set(value) != {"b64"} or not isinstance(value["b64"], str):
+        raise _bad(f"JSON Value: {json.dumps(value)[:80]} not formatted correctly for base64 data: a binary "
+                   'value is {"b64": "<base64 string>"}')
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except binascii.Error as exc:
+        raise _bad(f"Unable to base64 decode {value['b64'][:40]!r} ({exc}): send standard base64 "
+                   "(A-Z a-z 0-9 + /, padded with =)") from exc
+
+
 def _decode_strings(value: Any) -> Any:
     if isinstance(value, dict):
-        if set(value) != {"b64"} or not isinstance(value["b64"], str):
-            raise _bad('a binary value must be {"b64": "<base64 string>"}')
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except binascii.Error as exc:
-            raise _bad(f"invalid base64 in b64 value: {exc}") from exc
+        return decode_b64(value)
     if isinstance(value, list):
         return [_decode_strings(v) for v in value]
     if isinstance(value, str):
@@ -98,18 +133,45 @@ def _decode_strings(value: Any) -> Any:
     return value
 
 
+def check_rank(spec, array: np.ndarray, where: str) -> None:
+    """Refuse a value of another rank than its input's when the input has 3 or more dimensions.
+
+    Sizes are left to the graph's ops, as TF Serving leaves them, and so are
+    lower ranks (TF Serving's own half_plus_two test feeds ``[2.0]`` to an ``x``
+    of shape ``[-1, 1]``).  But TensorFlow's oneDNN kernels for convolutions and
+    pooling, which image inputs reach, do not refuse a tensor of the wrong rank:
+    they abort the inference worker (a CHECK failure) or answer with a wrong shape.
+    """
+    declared = spec.shape
+    if declared is None or len(declared) < 3 or np.ndim(array) == len(declared):
+        return
+    shape = [-1 if d is None else d for d in declared]
+    raise InvalidRequest(f"{where}: {spec.key} must have {len(declared)} dimensions (shape {shape}), got "
+                         f"{np.ndim(array)} (shape {list(np.shape(array))}): send a {len(declared)}-dimensional "
+                         "value, batch dimension included", code="invalid_input")
+
+
 def to_array(value: Any, spec, where: str) -> np.ndarray:
-    """A JSON value as an array of the input's dtype, or a 400 that says what is wrong."""
+    """A JSON value as an array of the input's dtype, or a 400 that says what is wrong.  Its shape is
+    whatever the JSON nests (regular, not ragged): the graph checks it, as in TF Serving, but for the
+    rank of inputs of 3 or more dimensions (``check_rank``)."""
+    array = _to_array(value, spec, where)
+    check_rank(spec, array, where)
+    return array
+
+
+def _to_array(value: Any, spec, where: str) -> np.ndarray:
     dtype = spec.dtype
     if dtype.name == "string":
+        if _contains(value, lambda v: not isinstance(v, (str, dict, list))):
+            raise _bad(f"{where}: expected strings (or {{\"b64\": ...}}) for {spec.key} (string), got numbers, "
+                       "booleans or null")
         array = np.array(_decode_strings(value), dtype=object)
-    else:
-        array = _numbers(value, spec, where)
-    if spec.shape is not None:
-        if array.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, array.shape)):
-            shape = [-1 if d is None else d for d in spec.shape]
-            raise _bad(f"{where}: {spec.key} must have shape {shape}, got {list(array.shape)}")
-    return array
+        if array.size and any(isinstance(v, list) for v in array.ravel()):
+            raise _bad(f"{where}: {spec.key} is ragged (lists of different lengths): a tensor's rows must all "
+                       "have the same shape")
+        return array
+    return _numbers(value, spec, where)
 
 
 def _numbers(value: Any, spec, where: str) -> np.ndarray:
@@ -142,8 +204,8 @@ def _numbers_checked(value: Any, spec, where: str) -> np.ndarray:
     try:
         array = np.array(value, dtype=dtype.as_numpy_dtype)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise _bad(f"{where}: {spec.key} is not a regular {dtype.name} tensor (ragged, mixed rows or out of "
-                   f"range?): {exc}") from exc
+        raise _bad(f"{where}: {spec.key} is not a regular {dtype.name} tensor (ragged: lists of different "
+                   f"lengths, mixed rows, or out of range?): {exc}") from exc
     if dtype.is_integer and _contains(value, lambda v: isinstance(v, float) and not float(v).is_integer()):
         raise _bad(f"{where}: {spec.key} is {dtype.name}; got a fractional number")
     return array
@@ -156,14 +218,13 @@ def _contains(value: Any, test) -> bool:
 
 
 def parse_predict(body: Any, inputs: list) -> tuple[dict[str, np.ndarray], str]:
-    """Feeds keyed by tensor name, and the format ("row" or "columnar") to answer in."""
+    """Feeds keyed by tensor name, and the format ("row" or "columnar") to answer in, for a signature
+    with ``inputs``."""
     if not isinstance(body, dict):
         raise _bad('the body must be a JSON object with "instances" or "inputs"')
     if "instances" in body and "inputs" in body:
-        raise _bad('send either "instances" (row format) or "inputs" (columnar format), not both')
-    signature = body.get("signature_name", "serving_default")
-    if signature not in ("serving_default", "", None):
-        raise _bad(f"unknown signature_name {signature!r}: this model has only 'serving_default'")
+        raise _bad("Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist: send "
+                   'either "instances" (row format) or "inputs" (columnar format), not both')
     by_key = {s.key: s for s in inputs}
     by_key.update({s.name.rsplit(":", 1)[0]: s for s in inputs})
     required = [s for s in inputs if not getattr(s, "optional", False)]
@@ -222,9 +283,19 @@ def _columns(values: Any, inputs: list, by_key: dict, required: list) -> dict[st
     return {specs[k].name: to_array(v, specs[k], "inputs") for k, v in named.items()}
 
 
-def _jsonable(array: np.ndarray) -> Any:
+def _text(value: bytes) -> Any:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:  # not text after all: base64, so the answer stays valid JSON
+        return {"b64": base64.b64encode(value).decode()}
+
+
+def _jsonable(array: np.ndarray, key: str) -> Any:
+    """An output as JSON: strings as text, or as ``{"b64": ...}`` when the key ends in ``_bytes``."""
     if array.dtype == object or array.dtype.kind == "S":
-        flat = [{"b64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v for v in array.ravel().tolist()]
+        binary = key.endswith(BYTES_SUFFIX)
+        flat = [({"b64": base64.b64encode(v).decode()} if binary else _text(v)) if isinstance(v, bytes) else v
+                for v in array.ravel().tolist()]
         return np.array(flat, dtype=object).reshape(array.shape).tolist()
     return array.tolist()
 
@@ -233,8 +304,8 @@ def format_predict(outputs: dict[str, np.ndarray], specs: list, form: str) -> di
     """The answer in the format of the request."""
     if form == "columnar":
         if len(specs) == 1:
-            return {"outputs": _jsonable(outputs[specs[0].name])}
-        return {"outputs": {s.key: _jsonable(outputs[s.name]) for s in specs}}
+            return {"outputs": _jsonable(outputs[specs[0].name], specs[0].key)}
+        return {"outputs": {s.key: _jsonable(outputs[s.name], s.key) for s in specs}}
     rows = {s.key: np.asarray(outputs[s.name]) for s in specs}
     counts = {a.shape[0] if a.ndim else None for a in rows.values()}
     if len(counts) != 1 or None in counts:
@@ -242,5 +313,17 @@ def format_predict(outputs: dict[str, np.ndarray], specs: list, form: str) -> di
                    'use the columnar format ("inputs")')
     n = counts.pop()
     if len(specs) == 1:
-        return {"predictions": _jsonable(rows[specs[0].key])}
-    return {"predictions": [{k: _jsonable(a[i]) for k, a in rows.items()} for i in range(n)]}
+        return {"predictions": _jsonable(rows[specs[0].key], specs[0].key)}
+    columns = {k: _jsonable(a, k) for k, a in rows.items()}
+    return {"predictions": [{k: column[i] for k, column in columns.items()} for i in range(n)]}
+
+
+def predict(graph, body: Any, max_elements: int) -> dict:
+    """A :predict body run on the signature it names, answered in its own format."""
+    from registry.serving.signature import find  # TensorFlow's protos: with the graph, not this module
+
+    signature = find(graph, signature_name(body), api="predict")
+    feeds, form = parse_predict(body, signature.inputs)
+    outputs = graph.run(feeds, [s.name for s in signature.outputs])
+    check_answer_size(outputs, max_elements)
+    return format_predict(outputs, signature.outputs, form)
