@@ -133,8 +133,10 @@ def convert(request: dict) -> dict:
         verifications = {name: {"status": "skipped", "reason": reason, "max_abs_diff": None, "tolerance": tolerance}
                          for name in plan.signatures}
     else:
+        note = ("uploaded already frozen: ran it once, nothing to compare against" if source == "frozen" else
+                "it has no variables, so freezing changed nothing to compare: ran it once")
         verifications = verify_signatures(output_path, pruned, checkpoint_prefix if report.variables else None,
-                                          report.variable_keys, plan.signatures, tolerance)
+                                          report.variable_keys, plan.signatures, tolerance, note)
     if any("dtype" not in e or "shape" not in e for sig in plan.signatures.values()
            for side in ("inputs", "outputs") for e in sig[side].values()):
         describe_frozen(output_path, plan.signatures)
@@ -247,7 +249,7 @@ def saved_model_plan(request: dict):
     """Unpack a pushed SavedModel archive, scan all of it, and plan the freeze of its signature."""
     from registry.converter import upload_scan  # TensorFlow: loads under the limits main() set
     from registry.converter.plan import saved_model_plan as plan_saved_model
-    from registry.converter.tables import inline_vocabulary_files
+    from registry.converter.vocabulary import inline_vocabulary_files
 
     folder = Path(request["output_path"]).parent / "uploaded_saved_model"
     limits = ArchiveLimits(request.get("max_archive_bytes", ArchiveLimits.max_bytes),
@@ -335,7 +337,7 @@ def warm(parent: int) -> int:
     die_with_parent(parent)
     import tensorflow  # noqa: F401  (what each conversion would otherwise wait for)
 
-    from registry.converter import freeze, graphs, heads, plan, tables, tf2, verify  # noqa: F401
+    from registry.converter import freeze, graphs, heads, plan, tables, tf2, verify, vocabulary  # noqa: F401
 
     os.write(1, b"ready\n")
     while line := sys.stdin.buffer.readline().strip():

@@ -247,6 +247,7 @@ def describe_frozen(frozen_path: Path, signatures: dict[str, dict]) -> None:
 def verify_signatures(
     frozen_path: Path, pruned: graph_pb2.GraphDef, checkpoint_prefix: str | None,
     variable_keys: dict[str, str], signatures: dict[str, dict], tolerance: float,
+    note: str = "uploaded already frozen: ran it once, nothing to compare against",
 ) -> dict[str, dict]:
     """Each signature of the frozen graph against the original (the checkpoint-restored graph, or a
     SavedModel's graph with its variables), on the same deterministic inputs.  Fills in tensor dtypes
@@ -271,10 +272,10 @@ def verify_signatures(
     frozen = run_signatures(graph, signatures, image_format)
     random_ops = sorted({n.op for n in pruned.node if n.op in RANDOM_OPS})
     return {name: _verdict(signatures[name], frozen[name], None if original is None else original[name],
-                           tolerance, random_ops) for name in signatures}
+                           tolerance, random_ops, note) for name in signatures}
 
 
-def _verdict(signature: dict, frozen, original, tolerance: float, random_ops: list[str]) -> dict:
+def _verdict(signature: dict, frozen, original, tolerance: float, random_ops: list[str], note: str) -> dict:
     keys = sorted(signature["outputs"])
     for result in (frozen, original):
         if isinstance(result, CannotVerify):
@@ -289,8 +290,7 @@ def _verdict(signature: dict, frozen, original, tolerance: float, random_ops: li
                               "output and input nodes, or export an inference graph (is_training=False)"}
     outputs = _describe(keys, frozen)
     if original is None:
-        return {"status": "ran", "max_abs_diff": None, "tolerance": tolerance, "outputs": outputs,
-                "note": "uploaded already frozen: ran it once, nothing to compare against"}
+        return {"status": "ran", "max_abs_diff": None, "tolerance": tolerance, "outputs": outputs, "note": note}
     diff, where = max_abs_difference(frozen, original, [signature["outputs"][k]["name"].split(":")[0] for k in keys])
     if diff > tolerance:
         hint = (f" The graph contains random ops ({', '.join(random_ops)}), so each run differs: export an "
