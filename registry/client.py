@@ -192,9 +192,11 @@ class RegistryClient:
         return record
 
     def pull_saved_model(self, name: str, record: dict, dest: Path) -> str:
-        """Download a version's SavedModel (.tar.gz); its sha256 is checked before it appears at ``dest``."""
+        """Download a version's SavedModel as it is stored (a tar; a .tar.gz for versions built before);
+        its sha256 is checked before it appears at ``dest``."""
         saved = next((f for f in record.get("files", []) if f["role"] == "saved_model"), None)
-        response = self._request("GET", f"/api/v1/models/{name}/versions/{record['version']}/saved_model.tar.gz",
+        suffix = ".tar.gz" if saved and saved["filename"].endswith(".gz") else ".tar"
+        response = self._request("GET", f"/api/v1/models/{name}/versions/{record['version']}/saved_model{suffix}",
                                  stream=True)
         expected = saved["sha256"] if saved else response.headers.get("X-Content-SHA256")
         return _save_verified(response, Path(dest), expected)

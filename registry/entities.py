@@ -24,9 +24,14 @@ SOURCE_SAVED_MODEL = "saved_model"  # a TF2 SavedModel folder, pushed as a .zip 
 SOURCE_KERAS = "keras"  # a .keras or .h5 file
 SOURCES = (SOURCE_META, SOURCE_GRAPH, SOURCE_FROZEN, SOURCE_SAVED_MODEL, SOURCE_KERAS)
 
-# The version file holding the TF Serving SavedModel built from the frozen graph (a .tar.gz).
+# The version file holding the TF Serving SavedModel built from the frozen graph: a plain .tar (float
+# weights do not compress; versions built before stored a .tar.gz).
 SAVED_MODEL = "saved_model"
-SAVED_MODEL_FILENAME = "saved_model.tar.gz"
+SAVED_MODEL_FILENAME = "saved_model.tar"
+# The follow-on job that builds it once the version is ready, and the states the version shows meanwhile.
+SAVED_MODEL_JOB = "saved_model"
+SAVED_MODEL_PENDING, SAVED_MODEL_FAILED = "pending", "failed"
+SAVED_MODEL_STATES = (SAVED_MODEL_PENDING, READY, SAVED_MODEL_FAILED)
 SAVED_MODEL_SOURCE = "saved_model_src"  # the version file of a pushed SavedModel archive
 
 
@@ -79,6 +84,8 @@ class VersionInfo:
     signatures: dict[str, Any] | None = None  # registry.signatures: every signature of the frozen graph
     requested_signatures: list[dict[str, Any]] | None = None  # declared with the push
     prediction_output: str | None = None  # set at conversion or by a user; None: the first output
+    saved_model_state: str | None = None  # pending, ready or failed; None: built before the state was kept
+    saved_model_message: str = ""
 
     @property
     def default_signature(self) -> str:

@@ -92,6 +92,10 @@ class ModelVersion(Base):
     signatures: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # The output :label and :compare rank classes by (a node of output_nodes); None: the first.
     prediction_output: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    # The TF Serving SavedModel, built by a follow-on job once the version is ready: pending, ready or failed
+    # (None: a version converted before the state was kept; its SavedModel, if any, is among its files).
+    saved_model_state: Mapped[str | None] = mapped_column(sa.String(16), default=None)
+    saved_model_message: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
     frozen_sha256: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     frozen_size: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
     tf_version: Mapped[str | None] = mapped_column(sa.String(32), default=None)

@@ -44,6 +44,7 @@ ACCESS = {
     ("GET", "/api/v1/models/<name>/versions/<ref>/frozen.pb"): READ,
     ("GET", "/api/v1/models/<name>/versions/<ref>/labels.txt"): READ,
     ("GET", "/api/v1/models/<name>/versions/<ref>/saved_model.tar.gz"): READ,
+    ("GET", "/api/v1/models/<name>/versions/<ref>/saved_model.tar"): READ,
     ("GET", "/api/v1/models/<name>/allowed-ops"): READ,
     ("GET", "/api/v1/serving"): READ,
     ("GET", "/api/v1/serving/models.config"): READ,

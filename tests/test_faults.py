@@ -280,9 +280,9 @@ def test_conversion_that_runs_out_of_disk_leaves_no_orphan_blob_and_fails_naming
             assert pushed.status_code == 202, pushed.get_json()
             uploaded = stored_files(blobs)
             weights = wide_checkpoint.data[0].stat().st_size
-            # Room for the frozen graph, not for the SavedModel after it.
+            # No room for the frozen graph.
             room = os.statvfs(blobs)
-            (blobs / "filler").write_bytes(b"\0" * (room.f_bavail * room.f_frsize - int(weights * 1.5)))
+            (blobs / "filler").write_bytes(b"\0" * (room.f_bavail * room.f_frsize - int(weights * 0.5)))
             uploaded = sorted(uploaded + ["filler"])
 
             worker = Worker(settings, registry.db, registry.storage)
@@ -302,6 +302,44 @@ def test_conversion_that_runs_out_of_disk_leaves_no_orphan_blob_and_fails_naming
             assert record.frozen_sha256 is None and record.file("saved_model") is None
             assert stored_files(blobs) == uploaded
             assert worker.run_once() is False  # not retried forever
+        finally:
+            registry.db.dispose()
+
+
+def test_a_saved_model_that_runs_out_of_disk_is_retried_then_fails_and_the_version_stays_ready(
+        tmp_path, wide_checkpoint):
+    from registry.app import create_app
+    from tests import tfmodels
+    from tests.helpers import checkpoint_form, push
+
+    home = tmp_path / "home"
+    with small_tmpfs(home / "blobs", "16m") as blobs:
+        settings = make_settings(home, job_max_attempts=2)
+        app = create_app(settings)
+        registry = app.extensions["registry"]
+        try:
+            pushed = push(app.test_client(), "wide", checkpoint_form(wide_checkpoint, output_nodes=tfmodels.OUTPUT))
+            assert pushed.status_code == 202, pushed.get_json()
+            weights = wide_checkpoint.data[0].stat().st_size
+            room = os.statvfs(blobs)  # room for the frozen graph, not for the SavedModel after it
+            (blobs / "filler").write_bytes(b"\0" * (room.f_bavail * room.f_frsize - int(weights * 1.5)))
+            worker = Worker(settings, registry.db, registry.storage)
+            assert worker.run_once() is True
+            record = catalog.get_version(registry.db, "wide", "1")
+            assert record.status == "ready", record.status_message
+            stored = stored_files(blobs)
+            assert worker.run_once() is True  # the SavedModel: no room
+            record = catalog.get_version(registry.db, "wide", "1")
+            assert (record.status, record.saved_model_state) == ("ready", "pending")
+            assert f"will retry: the blob folder {blobs} is full" in record.saved_model_message
+            with registry.db.transaction() as session:
+                session.execute(sa.update(Job).values(run_after=utcnow() - timedelta(seconds=1)))
+            assert worker.run_once() is True
+            record = catalog.get_version(registry.db, "wide", "1")
+            assert (record.status, record.saved_model_state) == ("ready", "failed")
+            assert record.saved_model_message.startswith("the SavedModel build failed 2 times; last error: the blob")
+            assert stored_files(blobs) == stored and record.file("saved_model") is None  # no orphan blob
+            assert worker.run_once() is False
         finally:
             registry.db.dispose()
 

@@ -104,8 +104,9 @@ def test_four_worker_processes_convert_sixteen_versions_exactly_once_and_survive
     assert finished == {n: 1 for n in range(1, VERSIONS + 1)}
     with db.transaction() as session:
         attempts = dict(session.execute(
-            sa.select(ModelVersion.version, Job.attempts).join(Job, Job.version_id == ModelVersion.id)).all())
-        owners = {row for row in session.scalars(sa.select(Job.lease_owner))}
+            sa.select(ModelVersion.version, Job.attempts).join(Job, Job.version_id == ModelVersion.id)
+            .where(Job.kind == "convert")).all())
+        owners = {row for row in session.scalars(sa.select(Job.lease_owner).where(Job.kind == "convert"))}
         digests = set(session.scalars(sa.select(ModelVersion.frozen_sha256)))
     assert attempts[victim_version] == 2  # the killed worker's claim, then the rescuer's
     assert all(a == 1 for v, a in attempts.items() if v != victim_version), attempts
@@ -126,7 +127,7 @@ def _wait_for_a_running_job(db: Database, procs: list[subprocess.Popen]) -> tupl
             rows = session.execute(
                 sa.select(Job.lease_owner, ModelVersion.version)
                 .join(ModelVersion, ModelVersion.id == Job.version_id)
-                .where(Job.status == "running")).all()
+                .where(Job.status == "running", Job.kind == "convert")).all()
         for owner, version in rows:
             pid = int(owner.split(":")[1])
             if pid in pids:

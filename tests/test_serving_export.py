@@ -20,7 +20,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from registry import catalog, tfserving
 from registry.cli import main as cli
 from registry.client import RegistryClient
-from registry.models import VersionFile
+from registry.models import ModelVersion, VersionFile
 from registry.serving.grpc_server import start_grpc_server
 from registry.jobs.worker import Worker
 from tests import tfmodels
@@ -202,6 +202,7 @@ def forget_saved_model(db, name: str, ref: str) -> None:
         version_id = catalog.get_version(db, name, ref).id
         session.execute(sa.delete(VersionFile).where(VersionFile.version_id == version_id,
                                                      VersionFile.role == "saved_model"))
+        session.execute(sa.update(ModelVersion).where(ModelVersion.id == version_id).values(saved_model_state=None))
 
 
 def test_version_frozen_before_saved_models_gets_one_on_export(exporting, tmp_path):

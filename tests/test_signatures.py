@@ -87,8 +87,11 @@ def saved_models(tmp_path_factory):
 
 
 def convert(app) -> None:
+    """Run the queued jobs: the conversion, then its SavedModel."""
     registry = app.extensions["registry"]
-    Worker(registry.settings, registry.db, registry.storage).run_once()
+    worker = Worker(registry.settings, registry.db, registry.storage)
+    while worker.run_once():
+        pass
 
 
 def pushed(app, name: str, archive: Path, **fields):

@@ -78,8 +78,11 @@ def tf2(tmp_path_factory):
 
 
 def convert(app) -> None:
+    """Run the queued jobs: the conversion, then its SavedModel."""
     registry = app.extensions["registry"]
-    Worker(registry.settings, registry.db, registry.storage).run_once()
+    worker = Worker(registry.settings, registry.db, registry.storage)
+    while worker.run_once():
+        pass
 
 
 def file_form(field: str, path: Path, **fields) -> dict:

@@ -405,6 +405,21 @@ class Agreement(Free):
 _LIFTED = ("verification", "safety", "failed_signatures", "prediction_output")  # answered beside conversion
 
 
+class SavedModelState(BaseModel):
+    state: Literal["pending", "ready", "failed", "not_built"] | None = Field(
+        description="pending: being built (downloads answer 409 with Retry-After); not_built: converted before "
+                    "SavedModels followed every conversion (an export builds it); null: not ready")
+    message: str = ""
+
+
+def _saved_model_state(v: VersionInfo) -> dict:
+    if v.file("saved_model") is not None:
+        return {"state": "ready"}
+    if v.status != "ready":
+        return {"state": None}
+    return {"state": v.saved_model_state or "not_built", "message": v.saved_model_message}
+
+
 class Version(Answer):
     model: str
     version: int = Field(ge=1)
@@ -432,6 +447,7 @@ class Version(Answer):
     prediction_output: str | None = Field(description="The output :label and :compare rank classes by")
     prediction_output_reason: str | None = Field(description="Why that output: the converter's reason, or who "
                                                              "chose it (PUT .../prediction-output)")
+    saved_model: SavedModelState = Field(description="The TF Serving SavedModel, built after the version is ready")
     conversion: dict[str, Any] | None
     files: list[File]
     agreement_with_previous: Agreement | None
@@ -455,6 +471,7 @@ class Version(Answer):
             "refusal": v.refusal,
             **{k: report[k] for k in ("default_signature", "signatures", "failed_signatures", "prediction_output",
                                       "prediction_output_reason")},
+            "saved_model": _saved_model_state(v),
             "conversion": {k: c for k, c in conversion.items() if k not in _LIFTED} or None,
             "files": v.files, "agreement_with_previous": v.agreement_with_previous,
             "created_at": v.created_at, "updated_at": v.updated_at, "ready_at": v.ready_at,

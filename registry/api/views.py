@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Annotated
 
 from flask import Response, current_app, g, redirect, request, url_for
@@ -13,7 +14,7 @@ from registry.api import bp, schemas
 from registry.api.spec import Json, Param, blob_answers, openapi_document, operation, text_answer, validated
 from registry.auth.access import current_actor
 from registry.context import get_registry
-from registry.entities import READY, SAVED_MODEL
+from registry.entities import READY, SAVED_MODEL, SAVED_MODEL_FAILED, SAVED_MODEL_PENDING
 from registry.errors import Conflict, InvalidRequest, NotFound, StorageError
 from registry.uploads.archives import ArchiveLimits
 from registry.uploads.files import PushRequest
@@ -278,22 +279,78 @@ def set_allowed_ops(name: str, body: schemas.AllowedOpsRequest):
     return schemas.AllowedOps.model_validate(answer)
 
 
-@bp.get("/models/<name>/versions/<ref>/saved_model.tar.gz")
-@operation("downloadSavedModel", path=(NAME, REF),
-           summary="The SavedModel TF Serving loads (saved_model.pb + variables/), as a .tar.gz", answers={
-               **blob_answers("The SavedModel folder as a .tar.gz", "application/gzip"), 400: "Invalid model name",
-               409: "The version is not ready, or was frozen before SavedModels were built"})
-def download_saved_model(name: str, ref: str):
+def _saved_model_file(name: str, ref: str):
+    """A ready version and its SavedModel file, or a 409 saying when it will be there."""
     version = catalog.get_version(get_registry().db, name, ref)
     if version.status != READY:
         raise Conflict(f"version {version.version} of {name!r} is {version.status}; its SavedModel exists once "
                        "it is ready", code="version_not_ready")
     saved = version.file(SAVED_MODEL)
-    if saved is None:
-        raise Conflict(f"version {version.version} of {name!r} was frozen before SavedModels were built: "
-                       "run 'registry export-serving' (or 'registry saved-models') once to build it",
-                       code="saved_model_not_built")
-    return _send_blob(saved.sha256, f"{name}-v{version.version}-saved_model.tar.gz", "application/gzip")
+    if saved is not None:
+        return version, saved
+    if version.saved_model_state == SAVED_MODEL_PENDING:
+        pending = Conflict(f"the SavedModel of version {version.version} of {name!r} is being built (it follows the "
+                           "conversion, usually within seconds): try again shortly", code="saved_model_pending")
+        pending.headers = {"Retry-After": "2"}
+        raise pending
+    if version.saved_model_state == SAVED_MODEL_FAILED:
+        raise Conflict(f"the SavedModel of version {version.version} of {name!r} could not be built: "
+                       f"{version.saved_model_message}", code="saved_model_failed")
+    raise Conflict(f"version {version.version} of {name!r} was frozen before SavedModels were built: "
+                   "run 'registry export-serving' (or 'registry saved-models') once to build it",
+                   code="saved_model_not_built")
+
+
+SAVED_MODEL_CONFLICTS = ("The version is not ready, its SavedModel is still being built (saved_model_pending, with "
+                         "Retry-After), could not be built (saved_model_failed), or was never built")
+
+
+@bp.get("/models/<name>/versions/<ref>/saved_model.tar")
+@operation("downloadSavedModelTar", path=(NAME, REF),
+           summary="The SavedModel TF Serving loads (saved_model.pb + variables/), as the plain tar it is stored as",
+           answers={**blob_answers("The SavedModel folder as a tar", "application/x-tar"), 400: "Invalid model name",
+                    409: SAVED_MODEL_CONFLICTS})
+def download_saved_model_tar(name: str, ref: str):
+    version, saved = _saved_model_file(name, ref)
+    download = f"{name}-v{version.version}-saved_model.tar"
+    if saved.filename.endswith(".gz"):  # built before SavedModels were stored as plain tars
+        return _send_transformed(saved.sha256, download, "application/x-tar", zlib.decompressobj(31))
+    return _send_blob(saved.sha256, download, "application/x-tar")
+
+
+@bp.get("/models/<name>/versions/<ref>/saved_model.tar.gz")
+@operation("downloadSavedModel", path=(NAME, REF),
+           summary="The SavedModel TF Serving loads, as a .tar.gz (gzipped as it is sent: saved_model.tar is the "
+                   "stored tar, with its sha256 as ETag)", answers={
+               **blob_answers("The SavedModel folder as a .tar.gz", "application/gzip"), 400: "Invalid model name",
+               409: SAVED_MODEL_CONFLICTS})
+def download_saved_model(name: str, ref: str):
+    version, saved = _saved_model_file(name, ref)
+    download = f"{name}-v{version.version}-saved_model.tar.gz"
+    if saved.filename.endswith(".gz"):
+        return _send_blob(saved.sha256, download, "application/gzip")
+    return _send_transformed(saved.sha256, download, "application/gzip",
+                             zlib.compressobj(1, zlib.DEFLATED, 31))
+
+
+def _send_transformed(digest: str, download_name: str, mimetype: str, transform) -> Response:
+    """A blob (de)compressed as it streams (no length or ranges); ``X-Content-SHA256`` names the blob it
+    came from, whose own bytes ``saved_model.tar`` serves."""
+    stream = get_registry().storage.open(digest)
+
+    def chunks():
+        with stream:
+            while block := stream.read(SEND_BUFFER):
+                if out := (transform.compress(block) if hasattr(transform, "compress")
+                           else transform.decompress(block)):
+                    yield out
+            yield transform.flush()
+
+    response = Response(chunks(), mimetype=mimetype, direct_passthrough=True)
+    response.headers["Content-Disposition"] = f"attachment; filename={download_name}"
+    response.headers["X-Source-SHA256"] = digest
+    response.cache_control.no_cache = True
+    return response
 
 
 @bp.put("/models/<name>/serving")

@@ -56,6 +56,7 @@ RULES: dict[str, str | None] = {
     "api.download_frozen": READ,
     "api.download_labels": READ,
     "api.download_saved_model": READ,
+    "api.download_saved_model_tar": READ,
     "api.serving_plan": READ,
     "api.serving_config": READ,
     "web.models": READ,

@@ -16,18 +16,18 @@ from registry.auth.audit import SYSTEM, Actor
 from registry.catalog.names import version_number
 from registry.catalog.rows import model_write, resolve_version_row
 from registry.db import Database
-from registry.entities import QUEUED, RUNNING, DeletedModel, DeletedVersion
+from registry.entities import CONVERT, QUEUED, RUNNING, DeletedModel, DeletedVersion
 from registry.errors import InvalidRequest, NotFound
 from registry.models import Agreement, Alias, Job, ModelVersion, RegisteredModel, VersionFile, utcnow
 
 
 def _delete_versions(session: Session, version_ids) -> tuple[int, int]:
     """Remove versions with their files, aliases and jobs; return how many versions
-    went and how many jobs were still pending (queued or running), which deleting
-    them cancels."""
+    went and how many conversions were still pending (queued or running), which deleting
+    them cancels (a pending SavedModel build of a ready version goes too, uncounted)."""
     pending = session.scalar(
         sa.select(sa.func.count()).select_from(Job)
-        .where(Job.version_id.in_(version_ids), Job.status.in_((QUEUED, RUNNING)))
+        .where(Job.version_id.in_(version_ids), Job.status.in_((QUEUED, RUNNING)), Job.kind == CONVERT)
     ) or 0
     for table in (Job, Alias, VersionFile):
         session.execute(sa.delete(table).where(table.version_id.in_(version_ids))

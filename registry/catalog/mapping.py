@@ -69,6 +69,8 @@ def version_entities(
             signatures=None if summary else row.signatures,
             requested_signatures=row.requested_signatures,
             prediction_output=row.prediction_output,
+            saved_model_state=row.saved_model_state,
+            saved_model_message=row.saved_model_message or "",
         )
         for row in rows
     ]

@@ -24,7 +24,8 @@ from registry.catalog.mapping import version_entities
 from registry.catalog.names import MAX_VERSION, validate_model_name
 from registry.catalog.rows import model_row, model_write, resolve_version_row
 from registry.db import Database
-from registry.entities import CONVERT, PREPROCESSING_KEYS, QUEUED, READY, FileInfo, NewFile, Page, VersionInfo
+from registry.entities import (CONVERT, PREPROCESSING_KEYS, QUEUED, READY, SAVED_MODEL, FileInfo, NewFile, Page,
+                               VersionInfo)
 from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.models import Job, ModelVersion, RegisteredModel, VersionFile, utcnow
 
@@ -263,6 +264,8 @@ def attach_file(db: Database, version_id: int, new: NewFile) -> FileInfo:
             existing = VersionFile(version_id=version_id, role=new.role, filename=new.filename,
                                    sha256=new.sha256, size=new.size)
             session.add(existing)
+        if new.role == SAVED_MODEL:
+            row.saved_model_state, row.saved_model_message = READY, ""
             session.flush()
         return FileInfo(existing.role, existing.filename, existing.sha256, existing.size)
 

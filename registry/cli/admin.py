@@ -101,6 +101,9 @@ def export_serving(root: str | None, base_path: str | None) -> None:
         click.echo(f"  + {item}")
     for item in report.removed:
         click.echo(f"  - {item}")
+    for item in report.pending:
+        click.echo(f"  … {item}: its SavedModel is still being built by a worker; run this again in a moment "
+                   "(a running registry exports it by itself)")
     print_plan(report.models)
     for failure in report.failed:
         click.echo(f"  FAILED {failure['version']}: {failure['error']}", err=True)

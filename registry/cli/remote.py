@@ -125,9 +125,9 @@ def _signature_options(args: tuple[str, ...], path: Path | None) -> tuple[str, l
 @click.command()
 @click.argument("spec", metavar="NAME[:REF]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write it (default NAME-vN.pb, or NAME-vN-saved_model.tar.gz).")
+              help="Where to write it (default NAME-vN.pb, or NAME-vN-saved_model.tar).")
 @click.option("--format", "fmt", type=click.Choice(["frozen", "saved_model"]), default="frozen", show_default=True,
-              help="The frozen GraphDef, or the SavedModel built from it (.tar.gz of the folder TF Serving loads).")
+              help="The frozen GraphDef, or the SavedModel built from it (a tar of the folder TF Serving loads).")
 @url_option
 def pull(spec: str, output: Path | None, fmt: str, url: str | None) -> None:
     """Download a version's frozen graph or SavedModel (REF: number, alias or latest) and check its sha256."""
@@ -135,7 +135,9 @@ def pull(spec: str, output: Path | None, fmt: str, url: str | None) -> None:
     client = connect(url)
     record = client.get_version(name, ref)
     if fmt == "saved_model":
-        dest = output or Path(f"{name}-v{record['version']}-saved_model.tar.gz")
+        saved = next((f for f in record.get("files", []) if f["role"] == "saved_model"), None)
+        suffix = ".tar.gz" if saved and saved["filename"].endswith(".gz") else ".tar"
+        dest = output or Path(f"{name}-v{record['version']}-saved_model{suffix}")
         digest = client.pull_saved_model(name, record, dest)
         click.echo(f"{dest}: {name} version {record['version']} SavedModel, sha256 {digest} (verified)")
         return

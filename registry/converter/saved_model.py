@@ -12,6 +12,7 @@ same frozen graph always gives the same bytes and the same sha256.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import tarfile
@@ -55,9 +56,14 @@ def build_saved_model(frozen_path: Path, signature_map: dict[str, dict], export_
 
 
 def write_archive(directory: Path, archive: Path) -> None:
-    """``directory``'s contents as a deterministic .tar.gz (paths relative to it)."""
-    with open(archive, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=1) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    """``directory``'s contents as a deterministic .tar.gz, or a plain .tar when ``archive`` is named so
+    (paths relative to it).  The registry stores its SavedModels as plain tars: float weights do not
+    compress, and gzip took longer than building the SavedModel."""
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(open(archive, "wb"))
+        if archive.name.endswith((".gz", ".tgz")):
+            raw = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=1))
+        tar = stack.enter_context(tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT))
         for root, dirs, files in os.walk(directory):
             dirs.sort()
             for name in sorted(dirs) + sorted(files):

@@ -21,10 +21,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from registry.db import Database
-from registry.entities import CONVERT, CONVERTING, FAILED, QUEUED, READY, RUNNING, SUCCEEDED, NewFile
+from registry.entities import (CONVERT, CONVERTING, FAILED, QUEUED, READY, RUNNING, SAVED_MODEL, SAVED_MODEL_FAILED,
+                               SAVED_MODEL_JOB, SAVED_MODEL_PENDING, SUCCEEDED, NewFile)
 from registry.models import Job, ModelVersion, VersionFile, utcnow
 
-__all__ = ["CONVERT", "RUNNING", "SUCCEEDED", "ClaimedJob", "claim", "depth", "finish", "heartbeat", "retry_later"]
+__all__ = ["CONVERT", "RUNNING", "SAVED_MODEL_JOB", "SUCCEEDED", "ClaimedJob", "claim", "depth", "finish",
+           "finish_saved_model", "heartbeat", "retry_later"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ def claim(db: Database, owner: str, lease_seconds: float) -> ClaimedJob | None:
             job = session.scalar(
                 sa.select(Job)
                 .where(_claimable(now))
-                .order_by(Job.id)
+                # conversions first (they make versions ready); SavedModel builds follow
+                .order_by(sa.case((Job.kind == CONVERT, 0), else_=1), Job.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)
             )
@@ -61,7 +64,8 @@ def claim(db: Database, owner: str, lease_seconds: float) -> ClaimedJob | None:
             if job.attempts >= job.max_attempts:
                 # Its last worker died or lost the lease on the final attempt.
                 reason = (
-                    f"conversion was interrupted {job.attempts} times (worker died or lost its lease)"
+                    f"{'conversion' if job.kind == CONVERT else 'the SavedModel build'} was interrupted "
+                    f"{job.attempts} times (worker died or lost its lease)"
                     + (f"; last error: {job.last_error}" if job.last_error else "")
                 )
                 _fail(session, job, reason)
@@ -80,11 +84,13 @@ def claim(db: Database, owner: str, lease_seconds: float) -> ClaimedJob | None:
             ).rowcount
             if not won:
                 continue  # somebody else took it between our read and write
-            session.execute(
-                sa.update(ModelVersion)
-                .where(ModelVersion.id == job.version_id)
-                .values(status=CONVERTING, status_message=f"converting (attempt {job.attempts + 1})", updated_at=now)
-            )
+            if job.kind == CONVERT:
+                session.execute(
+                    sa.update(ModelVersion)
+                    .where(ModelVersion.id == job.version_id)
+                    .values(status=CONVERTING, status_message=f"converting (attempt {job.attempts + 1})",
+                            updated_at=now)
+                )
             return ClaimedJob(job.id, job.kind, job.version_id, job.attempts + 1, job.max_attempts, owner)
 
 
@@ -119,9 +125,10 @@ def _owned(session: Session, job: ClaimedJob) -> Job | None:
 
 
 def finish(db: Database, job: ClaimedJob, *, ready: bool, message: str, fields: dict[str, Any],
-           files: Sequence[NewFile] = ()) -> bool:
+           files: Sequence[NewFile] = (), follow_on: str | None = None) -> bool:
     """Record the outcome of a conversion on the version (with the artifacts it
-    made, such as the SavedModel) and close the job.
+    made) and close the job; a ready version's ``follow_on`` job (the SavedModel
+    build) is queued in the same transaction.
 
     Returns False (and changes nothing) if the lease was lost meanwhile.
     """
@@ -137,10 +144,38 @@ def finish(db: Database, job: ClaimedJob, *, ready: bool, message: str, fields: 
         values = dict(fields, status=READY if ready else FAILED, status_message=message, updated_at=now)
         if ready:
             values["ready_at"] = now
+        if ready and follow_on == SAVED_MODEL_JOB:
+            values.update(saved_model_state=SAVED_MODEL_PENDING, saved_model_message="")
+            session.add(Job(kind=follow_on, version_id=job.version_id, status=QUEUED, max_attempts=row.max_attempts))
         session.execute(sa.update(ModelVersion).where(ModelVersion.id == job.version_id).values(**values))
         session.add_all(VersionFile(version_id=job.version_id, role=f.role, filename=f.filename, sha256=f.sha256,
                                     size=f.size) for f in files)
         return True
+
+
+def finish_saved_model(db: Database, job: ClaimedJob, *, built: NewFile | None, message: str = "") -> bool:
+    """Record a SavedModel build: its file and state ready, or the state failed with ``message``.
+    Returns False (and changes nothing) if the lease was lost meanwhile."""
+    with db.transaction() as session:
+        row = _owned(session, job)
+        if row is None:
+            return False
+        row.status = SUCCEEDED if built else FAILED
+        row.lease_owner = None
+        row.lease_expires_at = None
+        row.last_error = None if built else message
+        _saved_model_state(session, job.version_id, READY if built else SAVED_MODEL_FAILED, message)
+        exists = session.scalar(sa.select(VersionFile.id).where(VersionFile.version_id == job.version_id,
+                                                                VersionFile.role == SAVED_MODEL))
+        if built is not None and exists is None:
+            session.add(VersionFile(version_id=job.version_id, role=built.role, filename=built.filename,
+                                    sha256=built.sha256, size=built.size))
+        return True
+
+
+def _saved_model_state(session: Session, version_id: int, state: str, message: str = "") -> None:
+    session.execute(sa.update(ModelVersion).where(ModelVersion.id == version_id)
+                    .values(saved_model_state=state, saved_model_message=message))
 
 
 def retry_later(db: Database, job: ClaimedJob, error: str, backoff: Callable[[int], float] | None = None) -> bool:
@@ -152,7 +187,8 @@ def retry_later(db: Database, job: ClaimedJob, error: str, backoff: Callable[[in
         if row is None:
             return False
         if row.attempts >= row.max_attempts:
-            _fail(session, row, f"conversion failed {row.attempts} times; last error: {error}")
+            what = "conversion" if row.kind == CONVERT else "the SavedModel build"
+            _fail(session, row, f"{what} failed {row.attempts} times; last error: {error}")
             return False
         now = utcnow()
         row.status = QUEUED
@@ -160,11 +196,14 @@ def retry_later(db: Database, job: ClaimedJob, error: str, backoff: Callable[[in
         row.lease_expires_at = None
         row.last_error = error
         row.run_after = now + timedelta(seconds=delay)
-        session.execute(
-            sa.update(ModelVersion)
-            .where(ModelVersion.id == job.version_id)
-            .values(status=QUEUED, status_message=f"will retry: {error}", updated_at=now)
-        )
+        if row.kind == CONVERT:
+            session.execute(
+                sa.update(ModelVersion)
+                .where(ModelVersion.id == job.version_id)
+                .values(status=QUEUED, status_message=f"will retry: {error}", updated_at=now)
+            )
+        else:
+            _saved_model_state(session, job.version_id, SAVED_MODEL_PENDING, f"will retry: {error}")
         return True
 
 
@@ -174,6 +213,9 @@ def _fail(session: Session, job: Job, reason: str) -> None:
     job.lease_owner = None
     job.lease_expires_at = None
     job.last_error = reason
+    if job.kind != CONVERT:  # the version stays ready: only its SavedModel failed
+        _saved_model_state(session, job.version_id, SAVED_MODEL_FAILED, reason)
+        return
     session.execute(
         sa.update(ModelVersion)
         .where(ModelVersion.id == job.version_id)

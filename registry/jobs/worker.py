@@ -25,7 +25,8 @@ from registry.config import Settings
 from registry.converter import ops  # op names only: no TensorFlow
 from registry.converter.runner import Outcome, run_conversion, warm_up
 from registry.db import Database
-from registry.entities import SAVED_MODEL, SAVED_MODEL_FILENAME, SAVED_MODEL_SOURCE, NewFile, VersionInfo
+from registry.entities import (SAVED_MODEL, SAVED_MODEL_FILENAME, SAVED_MODEL_JOB, SAVED_MODEL_SOURCE, NewFile,
+                               VersionInfo)
 from registry.errors import NotFound, StorageError
 from registry.jobs import queue
 from registry.jobs.gc import collect_garbage
@@ -109,6 +110,9 @@ class Worker:
             log.exception("worker %s: garbage collection failed", self.owner)
 
     def process(self, job: queue.ClaimedJob) -> None:
+        if job.kind == SAVED_MODEL_JOB:
+            self._build_saved_model(job)
+            return
         started = time.monotonic()
         outcome = "failed"
         try:
@@ -182,7 +186,6 @@ class Worker:
             "output_nodes": version.requested_output_nodes or [],
             "input_nodes": version.requested_input_nodes or [],
             "output_path": str(workdir / "frozen.pb"),
-            "saved_model_path": str(workdir / SAVED_MODEL_FILENAME),
             "verify_tolerance": self.settings.verify_tolerance,
             # Ops the model's admin allowed: a graph flagged only for these is verified like any other.
             "allowed_ops": version.allowed_ops,
@@ -193,6 +196,39 @@ class Worker:
             "max_archive_bytes": self.settings.max_archive_bytes,
             "max_archive_files": self.settings.max_archive_files,
         }
+
+    def _build_saved_model(self, job: queue.ClaimedJob) -> None:
+        """The follow-on job of a ready version: its TF Serving SavedModel, built in a converter child."""
+        try:
+            version = catalog.get_version_by_id(self.db, job.version_id)
+        except NotFound:
+            return  # deleted meanwhile: its job went with it
+        try:
+            ref = _make_saved_model(self.settings, self.storage, version,
+                                    heartbeat=lambda: queue.heartbeat(self.db, job, self.settings.job_lease_seconds),
+                                    heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3))
+        except SavedModelFailed as exc:
+            if exc.retryable:
+                queue.retry_later(self.db, job, exc.message)
+            else:
+                queue.finish_saved_model(self.db, job, built=None, message=exc.message)
+            log.warning("SavedModel of %s v%d: %s", version.model, version.version, exc.message)
+            return
+        except StorageError as exc:  # full, read-only or unreachable: worth a later attempt (bounded)
+            log.warning("SavedModel of %s v%d: %s", version.model, version.version, exc.message)
+            queue.retry_later(self.db, job, exc.message)
+            return
+        except Exception as exc:
+            log.exception("SavedModel of %s v%d failed", version.model, version.version)
+            queue.retry_later(self.db, job, f"{type(exc).__name__}: {exc}")
+            return
+        if not queue.finish_saved_model(self.db, job, built=NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, ref.sha256,
+                                                                    ref.size)):
+            drop_unreferenced(self.db, self.storage, [ref])
+            return
+        log.info("%s v%d: SavedModel ready (%d bytes)", version.model, version.version, ref.size)
+        if self.on_ready is not None:
+            self.on_ready()  # an export waiting for it goes on
 
     def _count_lines(self, sha256: str) -> int:
         """Lines of a labels file, as the label service reads it (one class per line)."""
@@ -240,11 +276,6 @@ class Worker:
         version as ready; return its status message, or None if the lease was lost meanwhile."""
         ref = self.storage.put_file(workdir / "frozen.pb")
         stored.append(ref)
-        made = []
-        if result.get("saved_model"):
-            saved = self.storage.put_file(workdir / SAVED_MODEL_FILENAME)
-            stored.append(saved)
-            made.append(NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, saved.sha256, saved.size))
         verification = result["conversion"]["verification"]
         blocking = safety_rules.blocking_flags(result["conversion"], version.allowed_ops)
         signature_map = result.get("signatures") or {}
@@ -273,7 +304,7 @@ class Worker:
                 "prediction_output": result.get("prediction_output"),
                 **({"signature": result["signature"]} if result.get("signature") else {}),
             },
-            files=made,
+            follow_on=SAVED_MODEL_JOB,  # ready means frozen and verified; the SavedModel follows
         )
         return message if recorded else None
 
@@ -313,15 +344,18 @@ def drop_unreferenced(db: Database, storage: BlobStorage, blobs: list[BlobRef]) 
             log.exception("could not remove blob %s; garbage collection will", blob.sha256)
 
 
-def build_saved_model(settings: Settings, db: Database, storage: BlobStorage, version: VersionInfo):
-    """The SavedModel of a ready version frozen before SavedModels were built:
-    made now in a converter child process, stored and recorded on the version."""
-    existing = version.file(SAVED_MODEL)
-    if existing is not None:
-        return existing
+class SavedModelFailed(Exception):
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+def _make_saved_model(settings: Settings, storage: BlobStorage, version: VersionInfo, **wait) -> BlobRef:
+    """Build and store a ready version's SavedModel (a plain tar) in a converter child; its blob."""
     if not version.frozen_sha256:
-        raise ValueError(f"{version.model} v{version.version} has no frozen graph")
-    workdir = Path(tempfile.mkdtemp(prefix=f"saved-model-{version.id}-"))
+        raise SavedModelFailed(f"{version.model} v{version.version} has no frozen graph")
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-saved-model-{version.id}-"))
     try:
         frozen = workdir / "frozen.pb"
         storage.materialize(version.frozen_sha256, frozen)
@@ -329,23 +363,34 @@ def build_saved_model(settings: Settings, db: Database, storage: BlobStorage, ve
             {"task": "saved_model", "frozen_path": str(frozen), "signatures": version.signature_map,
              "saved_model_path": str(workdir / SAVED_MODEL_FILENAME)},
             workdir, timeout=settings.convert_timeout_seconds, memory_mb=settings.convert_memory_mb,
-            user=settings.convert_user, warm_start=settings.convert_warm,  # a backfill of many: one import
+            user=settings.convert_user, warm_start=settings.convert_warm, **wait,
         )
         if not outcome.ok:
-            raise RuntimeError(f"building the SavedModel of {version.model} v{version.version} failed: "
-                               f"{outcome.message}")
-        ref = storage.put_file(workdir / SAVED_MODEL_FILENAME)
-        try:
-            recorded = catalog.attach_file(db, version.id, NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, ref.sha256,
-                                                                    ref.size))
-        except BaseException:
-            drop_unreferenced(db, storage, [ref])
-            raise
-        if recorded.sha256 != ref.sha256:  # another export attached one first
-            drop_unreferenced(db, storage, [ref])
-        return recorded
+            raise SavedModelFailed(f"building the SavedModel failed: {outcome.message}", retryable=outcome.retryable)
+        return storage.put_file(workdir / SAVED_MODEL_FILENAME)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def build_saved_model(settings: Settings, db: Database, storage: BlobStorage, version: VersionInfo):
+    """The SavedModel of a ready version that has none (converted before SavedModels were built, or
+    before they were built by a follow-on job): made now, stored and recorded on the version."""
+    existing = version.file(SAVED_MODEL)
+    if existing is not None:
+        return existing
+    try:
+        ref = _make_saved_model(settings, storage, version)
+    except SavedModelFailed as exc:
+        raise RuntimeError(f"{version.model} v{version.version}: {exc.message}") from None
+    try:
+        recorded = catalog.attach_file(db, version.id, NewFile(SAVED_MODEL, SAVED_MODEL_FILENAME, ref.sha256,
+                                                                ref.size))
+    except BaseException:
+        drop_unreferenced(db, storage, [ref])
+        raise
+    if recorded.sha256 != ref.sha256:  # another build attached one first
+        drop_unreferenced(db, storage, [ref])
+    return recorded
 
 
 def start_embedded_workers(registry, count: int) -> list[threading.Thread]:

@@ -1,7 +1,9 @@
 """Keeping an export root in step with the catalog: :func:`sync` and its background runner.
 
-:func:`sync` publishes each served version atomically (built as a SavedModel
-by a converter child when the version has none yet), writes ``models.config``
+:func:`sync` publishes each served version atomically (its SavedModel, built by
+the version's follow-on job; a version whose SavedModel is still pending waits
+for the next sync, and one converted before SavedModels followed every
+conversion gets it built now), writes ``models.config``
 next to the exported models, then removes versions that are no longer served
 (deleted, alias moved away, setting changed).  It only looks at what the
 catalog says now, so running it again is harmless.  :class:`ExportSyncer`
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from registry import catalog
 from registry.db import Database
+from registry.entities import SAVED_MODEL, SAVED_MODEL_FAILED, SAVED_MODEL_PENDING
 from registry.jobs.worker import build_saved_model  # the converter's parent side: no TensorFlow here
 from registry.storage import BlobStorage
 from registry.tfserving.plan import ModelPlan, config_labels, models_config, plan
@@ -27,6 +30,7 @@ from registry.tfserving.targets import CONFIG_NAME, open_target
 from registry.uploads.archives import ArchiveLimits, safe_extract
 
 log = logging.getLogger(__name__)
+PENDING_RECHECK_S = 30.0  # a pending SavedModel's job syncs when it is done; this is the safety net
 
 
 @dataclass
@@ -37,6 +41,7 @@ class SyncReport:
     published: list[str] = field(default_factory=list)  # "model/version"
     removed: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)  # {"version": "model/version", "error"}
+    pending: list[str] = field(default_factory=list)  # "model/version" whose SavedModel is being built
     config: str = ""
     retry_after: float | None = None  # a label waits for a version to load: sync again after this
 
@@ -77,9 +82,17 @@ def sync(settings, db: Database, storage: BlobStorage, root: str | None = None,
                     continue
                 try:
                     version = catalog.get_version(db, p.name, str(number))
-                    saved = build_saved_model(settings, db, storage, version)
+                    if version.file(SAVED_MODEL) is None and version.saved_model_state == SAVED_MODEL_PENDING:
+                        report.pending.append(f"{p.name}/{number}")  # its follow-on job syncs again when done
+                        continue
+                    if version.file(SAVED_MODEL) is None and version.saved_model_state == SAVED_MODEL_FAILED:
+                        report.failed.append({"version": f"{p.name}/{number}",
+                                              "error": f"its SavedModel could not be built: "
+                                                       f"{version.saved_model_message}"})
+                        continue
+                    saved = build_saved_model(settings, db, storage, version)  # versions from before: now
                     with tempfile.TemporaryDirectory(prefix="serving-export-") as tmp:
-                        archive = Path(tmp) / "saved_model.tar.gz"
+                        archive = Path(tmp) / "saved_model.tar"  # a .tar.gz built before is told by its bytes
                         storage.materialize(saved.sha256, archive)
                         folder = Path(tmp) / "saved_model"
                         safe_extract(archive, folder, ArchiveLimits())
@@ -95,7 +108,7 @@ def sync(settings, db: Database, storage: BlobStorage, root: str | None = None,
         # Only now that the config no longer names them: versions that are not served any more
         # (kept while a label still points at them).
         wanted = {(p.name, v) for p in plans for v in p.versions + [h["version"] for h in p.held]}
-        waits = [p.wait for p in plans if p.wait is not None]
+        waits = [p.wait for p in plans if p.wait is not None] + ([PENDING_RECHECK_S] if report.pending else [])
         report.retry_after = max(0.5, min(waits)) if waits else None
         for model, numbers in sorted(exported.items()):
             for number in sorted(numbers):
