@@ -33,6 +33,22 @@ class FreezeReport:
     variable_keys: dict[str, str] = field(default_factory=dict)
 
 
+GRAPH_DEF_LIMIT = 2**31  # protobuf refuses to serialise or parse a message of 2 GiB or more
+
+
+def check_graph_def_size(graph_def: graph_pb2.GraphDef, variables: list[tuple[list[int], int]]) -> None:
+    """Fail before any weight is read when the frozen graph (the graph plus every variable's bytes, from
+    the checkpoint's shapes) would pass protobuf's 2 GiB limit."""
+    weights = sum(int(np.prod(shape, dtype=np.int64)) * dtypes.as_dtype(dtype).size for shape, dtype in variables)
+    total = graph_def.ByteSize() + weights
+    if total >= GRAPH_DEF_LIMIT:
+        raise ConversionError(
+            f"the frozen graph would be {total / 2**30:.2f} GiB ({weights / 2**30:.2f} GiB of weights), and a "
+            f"GraphDef cannot reach 2 GiB (protobuf's limit), so this model cannot be frozen into one .pb: serve "
+            "its SavedModel with TensorFlow Serving directly, or split the model into parts under 2 GiB",
+            code="graph_too_large")
+
+
 def open_checkpoint(prefix: str):
     try:
         return py_checkpoint_reader.NewCheckpointReader(prefix)
@@ -176,6 +192,7 @@ def freeze(
         dtype_of[node.name] = expected.as_datatype_enum
         report.variable_keys[node.name] = key
     report.variables = len(dtype_of)
+    check_graph_def_size(graph_def, [(shapes[report.variable_keys[n]], dtype_of[n]) for n in dtype_of])
 
     def read(name: str) -> np.ndarray:
         key = report.variable_keys[name]
