@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/freeze_vs_freeze_graph.py
 	$(BIN)/python benchmarks/upload_memory.py
+	$(BIN)/python benchmarks/conversion_memory.py
 	$(BIN)/python benchmarks/label_service.py
 	$(BIN)/python benchmarks/fuzz_api.py
 	$(BIN)/python benchmarks/load.py

@@ -57,7 +57,7 @@ class Settings:
     job_max_attempts: int = 3
     worker_poll_seconds: float = 1.0
     convert_timeout_seconds: float = 900.0
-    convert_memory_mb: int = 16384
+    convert_memory_mb: int = 8192  # address space: converting 1 GiB needs 3.6 GB, its SavedModel 7.2 GB
     convert_max_output_mb: int = 3072
     convert_user: str = "nobody"  # who the converter child runs as when the registry runs as root
     convert_warm: bool = True  # keep a converter child waiting with TensorFlow imported (one per worker)
@@ -113,7 +113,7 @@ class Settings:
             job_max_attempts=int(_env("REGISTRY_JOB_MAX_ATTEMPTS", "3")),
             worker_poll_seconds=float(_env("REGISTRY_WORKER_POLL_SECONDS", "1")),
             convert_timeout_seconds=float(_env("REGISTRY_CONVERT_TIMEOUT_SECONDS", "900")),
-            convert_memory_mb=int(_env("REGISTRY_CONVERT_MEMORY_MB", "16384")),
+            convert_memory_mb=int(_env("REGISTRY_CONVERT_MEMORY_MB", "8192")),
             convert_max_output_mb=int(_env("REGISTRY_CONVERT_MAX_OUTPUT_MB", "3072")),
             convert_user=_env("REGISTRY_CONVERT_USER", "nobody"),
             convert_warm=_flag(_env("REGISTRY_CONVERT_WARM", "1")),

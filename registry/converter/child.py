@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from registry.converter import ops
+from registry.converter.memory import MemoryTrace, no_mark, unmap_freed_memory
 from registry.converter.probe import probe
 from registry.converter.runner import apply_limits
 from registry.converter.sandbox import die_with_parent
@@ -31,6 +32,9 @@ from registry.errors import ConversionError, RegistryError
 from registry.uploads.archives import ArchiveLimits, safe_extract, saved_model_root
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN's allocator keeps what a session freed: the restored graph's variables would stay resident
+# while the frozen graph's constants load.  Verification runs each graph once; it needs no oneDNN speed.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def convert(request: dict) -> dict:
@@ -49,6 +53,8 @@ def convert(request: dict) -> dict:
     source = request["source"]
     if source == "keras":
         return convert_keras(request, started)
+    trace = MemoryTrace() if request.get("memory_trace") else None
+    mark = trace.mark if trace else no_mark
     meta = graphs.load_meta_graph(Path(files["meta"])) if files.get("meta") else None
     checkpoint_prefix = files.get("checkpoint_prefix")
     whole_upload_flags: list[dict] = []
@@ -83,27 +89,29 @@ def convert(request: dict) -> dict:
         # serving_default's inputs are known once the graph is frozen (the placeholders its outputs read)
         plan = graph_plan(graph_def, outputs, [], request.get("signatures"))
 
+    mark("read and plan")
     # Lookups in constant-filled tables become plain ops: a frozen graph has no init ops to fill them.
     lookups_inlined = inline_tables(graph_def)
     # Keys can differ from node names; a Saver's restore ops say which key is which.
     key_map = restore_key_map(meta.graph_def) if meta is not None else {}
     key_map.update(restore_key_map(graph_def))
+    # Deterministic: the same upload always gives the same bytes, hence the same sha256 and ETag.  The
+    # freeze writes them as it goes, keeping the variables' values out of the graph it returns.
+    output_path = Path(request["output_path"])
     freeze_started = time.perf_counter()
     if source != "saved_model":
         plan.graph_def = graph_def
         extra = [n for n in requested_inputs if n not in plan.nodes()]
         pruned, dropped = graphs.extract_subgraph(graph_def, plan.nodes() + extra)
+        mark("prune")
         from registry.converter.freeze import freeze
 
-        frozen, report = freeze(pruned, checkpoint_prefix, key_map)
+        frozen, report = freeze(pruned, checkpoint_prefix, key_map, output_path)
         report.dropped_control_edges = dropped
     else:
-        frozen, report, pruned = freeze_plan(plan, checkpoint_prefix, key_map)
+        frozen, report, pruned = freeze_plan(plan, checkpoint_prefix, key_map, output_path)
     freeze_seconds = time.perf_counter() - freeze_started
-
-    # Deterministic: the same upload always gives the same bytes, hence the same sha256 and ETag.
-    output_path = Path(request["output_path"])
-    output_path.write_bytes(frozen.SerializeToString(deterministic=True))
+    mark("freeze and write")
     uploaded_nodes, frozen_nodes = len(graph_def.node), len(frozen.node)
     frozen_scan = ops.scan(graphs.all_nodes(frozen))
     if whole_upload_flags:
@@ -136,7 +144,7 @@ def convert(request: dict) -> dict:
         note = ("uploaded already frozen: ran it once, nothing to compare against" if source == "frozen" else
                 "it has no variables, so freezing changed nothing to compare: ran it once")
         verifications = verify_signatures(output_path, pruned, checkpoint_prefix if report.variables else None,
-                                          report.variable_keys, plan.signatures, tolerance, note)
+                                          report.variable_keys, plan.signatures, tolerance, note, mark)
     if any("dtype" not in e or "shape" not in e for sig in plan.signatures.values()
            for side in ("inputs", "outputs") for e in sig[side].values()):
         describe_frozen(output_path, plan.signatures)
@@ -168,6 +176,7 @@ def convert(request: dict) -> dict:
     if request.get("saved_model_path"):
         build_archive(output_path, plan.signatures, Path(request["saved_model_path"]))
         saved_model = request["saved_model_path"]
+    mark("done")
     return {
         "ok": True,
         "saved_model": saved_model,
@@ -196,6 +205,7 @@ def convert(request: dict) -> dict:
             "lookups_inlined": lookups_inlined,
             "freeze_seconds": round(freeze_seconds, 4),
             "total_seconds": round(time.perf_counter() - started, 4),
+            **({"memory": trace.record()} if trace else {}),
         },
     }
 
@@ -378,6 +388,7 @@ def _run_forked(request_path: Path) -> None:
 def main(argv: list[str], parent: int | None = None) -> int:
     """Run the request ``argv[1]`` names; ``parent`` is the process to die with when it is not the
     runner that wrote the request (a warm child's fork dies with the warm child)."""
+    unmap_freed_memory()
     request = json.loads(Path(argv[1]).read_text())
     result_path = Path(request["result_path"])
     sandbox = None

@@ -5,17 +5,23 @@ variable values come straight from a checkpoint reader and the GraphDef is
 rewritten in place (``VariableV2``/``VarHandleOp`` become ``Const``,
 ``ReadVariableOp`` becomes ``Identity``, ``ResourceGather`` becomes
 ``GatherV2``).  The upload's own restore and initializer ops never run.
+Given a file, the frozen graph is written to it as it is built, each
+variable's values straight from the reader's array, so that one variable at
+a time is in memory (``graphfile``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
 from tensorflow.python.framework import convert_to_constants as ctc, dtypes, tensor_util
 from tensorflow.python.training import py_checkpoint_reader
 
+from registry.converter.graphfile import GraphWriter, without_nodes, write_graph_def
 from registry.converter.graphs import closest_names, node_name
 from registry.errors import ConversionError
 
@@ -121,20 +127,25 @@ def _restore_keys(node_defs, tensor_of) -> dict[str, str]:
     return mapping
 
 
-def _fill_const(node: node_def_pb2.NodeDef, name: str, value: np.ndarray, dtype_enum: int) -> None:
-    """Make ``node`` a Const holding ``value``, writing the bytes once."""
+def _fill_const(node: node_def_pb2.NodeDef, name: str, value: np.ndarray, dtype_enum: int,
+                content: bool = True) -> bool:
+    """Make ``node`` a Const holding ``value``, writing the bytes once; with ``content`` False, leave its
+    ``tensor_content`` out (a GraphWriter writes it from the array).  Returns whether ``node`` holds the
+    values (strings always do: they are no tensor_content)."""
     node.name = name
     node.op = "Const"
     node.attr["dtype"].type = dtype_enum
     tensor = node.attr["value"].tensor
     if value.dtype.kind in "OSU":
         tensor.CopyFrom(tensor_util.make_tensor_proto(value, dtype=dtypes.as_dtype(dtype_enum)))
-        return
+        return True
     # make_tensor_proto is several times slower on big arrays than writing the bytes directly.
     tensor.dtype = dtype_enum
     for size in value.shape:
         tensor.tensor_shape.dim.add(size=size)
-    tensor.tensor_content = np.ascontiguousarray(value).tobytes()
+    if content:
+        tensor.tensor_content = np.ascontiguousarray(value).tobytes()
+    return content
 
 
 def _declared_shape(node) -> list[int] | None:
@@ -147,9 +158,14 @@ def freeze(
     graph_def: graph_pb2.GraphDef,
     checkpoint_prefix: str | None,
     key_map: dict[str, str] | None = None,
+    output: Path | None = None,
 ) -> tuple[graph_pb2.GraphDef, FreezeReport]:
     """Return a copy of ``graph_def`` (already pruned to the outputs) with every
-    variable replaced by its checkpoint value."""
+    variable replaced by its checkpoint value.
+
+    With ``output``, the frozen graph is written there as it is built (the bytes
+    ``SerializeToString(deterministic=True)`` gives) and the returned copy leaves
+    the variables' constants without their values (their dtype and shape kept)."""
     report = FreezeReport()
     variables = [n for n in graph_def.node if n.op in VARIABLE_OPS | RESOURCE_VARIABLE_OPS]
     if variables and checkpoint_prefix is None:
@@ -222,26 +238,57 @@ def freeze(
 
     if any(node.op in FUNCTION_CALL_OPS and any(node_name(i) in handle_of for i in node.input if not i.startswith("^"))
            for node in graph_def.node):
-        return _freeze_through_functions(graph_def, {name: read(name) for name in dtype_of}, dtype_of), report
+        frozen = _freeze_through_functions(graph_def, {name: read(name) for name in dtype_of}, dtype_of)
+        if output is None:
+            return frozen, report
+        write_graph_def(frozen, output)
+        return _without_values(frozen, set(dtype_of)), report
 
     out = graph_pb2.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(GraphWriter(output)) if output is not None else None
+        for node in graph_def.node:
+            added = len(out.node)
+            if node.name in dtype_of:
+                # Values are read one at a time, straight into the output graph (or file).
+                value = read(node.name)
+                const = out.node.add()
+                if not _fill_const(const, node.name, value, dtype_of[node.name], content=writer is None):
+                    writer.node(const, value)
+                    added += 1  # written
+                del value  # gone before the next variable is read
+            elif node.name in handle_of:  # an Identity of a handle: now an Identity of a value
+                new = out.node.add()
+                new.CopyFrom(node)
+                new.attr["T"].type = dtype_of[handle_of[node.name]]
+            elif any(node_name(i) in handle_of for i in node.input if not i.startswith("^")):
+                new, extra = _rewrite_resource_consumer(node, handle_of, dtype_of)
+                out.node.extend(extra)
+                out.node.add().CopyFrom(new)
+            else:
+                out.node.add().CopyFrom(node)
+            if writer is not None:
+                for new in out.node[added:]:
+                    writer.node(new)
+        if writer is not None:
+            writer.finish(out)
+    return out, report
+
+
+def _without_values(graph_def: graph_pb2.GraphDef, names: set[str]) -> graph_pb2.GraphDef:
+    """A copy of ``graph_def`` whose constants ``names`` leave out their tensor_content."""
+    out = without_nodes(graph_def)
     for node in graph_def.node:
-        if node.name in dtype_of:
-            # Values are read one at a time, straight into the output graph.
-            _fill_const(out.node.add(), node.name, read(node.name), dtype_of[node.name])
-        elif node.name in handle_of:  # an Identity of a handle: now an Identity of a value
-            new = out.node.add()
-            new.CopyFrom(node)
-            new.attr["T"].type = dtype_of[handle_of[node.name]]
-        elif any(node_name(i) in handle_of for i in node.input if not i.startswith("^")):
-            new, extra = _rewrite_resource_consumer(node, handle_of, dtype_of)
-            out.node.extend(extra)
-            out.node.add().CopyFrom(new)
+        if node.name in names and node.op == "Const":
+            stripped = node_def_pb2.NodeDef()  # its own message: the values leave memory with it
+            stripped.CopyFrom(node)
+            stripped.attr["value"].tensor.ClearField("tensor_content")
+            out.node.add().CopyFrom(stripped)
         else:
             out.node.add().CopyFrom(node)
-    return out, report
+    return out
 
 
 def _freeze_through_functions(graph_def: graph_pb2.GraphDef, values: dict[str, np.ndarray],

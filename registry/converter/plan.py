@@ -199,15 +199,16 @@ def graph_plan(graph_def: graph_pb2.GraphDef, outputs: list[str], inputs: list[d
     return Plan(graph_def, signatures, sigs.DEFAULT)
 
 
-def freeze_plan(plan: Plan, checkpoint_prefix: str | None, key_map: dict[str, str]):
-    """Freeze the union of the plan's signatures: ``(frozen, report, pruned)``.  When the union cannot
+def freeze_plan(plan: Plan, checkpoint_prefix: str | None, key_map: dict[str, str], output: Path | None = None):
+    """Freeze the union of the plan's signatures: ``(frozen, report, pruned)``, written to ``output`` if given
+    (see ``freeze.freeze``).  When the union cannot
     be frozen, each signature is tried alone; those that fail are moved to ``plan.failed`` with their
     reason and the union of the others is frozen.  Raises when none can be."""
     from registry.converter.freeze import freeze  # TensorFlow's checkpoint reader
 
-    def attempt(names: list[str]):
+    def attempt(names: list[str], written: Path | None = output):
         pruned, dropped = graphs.extract_subgraph(plan.graph_def, plan.nodes(names))
-        frozen, report = freeze(pruned, checkpoint_prefix, key_map)
+        frozen, report = freeze(pruned, checkpoint_prefix, key_map, written)
         report.dropped_control_edges = dropped
         return frozen, report, pruned
 
@@ -219,7 +220,7 @@ def freeze_plan(plan: Plan, checkpoint_prefix: str | None, key_map: dict[str, st
     errors: dict[str, ConversionError] = {}
     for name in list(plan.signatures):
         try:
-            attempt([name])
+            attempt([name], None)  # only whether it freezes: nothing is written
         except ConversionError as exc:
             errors[name] = exc
     if len(errors) == len(plan.signatures):

@@ -3,23 +3,37 @@
 Runs the frozen graph and the un-frozen inference graph, whose variables we
 load with our own ``RestoreV2`` (never the upload's restore or init ops), on the
 same deterministic input, and reports the largest absolute difference.
+
+One graph at a time: the restored graph is dropped before the frozen one is
+read.  The frozen graph's big constants (its weights) are read from the file
+and fed to it, in place of their ``Const`` ops (each checked as ``Const`` would
+check it): a ``Session`` holds a constant four or five times over (the graph,
+its own copy, each run's partition, the kernel's tensor), while a fed array is
+used where it lies, so verifying a 1 GiB graph takes about 1 GiB, not 5.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.framework import graph_pb2
 
 from registry.converter import ops
 from registry.converter.freeze import RESOURCE_VARIABLE_OPS, VARIABLE_OPS
+from registry.converter.graphfile import read_graph_def
+from registry.converter.memory import no_mark
 from registry.errors import ConversionError
 
 tf1 = tf.compat.v1
 SEED = 20260101
+# A frozen graph's constants this big (its weights) are fed to it; the small ones (shapes, axes, which
+# shape inference reads) stay constants.
+FED_CONSTANT_BYTES = 1 << 20
 
 
 class CannotVerify(Exception):
@@ -205,15 +219,17 @@ def _tensors(signature: dict, side: str) -> list[dict]:
 
 
 def run_signatures(graph: tf.Graph, signatures: dict[str, dict], image_format: str | None,
-                   setup=None) -> dict[str, list[np.ndarray] | Exception]:
-    """Each signature's outputs (in key order) on its deterministic inputs, or why it could not run."""
+                   setup=None, constants: dict[str, np.ndarray] | None = None) -> dict[str, list[np.ndarray] | Exception]:
+    """Each signature's outputs (in key order) on its deterministic inputs, or why it could not run;
+    ``constants``: the frozen graph's fed constants (:func:`load_frozen`)."""
     results: dict[str, list[np.ndarray] | Exception] = {}
     with tf1.Session(graph=graph, config=_session_config()) as session:
         if setup:
             session.run(setup)
         for name, signature in signatures.items():
             try:
-                feeds = deterministic_feeds(_tensors(signature, "inputs"), graph, image_format)
+                feeds = {f"{node}:0": value for node, value in (constants or {}).items()}
+                feeds.update(deterministic_feeds(_tensors(signature, "inputs"), graph, image_format))
                 fetches = [graph.get_tensor_by_name(e["name"]) for e in _tensors(signature, "outputs")]
                 results[name] = session.run(fetches, feed_dict=feeds)
             except (CannotVerify, tf.errors.OpError, ValueError, TypeError, KeyError) as exc:
@@ -234,13 +250,43 @@ def describe(graph: tf.Graph, signatures: dict[str, dict]) -> None:
                 entry.setdefault("shape", None if tensor.shape.rank is None else tensor.shape.as_list())
 
 
+def load_frozen(frozen_path: Path, keep_values: bool = True) -> tuple[tf.Graph, dict[str, np.ndarray], str | None]:
+    """The frozen graph in ``frozen_path``, read a node at a time, with each constant of
+    :data:`FED_CONSTANT_BYTES` or more replaced by a ``Placeholder`` of its name, dtype and shape;
+    ``(graph, {constant: its values}, the image format it decodes)``.  The values are checked as
+    TensorFlow's ``Const`` checks them when it loads (its dtype, its size against its shape); with
+    ``keep_values`` False they are left out.  Raises ConversionError when the graph would not load."""
+    constants: dict[str, np.ndarray] = {}
+    try:
+        graph_def, lifted = read_graph_def(frozen_path, FED_CONSTANT_BYTES)
+        for node in graph_def.node:
+            if node.name not in lifted:
+                continue
+            tensor = node.attr["value"].tensor
+            if node.attr["dtype"].type != tensor.dtype:
+                raise ValueError(f"Const {node.name!r}: its value is {tf.as_dtype(tensor.dtype).name}, its dtype "
+                                 f"{tf.as_dtype(node.attr['dtype'].type).name}")
+            shape = [d.size for d in tensor.tensor_shape.dim]
+            dtype = np.dtype(tf.as_dtype(tensor.dtype).as_numpy_dtype)
+            content = lifted.pop(node.name)
+            if content.size != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                raise ValueError(f"Const {node.name!r}: {content.size} bytes of values for shape {shape}")
+            if keep_values:
+                constants[node.name] = content.view(dtype).reshape(shape)
+            node.op = "Placeholder"
+            node.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
+            del node.attr["value"]
+        return _import(graph_def), constants, decoded_image_format(graph_def)
+    except (ValueError, DecodeError) as exc:  # a node the freeze left inconsistent: it would not load when served
+        raise ConversionError(f"the frozen graph does not load: {error_summary(exc)}. Upload a frozen graph, or "
+                              "report the model's structure", code="verification_failed") from exc
+
+
 def describe_frozen(frozen_path: Path, signatures: dict[str, dict]) -> None:
     """:func:`describe` for a frozen graph that is not run (verification off or skipped)."""
-    graph_def = graph_pb2.GraphDef()
-    graph_def.ParseFromString(frozen_path.read_bytes())
     try:
-        describe(_import(graph_def), signatures)
-    except (ValueError, KeyError, TypeError, tf.errors.OpError):  # ops this TensorFlow lacks: left to the loader
+        describe(load_frozen(frozen_path, keep_values=False)[0], signatures)
+    except (ConversionError, ValueError, KeyError, TypeError, tf.errors.OpError):  # left to the loader
         pass
 
 
@@ -248,10 +294,12 @@ def verify_signatures(
     frozen_path: Path, pruned: graph_pb2.GraphDef, checkpoint_prefix: str | None,
     variable_keys: dict[str, str], signatures: dict[str, dict], tolerance: float,
     note: str = "uploaded already frozen: ran it once, nothing to compare against",
+    mark: Callable[[str], None] = no_mark,
 ) -> dict[str, dict]:
     """Each signature of the frozen graph against the original (the checkpoint-restored graph, or a
     SavedModel's graph with its variables), on the same deterministic inputs.  Fills in tensor dtypes
-    and shapes; returns each signature's verification (``status``: passed, ran, skipped or failed)."""
+    and shapes; returns each signature's verification (``status``: passed, ran, skipped or failed).
+    ``mark`` is told each stage as it ends (``memory.MemoryTrace``)."""
     original = None
     if checkpoint_prefix is not None:
         graph = _import(pruned)
@@ -259,17 +307,13 @@ def verify_signatures(
                                   setup=_restore_ops(graph, pruned, checkpoint_prefix, variable_keys))
         del graph
         gc.collect()  # the restored graph's variables go before the frozen graph's constants come
-    graph_def = graph_pb2.GraphDef()
-    graph_def.ParseFromString(frozen_path.read_bytes())
-    image_format = decoded_image_format(graph_def)
-    try:
-        graph = _import(graph_def)
-    except ValueError as exc:  # a node the freeze left inconsistent: the graph would not load when served either
-        raise ConversionError(f"the frozen graph does not load: {error_summary(exc)}. Upload a frozen graph, or "
-                              "report the model's structure", code="verification_failed") from exc
-    del graph_def
+        mark("restored graph run")
+    graph, constants, image_format = load_frozen(frozen_path)
+    mark("frozen graph load")
     describe(graph, signatures)
-    frozen = run_signatures(graph, signatures, image_format)
+    frozen = run_signatures(graph, signatures, image_format, constants=constants)
+    del graph, constants
+    mark("frozen graph run")
     random_ops = sorted({n.op for n in pruned.node if n.op in RANDOM_OPS})
     return {name: _verdict(signatures[name], frozen[name], None if original is None else original[name],
                            tolerance, random_ops, note) for name in signatures}
