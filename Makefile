@@ -25,6 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/freeze_vs_freeze_graph.py
+	$(BIN)/python benchmarks/push_to_ready.py
 	$(BIN)/python benchmarks/upload_memory.py
 	$(BIN)/python benchmarks/conversion_memory.py
 	$(BIN)/python benchmarks/label_service.py

@@ -170,7 +170,10 @@ class RegistryClient:
         ).json()
 
     def wait(self, name: str, version: int, timeout: float = 3600.0, poll: float = 0.5) -> dict:
+        """The version once ready or failed; asked often at first (most conversions take seconds), then
+        every ``poll`` seconds."""
         deadline = time.monotonic() + timeout
+        interval = 0.05
         while True:
             record = self.get_version(name, version)
             if record["status"] in ("ready", "failed"):
@@ -178,7 +181,8 @@ class RegistryClient:
             if time.monotonic() > deadline:
                 raise ClientError(f"version {version} of {name} is still {record['status']} after {timeout:g} s",
                                   code="timeout", status=504)
-            time.sleep(poll)
+            time.sleep(interval)
+            interval = min(poll, interval * 1.5)
 
     def pull(self, name: str, ref: str, dest: Path, progress: Callable[[int], None] | None = None,
              on_start: Callable[[int], None] | None = None) -> dict:

@@ -13,6 +13,7 @@ one process per request, which runs it as above (see :func:`warm`).
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import sys
@@ -347,8 +348,12 @@ def warm(parent: int) -> int:
     die_with_parent(parent)
     import tensorflow  # noqa: F401  (what each conversion would otherwise wait for)
 
-    from registry.converter import freeze, graphs, heads, plan, tables, tf2, verify, vocabulary  # noqa: F401
+    from registry.converter import freeze, graphfile, graphs, heads, memory, plan, tables, tf2, verify, vocabulary  # noqa: F401,E501
 
+    # What the imports made is never garbage: each fork's collections skip it (a full collection between the
+    # verification's two graphs scanned all of TensorFlow's objects), and its pages stay shared with the template.
+    gc.collect()
+    gc.freeze()
     os.write(1, b"ready\n")
     while line := sys.stdin.buffer.readline().strip():
         request_path = Path(os.fsdecode(line))
