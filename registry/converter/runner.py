@@ -232,7 +232,7 @@ def run_conversion(
         started = last_beat = time.monotonic()
         while True:
             try:
-                child.wait(timeout=0.2)
+                child.wait(timeout=max(0.001, min(0.2, started + timeout - time.monotonic())))
                 break
             except subprocess.TimeoutExpired:
                 pass
