@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/model_page.py
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/metrics_overhead.py
+	$(BIN)/python benchmarks/tf_serving_api.py
 
 clean:
 	rm -rf $(VENV) registry-data .pytest_cache .import_linter_cache benchmarks/.work

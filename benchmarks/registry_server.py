@@ -24,8 +24,10 @@ def free_port() -> int:
 class RegistryServer:
     """``registry serve --workers N --no-demo``; stopped with SIGTERM on exit."""
 
-    def __init__(self, home: Path, *, workers: int, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, *, workers: int, log_path: Path, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.home = home
+        self.args = args  # more ``registry serve`` options (--grpc-port ...)
         self.env = env or {}
         self.workers = workers
         self.port = free_port()
@@ -37,7 +39,8 @@ class RegistryServer:
         env = dict(os.environ, REGISTRY_HOME=str(self.home), **self.env)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(REGISTRY_BIN), "serve", "--port", str(self.port), "--workers", str(self.workers), "--no-demo"],
+                [str(REGISTRY_BIN), "serve", "--port", str(self.port), "--workers", str(self.workers), "--no-demo",
+                 *self.args],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         self._wait_healthy()

@@ -1,8 +1,9 @@
 """Batching of concurrent requests for one graph, as TF Serving's batching does.
 
 No timer and no extra latency when the graph is idle: the first request runs
-at once, and requests that arrive while it runs queue up and go together in
-the next ``Session.run`` (up to ``max_batch`` rows), led by the first of them.
+at once, in its own thread, and requests that arrive while it runs queue up and
+go together in the next ``Session.run`` (up to ``max_batch`` rows), led by the
+first of them.
 A batch whose outputs do not split back by rows, or that fails, is re-run one
 request at a time, so one bad request never fails the others.  Every
 ``Session.run`` is recorded in ``registry.metrics`` (requests and rows in it).
@@ -57,35 +58,44 @@ class Batcher:
             self._count_run(1, rows)
             return self._run(feeds, fetch)
         key = (fetch, tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(feeds.items())))
-        item = _Item(feeds, rows)
         with self._lock:
-            queue = self._queues.setdefault(key, deque())
-            queue.append(item)
-            lead = key not in self._active
-            if lead:
+            idle = key not in self._active
+            if idle:
                 self._active.add(key)
-        if not lead:
-            item.event.wait()
-            if not item.lead:
-                return item.result()
-        while True:
+            else:
+                item = _Item(feeds, rows)
+                self._queues.setdefault(key, deque()).append(item)
+        if idle:  # nothing runs or waits with this shape: run now, in this thread
+            try:
+                self._count_run(1, rows)
+                return self._run(feeds, fetch)
+            finally:
+                self._next(key)
+        item.event.wait()
+        if not item.lead:
+            return item.result()
+        queue = self._queues[key]  # led by this request (the oldest waiting): run what waits, in batches
+        while not item.done:
             with self._lock:
                 batch, total = [], 0
                 while queue and total + queue[0].rows <= self.max_batch:
                     total += queue[0].rows
                     batch.append(queue.popleft())
             self._execute(batch, fetch)
-            with self._lock:
-                if not queue:
-                    self._active.discard(key)
-                    del self._queues[key]
-                    break
-                if item.done:  # hand the lead to the oldest waiting request
-                    successor = queue[0]
-                    successor.lead = True
-                    successor.event.set()
-                    break
+        self._next(key)
         return item.result()
+
+    def _next(self, key: tuple) -> None:
+        """A run with ``key`` is over: hand the lead to the oldest request waiting, or go idle."""
+        with self._lock:
+            queue = self._queues.get(key)
+            if not queue:
+                self._active.discard(key)
+                self._queues.pop(key, None)
+                return
+            successor = queue[0]
+            successor.lead = True
+        successor.event.set()
 
     def _count_run(self, requests: int, rows: int | None) -> None:
         self.runs += 1

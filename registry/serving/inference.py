@@ -11,7 +11,15 @@ the process dies instead, the label service answers 503 and starts another.
 It gets no credentials (its environment is a short allowlist) and reads
 nothing from the registry's database or storage: the label service sends it
 the frozen bytes of each version to load, and the (already preprocessed)
-input arrays of each request.  Requests run in threads, concurrently.
+input arrays of each request.  Requests run in threads, concurrently: the
+threads take turns reading the connection, and the one that reads a request runs
+it, so no request waits for a thread to wake up.  It lets another thread read on
+first, unless the request is a short run (a simple graph whose runs of that
+feed/fetch set take under a millisecond, :mod:`registry.serving.session`): then
+it keeps reading after it, and no other thread wakes (on a 2-core machine those
+wake-ups cost more than the run).  Should such a run take longer after all
+(a Fill of a size the request chose, say), a watchdog hands the reading on to
+another thread after ``HOLD_LIMIT_S``, so requests behind it do not wait for it.
 """
 
 from __future__ import annotations
@@ -22,15 +30,17 @@ import json
 import os
 import resource
 import signal
+import socket
 import sys
 import threading
+import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import Connection
 
 from registry.serving import wire
 
 RUN_THREADS = 32  # requests one worker runs at once (the label service batches before sending)
+HOLD_LIMIT_S = 0.02  # a short run that takes longer than this lets another thread read on
+IDLE_WATCH_S = 1.0  # the watchdog sleeps until the next short run after this long without one
 
 
 def _die_with(parent: int) -> None:
@@ -88,6 +98,18 @@ class Worker:
             traceback.print_exc()
             self.fail(request, "failed", f"{type(exc).__name__}: {_first_line(exc)}")
 
+    def quick(self, request: dict) -> bool:
+        """A run of a simple graph whose runs of this feed/fetch set have been short."""
+        if request.get("op") != "run":
+            return False
+        with self.lock:
+            session = self.graphs.get(request.get("key"))
+        try:
+            names = tuple(entry["name"] for entry in request["arrays"])
+            return session is not None and session.quick(names, tuple(request["fetch"]))
+        except (KeyError, TypeError):
+            return False  # malformed: handle() answers why
+
     def op_load(self, request: dict, buffers: list[bytes]) -> None:
         from registry.serving.session import FrozenSession  # TensorFlow: imported by main() after the limits
 
@@ -136,6 +158,98 @@ class Worker:
         self.reply(request, {"ok": True, "arrays": described}, data)
 
 
+class Readers:
+    """Up to ``RUN_THREADS`` threads that take turns reading requests: the one that reads a request
+    handles it, and a thread that is free reads the next (one is started if none is).  After a
+    short run, the thread that ran it reads on (see the module's docstring)."""
+
+    def __init__(self, channel: wire.Channel, worker: Worker) -> None:
+        self.channel = channel
+        self.worker = worker
+        self._reading = threading.Lock()  # held by the thread reading (or running a short run)
+        self._lock = threading.Lock()
+        self._free = 1  # threads between requests (reading, or waiting to read); the first is main's
+        self._threads = 1
+        self._short: object | None = None  # the short run under way while its thread holds _reading
+        self._short_since = 0.0
+        self._watch = threading.Condition(self._lock)
+        self._watching = False  # the watchdog runs (or sleeps until the next short run)
+        self._parked = False
+
+    def serve(self) -> None:
+        """Read and handle requests until the label service says exit or goes; then end the process."""
+        reading = False  # this thread holds _reading from its last (short) run
+        while True:
+            if not reading:
+                self._reading.acquire()
+            try:
+                request, buffers = self.channel.recv()
+            except (EOFError, wire.ProtocolError):
+                os._exit(0)  # the label service is gone or broken: nothing left to do
+            except MemoryError:
+                os._exit(1)  # a request too large to take in under the limit: the label service answers 503
+            if request.get("op") == "exit":
+                os._exit(0)
+            short = self.worker.quick(request)
+            token = object()
+            with self._lock:
+                self._free -= 1
+                more = self._free == 0 and self._threads < RUN_THREADS
+                if more:
+                    self._free += 1
+                    self._threads += 1
+                if short:
+                    self._short, self._short_since = token, time.monotonic()
+                    self._start_watching()
+            if not short:
+                self._reading.release()
+            if more:
+                try:
+                    threading.Thread(target=self.serve, name="inference", daemon=True).start()
+                except RuntimeError:  # no memory for another thread: the ones there are read on
+                    with self._lock:
+                        self._free -= 1
+                        self._threads -= 1
+            try:
+                self.worker.handle(request, buffers)
+            except OSError:
+                os._exit(0)  # the answer cannot be sent: the label service is gone
+            with self._lock:
+                self._free += 1
+                reading = short and self._short is token  # not handed on by the watchdog meanwhile
+                if reading:
+                    self._short = None
+
+    def _start_watching(self) -> None:
+        """(With _lock held.)  Make sure the watchdog looks at this short run."""
+        if not self._watching:
+            self._watching = True
+            threading.Thread(target=self._watchdog, name="inference-watchdog", daemon=True).start()
+        elif self._parked:
+            self._watch.notify()
+
+    def _watchdog(self) -> None:
+        """Every ``HOLD_LIMIT_S``: a short run that has held the reading for longer hands it on (the
+        lock is released for its thread, which then no longer reads on).  Sleeps while idle."""
+        idle_since = time.monotonic()
+        while True:
+            time.sleep(HOLD_LIMIT_S)
+            with self._lock:
+                now = time.monotonic()
+                overdue = self._short is not None and now - self._short_since > HOLD_LIMIT_S
+                if overdue:
+                    self._short = None
+                if self._short is not None or overdue:
+                    idle_since = now
+                elif now - idle_since > IDLE_WATCH_S:
+                    self._parked = True
+                    self._watch.wait_for(lambda: self._short is not None)
+                    self._parked = False
+                    idle_since = time.monotonic()
+            if overdue:
+                self._reading.release()
+
+
 def _first_line(exc: Exception) -> str:
     """What went wrong, in a line: TensorFlow's graph errors put it after the traceback of where the
     node was defined (``Node: 'name'`` then the message)."""
@@ -154,23 +268,14 @@ def main(argv: list[str]) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the label service decides when this stops
-    channel = wire.Channel(Connection(config["fd"]), max_bytes=config["max_input_bytes"])
+    channel = wire.Channel(socket.socket(fileno=config["fd"]), max_bytes=config["max_input_bytes"])
 
     from registry.serving.session import warm_up  # TensorFlow loads only now, under the limits above
 
     warm_up()  # import TensorFlow and create its thread pools before saying ready
     worker = Worker(channel, config["max_output_bytes"])
     channel.send({"op": "ready", "rss": rss_bytes(), "pid": os.getpid()})
-    pool = ThreadPoolExecutor(RUN_THREADS, thread_name_prefix="inference")
-    while True:
-        try:
-            request, buffers = channel.recv()
-        except (EOFError, wire.ProtocolError):
-            break  # the label service is gone or broken: nothing left to do
-        if request.get("op") == "exit":
-            break
-        pool.submit(worker.handle, request, buffers)
-    os._exit(0)
+    Readers(channel, worker).serve()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the worker answers into registry errors.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,6 +202,11 @@ class LoadedGraph:
 
     def batchable(self, feeds: dict[str, Any]) -> bool:
         """Requests can share a Session.run when every fed input has a free batch dimension."""
+        ranks = self._batch_ranks
+        return all(ranks.get(name) == np.ndim(value) for name, value in feeds.items())
+
+    @functools.cached_property
+    def _batch_ranks(self) -> dict[str, int]:
+        """The rank of each input (of any signature) whose first dimension is free, by tensor name."""
         specs = {s.name: s for sig in self.signatures.values() for s in sig.inputs}
-        return all(name in specs and specs[name].shape and specs[name].shape[0] is None
-                   and np.ndim(value) == len(specs[name].shape) for name, value in feeds.items())
+        return {name: len(s.shape) for name, s in specs.items() if s.shape and s.shape[0] is None}

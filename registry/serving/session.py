@@ -8,11 +8,25 @@ fed and fetched tensors: no per-run Python feed handling, and, as in TF Serving'
 C++ session, a fed value's shape is checked by the ops that read it, not against
 the tensor's static shape (TF Serving's own half_plus_two test feeds ``[2.0]`` to
 an ``x`` of shape ``[-1, 1]``).
+
+A run is handed to TensorFlow's inter-op thread pool, whose threads sleep
+between requests: waking them costs 50-80 us, many times what a small graph
+takes to run.  So a *simple* graph (only allowlisted inference ops, no loops, no
+functions: nothing that could run without end) whose runs of this feed/fetch set
+take under ``INLINE_BELOW_S`` runs in the calling thread instead
+(``RunOptions.inter_op_thread_pool = -1``, TensorFlow's option "for simple
+graphs, where the overhead of an additional context switch is comparable with
+the overhead of Session::Run()").  Such a run is not cancelled at the deadline
+(TensorFlow checks it only on the pool), which is why loops and function calls
+never run so; the label service's own wait (deadline + grace) still bounds it.
+Runs that take longer, and every run of other graphs, go to the pool, with the
+deadline.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -20,10 +34,16 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import config_pb2
 
+from registry.converter.ops import INFERENCE_OPS
 from registry.signatures import signature_key
 
 tf1 = tf.compat.v1
 MAX_CALLABLES = 64  # distinct feed/fetch sets kept per graph (each is a pruned executor)
+INLINE_BELOW_S = 0.001  # a simple graph's runs shorter than this (on average) run in the calling thread
+# Ops that loop or call functions: a graph with any of them always runs on the pool, under its deadline.
+LOOPS_AND_CALLS = frozenset({"Enter", "Exit", "LoopCond", "NextIteration", "While", "StatelessWhile", "If",
+                             "StatelessIf", "PartitionedCall", "StatefulPartitionedCall"})
+INLINE_OPS = INFERENCE_OPS - LOOPS_AND_CALLS
 
 
 def _spec(graph: tf.Graph, name: str) -> dict:
@@ -34,10 +54,24 @@ def _spec(graph: tf.Graph, name: str) -> dict:
             "dtype": int(tensor.dtype.base_dtype.as_datatype_enum), "shape": shape}
 
 
+class _Callable:
+    """The callables of one feed/fetch set, the dtypes it is fed, and how long its runs take."""
+
+    __slots__ = ("pooled", "inline", "dtypes", "seconds")
+
+    def __init__(self, pooled, dtypes: list[tf.DType]) -> None:
+        self.pooled = pooled
+        self.inline = None  # made on the first run that may use it
+        self.dtypes = dtypes
+        self.seconds: float | None = None  # moving average of the run time
+
+
 class FrozenSession:
     def __init__(self, frozen: bytes, tensors: list[str], timeout_seconds: float) -> None:
         graph_def = graph_pb2.GraphDef()
         graph_def.ParseFromString(frozen)
+        # nothing in it can loop, call a function or wait: its runs may go in the calling thread
+        self.simple = not graph_def.library.function and all(node.op in INLINE_OPS for node in graph_def.node)
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.graph_util.import_graph_def(graph_def, name="")
@@ -45,10 +79,19 @@ class FrozenSession:
         self.session = tf1.Session(graph=self.graph)
         self.tensors = {name: _spec(self.graph, name) for name in tensors}
         self.timeout_ms = max(1, int(timeout_seconds * 1000)) if timeout_seconds > 0 else 0
-        self._callables: OrderedDict[tuple, object] = OrderedDict()
+        self._callables: OrderedDict[tuple, _Callable] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _callable(self, feeds: tuple[str, ...], fetch: tuple[str, ...]):
+    def _options(self, feeds: tuple[str, ...], fetch: tuple[str, ...], *, inline: bool):
+        options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetch))
+        if inline:
+            options.run_options.inter_op_thread_pool = -1  # the calling thread (no deadline there)
+        elif self.timeout_ms:
+            # TensorFlow cancels a run past its deadline (checked between ops and in loops).
+            options.run_options.timeout_in_ms = self.timeout_ms
+        return self.session._make_callable_from_options(options)  # noqa: SLF001 - Session::MakeCallable
+
+    def _callable(self, feeds: tuple[str, ...], fetch: tuple[str, ...]) -> _Callable:
         key = (feeds, fetch)
         with self._lock:
             made = self._callables.get(key)
@@ -57,23 +100,32 @@ class FrozenSession:
                 return made
         for name in feeds + fetch:  # a KeyError/ValueError here names the tensor that is not in the graph
             self.graph.get_tensor_by_name(name)
-        options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetch))
-        if self.timeout_ms:
-            # TensorFlow cancels a run past its deadline (checked between ops and in loops).
-            options.run_options.timeout_in_ms = self.timeout_ms
-        made = self.session._make_callable_from_options(options)  # noqa: SLF001 - Session::MakeCallable
+        made = _Callable(self._options(feeds, fetch, inline=False),
+                         [self.graph.get_tensor_by_name(name).dtype.base_dtype for name in feeds])
         with self._lock:
             self._callables[key] = made
             while len(self._callables) > MAX_CALLABLES:
                 self._callables.popitem(last=False)
         return made
 
+    def quick(self, feeds: tuple[str, ...], fetch: tuple[str, ...]) -> bool:
+        """Whether a run of this feed/fetch set goes in the calling thread (its runs are short)."""
+        made = self._callables.get((feeds, fetch))
+        return self.simple and made is not None and made.seconds is not None and made.seconds < INLINE_BELOW_S
+
     def run(self, feeds: dict[str, np.ndarray], fetch: list[str]) -> dict[str, np.ndarray]:
         names = tuple(feeds)
-        run = self._callable(names, tuple(fetch))
-        dtypes = [self.graph.get_tensor_by_name(n).dtype.base_dtype for n in names]
-        values = [_as_dtype(feeds[n], d, n) for n, d in zip(names, dtypes)]
+        made = self._callable(names, tuple(fetch))
+        values = [_as_dtype(feeds[n], d, n) for n, d in zip(names, made.dtypes)]
+        run = made.pooled
+        if self.simple and made.seconds is not None and made.seconds < INLINE_BELOW_S:
+            if made.inline is None:
+                made.inline = self._options(names, tuple(fetch), inline=True)
+            run = made.inline
+        started = time.perf_counter()
         results = run(*values)
+        took = time.perf_counter() - started
+        made.seconds = took if made.seconds is None else made.seconds + 0.2 * (took - made.seconds)
         return {name: np.asarray(value) for name, value in zip(fetch, results)}
 
 

@@ -1,17 +1,24 @@
 """What the label service and its inference workers send each other.
 
 A message is a JSON header followed by raw buffers (arrays, a frozen graph),
-framed by ``multiprocessing.connection``.  Nothing is pickled: a worker runs
+on a stream socket: an 8-byte prefix (header length, buffer count), the header,
+the buffers' lengths, then the buffers.  Nothing is pickled: a worker runs
 uploaded graphs, so what comes back from it is read as data only, and arrays
 cross as their bytes (one copy each way, no per-element conversion).
+
+A message goes out in one ``sendmsg`` (the buffers are not joined first) and
+comes in through a read-ahead buffer, so a small request costs one system call
+each way; a large buffer is read straight into its own memory.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import socket
+import struct
 import threading
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -23,18 +30,28 @@ NUMERIC_DTYPES = frozenset({
 })
 
 
+_DTYPES = {name: np.dtype(name) for name in NUMERIC_DTYPES if name != "bfloat16"}
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+_PREFIX = struct.Struct("<II")  # header length, buffer count
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_BUFFERS = 10_000
+_READ_AHEAD = 256 * 1024  # one recv takes up to this much; a larger buffer is read into its own memory
+_IOV_MAX = 512  # buffers handed to one sendmsg (the kernel takes at most 1024)
+
+
 class ProtocolError(Exception):
     """A message that does not follow this protocol (the other side is broken)."""
 
 
 def _dtype(name: str) -> np.dtype:
-    if name not in NUMERIC_DTYPES:
+    known = _DTYPES.get(name)
+    if known is not None:
+        return known
+    if name != "bfloat16":
         raise ProtocolError(f"unsupported array type {name!r}")
-    if name == "bfloat16":
-        import ml_dtypes  # installed with TensorFlow: only for a bfloat16 array, never in the web process
+    import ml_dtypes  # installed with TensorFlow: only for a bfloat16 array, never in the web process
 
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[list[dict], list]:
@@ -47,9 +64,10 @@ def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[list[dict], list]:
             described.append({"name": name, "dtype": "string", "shape": list(array.shape)})
             buffers += [np.array([len(v) for v in items], dtype=np.int64), b"".join(items)]
             continue
-        if array.dtype.name not in NUMERIC_DTYPES:
-            raise ProtocolError(f"array {name} has the unsupported type {array.dtype.name}")
-        described.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
+        dtype = _NAMES.get(array.dtype) or array.dtype.name  # numpy works a dtype's name out each time
+        if dtype not in NUMERIC_DTYPES:
+            raise ProtocolError(f"array {name} has the unsupported type {dtype}")
+        described.append({"name": name, "dtype": dtype, "shape": list(array.shape)})
         buffers.append(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
     return described, buffers
 
@@ -61,10 +79,12 @@ def decode_arrays(described: list[dict], buffers: Sequence[bytes]) -> dict[str, 
     try:
         for entry in described:
             shape = tuple(int(d) for d in entry["shape"])
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)
+            if count < 0:
+                raise ProtocolError(f"array {entry['name']}: negative shape {list(shape)}")
             if entry["dtype"] == "string":
                 lengths = np.frombuffer(buffers[position], dtype=np.int64)
-                data = buffers[position + 1]
+                data = bytes(buffers[position + 1])  # items are bytes, whatever buffer type came in
                 position += 2
                 if len(lengths) != count or int(lengths.sum()) != len(data) or (lengths < 0).any():
                     raise ProtocolError(f"array {entry['name']}: string lengths do not match the data")
@@ -100,34 +120,82 @@ def nbytes(arrays: dict[str, np.ndarray]) -> int:
 
 
 class Channel:
-    """One end of a worker's connection: whole messages, sent from any thread."""
+    """One end of a worker's connection: whole messages, sent from any thread, received by one
+    thread at a time."""
 
-    def __init__(self, connection: Connection, *, max_bytes: int) -> None:
-        self.connection = connection
-        self.max_bytes = max_bytes  # refuse a larger frame from the other side
+    def __init__(self, sock: socket.socket, *, max_bytes: int) -> None:
+        self.sock = sock
+        self.max_bytes = max_bytes  # refuse a larger buffer from the other side
         self._send_lock = threading.Lock()
+        self._ahead = bytearray(_READ_AHEAD)  # what recv_into read beyond the message being parsed
+        self._start = self._end = 0
 
     def send(self, header: dict[str, Any], buffers: Sequence = ()) -> None:
-        header = dict(header, buffers=len(buffers))
         data = json.dumps(header, separators=(",", ":")).encode()
+        views = [memoryview(b).cast("B") for b in buffers]
+        lengths = struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
+        parts = [_PREFIX.pack(len(data), len(views)) + data + lengths] + [v for v in views if v.nbytes]
         with self._send_lock:
-            self.connection.send_bytes(data)
-            for buffer in buffers:
-                self.connection.send_bytes(buffer)
+            for start in range(0, len(parts), _IOV_MAX):
+                _send_all(self.sock, parts[start:start + _IOV_MAX])
 
-    def recv(self) -> tuple[dict[str, Any], list[bytes]]:
+    def recv(self) -> tuple[dict[str, Any], list[bytearray]]:
         """The next message; EOFError when the other side is gone."""
         try:
-            header = json.loads(self.connection.recv_bytes(1024 * 1024))
-            count = int(header.get("buffers", 0))
-            if count < 0 or count > 10_000:
-                raise ProtocolError(f"a message with {count} buffers")
-            buffers = [self.connection.recv_bytes(self.max_bytes) for _ in range(count)]
-        except (OSError, ValueError, AttributeError) as exc:
-            if isinstance(exc, OSError) and not str(exc).startswith("bad message length"):
-                raise EOFError(str(exc)) from exc
+            size, count = _PREFIX.unpack(self._read(_PREFIX.size))
+            if size > MAX_HEADER_BYTES or count > MAX_BUFFERS:
+                raise ProtocolError(f"a message with a {size}-byte header and {count} buffers")
+            header = json.loads(self._read(size))
+            if not isinstance(header, dict):
+                raise ProtocolError("a message header that is not an object")
+            lengths = struct.unpack(f"<{count}Q", self._read(8 * count)) if count else ()
+            if any(n > self.max_bytes for n in lengths):
+                raise ProtocolError(f"a buffer of {max(lengths)} bytes, more than {self.max_bytes}")
+            buffers = [self._read(n) for n in lengths]
+        except (ValueError, struct.error) as exc:
             raise ProtocolError(f"unreadable message: {exc}") from exc
+        except OSError as exc:
+            raise EOFError(str(exc)) from exc
         return header, buffers
 
+    def _read(self, size: int) -> bytearray:
+        """Exactly ``size`` bytes: from what was read ahead, then from the socket."""
+        available = self._end - self._start
+        if size <= available:
+            out = self._ahead[self._start:self._start + size]
+            self._start += size
+            return out
+        out = bytearray(size)
+        view = memoryview(out)
+        view[:available] = memoryview(self._ahead)[self._start:self._end]
+        filled = available
+        self._start = self._end = 0
+        while filled < size:
+            if size - filled >= _READ_AHEAD:  # large: straight into its own memory
+                got = self.sock.recv_into(view[filled:])
+                if not got:
+                    raise EOFError("the other side closed the connection")
+                filled += got
+                continue
+            got = self.sock.recv_into(self._ahead)
+            if not got:
+                raise EOFError("the other side closed the connection")
+            take = min(got, size - filled)
+            view[filled:filled + take] = memoryview(self._ahead)[:take]
+            filled += take
+            self._start, self._end = take, got
+        return out
+
     def close(self) -> None:
-        self.connection.close()
+        self.sock.close()
+
+
+def _send_all(sock: socket.socket, parts: list) -> None:
+    """``sendmsg`` until every byte of ``parts`` is sent (a large message goes out in pieces)."""
+    while parts:
+        sent = sock.sendmsg(parts)
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts[0])
+            parts = parts[1:]
+        if sent:
+            parts = [memoryview(parts[0])[sent:]] + parts[1:]

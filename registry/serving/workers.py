@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
 
 import numpy as np
 
@@ -50,7 +49,11 @@ RUN_GRACE_S = 30.0  # beyond REGISTRY_LABEL_TIMEOUT_SECONDS before a silent work
 RECYCLE_SLACK_BYTES = 256 * 1024 * 1024  # resident memory a worker may hold beyond its graphs' estimate
 # The worker's whole environment: no database URL, storage credentials or tokens.
 WORKER_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS",
-              "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")
+              "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL",
+              "MALLOC_ARENA_MAX")
+# glibc reserves 64 MB of address space per malloc arena, up to 8 per core, and the worker's limit counts
+# them: two arenas leave about 300 MB more of REGISTRY_LABEL_MEMORY_MB to graphs and their tensors.
+MALLOC_ARENAS = "2"
 
 STARTING, READY, DRAINING, DEAD = "starting", "ready", "draining", "dead"
 
@@ -73,12 +76,15 @@ class NoWorker(Exception):
 
 
 class _Call:
-    __slots__ = ("event", "header", "buffers", "lost")
+    """One request waiting for its answer: a lock held until the answer (or the loss) is in."""
+
+    __slots__ = ("answered", "header", "buffers", "lost")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.answered = threading.Lock()  # lighter than an Event: released once, by the reader
+        self.answered.acquire()
         self.header: dict = {}
-        self.buffers: list[bytes] = []
+        self.buffers: list = []
         self.lost = False
 
 
@@ -114,6 +120,7 @@ class WorkerProcess:
                   "max_output_bytes": MAX_OUTPUT_BYTES, "max_input_bytes": MAX_INPUT_BYTES}
         env = {k: v for k, v in os.environ.items() if k in WORKER_ENV}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENAS)
         env["PYTHONUNBUFFERED"] = "1"
         try:
             self.process = subprocess.Popen(
@@ -124,7 +131,7 @@ class WorkerProcess:
         finally:
             theirs.close()
         self.pid = self.process.pid
-        self.channel = wire.Channel(Connection(ours.detach()), max_bytes=MAX_OUTPUT_BYTES + 1024 * 1024)
+        self.channel = wire.Channel(ours, max_bytes=MAX_OUTPUT_BYTES + 1024 * 1024)
         threading.Thread(target=self._read, name=f"inference-worker-{number}", daemon=True).start()
 
     def __repr__(self) -> str:
@@ -154,7 +161,7 @@ class WorkerProcess:
             with self._lock:
                 self._pending.pop(request_id, None)
             raise WorkerLost(f"worker {self.number} cannot be reached ({exc})") from exc
-        if not call.event.wait(timeout):
+        if not call.answered.acquire(timeout=-1 if timeout is None else timeout):
             with self._lock:
                 self._pending.pop(request_id, None)
             raise TimeoutError(f"worker {self.number} did not answer within {timeout:g} s")
@@ -176,12 +183,12 @@ class WorkerProcess:
                     idle = not self._pending
                 if call is not None:
                     call.header, call.buffers = header, buffers
-                    call.event.set()
+                    call.answered.release()
                 if idle and self.state == DRAINING:
                     self.pool._wake()
-        except wire.ProtocolError as exc:
+        except (wire.ProtocolError, MemoryError) as exc:
             log.error("inference worker %d (pid %d) sent a malformed message (%s); stopping it",
-                      self.number, self.pid, exc)
+                      self.number, self.pid, exc or type(exc).__name__)
         except EOFError:
             pass
         self._gone()
@@ -200,7 +207,7 @@ class WorkerProcess:
             lost, self._pending = list(self._pending.values()), {}
         for call in lost:
             call.lost = True
-            call.event.set()
+            call.answered.release()
         self.channel.close()
         self.pool._ended(self, was)
 
