@@ -228,7 +228,7 @@ def test_an_idle_worker_killed_is_replaced_and_its_graphs_load_again(served):
     assert_still_serving(served)
     (victim,) = inference_workers()
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: inference_workers() and victim not in inference_workers(), what="a replacement worker")
+    wait_for(lambda: (pids := inference_workers()) and victim not in pids, what="a replacement worker")
     assert_still_serving(served)
 
 
