@@ -8,6 +8,10 @@ sets on itself before reading anything.
 ``python -m registry.converter.child --warm PARENT_PID`` is a worker's warm
 template (``registry.converter.warm``): it imports TensorFlow once and forks
 one process per request, which runs it as above (see :func:`warm`).
+
+Somewhat over 400 lines: the child's one entry point holds every task it runs (convert, the
+SavedModel build, the sandbox probe), its error handling and the warm template's fork loop, which
+must all load together under the limits the child sets first.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Runs as ``registry worker`` (any number, on any machine that reaches the
 database and blob storage) and, in the embedded default, as background threads
 inside ``registry serve``.  Each attempt is counted and timed by outcome in
 ``registry.metrics`` (ready, failed, retried, lost_lease, deleted).
+
+Somewhat over 400 lines: a job's two kinds (the conversion and the SavedModel that follows it) share
+the worker's claim, lease, workdir and blob clean-up, and are recorded by the same rules.
 """
 
 from __future__ import annotations
