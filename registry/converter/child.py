@@ -172,7 +172,7 @@ def convert(request: dict) -> dict:
     default_check = plan.signatures[plan.default].get("verification") or {}
     sizes = {o["name"]: (o["test_shape"][-1] if o.get("test_shape") else None)
              for o in default_check.get("outputs") or []}
-    output_keys = {sigs_node(e["name"]): k for k, e in plan.signatures[plan.default]["outputs"].items()}
+    output_keys = {graphs.node_name(e["name"]): k for k, e in plan.signatures[plan.default]["outputs"].items()}
     chosen, why = heads.prediction_output(frozen_nodes_by_name, outputs,
                                           {n: sizes.get(output_keys.get(n)) for n in outputs},
                                           request.get("labels_count"))
@@ -215,14 +215,10 @@ def convert(request: dict) -> dict:
     }
 
 
-def sigs_node(tensor: str) -> str:
-    return tensor.split(":", 1)[0]
-
-
 def _input_record(entries: dict, key: str) -> dict:
     """A SavedModel signature's input as input_nodes records it (name: its node)."""
     entry = entries[key]
-    return {"name": sigs_node(entry["name"]), "dtype": entry.get("dtype"), "shape": entry.get("shape"),
+    return {"name": entry["name"].split(":", 1)[0], "dtype": entry.get("dtype"), "shape": entry.get("shape"),
             "optional": bool(entry.get("optional"))}
 
 

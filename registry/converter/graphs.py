@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,19 @@ SHAPE_OPS = {"Shape", "ShapeN", "Size", "Rank"}
 # Stateful ops whose control edges an inference graph can do without.
 STRIPPABLE_CONTROL_OPS = {"Assign", "AssignAdd", "AssignSub", "AssignVariableOp", "AssignAddVariableOp",
                           "AssignSubVariableOp", "NoOp"}
+
+
+def unique_node_name(wanted: str, taken: set[str]) -> str:
+    """A valid node name made from ``wanted`` (a signature key, a layer name) that no node in ``taken``
+    has; added to ``taken``."""
+    name = re.sub(r"[^A-Za-z0-9_.\-/]", "_", wanted) or "output"
+    if not name[0].isalnum():
+        name = f"output_{name}"
+    candidate, i = name, 1
+    while candidate in taken:
+        candidate, i = f"{name}_{i}", i + 1
+    taken.add(candidate)
+    return candidate
 
 
 def node_name(ref: str) -> str:

@@ -23,7 +23,7 @@ from tensorflow.core.framework import attr_value_pb2, graph_pb2
 
 from registry import signatures as sigs
 from registry.converter import graphs
-from registry.converter.graphs import dtype_name, node_name
+from registry.converter.graphs import dtype_name, node_name, unique_node_name as _node_name
 from registry.errors import ConversionError
 
 PLACEHOLDERS = ("Placeholder", "PlaceholderV2", "PlaceholderWithDefault")
@@ -61,17 +61,6 @@ def _shape(proto) -> list[int | None] | None:
     if proto.unknown_rank:
         return None
     return [d.size if d.size >= 0 else None for d in proto.dim]
-
-
-def _node_name(wanted: str, taken: set[str]) -> str:
-    name = "".join(c if c.isalnum() or c in "_.-/" else "_" for c in wanted) or "output"
-    if not name[0].isalnum():
-        name = f"output_{name}"
-    candidate, i = name, 1
-    while candidate in taken:
-        candidate, i = f"{name}_{i}", i + 1
-    taken.add(candidate)
-    return candidate
 
 
 def meta_graph(proto):

@@ -26,6 +26,7 @@ from tensorflow.core.framework import attr_value_pb2
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from registry.converter import graphs, ops, upload_scan
+from registry.converter.graphs import unique_node_name as _node_name
 from registry.errors import ConversionError
 
 
@@ -35,17 +36,6 @@ class Frozen:
     outputs: list[str]
     inputs: list[str]
     verification: dict
-
-
-def _node_name(wanted: str, taken: set[str]) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.\-/]", "_", wanted) or "output"
-    if not name[0].isalnum():
-        name = f"output_{name}"
-    candidate, i = name, 1
-    while candidate in taken:
-        candidate, i = f"{name}_{i}", i + 1
-    taken.add(candidate)
-    return candidate
 
 
 def _sample(spec, rng: np.random.Generator) -> np.ndarray:
