@@ -180,9 +180,17 @@ def observe_request(api: str, method: str) -> Iterator[Observation]:
         raise
     finally:
         _current.reset(token)
-        labels = (observation.model, observation.version, observation.signature, api, method)
-        REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)
-        REQUESTS.labels(*labels, observation.status).inc()
+        key = (observation.model, observation.version, observation.signature, api, method, observation.status)
+        series = _request_series.get(key)
+        if series is None:  # labels() validates and locks: once per label set, not once per request
+            series = _request_series[key] = (REQUEST_SECONDS.labels(*key[:5]), REQUESTS.labels(*key))
+        series[0].observe(time.perf_counter() - started)
+        series[1].inc()
+
+
+# (labels..., status) -> the request histogram's and counter's series: real models and versions only
+# (see the module's docstring), so as bounded as the label sets themselves.
+_request_series: dict[tuple[str, ...], tuple] = {}
 
 
 def record_batch(labels: tuple[str, str], requests: int, rows: int | None) -> None:

@@ -72,6 +72,11 @@ def served(converting_server, models, tmp_path_factory):
     client.push(NAME, [("frozen", frozen)], {})
     record = client.wait(NAME, 1, timeout=120)
     assert record["status"] == "ready", record["status_message"]
+    deadline = time.monotonic() + 120  # the SavedModel follows as a second job; let the queue drain
+    while record["saved_model"]["state"] == "pending" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        record = client.get_version(NAME, 1)
+    assert record["saved_model"]["state"] == "ready", record["saved_model"]
     images = test_images.write_images(tmp_path_factory.mktemp("images"))
     return {"url": url, "before": before, "refused_code": refused.json()["error"]["code"], "models": models,
             "images": images, "registry": converting_server.registry}

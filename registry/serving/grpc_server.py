@@ -121,12 +121,28 @@ def _fill_spec(out: model_pb2.ModelSpec, version: VersionInfo, signature: str) -
     out.signature_name = signature
 
 
-def _feeds(signature, inputs) -> dict[str, np.ndarray]:
-    """Feeds keyed by tensor name from ``request.inputs`` (keyed by signature key or node name)."""
+_input_maps: dict[int, tuple] = {}  # id(signature) -> (signature, its inputs by key and node name, their keys)
+
+
+def _inputs_by_key(signature) -> tuple[dict, str]:
+    """A signature's inputs by key and by node name, and their keys for messages (made once per
+    loaded signature: every Predict asks)."""
+    cached = _input_maps.get(id(signature))
+    if cached is not None and cached[0] is signature:
+        return cached[1], cached[2]
     by_key = {s.key: s for s in signature.inputs}
     by_key.update({s.name.rsplit(":", 1)[0]: s for s in signature.inputs})
     valid = ", ".join(s.key for s in signature.inputs) or "none"
-    unknown = sorted(set(inputs) - set(by_key))
+    if len(_input_maps) >= 1024:  # versions come and go: start again rather than keep unloaded ones
+        _input_maps.clear()
+    _input_maps[id(signature)] = (signature, by_key, valid)
+    return by_key, valid
+
+
+def _feeds(signature, inputs) -> dict[str, np.ndarray]:
+    """Feeds keyed by tensor name from ``request.inputs`` (keyed by signature key or node name)."""
+    by_key, valid = _inputs_by_key(signature)
+    unknown = sorted(key for key in inputs if key not in by_key)
     if unknown:
         raise InvalidRequest(f"input tensor alias not found in signature: {', '.join(unknown)}. The inputs of "
                              f"{signature.name} are: {valid}", code="invalid_input")
@@ -137,10 +153,11 @@ def _feeds(signature, inputs) -> dict[str, np.ndarray]:
             raise InvalidRequest(f"input {spec.key} is given twice (by signature key and by node name)",
                                  code="invalid_input")
         feeds[spec.name] = tensors.to_array(key, proto, spec)
-    missing = [s.key for s in signature.inputs if not s.optional and s.name not in feeds]
-    if missing:
-        raise InvalidRequest(f"missing input(s) {', '.join(missing)}; the inputs of {signature.name} are: {valid}",
-                             code="invalid_input")
+    if len(feeds) < len(signature.inputs):
+        missing = [s.key for s in signature.inputs if not s.optional and s.name not in feeds]
+        if missing:
+            raise InvalidRequest(f"missing input(s) {', '.join(missing)}; the inputs of {signature.name} are: "
+                                 f"{valid}", code="invalid_input")
     return feeds
 
 
@@ -186,7 +203,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = predict_pb2.PredictResponse()
         _fill_spec(response.model_spec, version, signature.name)
         for spec in specs:
-            response.outputs[spec.key].CopyFrom(tensors.to_proto(results[spec.name], spec.dtype))
+            tensors.to_proto(results[spec.name], spec.dtype, response.outputs[spec.key])
         return response
 
     @_answer_errors("metadata")

@@ -39,6 +39,50 @@ _FIELDS = {
 }
 
 
+# dtype enum -> (numpy dtype, typed field) for the values a request carries most: read without
+# tf.make_ndarray (a tenth of its cost), whose result they equal; anything else goes through it.
+_FAST_IN = {
+    tf.float32.as_datatype_enum: (np.float32, "float_val"),
+    tf.float64.as_datatype_enum: (np.float64, "double_val"),
+    tf.int32.as_datatype_enum: (np.int32, "int_val"),
+    tf.int64.as_datatype_enum: (np.int64, "int64_val"),
+    tf.uint8.as_datatype_enum: (np.uint8, "int_val"),
+    tf.bool.as_datatype_enum: (np.bool_, "bool_val"),
+}
+_STRING = tf.string.as_datatype_enum
+
+
+def _fast_array(proto: tensor_pb2.TensorProto) -> np.ndarray | None:
+    """The array of a tensor whose values fill its shape exactly, from ``tensor_content`` or the
+    typed field (or string_val); None for the rest (a fill from one value, an empty tensor, other
+    dtypes), which tf.make_ndarray reads."""
+    shape = [d.size for d in proto.tensor_shape.dim]
+    size = 1
+    for dim in shape:
+        size *= dim
+    if size <= 0:
+        return None
+    if proto.dtype == _STRING:
+        values = proto.string_val
+        if len(values) != size:
+            return None
+        array = np.empty(size, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    fast = _FAST_IN.get(proto.dtype)
+    if fast is None:
+        return None
+    dtype, field = fast
+    if proto.tensor_content:
+        if len(proto.tensor_content) != size * np.dtype(dtype).itemsize:
+            return None  # make_ndarray says what is wrong
+        return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
+    values = getattr(proto, field)
+    if len(values) != size:
+        return None
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
 def to_array(key: str, proto: tensor_pb2.TensorProto, spec) -> np.ndarray:
     """A request's tensor as an array, checked against the input's dtype (not its shape)."""
     want = spec.dtype.as_datatype_enum
@@ -46,7 +90,9 @@ def to_array(key: str, proto: tensor_pb2.TensorProto, spec) -> np.ndarray:
         raise InvalidRequest(f"input {key} must be {dtype_name(want)}, got {dtype_name(proto.dtype)}: send it "
                              f"as {dtype_name(want)}", code="invalid_input")
     try:
-        array = tf.make_ndarray(proto)
+        array = _fast_array(proto)
+        if array is None:
+            array = tf.make_ndarray(proto)
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(f"tensor parsing error: {key} is not a valid TensorProto ({exc}): give its "
                              "tensor_shape and as many values as the shape holds", code="invalid_input") from exc
@@ -54,16 +100,22 @@ def to_array(key: str, proto: tensor_pb2.TensorProto, spec) -> np.ndarray:
     return array
 
 
-def to_proto(array: np.ndarray, dtype: tf.DType) -> tensor_pb2.TensorProto:
-    """An output in TF Serving's form: shape, dtype and the values in their typed field."""
+def to_proto(array: np.ndarray, dtype: tf.DType, out: tensor_pb2.TensorProto | None = None) -> tensor_pb2.TensorProto:
+    """An output in TF Serving's form: shape, dtype and the values in their typed field; written into
+    ``out`` (a field of the response: no copy) when given."""
     array = np.asarray(array)
     field = _FIELDS.get(dtype.base_dtype)
     if field is None:  # quantized and other rare dtypes: the packed form
-        return tf.make_tensor_proto(array, dtype=dtype)
+        packed = tf.make_tensor_proto(array, dtype=dtype)
+        if out is None:
+            return packed
+        out.CopyFrom(packed)
+        return out
     name, values = field
     if dtype != tf.string:
         array = array.astype(dtype.as_numpy_dtype, copy=False)
-    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
+    proto = tensor_pb2.TensorProto() if out is None else out
+    proto.dtype = dtype.as_datatype_enum
     for size in array.shape:
         proto.tensor_shape.dim.add(size=size)
     getattr(proto, name).extend(values(np.ascontiguousarray(array).ravel()))

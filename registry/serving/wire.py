@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import select
 import socket
 import struct
 import threading
@@ -185,6 +186,12 @@ class Channel:
             filled += take
             self._start, self._end = take, got
         return out
+
+    def readable(self, timeout: float) -> bool:
+        """Whether a message (or the end of the connection) can be read within ``timeout`` seconds."""
+        if self._end > self._start:
+            return True
+        return bool(select.select([self.sock], [], [], max(0.0, timeout))[0])
 
     def close(self) -> None:
         self.sock.close()

@@ -76,13 +76,16 @@ class NoWorker(Exception):
 
 
 class _Call:
-    """One request waiting for its answer: a lock held until the answer (or the loss) is in."""
+    """One request waiting for its answer.  ``wake`` is held while its caller sleeps: released once the
+    answer (or the loss) is in, or to make the caller the one that reads the connection next."""
 
-    __slots__ = ("answered", "header", "buffers", "lost")
+    __slots__ = ("wake", "woken", "done", "header", "buffers", "lost")
 
     def __init__(self) -> None:
-        self.answered = threading.Lock()  # lighter than an Event: released once, by the reader
-        self.answered.acquire()
+        self.wake = threading.Lock()  # lighter than an Event
+        self.wake.acquire()
+        self.woken = False  # wake was released and its caller has not taken it back yet
+        self.done = False  # answered, or lost with its worker
         self.header: dict = {}
         self.buffers: list = []
         self.lost = False
@@ -115,6 +118,8 @@ class WorkerProcess:
         self._lock = threading.Lock()
         self._pending: dict[int, _Call] = {}
         self._next_id = 0
+        self._reading = threading.Lock()  # held by the one thread reading the connection
+        self._broken = False  # the connection ended or sent garbage: nothing more is read from it
         ours, theirs = socket.socketpair()
         config = {"fd": theirs.fileno(), "parent": os.getpid(), "memory_mb": pool.memory_mb,
                   "max_output_bytes": MAX_OUTPUT_BYTES, "max_input_bytes": MAX_INPUT_BYTES}
@@ -132,7 +137,7 @@ class WorkerProcess:
             theirs.close()
         self.pid = self.process.pid
         self.channel = wire.Channel(ours, max_bytes=MAX_OUTPUT_BYTES + 1024 * 1024)
-        threading.Thread(target=self._read, name=f"inference-worker-{number}", daemon=True).start()
+        threading.Thread(target=self._watch, name=f"inference-worker-{number}", daemon=True).start()
 
     def __repr__(self) -> str:
         return f"<inference worker {self.number} pid {self.pid} {self.state}>"
@@ -147,7 +152,13 @@ class WorkerProcess:
         return sum(self.held.values())
 
     def call(self, header: dict, buffers: Sequence = (), timeout: float | None = None) -> tuple[dict, list]:
-        """Send a request and wait for its answer; WorkerLost if the worker dies first."""
+        """Send a request and wait for its answer; WorkerLost if the worker dies first.
+
+        The caller reads the connection itself when no other caller does (leader/follower): the
+        answer then wakes the thread that waits for it, not a reader thread that would wake it in
+        turn.  A caller that finds another reading sleeps until its answer is handed to it, or
+        until it is asked to read on (the reader got its own answer while others still wait).
+        """
         call = _Call()
         with self._lock:
             if self.state == DEAD:
@@ -161,54 +172,114 @@ class WorkerProcess:
             with self._lock:
                 self._pending.pop(request_id, None)
             raise WorkerLost(f"worker {self.number} cannot be reached ({exc})") from exc
-        if not call.answered.acquire(timeout=-1 if timeout is None else timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not call.done:
+            if not self._broken and self._reading.acquire(blocking=False):
+                try:
+                    self._read_until(call, request_id, deadline)
+                finally:
+                    self._reading.release()
+                    self._promote()
+                continue
+            remaining = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+            woke = call.wake.acquire(timeout=remaining)
             with self._lock:
-                self._pending.pop(request_id, None)
-            raise TimeoutError(f"worker {self.number} did not answer within {timeout:g} s")
+                call.woken = False
+                if not woke and not call.done:
+                    self._pending.pop(request_id, None)
+                    raise TimeoutError(f"worker {self.number} did not answer within {timeout:g} s")
         if call.lost:
             raise WorkerLost(f"worker {self.number} {self.exit_status}")
         return call.header, call.buffers
 
-    def _read(self) -> None:
+    def _read_until(self, call: _Call, request_id: int, deadline: float | None) -> None:
+        """(Holding ``_reading``.)  Read answers, handing each to its caller, until ``call``'s is in;
+        TimeoutError at ``deadline``.  A broken connection kills the worker: its watcher then fails
+        every call it had (this one too)."""
         try:
-            hello, _ = self.channel.recv()
-            if hello.get("op") != "ready":
-                raise wire.ProtocolError(f"worker {self.number} said {hello.get('op')!r} before 'ready'")
-            self.baseline_rss = self.rss = int(hello.get("rss", 0))
-            self.pool._started(self)
-            while True:
+            while not call.done:
+                if self._broken:
+                    return
+                if deadline is not None and not self.channel.readable(deadline - time.monotonic()):
+                    with self._lock:
+                        if call.done:
+                            return
+                        self._pending.pop(request_id, None)
+                    raise TimeoutError(f"worker {self.number} did not answer within "
+                                       f"{deadline - time.monotonic():.0f} s")
                 header, buffers = self.channel.recv()
-                with self._lock:
-                    call = self._pending.pop(header.get("id"), None)
-                    idle = not self._pending
-                if call is not None:
-                    call.header, call.buffers = header, buffers
-                    call.answered.release()
-                if idle and self.state == DRAINING:
-                    self.pool._wake()
+                self._deliver(header, buffers, reader=call)
         except (wire.ProtocolError, MemoryError) as exc:
             log.error("inference worker %d (pid %d) sent a malformed message (%s); stopping it",
                       self.number, self.pid, exc or type(exc).__name__)
+            self._broken = True
+            self.kill()
         except EOFError:
-            pass
+            self._broken = True
+            self.kill()  # it closed the connection: it is going (or broken)
+
+    def _deliver(self, header: dict, buffers: list, reader: _Call | None = None) -> None:
+        """Hand an answer to the call waiting for it (one that timed out is dropped)."""
+        with self._lock:
+            call = self._pending.pop(header.get("id"), None)
+            idle = not self._pending
+            wake = call is not None and call is not reader and not call.woken
+            if call is not None:
+                call.header, call.buffers, call.done = header, buffers, True
+                call.woken = call.woken or wake
+        if wake:
+            call.wake.release()
+        if idle and self.state == DRAINING:
+            self.pool._wake()
+
+    def _promote(self) -> None:
+        """The reader is done: wake a caller still waiting, to read on for itself and the others."""
+        with self._lock:
+            follower = next((c for c in self._pending.values() if not c.woken and not c.done), None)
+            if follower is not None:
+                follower.woken = True
+        if follower is not None:
+            follower.wake.release()
+
+    def _watch(self) -> None:
+        """The worker's hello, then wait for the process to end (callers read its answers)."""
+        started = False
+        with self._reading:
+            try:
+                hello, _ = self.channel.recv()
+                if hello.get("op") != "ready":
+                    raise wire.ProtocolError(f"worker {self.number} said {hello.get('op')!r} before 'ready'")
+                self.baseline_rss = self.rss = int(hello.get("rss", 0))
+                started = True
+            except (wire.ProtocolError, MemoryError, ValueError, TypeError) as exc:
+                log.error("inference worker %d (pid %d) sent a malformed message (%s); stopping it",
+                          self.number, self.pid, exc or type(exc).__name__)
+            except EOFError:
+                pass
+        if started:
+            self.pool._started(self)
+        else:
+            self.kill()
+        self.process.wait()
         self._gone()
 
     def _gone(self) -> None:
-        """The worker's connection closed: make sure the process is gone, fail what it was running."""
-        try:
-            self.process.wait(timeout=2)  # it closed the connection by exiting
-        except subprocess.TimeoutExpired:
-            self.kill()  # or it is broken
-            self.process.wait()
+        """The worker process ended: fail what it was running, close the connection."""
         self.exit_status = _status(self.process.returncode)
         with self._lock:
             was = self.state
             self.state = DEAD
             lost, self._pending = list(self._pending.values()), {}
-        for call in lost:
-            call.lost = True
-            call.answered.release()
-        self.channel.close()
+            self._broken = True
+            for call in lost:
+                call.lost = call.done = True
+            wake = [call for call in lost if not call.woken]
+            for call in wake:
+                call.woken = True
+        for call in wake:
+            call.wake.release()
+        with self._reading:  # a caller reading has seen the end of the connection by now
+            self.channel.close()
         self.pool._ended(self, was)
 
     def stop(self) -> None:
