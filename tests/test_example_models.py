@@ -17,6 +17,7 @@ import tensorflow as tf
 from registry.client import RegistryClient
 from registry.converter.saved_model import write_archive
 from tests.conftest import make_settings, start_live_server
+from tests.tfmodels import example
 
 pytestmark = pytest.mark.slow
 tf1 = tf.compat.v1
@@ -55,16 +56,6 @@ def build_example_model(root: Path) -> Path:
             builder.save()
     write_archive(export, root / "half_plus_two.tar.gz")
     return root / "half_plus_two.tar.gz"
-
-
-def example(**features) -> bytes:
-    message = tf.train.Example()
-    for key, value in features.items():
-        if isinstance(value, str):
-            message.features.feature[key].bytes_list.value.append(value.encode())
-        else:
-            message.features.feature[key].float_list.value.append(value)
-    return message.SerializeToString()
 
 
 def run_saved_model(export: Path, examples: list[bytes]) -> dict[str, np.ndarray]:

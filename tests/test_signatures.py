@@ -20,17 +20,11 @@ from registry.db import Database, alembic_config
 from registry.jobs.worker import Worker
 from tests import tfmodels
 from tests.helpers import push
+from tests.tfmodels import example
 
 tf1 = tf.compat.v1
 PREDICT, CLASSIFY, REGRESS = ("tensorflow/serving/predict", "tensorflow/serving/classify",
                               "tensorflow/serving/regress")
-
-
-def example(**features: float) -> bytes:
-    message = tf.train.Example()
-    for key, value in features.items():
-        message.features.feature[key].float_list.value.append(value)
-    return message.SerializeToString()
 
 
 class Calculator(tf.Module):

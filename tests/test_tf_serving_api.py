@@ -36,6 +36,7 @@ from registry.converter.saved_model import write_archive
 from registry.serving.grpc_server import start_grpc_server
 from tests import tfmodels
 from tests.conftest import make_settings, start_live_server
+from tests.tfmodels import example
 
 pytestmark = pytest.mark.slow
 NAME = "default"  # as TF Serving's test names its model
@@ -49,16 +50,6 @@ def sorted_object(value):
     if isinstance(value, list):
         return sorted(sorted_object(v) for v in value)
     return value
-
-
-def example(**features) -> bytes:
-    message = tf.train.Example()
-    for key, value in features.items():
-        if isinstance(value, str):
-            message.features.feature[key].bytes_list.value.append(value.encode())
-        else:
-            message.features.feature[key].float_list.value.append(value)
-    return message.SerializeToString()
 
 
 def b64(data: bytes) -> dict:

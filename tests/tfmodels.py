@@ -602,3 +602,14 @@ def run_signature(export: Path, name: str, feeds: dict) -> dict:
         signature = tf1.saved_model.loader.load(session, ["serve"], str(export)).signature_def[name]
         return session.run({k: v.name for k, v in signature.outputs.items()},
                            {signature.inputs[k].name: v for k, v in feeds.items()})
+
+
+def example(**features) -> bytes:
+    """A serialized tf.Example: a str feature as a bytes_list, any other value as a float_list."""
+    message = tf.train.Example()
+    for key, value in features.items():
+        if isinstance(value, str):
+            message.features.feature[key].bytes_list.value.append(value.encode())
+        else:
+            message.features.feature[key].float_list.value.append(value)
+    return message.SerializeToString()
