@@ -264,8 +264,11 @@ def wide_checkpoint(tmp_path_factory):
     return tfmodels.build_checkpoint(tmp_path_factory.mktemp("wide"), resource=True, width=1024)
 
 
-def test_conversion_that_runs_out_of_disk_leaves_no_orphan_blob_and_fails_naming_the_disk(
-        tmp_path, wide_checkpoint):
+@contextlib.contextmanager
+def pushed_on_small_disk(tmp_path: Path, checkpoint, room_left: float):
+    """A registry whose blob folder is a 16 MB tmpfs, ``checkpoint`` pushed to it (not converted),
+    then the folder filled until ``room_left`` times the checkpoint's weights are free.  Yields the
+    registry, its converter worker, the folder and the files stored before the filler."""
     from registry.app import create_app
     from tests import tfmodels
     from tests.helpers import checkpoint_form, push
@@ -276,72 +279,64 @@ def test_conversion_that_runs_out_of_disk_leaves_no_orphan_blob_and_fails_naming
         app = create_app(settings)
         registry = app.extensions["registry"]
         try:
-            pushed = push(app.test_client(), "wide", checkpoint_form(wide_checkpoint, output_nodes=tfmodels.OUTPUT))
+            pushed = push(app.test_client(), "wide", checkpoint_form(checkpoint, output_nodes=tfmodels.OUTPUT))
             assert pushed.status_code == 202, pushed.get_json()
             uploaded = stored_files(blobs)
-            weights = wide_checkpoint.data[0].stat().st_size
-            # No room for the frozen graph.
             room = os.statvfs(blobs)
-            (blobs / "filler").write_bytes(b"\0" * (room.f_bavail * room.f_frsize - int(weights * 0.5)))
-            uploaded = sorted(uploaded + ["filler"])
-
-            worker = Worker(settings, registry.db, registry.storage)
-            assert worker.run_once() is True
-            assert stored_files(blobs) == uploaded, "the stored frozen graph was left behind"
-            record = catalog.get_version(registry.db, "wide", "1")
-            assert record.status == "queued", record.status_message  # the disk may have room later: retried
-            assert f"the blob folder {blobs} is full" in record.status_message
-
-            with registry.db.transaction() as session:
-                session.execute(sa.update(Job).values(run_after=utcnow() - timedelta(seconds=1)))
-            assert worker.run_once() is True
-            record = catalog.get_version(registry.db, "wide", "1")
-            assert record.status == "failed"
-            assert record.status_message.startswith("conversion failed 2 times; last error: the blob folder")
-            assert f"{blobs} is full (No space left on device)" in record.status_message
-            assert record.frozen_sha256 is None and record.file("saved_model") is None
-            assert stored_files(blobs) == uploaded
-            assert worker.run_once() is False  # not retried forever
+            weights = checkpoint.data[0].stat().st_size
+            (blobs / "filler").write_bytes(b"\0" * (room.f_bavail * room.f_frsize - int(weights * room_left)))
+            yield registry, Worker(settings, registry.db, registry.storage), blobs, uploaded
         finally:
             registry.db.dispose()
+
+
+def retry_now(registry) -> None:
+    """Make the retried job due at once."""
+    with registry.db.transaction() as session:
+        session.execute(sa.update(Job).values(run_after=utcnow() - timedelta(seconds=1)))
+
+
+def test_conversion_that_runs_out_of_disk_leaves_no_orphan_blob_and_fails_naming_the_disk(
+        tmp_path, wide_checkpoint):
+    # No room for the frozen graph.
+    with pushed_on_small_disk(tmp_path, wide_checkpoint, room_left=0.5) as (registry, worker, blobs, uploaded):
+        uploaded = sorted(uploaded + ["filler"])
+        assert worker.run_once() is True
+        assert stored_files(blobs) == uploaded, "the stored frozen graph was left behind"
+        record = catalog.get_version(registry.db, "wide", "1")
+        assert record.status == "queued", record.status_message  # the disk may have room later: retried
+        assert f"the blob folder {blobs} is full" in record.status_message
+
+        retry_now(registry)
+        assert worker.run_once() is True
+        record = catalog.get_version(registry.db, "wide", "1")
+        assert record.status == "failed"
+        assert record.status_message.startswith("conversion failed 2 times; last error: the blob folder")
+        assert f"{blobs} is full (No space left on device)" in record.status_message
+        assert record.frozen_sha256 is None and record.file("saved_model") is None
+        assert stored_files(blobs) == uploaded
+        assert worker.run_once() is False  # not retried forever
 
 
 def test_a_saved_model_that_runs_out_of_disk_is_retried_then_fails_and_the_version_stays_ready(
         tmp_path, wide_checkpoint):
-    from registry.app import create_app
-    from tests import tfmodels
-    from tests.helpers import checkpoint_form, push
-
-    home = tmp_path / "home"
-    with small_tmpfs(home / "blobs", "16m") as blobs:
-        settings = make_settings(home, job_max_attempts=2)
-        app = create_app(settings)
-        registry = app.extensions["registry"]
-        try:
-            pushed = push(app.test_client(), "wide", checkpoint_form(wide_checkpoint, output_nodes=tfmodels.OUTPUT))
-            assert pushed.status_code == 202, pushed.get_json()
-            weights = wide_checkpoint.data[0].stat().st_size
-            room = os.statvfs(blobs)  # room for the frozen graph, not for the SavedModel after it
-            (blobs / "filler").write_bytes(b"\0" * (room.f_bavail * room.f_frsize - int(weights * 1.5)))
-            worker = Worker(settings, registry.db, registry.storage)
-            assert worker.run_once() is True
-            record = catalog.get_version(registry.db, "wide", "1")
-            assert record.status == "ready", record.status_message
-            stored = stored_files(blobs)
-            assert worker.run_once() is True  # the SavedModel: no room
-            record = catalog.get_version(registry.db, "wide", "1")
-            assert (record.status, record.saved_model_state) == ("ready", "pending")
-            assert f"will retry: the blob folder {blobs} is full" in record.saved_model_message
-            with registry.db.transaction() as session:
-                session.execute(sa.update(Job).values(run_after=utcnow() - timedelta(seconds=1)))
-            assert worker.run_once() is True
-            record = catalog.get_version(registry.db, "wide", "1")
-            assert (record.status, record.saved_model_state) == ("ready", "failed")
-            assert record.saved_model_message.startswith("the SavedModel build failed 2 times; last error: the blob")
-            assert stored_files(blobs) == stored and record.file("saved_model") is None  # no orphan blob
-            assert worker.run_once() is False
-        finally:
-            registry.db.dispose()
+    # Room for the frozen graph, not for the SavedModel after it.
+    with pushed_on_small_disk(tmp_path, wide_checkpoint, room_left=1.5) as (registry, worker, blobs, _):
+        assert worker.run_once() is True
+        record = catalog.get_version(registry.db, "wide", "1")
+        assert record.status == "ready", record.status_message
+        stored = stored_files(blobs)
+        assert worker.run_once() is True  # the SavedModel: no room
+        record = catalog.get_version(registry.db, "wide", "1")
+        assert (record.status, record.saved_model_state) == ("ready", "pending")
+        assert f"will retry: the blob folder {blobs} is full" in record.saved_model_message
+        retry_now(registry)
+        assert worker.run_once() is True
+        record = catalog.get_version(registry.db, "wide", "1")
+        assert (record.status, record.saved_model_state) == ("ready", "failed")
+        assert record.saved_model_message.startswith("the SavedModel build failed 2 times; last error: the blob")
+        assert stored_files(blobs) == stored and record.file("saved_model") is None  # no orphan blob
+        assert worker.run_once() is False
 
 
 # -- a config reload naming server paths ---------------------------------------------------
