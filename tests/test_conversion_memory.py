@@ -195,3 +195,16 @@ def test_converter_child_peak_memory_stays_within_three_times_the_checkpoint(tmp
 
     assert result["conversion"]["verification"]["status"] == "passed"
     assert memory["peak_rss_bytes"] - stages["read and plan"]["rss_bytes"] <= 3 * checkpoint, memory
+
+
+def test_protobuf_failing_to_serialize_under_the_limit_counts_as_out_of_memory():
+    """A SavedModel build under a tight REGISTRY_CONVERT_MEMORY_MB fails in protobuf's serializer
+    (upb answers an allocation it cannot make with this EncodeError): the user is told to raise the
+    limit, not that the converter crashed."""
+    from google.protobuf.message import EncodeError
+
+    from registry.converter.child import _is_memory_failure
+
+    assert _is_memory_failure(EncodeError("Failed to serialize proto"))
+    assert not _is_memory_failure(EncodeError("Message tensorflow.Foo is missing required fields: bar"))
+    assert not _is_memory_failure(ValueError("Failed to serialize proto"))

@@ -335,8 +335,12 @@ TASKS = {"convert": convert, "saved_model": build_saved_model}
 
 
 def _is_memory_failure(exc: Exception) -> bool:
-    """Under the address-space limit TensorFlow fails to map its libraries or allocate."""
+    """Under the address-space limit TensorFlow fails to map its libraries or allocate, and protobuf
+    fails to serialize a message it has no room to write (graphs over protobuf's 2 GiB are refused
+    before that, by ``freeze.check_graph_def_size``)."""
     text = str(exc)
+    if type(exc).__name__ == "EncodeError" and "Failed to serialize proto" in text:
+        return True
     return any(m in text for m in ("failed to map segment", "Cannot allocate memory", "bad_alloc", "OOM",
                                    "alloc failed"))
 
