@@ -36,10 +36,14 @@ from registry.converter.saved_model import build_archive
 from registry.errors import ConversionError, RegistryError
 from registry.uploads.archives import ArchiveLimits, safe_extract, saved_model_root
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# oneDNN's allocator keeps what a session freed: the restored graph's variables would stay resident
-# while the frozen graph's constants load.  Verification runs each graph once; it needs no oneDNN speed.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+def _child_environment() -> None:
+    """TensorFlow's settings for a converter child, before it imports TensorFlow: set when this module
+    runs as the child, never on import (a process that imports it, a benchmark say, keeps its own)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # oneDNN's allocator keeps what a session freed: the restored graph's variables would stay resident
+    # while the frozen graph's constants load.  Verification runs each graph once; it needs no oneDNN speed.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def convert(request: dict) -> dict:
@@ -439,4 +443,5 @@ def main(argv: list[str], parent: int | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _child_environment()
     sys.exit(warm(int(sys.argv[2])) if sys.argv[1:2] == ["--warm"] else main(sys.argv))
