@@ -1,6 +1,13 @@
 """Image sniffing without decoding: which format, and how many pixels decoding
 would produce, read from the header, so that a decompression bomb is refused
-before TensorFlow allocates anything."""
+before TensorFlow allocates anything.
+
+Also the name of the string input that label_image.py's preprocessing for one
+setting gets in a loaded graph (:class:`LabelFeed`): the label service feeds
+the encoded images to that name, and the inference worker builds the
+preprocessing (:mod:`registry.serving.preprocess`) the first time it sees it.
+Plain Python: the label service's process decodes nothing.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,9 @@ from dataclasses import dataclass
 from registry.errors import InvalidRequest, PayloadTooLarge
 
 FORMATS = ("jpeg", "png", "gif", "bmp")
+LABEL_PREFIX = "label_image/"
+LABEL_SUFFIX = "/images:0"
+MAX_LABEL_SIZE = 16384  # pixels per side an image is resized to, at most
 
 
 @dataclass(frozen=True)
@@ -126,3 +136,46 @@ def sniff(data: bytes, max_pixels: int) -> ImageInfo:
             code="image_too_large",
         )
     return info
+
+
+def _number(value: float) -> str:
+    """A float as a graph name may spell it (no '+')."""
+    return repr(float(value)).replace("e+", "e")
+
+
+@dataclass(frozen=True)
+class LabelFeed:
+    """label_image.py's preprocessing for one setting, feeding one image input of a graph."""
+
+    input: str  # the image input's tensor name, "node:0"
+    height: int
+    width: int
+    mean: float
+    std: float
+
+    @property
+    def scope(self) -> str:
+        node, _, index = self.input.rpartition(":")
+        return (f"{LABEL_PREFIX}{self.height}x{self.width}/{_number(self.mean)}/{_number(self.std)}/"
+                f"{index}/{node}")
+
+    @property
+    def name(self) -> str:
+        """The string vector [batch] of encoded images to feed."""
+        return self.scope + LABEL_SUFFIX
+
+    @classmethod
+    def parse(cls, name: str) -> "LabelFeed | None":
+        """The setting a feed name stands for; None for any other name, ValueError for a malformed one."""
+        if not (name.startswith(LABEL_PREFIX) and name.endswith(LABEL_SUFFIX)):
+            return None
+        parts = name[len(LABEL_PREFIX):-len(LABEL_SUFFIX)].split("/", 4)
+        try:
+            size, mean, std, index, node = parts
+            height, width = (int(v) for v in size.split("x"))
+            feed = cls(f"{node}:{int(index)}", height, width, float(mean), float(std))
+        except ValueError as exc:
+            raise ValueError(f"malformed label_image input name {name!r}") from exc
+        if not (0 < height <= MAX_LABEL_SIZE and 0 < width <= MAX_LABEL_SIZE) or feed.name != name:
+            raise ValueError(f"malformed label_image input name {name!r}")
+        return feed

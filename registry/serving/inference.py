@@ -10,8 +10,11 @@ the process dies instead, the label service answers 503 and starts another.
 
 It gets no credentials (its environment is a short allowlist) and reads
 nothing from the registry's database or storage: the label service sends it
-the frozen bytes of each version to load, and the (already preprocessed)
-input arrays of each request.  Requests run in threads, concurrently: the
+the frozen bytes of each version to load, and the input arrays of each
+request.  For ``:label`` and ``:compare`` those are the uploaded images as
+they came: they are decoded here, in label_image.py's preprocessing built into
+the version's graph (:mod:`registry.serving.preprocess`), so untrusted image
+bytes are decoded only in this sandbox, and a label is one ``Session.run``.  Requests run in threads, concurrently: the
 threads take turns reading the connection, and the one that reads a request runs
 it, so no request waits for a thread to wake up.  It lets another thread read on
 first, unless the request is a short run (a simple graph whose runs of that
@@ -64,9 +67,11 @@ def rss_bytes() -> int:
     return 0
 
 
-def _trim() -> None:
-    """Give freed heap back to the kernel (glibc keeps it otherwise)."""
-    gc.collect()
+def _trim(collect: bool = True) -> None:
+    """Give freed heap back to the kernel (glibc keeps it otherwise), after collecting garbage (about
+    0.2 s with TensorFlow loaded) if ``collect``."""
+    if collect:
+        gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -79,6 +84,7 @@ class Worker:
         self.max_output_bytes = max_output_bytes
         self.graphs: dict[str, object] = {}
         self.lock = threading.Lock()
+        self.loading = threading.Lock()  # one load at a time, so that what it costs can be measured
 
     def reply(self, request: dict, header: dict, buffers=()) -> None:
         self.channel.send(dict(header, id=request["id"]), buffers)
@@ -113,11 +119,18 @@ class Worker:
     def op_load(self, request: dict, buffers: list[bytes]) -> None:
         from registry.serving.session import FrozenSession  # TensorFlow: imported by main() after the limits
 
-        session = FrozenSession(buffers[0], request["tensors"], request["timeout_seconds"])
-        del buffers[:]
+        with self.loading:
+            before = rss_bytes() - sum(len(b) for b in buffers)  # the received bytes go once it is loaded
+            session = FrozenSession(buffers[0], request["tensors"], request["timeout_seconds"])
+            del buffers[:]
+            _trim(collect=False)  # what a load leaves goes by reference counting
+            rss = rss_bytes()
+        # What the version costs: the memory it added (the label service's cache counts it by this), at
+        # least the weights its variables hold (runs of other graphs meanwhile can make RSS drop).
+        memory = max(rss - before, session.weight_bytes)
         with self.lock:
             self.graphs[request["key"]] = session
-        self.reply(request, {"ok": True, "tensors": session.tensors, "rss": rss_bytes()})
+        self.reply(request, {"ok": True, "tensors": session.tensors, "rss": rss, "memory_bytes": memory})
 
     def op_unload(self, request: dict, buffers: list[bytes]) -> None:
         with self.lock:
@@ -145,7 +158,10 @@ class Worker:
             self.fail(request, "memory", _first_line(exc))
             return
         except (tf.errors.InvalidArgumentError, ValueError) as exc:
-            self.fail(request, "invalid", _first_line(exc))
+            from registry.serving.preprocess import failed_to_decode  # loaded with the session
+
+            # a label_image input's decoder failed: the image is damaged, not the model's input wrong
+            self.fail(request, "invalid_image" if failed_to_decode(exc) else "invalid", _first_line(exc))
             return
         except tf.errors.OpError as exc:
             self.fail(request, "failed", f"{type(exc).__name__}: {_first_line(exc)}")

@@ -2,7 +2,10 @@
 
 The graph itself lives in a worker process (:mod:`registry.serving.workers`);
 this object holds its signature, batches concurrent requests and turns what
-the worker answers into registry errors.
+the worker answers into registry errors.  It does not import TensorFlow: a
+tensor's dtype becomes a ``tf.DType`` when it is first asked for (by
+``:predict`` and the TF Serving APIs), so a label service that only labels
+never loads TensorFlow (about 650 MB) next to its workers.
 """
 
 from __future__ import annotations
@@ -11,24 +14,54 @@ import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow as tf
 
 from registry.entities import VersionInfo
 from registry.errors import InferenceUnavailable, InvalidRequest, PayloadTooLarge, RegistryError, TimedOut
 from registry.serving.batching import Batcher
 from registry.serving.workers import MAX_OUTPUT_BYTES, READY, NoWorker, WorkerError, WorkerLost, WorkerPool
 
+if TYPE_CHECKING:
+    import tensorflow as tf
 
-@dataclass(frozen=True)
+
 class TensorSpec:
-    key: str  # signature key
-    name: str  # graph tensor name, "node:0"
-    dtype: tf.DType
-    shape: list[int | None] | None  # None: unknown rank
-    optional: bool = False  # a PlaceholderWithDefault
+    """A signature's tensor.  ``dtype`` is given as a ``tf.DType`` or anything ``tf.as_dtype`` takes (a
+    DataType number, a name) and read as a ``tf.DType``, made on first use."""
+
+    __slots__ = ("key", "name", "_dtype", "shape", "optional")
+
+    def __init__(self, key: str, name: str, dtype: Any, shape: list[int | None] | None,
+                 optional: bool = False) -> None:
+        self.key = key  # signature key
+        self.name = name  # graph tensor name, "node:0"
+        self._dtype = dtype
+        self.shape = shape  # None: unknown rank
+        self.optional = optional  # a PlaceholderWithDefault
+
+    @property
+    def dtype(self) -> "tf.DType":
+        dtype = self._dtype
+        if type(dtype).__name__ != "DType":
+            import tensorflow as tf  # on first use (see the module's docstring)
+
+            dtype = self._dtype = tf.as_dtype(dtype)
+        return dtype
+
+    def _fields(self) -> tuple:
+        return self.key, self.name, self.dtype, self.shape, self.optional
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TensorSpec) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.name))
+
+    def __repr__(self) -> str:
+        return (f"TensorSpec(key={self.key!r}, name={self.name!r}, dtype={self._dtype!r}, shape={self.shape!r}, "
+                f"optional={self.optional!r})")
 
 
 @dataclass(frozen=True)
@@ -50,7 +83,7 @@ class Signature:
 def _tensor_spec(key: str, entry: dict, described: dict) -> TensorSpec:
     """A signature's tensor: its recorded dtype and shape (what the SavedModel declared), else the graph's."""
     graph = described[entry["name"]]
-    dtype = tf.as_dtype(entry["dtype"]) if entry.get("dtype") else tf.as_dtype(graph["dtype"])
+    dtype = entry.get("dtype") or graph["dtype"]  # a tf.DType when first read
     shape = entry["shape"] if "shape" in entry else graph["shape"]
     return TensorSpec(key, graph["name"], dtype, shape, bool(entry.get("optional")))
 
@@ -63,9 +96,9 @@ def _signatures(signature_map: dict, described: dict) -> dict[str, Signature]:
 
 
 def memory_estimate(frozen_bytes: int) -> int:
-    """Measured: a loaded graph that is mostly weights holds about 5.5x its frozen size once it has
-    run (the GraphDef, the graph, the session's copy, the constants)."""
-    return int(5.5 * frozen_bytes) + 16 * 1024 * 1024
+    """What a graph will hold before it is loaded: its weights once (registry.serving.weights) and some
+    MB of graph and session.  Once loaded, the worker's measure of what it added replaces this."""
+    return frozen_bytes + 16 * 1024 * 1024
 
 
 class LoadedGraph:
@@ -101,6 +134,8 @@ class LoadedGraph:
                     code="inference_out_of_memory") from exc
             raise RegistryError(f"version {version.version} of {version.model!r} could not be loaded for "
                                 f"inference: {exc.message}", code="inference_failed") from exc
+        # what the graph really costs: the memory the worker measured it added (the cache counts this)
+        self.memory_bytes = int(answer.get("memory_bytes") or self.memory_bytes)
         self.signatures = _signatures(signature_map, answer["tensors"])
         # The signature input_nodes and output_nodes describe: what :label runs
         default = self.signatures.get(version.default_signature) or next(iter(self.signatures.values()))

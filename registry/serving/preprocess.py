@@ -1,54 +1,66 @@
-"""label_image.py's preprocessing, step for step, as a TensorFlow graph.
+"""label_image.py's preprocessing, built into a loaded version's own graph.
 
-decode (3 channels) → cast to float32 → add a batch dimension →
-``tf.compat.v1.image.resize_bilinear`` to height × width → subtract the mean →
-divide by the std.  One small graph per distinct setting, built once.
+label_image.py decodes an image (3 channels), casts it to float32, adds a batch
+dimension, resizes it with ``tf.compat.v1.image.resize_bilinear`` to height x
+width, subtracts the mean and divides by the std, in one ``Session.run``, then
+feeds the result to the model in a second one.  Here those steps are ops added
+to the version's ``tf.Graph`` in the inference worker (no second copy of the
+weights), and a Session callable connects their output to the model's image
+input (``CallableOptions.tensor_connection``): a ``:label`` is one
+``Session.run`` from the encoded bytes to the scores.
+
+The steps run per image, in a ``tf.map_fn`` over a string vector [batch]: images
+of any size come out height x width, so the images of one request, and of
+concurrent requests, go through the model as one batch.  ``tf.io.decode_image``
+(``expand_animations=False``, channels=3) is the same kernel as the per-format
+decoders label_image.py uses (``decode_jpeg``, ``decode_png``, ``decode_bmp``,
+``decode_gif`` squeezed to its frame), with the same defaults, and gives the
+same pixels (``tests/test_label_fused.py`` checks all four formats).
+
+Decoding untrusted bytes therefore happens in the sandboxed inference worker
+(no credentials, an address-space limit), never in the label service; the
+service only sniffs the header first (:mod:`registry.serving.images`), so a
+non-image or a decompression bomb is refused before any decoding.  A decoder's
+failure is recognised by its node's name (:func:`failed_to_decode`) and answered
+as the same 400 ``invalid_image`` as before.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-import numpy as np
 import tensorflow as tf
 
-from registry.errors import InvalidRequest
+from registry.serving.images import LabelFeed
 
 tf1 = tf.compat.v1
+DECODE_NODE = "registry_decode_image"  # the decoder's name: an error there is the image's fault
+PARALLEL_DECODES = 4  # images of one batch decoded at once
 
 
-class Preprocessor:
-    def __init__(self, height: int, width: int, mean: float, std: float) -> None:
-        self.settings = (height, width, mean, std)
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            self.data = tf1.placeholder(tf.string, [], name="image_bytes")
-            decoded = {
-                "jpeg": tf.io.decode_jpeg(self.data, channels=3),
-                "png": tf.io.decode_png(self.data, channels=3),
-                # label_image squeezes decode_gif's frame axis; the first frame is the same for one frame.
-                "gif": tf.io.decode_gif(self.data)[0],
-                "bmp": tf.io.decode_bmp(self.data, channels=3),
-            }
-            self.outputs = {}
-            for fmt, image in decoded.items():
-                expanded = tf.expand_dims(tf.cast(image, tf.float32), 0)
-                resized = tf1.image.resize_bilinear(expanded, [height, width])
-                self.outputs[fmt] = tf.divide(tf.subtract(resized, [mean]), [std])
-        # Default config on purpose: the first Session in a process fixes TensorFlow's
-        # thread pools for every later one, the models' included.
-        self.session = tf1.Session(graph=self.graph)
+def build(graph: tf.Graph, feed: LabelFeed) -> tuple[str, str]:
+    """Add label_image.py's preprocessing for ``feed`` to ``graph``: the names of its string input
+    (``feed.name``) and of its [batch, height, width, 3] output, cast to the image input's dtype."""
+    target = graph.get_tensor_by_name(feed.input)
+    height, width, mean, std = feed.height, feed.width, feed.mean, feed.std
 
-    def __call__(self, data: bytes, fmt: str) -> np.ndarray:
-        """A [1, height, width, 3] float32 batch from encoded image bytes."""
-        try:
-            return self.session.run(self.outputs[fmt], {self.data: data})
-        except tf.errors.InvalidArgumentError as exc:
-            detail = (exc.message or "").strip().splitlines()[0] if exc.message else ""
-            raise InvalidRequest(f"the {fmt.upper()} image cannot be decoded ({detail}): send an intact image",
-                                 code="invalid_image") from exc
+    def one(data: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False, name=DECODE_NODE)
+        expanded = tf.expand_dims(tf.cast(image, tf.float32), 0)
+        return tf1.image.resize_bilinear(expanded, [height, width])[0]
+
+    with graph.as_default(), tf.name_scope(feed.scope + "/"):
+        images = tf1.placeholder(tf.string, [None], name="images")
+        resized = tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32),
+                            parallel_iterations=PARALLEL_DECODES)
+        normalized = tf.divide(tf.subtract(resized, [mean]), [std])
+        if target.dtype.base_dtype != tf.float32:
+            normalized = tf.cast(normalized, target.dtype.base_dtype)
+        output = tf.identity(normalized, name="preprocessed")
+    if images.name != feed.name:
+        raise ValueError(f"the preprocessing input came out as {images.name}, not {feed.name}")
+    return images.name, output.name
 
 
-@lru_cache(maxsize=16)
-def preprocessor(height: int, width: int, mean: float, std: float) -> Preprocessor:
-    return Preprocessor(height, width, mean, std)
+def failed_to_decode(exc: Exception) -> bool:
+    """Whether a run failed in the image decoder (a damaged or unsupported image)."""
+    message = getattr(exc, "message", None) or str(exc)
+    return f"{{{{node {DECODE_NODE}" in message or f"/{DECODE_NODE}}}}}" in message

@@ -5,7 +5,15 @@ versions, predict.
 Graphs run in supervised worker processes (:mod:`registry.serving.workers`),
 never in this one: a request that makes a graph allocate without bound fails
 alone, and the service goes on answering.  Refusals (a version not ready, a
-flagged graph) and preprocessing happen here, before a worker sees anything.
+flagged graph, an upload that is not an image or too large one) happen here,
+before a worker sees anything.
+
+Images are not decoded here: ``:label`` and ``:compare`` send the encoded bytes
+to a string input of the version's graph that label_image.py's preprocessing
+for the version's settings feeds from (:class:`registry.serving.images.LabelFeed`,
+built in the worker by :mod:`registry.serving.preprocess`), so each version
+labels a request's images in one ``Session.run``, batched with concurrent
+requests, and untrusted bytes are decoded only in the sandboxed worker.
 """
 
 from __future__ import annotations
@@ -21,10 +29,10 @@ from registry import catalog, metrics, safety
 from registry.config import Settings
 from registry.db import Database
 from registry.entities import READY, VersionInfo
-from registry.errors import Conflict, InvalidRequest
+from registry.errors import Conflict, InvalidRequest, RegistryError
 from registry.serving.cache import GraphCache
-from registry.serving.images import sniff
-from registry.serving.workers import WorkerPool
+from registry.serving.images import ImageInfo, LabelFeed, sniff
+from registry.serving.workers import WorkerError, WorkerPool
 from registry.storage import BlobStorage
 
 MAX_TOP_K = 1000
@@ -159,21 +167,40 @@ class LabelService:
             )
         return spec
 
-    def _preprocess(self, version: VersionInfo, images: list[Image]) -> tuple[np.ndarray, float]:
-        from registry.serving.preprocess import preprocessor  # TensorFlow: with the first image, not the service
+    def _sniff(self, images: list[Image]) -> list[ImageInfo]:
+        """Each image's format, after refusing what is not an image or decodes to too many pixels."""
+        return [sniff(image.data, self.settings.max_image_pixels) for image in images]
 
+    @staticmethod
+    def _feed(version: VersionInfo) -> str:
+        """The input the encoded images go to: the graph's own string input when it decodes them, else the
+        label_image.py preprocessing of the version's current settings in front of its image input."""
         if version.image_input is None and version.image_bytes_input is not None:
-            # the graph decodes the image itself: the uploaded bytes go in as they are, no second preprocessing
-            for image in images:
-                sniff(image.data, self.settings.max_image_pixels)
-            return np.array([image.data for image in images], dtype=object), 0.0
+            return f"{version.image_bytes_input['name']}:0"
         p = version.preprocessing
-        pre = preprocessor(int(p["input_height"]), int(p["input_width"]), float(p["input_mean"]),
-                           float(p["input_std"]))
-        started = time.perf_counter()
-        batch = np.concatenate([pre(image.data, sniff(image.data, self.settings.max_image_pixels).format)
-                                for image in images])
-        return batch, time.perf_counter() - started
+        return LabelFeed(f"{version.image_input['name']}:0", int(p["input_height"]), int(p["input_width"]),
+                         float(p["input_mean"]), float(p["input_std"])).name
+
+    def _run_images(self, graph, version: VersionInfo, images: list[Image], infos: list[ImageInfo],
+                    fetch: str) -> dict:
+        """One ``Session.run`` of ``graph`` from the images' bytes to ``fetch`` (batched with concurrent
+        requests when the image input takes a batch)."""
+        feed = self._feed(version)
+        spec = self._image_input(version)
+        batch = np.empty(len(images), dtype=object)
+        batch[:] = [image.data for image in images]
+        rank = 1 if feed == f"{spec['name']}:0" else 4
+        batchable = graph.batchable({f"{spec['name']}:0": np.empty((0,) * rank)})
+        try:
+            return dict(zip([fetch], graph.batcher.submit({feed: batch}, (fetch,), batchable=batchable)))
+        except RegistryError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, WorkerError) and cause.kind == "invalid_image"):
+                raise
+            formats = sorted({info.format.upper() for info in infos})
+            which = f"the {formats[0]} image" if len(images) == 1 else f"one of the {len(images)} images"
+            raise InvalidRequest(f"{which} cannot be decoded ({cause.message}): send an intact image",
+                                 code="invalid_image") from exc
 
     @staticmethod
     def _prediction_output(graph, version: VersionInfo) -> str:
@@ -203,12 +230,12 @@ class LabelService:
     def label(self, version: VersionInfo, image: Image, top_k: int = 5) -> dict:
         """label_image.py's top-k for one image, on a version from :meth:`resolve`."""
         started = time.perf_counter()
-        spec = self._image_input(version)
-        batch, preprocess_s = self._preprocess(version, [image])
+        self._image_input(version)
+        infos = self._sniff([image])
         graph, load_ms = self._timed_graph(version)
         run_started = time.perf_counter()
         prediction = self._prediction_output(graph, version)
-        outputs = graph.run({f"{spec['name']}:0": batch}, [prediction])
+        outputs = self._run_images(graph, version, [image], infos, prediction)
         inference_s = time.perf_counter() - run_started
         scores = self._scores(prediction, outputs, 1)[0]
         if top_k > scores.shape[0]:
@@ -218,7 +245,8 @@ class LabelService:
             "model": version.model,
             "version": version.version,
             "predictions": self._top(graph, scores, top_k),
-            "timing_ms": {"load": load_ms, "preprocess": _ms(preprocess_s), "inference": _ms(inference_s),
+            # preprocess: outside the graph, none (kept for clients); inference decodes, resizes and runs the model
+            "timing_ms": {"load": load_ms, "preprocess": 0.0, "inference": _ms(inference_s),
                           "total": _ms(time.perf_counter() - started)},
         }
 
@@ -261,24 +289,15 @@ class LabelService:
         chosen = self._compare_versions(name, refs)
         for _, version in chosen:
             self._image_input(version)
-        for image in images:
-            sniff(image.data, self.settings.max_image_pixels)
+        infos = self._sniff(images)
 
-        batches: dict[tuple, np.ndarray] = {}  # one preprocessing per distinct setting
-        preprocess_ms = 0.0
         report = []
         scores_by_version: dict[int, np.ndarray] = {}
         for ref, version in chosen:
-            key = (tuple(sorted(version.preprocessing.items())) if version.image_input is not None
-                   else ("encoded image bytes",))
-            if key not in batches:
-                batches[key], seconds = self._preprocess(version, images)
-                preprocess_ms += _ms(seconds)
             graph, load_ms = self._timed_graph(version)
-            spec = self._image_input(version)
             run_started = time.perf_counter()
             prediction = self._prediction_output(graph, version)
-            outputs = graph.run({f"{spec['name']}:0": batches[key]}, [prediction])
+            outputs = self._run_images(graph, version, images, infos, prediction)
             latency = time.perf_counter() - run_started
             scores = self._scores(prediction, outputs, len(images))
             scores_by_version[version.version] = scores
@@ -320,5 +339,6 @@ class LabelService:
             "versions": report,
             "images": per_image,
             "agreement": {"pairs": pairs, "disagreements": [p["image"] for p in per_image if not p["agree"]]},
-            "timing_ms": {"preprocess": preprocess_ms, "preprocessing_runs": len(batches)},
+            # nothing is preprocessed outside the graphs any more: each version's one run decodes the images
+            "timing_ms": {"preprocess": 0.0, "preprocessing_runs": 0},
         }

@@ -21,6 +21,12 @@ the overhead of Session::Run()").  Such a run is not cancelled at the deadline
 never run so; the label service's own wait (deadline + grace) still bounds it.
 Runs that take longer, and every run of other graphs, go to the pool, with the
 deadline.
+
+A feed named by :class:`registry.serving.images.LabelFeed` is label_image.py's
+preprocessing for one setting: the first run that feeds it adds those ops to
+this graph (:mod:`registry.serving.preprocess`; one graph, one copy of the
+weights) and its callables connect their output to the image input, so a
+``:label`` is one run from the encoded bytes to the scores.
 """
 
 from __future__ import annotations
@@ -31,14 +37,16 @@ from collections import OrderedDict
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import config_pb2
 
 from registry.converter.ops import INFERENCE_OPS
+from registry.serving import preprocess, weights
+from registry.serving.images import LabelFeed
 from registry.signatures import signature_key
 
 tf1 = tf.compat.v1
 MAX_CALLABLES = 64  # distinct feed/fetch sets kept per graph (each is a pruned executor)
+MAX_LABEL_FEEDS = 16  # preprocessing settings built into one graph, at most
 INLINE_BELOW_S = 0.001  # a simple graph's runs shorter than this (on average) run in the calling thread
 # Ops that loop or call functions: a graph with any of them always runs on the pool, under its deadline.
 LOOPS_AND_CALLS = frozenset({"Enter", "Exit", "LoopCond", "NextIteration", "While", "StatelessWhile", "If",
@@ -68,22 +76,38 @@ class _Callable:
 
 class FrozenSession:
     def __init__(self, frozen: bytes, tensors: list[str], timeout_seconds: float) -> None:
-        graph_def = graph_pb2.GraphDef()
-        graph_def.ParseFromString(frozen)
+        loaded = weights.load(frozen)  # its weights held once (see registry.serving.weights)
         # nothing in it can loop, call a function or wait: its runs may go in the calling thread
-        self.simple = not graph_def.library.function and all(node.op in INLINE_OPS for node in graph_def.node)
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            tf.graph_util.import_graph_def(graph_def, name="")
-        del graph_def
-        self.session = tf1.Session(graph=self.graph)
+        self.simple = not loaded.functions and loaded.ops <= INLINE_OPS
+        self.graph, self.session = loaded.graph, loaded.session
+        self.weight_bytes = loaded.weight_bytes  # what its variables hold
         self.tensors = {name: _spec(self.graph, name) for name in tensors}
         self.timeout_ms = max(1, int(timeout_seconds * 1000)) if timeout_seconds > 0 else 0
         self._callables: OrderedDict[tuple, _Callable] = OrderedDict()
         self._lock = threading.Lock()
+        self._connections: dict[str, tuple[str, str]] = {}  # label feed -> (its preprocessed output, image input)
+        self._extending = threading.Lock()
+
+    def _label_feed(self, name: str) -> None:
+        """Build the preprocessing a label feed name stands for, once (see the module's docstring)."""
+        feed = LabelFeed.parse(name)
+        if feed is None:
+            return
+        with self._extending:
+            if name in self._connections:
+                return
+            if len(self._connections) >= MAX_LABEL_FEEDS:
+                raise ValueError(f"more than {MAX_LABEL_FEEDS} preprocessing settings for one graph")
+            self.graph.get_tensor_by_name(feed.input)  # a KeyError/ValueError names a missing input
+            _, output = preprocess.build(self.graph, feed)
+            self._connections[name] = (output, feed.input)
 
     def _options(self, feeds: tuple[str, ...], fetch: tuple[str, ...], *, inline: bool):
         options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetch))
+        for name in feeds:
+            connection = self._connections.get(name)
+            if connection is not None:
+                options.tensor_connection.add(from_tensor=connection[0], to_tensor=connection[1])
         if inline:
             options.run_options.inter_op_thread_pool = -1  # the calling thread (no deadline there)
         elif self.timeout_ms:
@@ -98,6 +122,9 @@ class FrozenSession:
             if made is not None:
                 self._callables.move_to_end(key)
                 return made
+        for name in feeds:
+            if name not in self._connections:
+                self._label_feed(name)
         for name in feeds + fetch:  # a KeyError/ValueError here names the tensor that is not in the graph
             self.graph.get_tensor_by_name(name)
         made = _Callable(self._options(feeds, fetch, inline=False),

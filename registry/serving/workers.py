@@ -461,7 +461,7 @@ class WorkerPool:
         if not header.get("ok"):
             raise WorkerError(header.get("error", "failed"), header.get("message", ""))
         with self._cond:
-            worker.held[key] = estimate
+            worker.held[key] = int(header.get("memory_bytes") or estimate)  # measured by the worker
             worker.rss = int(header.get("rss", 0))
         return worker, header
 
