@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/upload_memory.py
 	$(BIN)/python benchmarks/conversion_memory.py
 	$(BIN)/python benchmarks/label_service.py
+	$(BIN)/python benchmarks/label_memory.py
 	$(BIN)/python benchmarks/fuzz_api.py
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/model_page.py
