@@ -48,11 +48,18 @@ def _statuses(db: Database) -> collections.Counter:
 
 def test_four_worker_processes_convert_sixteen_versions_exactly_once_and_survive_a_sigkill(
         tmp_path, pg_url, s3_server, models):
-    """Four `registry worker` processes start together on an empty PostgreSQL
-    database (they migrate it concurrently), convert 16 versions kept in S3,
-    and one of them is SIGKILLed in the middle of a conversion."""
+    """Four `registry migrate` processes create the registry together on an empty PostgreSQL
+    database (concurrently: workers refuse a database without one), then four `registry worker`
+    processes start together, convert 16 versions kept in S3, and one of them is SIGKILLed in the
+    middle of a conversion."""
     storage_url = f"s3://{S3_BUCKET}/scale-{uuid.uuid4().hex[:8]}"
     env = _worker_env(pg_url, storage_url, tmp_path / "workers")
+    migrations = [subprocess.Popen([sys.executable, "-m", "registry.cli", "migrate"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                  for _ in range(WORKERS)]
+    for migration in migrations:
+        _, err = migration.communicate(timeout=120)
+        assert migration.returncode == 0, err[-2000:]
     logs = [tmp_path / f"worker-{i}.log" for i in range(WORKERS)]
     procs = [subprocess.Popen([sys.executable, "-m", "registry.cli", "worker"], env=env,
                               stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)

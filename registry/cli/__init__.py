@@ -3,7 +3,7 @@
 One module per group of commands, each imported only when one of its commands
 runs (or ``--help`` lists them), so ``registry ls`` does not load the server:
 
-* ``server.py``: the server roles: ``serve``, ``label-serve``, ``worker``, ``migrate``, ``check``;
+* ``server.py``: the server roles: ``serve``, ``label-serve``, ``worker``, ``migrate``, ``init``, ``check``;
 * ``admin.py``: against the database and blob storage: ``token``, ``gc``, ``export-serving``,
   ``saved-models``, and ``serving-reload`` (to a running TF Serving);
 * ``remote.py``: through the registry's HTTP API: ``push``, ``pull``, ``ls``, ``alias``, ``delete``,
@@ -30,7 +30,8 @@ from registry.errors import RegistryError
 
 # command name -> the module of registry.cli that defines it (as a function named like the command)
 COMMANDS = {
-    "serve": "server", "label-serve": "server", "worker": "server", "migrate": "server", "check": "server",
+    "serve": "server", "label-serve": "server", "worker": "server", "migrate": "server", "init": "server",
+    "check": "server",
     "token": "admin", "gc": "admin", "export-serving": "admin", "saved-models": "admin",
     "serving-reload": "admin",
     "push": "remote", "pull": "remote", "ls": "remote", "alias": "remote", "delete": "remote",

@@ -17,7 +17,7 @@ from registry.cli.output import print_plan, table
 from registry.config import Settings
 from registry.jobs.gc import collect_garbage
 from registry.jobs.worker import build_saved_model
-from registry.tfserving import open_target, sync
+from registry.tfserving import WouldEmptyConfig, open_target, sync
 
 
 @click.group()
@@ -86,15 +86,26 @@ def _serving_root(root: str | None) -> str:
 @click.option("--base-path", default=None,
               help="The root as TF Serving sees it, for base_path in models.config (default REGISTRY_SERVING_BASE_PATH, "
                    "else the root itself), e.g. /models inside a container.")
-def export_serving(root: str | None, base_path: str | None) -> None:
+@click.option("--allow-empty", is_flag=True,
+              help="Replace a models.config that lists models with one that lists none (TF Serving then "
+                   "unloads every model); without it such an export is refused and changes nothing.")
+def export_serving(root: str | None, base_path: str | None, allow_empty: bool) -> None:
     """Export every served version as a SavedModel in TF Serving's layout, and write models.config.
 
     Layout: ROOT/MODEL/VERSION/saved_model.pb + variables/, each version folder appearing only when
     complete; versions no longer served are removed.  Runs against the database and blob storage
     (like 'registry worker').
     """
+    root = _serving_root(root)
     settings, db, storage = local.services()
-    report = sync(settings, db, storage, _serving_root(root), base_path)
+    try:
+        report = sync(settings, db, storage, root, base_path, allow_empty=allow_empty)
+    except WouldEmptyConfig as exc:
+        raise click.ClickException(
+            f"{exc.config_path} lists {exc.listed} model(s), but the registry at {local.where(settings)} serves "
+            "none: not replacing it with an empty config (TF Serving would unload every model). Wrong registry? "
+            "Set REGISTRY_HOME or REGISTRY_DATABASE_URL; to empty it, run 'registry export-serving "
+            "--allow-empty'") from None
     click.echo(f"exported to {report.root}: {len(report.published)} version(s) published, "
                f"{len(report.removed)} removed; config {report.config_path}")
     for item in report.published:

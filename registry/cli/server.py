@@ -1,4 +1,4 @@
-"""The server roles: ``serve``, ``label-serve``, ``worker``, ``migrate`` and ``check``."""
+"""The server roles: ``serve``, ``label-serve``, ``worker``, ``migrate``, ``init`` and ``check``."""
 
 from __future__ import annotations
 
@@ -189,10 +189,26 @@ def label_serve(host: str, port: int, grpc_port: int, no_grpc: bool) -> None:
 
 @click.command()
 def migrate() -> None:
-    """Apply database migrations up to the newest."""
-    settings = local.settings()
-    local.database(settings)
+    """Apply database migrations up to the newest (creating the registry when there is none)."""
+    settings = local.settings(create=True)
+    local.database(settings, create=True)
     click.echo(f"database at head: {settings.database_url}")
+
+
+@click.command()
+def init() -> None:
+    """Create a registry where REGISTRY_HOME (or REGISTRY_DATABASE_URL, REGISTRY_STORAGE) points:
+    its folder, its database at the newest schema and its blob storage; an existing one is left as it is."""
+    settings = local.settings()
+    if local.registry_exists(settings):
+        click.echo(f"a registry already exists at {local.where(settings)}; nothing changed")
+        return
+    settings.ensure_home()
+    local.database(settings, create=True).dispose()
+    open_storage(settings.storage_url)  # the local default makes its blob folder
+    click.echo(f"created a registry: database {local.where(settings)}, blobs {settings.storage_url}")
+    if settings.embedded:
+        click.echo(f"  commands run elsewhere find it with REGISTRY_HOME={settings.home}")
 
 
 @click.command()
@@ -224,6 +240,7 @@ def worker(once: bool) -> None:
 def check() -> None:
     """Exit 0 when the database and blob storage answer (a health check for workers), else 1."""
     settings = Settings.from_env()
+    local.require_registry(settings)
     db = Database(settings.database_url)
     try:
         storage = open_storage(settings.storage_url)

@@ -9,7 +9,7 @@ Serving's REST and gRPC APIs itself.  No TensorFlow here: the web app imports it
 """
 
 from registry.tfserving.plan import ModelPlan, config_labels, models_config, plan
-from registry.tfserving.sync import ExportSyncer, SyncReport, config_for, sync
+from registry.tfserving.sync import ExportSyncer, SyncReport, WouldEmptyConfig, config_for, sync
 from registry.tfserving.targets import (
     CONFIG_NAME,
     ExportTarget,
@@ -22,5 +22,6 @@ from registry.tfserving.targets import (
 
 __all__ = [
     "CONFIG_NAME", "ExportSyncer", "ExportTarget", "LocalTarget", "ModelPlan", "S3Target", "SyncReport",
+    "WouldEmptyConfig",
     "config_for", "config_labels", "has_version", "models_config", "open_target", "plan", "reload_folder", "sync",
 ]

@@ -23,6 +23,7 @@ from pathlib import Path
 from registry import catalog
 from registry.db import Database
 from registry.entities import SAVED_MODEL, SAVED_MODEL_FAILED, SAVED_MODEL_PENDING
+from registry.errors import Conflict
 from registry.jobs.worker import build_saved_model  # the converter's parent side: no TensorFlow here
 from registry.storage import BlobStorage
 from registry.tfserving.plan import ModelPlan, config_labels, models_config, plan
@@ -44,6 +45,18 @@ class SyncReport:
     pending: list[str] = field(default_factory=list)  # "model/version" whose SavedModel is being built
     config: str = ""
     retry_after: float | None = None  # a label waits for a version to load: sync again after this
+
+
+class WouldEmptyConfig(Conflict):
+    """:func:`sync` (with ``allow_empty=False``) left a models.config that lists models as it was,
+    rather than replace it with one that lists none (TF Serving would unload every model)."""
+
+    code = "serving_export_would_empty"
+
+    def __init__(self, config_path: str, listed: int) -> None:
+        super().__init__(f"{config_path} lists {listed} model(s) and this export would list none; "
+                         "it was left as it was")
+        self.config_path, self.listed = config_path, listed
 
 
 def config_for(db: Database, root: str, base_path: str | None = None,
@@ -68,8 +81,13 @@ def _process_lock(root: str) -> threading.Lock:
 
 
 def sync(settings, db: Database, storage: BlobStorage, root: str | None = None,
-         base_path: str | None = None) -> SyncReport:
-    """Make ``root`` hold exactly the served versions, and its models.config describe them."""
+         base_path: str | None = None, *, allow_empty: bool = True) -> SyncReport:
+    """Make ``root`` hold exactly the served versions, and its models.config describe them.
+
+    Without ``allow_empty``, a models.config that lists models is never replaced by one that lists
+    none: :class:`WouldEmptyConfig` is raised and nothing is changed (nothing was published either,
+    or the new config would list it).
+    """
     target = open_target(root or settings.serving_export_root)
     base = base_path or settings.serving_base_path or target.root
     with _process_lock(target.root), target.lock():
@@ -102,8 +120,11 @@ def sync(settings, db: Database, storage: BlobStorage, root: str | None = None,
                 except Exception as exc:  # one bad version must not stop the others
                     log.exception("exporting %s v%d failed", p.name, number)
                     report.failed.append({"version": f"{p.name}/{number}", "error": str(exc)})
+        previous = config_labels(target.read_config())
         report.config = models_config(plans, exported, base, label_delay=settings.serving_label_delay,
-                                      previous=config_labels(target.read_config()))
+                                      previous=previous)
+        if not allow_empty and previous and not config_labels(report.config):
+            raise WouldEmptyConfig(report.config_path, len(previous))
         target.write_config(report.config)
         # Only now that the config no longer names them: versions that are not served any more
         # (kept while a label still points at them).
