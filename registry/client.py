@@ -118,6 +118,12 @@ class RegistryClient:
         except requests.ConnectionError as exc:
             raise ClientError(f"cannot reach the registry at {self.url}: is `registry serve` running? "
                               "(set --url or REGISTRY_URL)", code="unreachable", status=503) from exc
+        except requests.Timeout as exc:
+            raise ClientError(f"the registry at {self.url} did not answer within {self.timeout:g} s: try again",
+                              code="timeout", status=504) from exc
+        except requests.RequestException as exc:  # a URL it cannot use (no scheme, no host) and the like
+            raise ClientError(f"cannot ask the registry at {self.url}: {exc} (check --url or REGISTRY_URL)",
+                              code="invalid_url", status=400) from exc
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
@@ -214,7 +220,9 @@ class RegistryClient:
 
     def label(self, name: str, ref: str, image: Path, top_k: int = 5) -> dict:
         path = f"/v1/models/{name}" + (f"/versions/{ref}" if ref.isdigit() else f"/labels/{ref}" if ref != "latest" else "")
-        ctype = mimetypes.guess_type(image.name)[0] or "application/octet-stream"
+        ctype = mimetypes.guess_type(image.name)[0] or ""
+        if not ctype.startswith("image/"):  # the server sniffs what it is (notes.txt: not an image)
+            ctype = "application/octet-stream"
         with open(image, "rb") as body:
             return self._request("POST", f"{path}:label", params={"top_k": top_k}, data=body,
                                  headers={"Content-Type": ctype}).json()

@@ -8,12 +8,14 @@ import logging
 
 from flask import Flask, current_app, jsonify, render_template, request
 from sqlalchemy.exc import DBAPIError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from registry.errors import RegistryError, database_fault
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 30
+# the label service's paths (registry.serving.rest), named by its 404s
+SERVING_PATHS = "/v1/models/NAME[/versions/N|/labels/L][/metadata|:predict|:classify|:regress|:label|:compare]"
 
 
 def wants_json() -> bool:
@@ -70,6 +72,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
+        if isinstance(exc, (NotFound, MethodNotAllowed)) and request.url_rule is None:
+            unrouted = _unrouted(app, exc)
+            if unrouted is not None:
+                return unrouted
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(exc.code or 500, code, exc.description or exc.name)
 
@@ -77,3 +83,36 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "the registry failed unexpectedly; see the server log")
+
+
+def _unrouted(app: Flask, exc: NotFound | MethodNotAllowed):
+    """A path (or method) no route answers, under /api/ or /v1/: in that API's own error shape, saying
+    what does exist; elsewhere the pages' 404 (HTML for browsers), or None (Werkzeug's own answer)."""
+    path, method = request.path, request.method
+    allowed = sorted(m for m in getattr(exc, "valid_methods", None) or [] if m not in ("HEAD", "OPTIONS"))
+    if path.startswith("/v1/") or path == "/v1":  # TF Serving's shape: {"error": "..."}
+        if isinstance(exc, MethodNotAllowed):
+            message = f"{method} is not allowed on {path}: use {' or '.join(allowed)}"
+        else:
+            message = f"no such path {path}: use GET /v1/models, or {SERVING_PATHS}"
+        response = jsonify({"error": message})
+    elif path.startswith("/api/") or path == "/api":
+        if "api" not in app.blueprints:  # a label service alone
+            message = f"no such path {path}: this server is a label service alone; use {SERVING_PATHS}"
+            code = "not_found"
+        elif isinstance(exc, MethodNotAllowed):
+            message = f"{method} is not allowed on {path}: use {' or '.join(allowed)} (see /api/v1/openapi.json)"
+            code = "method_not_allowed"
+        else:
+            message = f"no such API path {path}: see /api/v1/openapi.json for the paths there are"
+            code = "not_found"
+        response = jsonify({"error": {"code": code, "message": message}})
+    elif isinstance(exc, NotFound):  # a page (HTML for browsers)
+        return error_response(404, "not_found", f"there is no page at {path}")
+    else:
+        return None
+    response.status_code = exc.code
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    return response
+

@@ -12,7 +12,8 @@ runs (or ``--help`` lists them), so ``registry ls`` does not load the server:
   ``version set --prediction-output``;
 * ``labels.py``: through the label service: ``label``, ``compare``;
 * ``options.py``, ``local.py``, ``output.py``: ``--url``/``--token`` and the HTTP client; the
-  settings, database and blob storage of the commands that use them; tables and progress bars.
+  settings, database and blob storage of the commands that use them; tables and progress bars;
+* ``wording.py``: the server's HTTP wording (form fields, ``DELETE /api/...``) said the CLI's way.
 
 A registry error (a refused request, an unreachable database, a missing bucket)
 becomes a one-line ``Error: ...`` and exit status 1 in one place,
@@ -26,6 +27,7 @@ import logging
 
 import click
 
+from registry.cli.wording import for_cli
 from registry.errors import RegistryError
 
 # command name -> the module of registry.cli that defines it (as a function named like the command)
@@ -56,7 +58,7 @@ class RegistryGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RegistryError as exc:  # the client's errors too (ClientError): what went wrong and what to do
-            raise click.ClickException(exc.message) from None
+            raise click.ClickException(for_cli(exc.message)) from None
 
 
 @click.group(cls=RegistryGroup)

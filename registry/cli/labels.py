@@ -8,6 +8,11 @@ import click
 
 from registry.cli.options import connect, split_ref, url_option
 from registry.cli.output import print_predictions, table
+from registry.cli.wording import for_cli
+from registry.client import ClientError
+
+
+IMAGE_FAULTS = (400, 413)  # the image's fault (not an image, damaged, too many pixels): the next may do
 
 
 @click.command()
@@ -19,12 +24,25 @@ def label(spec: str, images: tuple[Path, ...], top_k: int, url: str | None) -> N
     """Label images with a version (REF: number, alias or latest), like label_image.py."""
     name, ref = split_ref(spec)
     client = connect(url)
+    failed: list[Path] = []
     for image in images:
-        answer = client.label(name, ref, image, top_k)
+        try:
+            answer = client.label(name, ref, image, top_k)
+        except ClientError as exc:
+            if exc.status not in IMAGE_FAULTS:
+                raise  # the model, the server or the URL: the next image would fail alike
+            if len(images) == 1:
+                raise click.ClickException(f"{image}: {for_cli(exc.message)}") from None
+            click.echo(f"Error: {image}: {for_cli(exc.message)}", err=True)
+            failed.append(image)
+            continue
         timing = answer["timing_ms"]
         print_predictions(f"{image}: {name} version {answer['version']} "
                           f"({timing['inference']:.1f} ms inference, {timing['total']:.1f} ms total)",
                           answer["predictions"])
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(images)} images could not be labelled: "
+                                   f"{', '.join(map(str, failed))}")
 
 
 @click.command()

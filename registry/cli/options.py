@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import click
+from click.core import ParameterSource
 
 from registry.client import RegistryClient
 from registry.config import DEFAULT_PORT, Settings
@@ -24,8 +27,23 @@ def url_option(command):
 
 def connect(url: str | None) -> RegistryClient:
     """The HTTP client for ``--url`` (else REGISTRY_URL, else the local default), with ``--token``."""
-    token = click.get_current_context().meta.get("registry.token")
+    ctx = click.get_current_context()
+    token = ctx.meta.get("registry.token")
+    if url:
+        _check_url(url, "REGISTRY_URL" if ctx.get_parameter_source("url") == ParameterSource.ENVIRONMENT
+                   else "--url")
     return RegistryClient(url or Settings.from_env().server_url, token=token)
+
+
+def _check_url(url: str, where: str) -> None:
+    """A registry URL the client can use: http(s)://HOST[:PORT][/PATH], else one line saying what to type."""
+    parts = urlsplit(url.strip())
+    if "://" not in url:
+        raise click.ClickException(f"{where} needs a scheme: http://{url.strip().lstrip('/')}")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise click.ClickException(f"{where} must start with http:// or https://, not {url!r}")
+    if not parts.hostname:
+        raise click.ClickException(f"{where} {url!r} names no host: e.g. http://127.0.0.1:{DEFAULT_PORT}")
 
 
 def split_ref(spec: str) -> tuple[str, str]:

@@ -8,6 +8,8 @@ import sys
 import click
 from tqdm import tqdm
 
+from registry.cli.wording import for_cli
+
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     """Columns padded to their widest cell, two spaces apart."""
@@ -24,7 +26,7 @@ def progress(total: int, description: str) -> tqdm:
 
 def print_version(v: dict) -> None:
     """A version as the API answered it: status, inputs, outputs, the frozen graph, a refusal."""
-    click.echo(f"{v['model']} version {v['version']}: {v['status']} - {v['status_message']}")
+    click.echo(f"{v['model']} version {v['version']}: {v['status']} - {for_cli(v['status_message'] or '')}")
     if v.get("output_nodes"):
         detected = " (detected)" if v.get("output_nodes_detected") else ""
         click.echo(f"  outputs{detected}: {', '.join(v['output_nodes'])}")
@@ -33,7 +35,7 @@ def print_version(v: dict) -> None:
     if v.get("frozen"):
         click.echo(f"  frozen.pb: {v['frozen']['size']} bytes, sha256 {v['frozen']['sha256']}")
     if v.get("refusal"):
-        click.echo(f"  refused: {v['refusal']}")
+        click.echo(f"  refused: {for_cli(v['refusal'])}")
 
 
 def _shape(dims: list | None) -> str:
@@ -67,7 +69,7 @@ def print_signatures(v: dict) -> None:
     if failed:
         click.echo("  not served (could not be frozen or verified):")
         for name, why in failed.items():
-            click.echo(f"    {name}: {why}")
+            click.echo(f"    {name}: {for_cli(why)}")
     if v.get("prediction_output"):
         reason = f" ({v['prediction_output_reason']})" if v.get("prediction_output_reason") else ""
         click.echo(f"  prediction output: {v['prediction_output']}{reason}")

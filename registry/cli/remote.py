@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import requests
 
 from registry import signatures
 from registry.cli.options import connect, split_ref, url_option
@@ -132,13 +134,16 @@ def _signature_options(args: tuple[str, ...], path: Path | None) -> tuple[str, l
 def pull(spec: str, output: Path | None, fmt: str, url: str | None) -> None:
     """Download a version's frozen graph or SavedModel (REF: number, alias or latest) and check its sha256."""
     name, ref = split_ref(spec)
+    if output is not None:
+        _check_destination(output)
     client = connect(url)
     record = client.get_version(name, ref)
     if fmt == "saved_model":
         saved = next((f for f in record.get("files", []) if f["role"] == "saved_model"), None)
         suffix = ".tar.gz" if saved and saved["filename"].endswith(".gz") else ".tar"
         dest = output or Path(f"{name}-v{record['version']}-saved_model{suffix}")
-        digest = client.pull_saved_model(name, record, dest)
+        with _writing(dest):
+            digest = client.pull_saved_model(name, record, dest)
         click.echo(f"{dest}: {name} version {record['version']} SavedModel, sha256 {digest} (verified)")
         return
     dest = output or Path(f"{name}-v{record['version']}.pb")
@@ -148,12 +153,36 @@ def pull(spec: str, output: Path | None, fmt: str, url: str | None) -> None:
         nonlocal bar
         bar = progress(total, f"pull {name}:{record['version']}")
 
-    client.pull(name, str(record["version"]), dest, progress=lambda n: bar.update(n), on_start=start)
+    with _writing(dest):
+        client.pull(name, str(record["version"]), dest, progress=lambda n: bar.update(n), on_start=start)
     if bar is not None:
         bar.close()
     click.echo(f"{dest}: {name} version {record['version']}, sha256 {record['frozen']['sha256']} (verified)")
     if record.get("output_nodes"):
         click.echo(f"  outputs: {', '.join(record['output_nodes'])}")
+
+
+def _check_destination(path: Path) -> None:
+    """Refuse, before downloading anything, an ``-o`` whose folder does not exist."""
+    folder = path.parent
+    if not folder.exists():
+        raise click.ClickException(f"the folder {folder} does not exist: create it (mkdir -p {folder}) "
+                                   "or pick another -o")
+    if not folder.is_dir():
+        raise click.ClickException(f"{folder} is not a folder: pick another -o")
+
+
+@contextmanager
+def _writing(dest: Path):
+    """A download's file errors (no permission, a full disk) as one line naming the file."""
+    try:
+        yield
+    except requests.RequestException as exc:  # an OSError too
+        raise click.ClickException(f"the download broke off ({exc}); nothing was written to {dest}: pull "
+                                   "again") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {dest}: {exc.strerror or exc}; pick another -o "
+                                   "(or free space there)") from None
 
 
 @click.command("serving-versions")

@@ -19,6 +19,7 @@ from registry import catalog, metrics
 from registry.context import get_registry
 from registry.entities import FAILED, READY, TF_SERVING_STATE
 from registry.errors import InvalidRequest, NotFound, RegistryError
+from registry.http_errors import SERVING_PATHS
 from registry.jobs import queue
 from registry.signatures import METHODS
 
@@ -59,8 +60,7 @@ def _limit_body() -> None:
 def _parse(spec: str) -> tuple[str, str | None, bool, str | None]:
     match = PATH.match(spec)
     if not match:
-        raise NotFound(f"no such path /v1/models/{spec}: use /v1/models/NAME[/versions/N|/labels/L]"
-                       "[/metadata|:predict|:classify|:regress|:label|:compare]", code="not_found")
+        raise NotFound(f"no such path /v1/models/{spec}: use {SERVING_PATHS}", code="not_found")
     name, version, label = match["name"], match["version"], match["label"]
     if version is not None and not (version.isascii() and version.isdecimal()):  # '²'.isdigit() but int('²') fails
         raise InvalidRequest(f"version must be a number written with the digits 0-9, not {version!r} "

@@ -199,8 +199,10 @@ class LabelService:
                 raise
             formats = sorted({info.format.upper() for info in infos})
             which = f"the {formats[0]} image" if len(images) == 1 else f"one of the {len(images)} images"
-            raise InvalidRequest(f"{which} cannot be decoded ({cause.message}): send an intact image",
-                                 code="invalid_image") from exc
+            # TensorFlow's own words help only when they say more than that the graph failed
+            detail = "" if not cause.message or "Graph execution error" in cause.message else f" ({cause.message})"
+            raise InvalidRequest(f"{which} cannot be decoded: it is truncated or corrupt{detail}; send an intact "
+                                 "image", code="invalid_image") from exc
 
     @staticmethod
     def _prediction_output(graph, version: VersionInfo) -> str:

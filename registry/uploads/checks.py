@@ -29,6 +29,10 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 MAX_LABELS_BYTES = 16 * 1024 * 1024
 MAX_FILENAME_LENGTH = 255  # what the version_files table keeps
+# GraphDef's fields as protobuf text format writes them: node, versions, library (and the deprecated version)
+PBTXT_GRAPH_START = re.compile(r"^(?:node|versions|library|version)\s*[{<:]")
+PBTXT_META_START = re.compile(r"^(?:meta_info_def|graph_def|saver_def|collection_def|signature_def|asset_file_def"
+                              r"|object_graph_def)\s*[{<:]")
 
 
 def parse_node_list(value: str | None, kind: str) -> list[str]:
@@ -71,7 +75,8 @@ def _check_not_empty(f: ReceivedFile) -> None:
 
 def _check_graph(f: ReceivedFile, what: str) -> None:
     if f.field == "graph" and f.sink.looks_like_text():
-        return  # a .pbtxt: the converter parses it
+        _check_graph_text(f)  # a .pbtxt: the converter parses it
+        return
     scan = f.sink.scanner
     if scan.matches(GRAPH_DEF_FIELDS) and scan.counts.get(1, 0) >= 1:
         return
@@ -82,10 +87,33 @@ def _check_graph(f: ReceivedFile, what: str) -> None:
             code="invalid_graph",
         )
     reason = scan.error or "it has no nodes"
+    if f.sink.looks_like_text():  # a frozen graph is binary only
+        reason = "it is a text file"
     raise InvalidUpload(
         f"the {f.field!r} file {f.filename!r} is not a TensorFlow {what} ({reason}): upload the binary .pb"
         + (" or text .pbtxt" if f.field == "graph" else "")
         + " exactly as written",
+        code="invalid_graph",
+    )
+
+
+def _check_graph_text(f: ReceivedFile) -> None:
+    """A text upload as 'graph' must start like a GraphDef in protobuf text format (``node {``,
+    ``versions {``, ``library {``), after comments: a README or a CSV is refused here, not by the
+    converter after the push took a version number.  The text/binary tell is the converter's own
+    (``registry.converter.graphs.load_graph_def`` parses such a file as text), so nothing it would
+    accept is refused here."""
+    lines = bytes(f.sink.head).decode("utf-8", errors="replace").splitlines()
+    first = next((line.strip() for line in lines if line.strip() and not line.strip().startswith("#")), None)
+    if first is None or PBTXT_GRAPH_START.match(first):
+        return  # only comments in the head: the converter reads the rest
+    if PBTXT_META_START.match(first):
+        hint = "it looks like a MetaGraphDef in text format: send the inference GraphDef, or a binary .meta as 'meta'"
+    else:
+        hint = f"it starts with {first[:60]!r}"
+    raise InvalidUpload(
+        f"the 'graph' file {f.filename!r} is text but not a TensorFlow GraphDef ({hint}; a .pbtxt GraphDef "
+        "starts with 'node {'): send the inference graph as a binary .pb or a text .pbtxt",
         code="invalid_graph",
     )
 
