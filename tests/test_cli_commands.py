@@ -34,3 +34,13 @@ def test_a_client_command_does_not_load_the_server():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_registry_version_prints_the_installed_package_version():
+    from importlib.metadata import version
+
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"registry {version('tf-model-registry')}"

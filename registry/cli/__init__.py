@@ -63,9 +63,13 @@ class RegistryGroup(click.Group):
 
 @click.group(cls=RegistryGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
+@click.version_option(package_name="tf-model-registry", prog_name="registry",
+                      message="%(prog)s %(version)s")
 def main(verbose: bool) -> None:
     """A model registry for TensorFlow checkpoints and frozen graphs."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        for name in ("botocore", "boto3", "s3transfer", "urllib3"):  # credential lookups, retries
+            logging.getLogger(name).setLevel(logging.WARNING)
