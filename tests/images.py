@@ -67,9 +67,9 @@ def huge_png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + b"\0\0\0\0" + b"\0" * 64
 
 
-def label_image_scores(frozen: Path, image: Path, input_layer: str, output_layer: str, *, height: int,
-                       width: int, mean: float = 0.0, std: float = 255.0) -> np.ndarray:
-    """What TensorFlow's label_image.py prints scores from, reproduced with its own ops."""
+def label_image_tensor(image: Path, *, height: int, width: int, mean: float = 0.0,
+                       std: float = 255.0) -> np.ndarray:
+    """label_image.py's read_tensor_from_image_file, with its own ops (decoder by file extension)."""
     tf1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():
@@ -86,7 +86,14 @@ def label_image_scores(frozen: Path, image: Path, input_layer: str, output_layer
         resized = tf1.image.resize_bilinear(expanded, [height, width])
         normalized = tf.divide(tf.subtract(resized, [mean]), [std])
         with tf1.Session() as session:
-            tensor = session.run(normalized)
+            return session.run(normalized)
+
+
+def label_image_scores(frozen: Path, image: Path, input_layer: str, output_layer: str, *, height: int,
+                       width: int, mean: float = 0.0, std: float = 255.0) -> np.ndarray:
+    """What TensorFlow's label_image.py prints scores from, reproduced with its own ops."""
+    tf1 = tf.compat.v1
+    tensor = label_image_tensor(image, height=height, width=width, mean=mean, std=std)
     model = tf.Graph()
     graph_def = tf1.GraphDef()
     graph_def.ParseFromString(frozen.read_bytes())

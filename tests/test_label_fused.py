@@ -34,22 +34,8 @@ def passthrough():
 
 
 def label_image_tensor(path, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
-    """label_image.py's read_tensor_from_image_file, its decoder chosen by the file's extension."""
-    graph = tf.Graph()
-    with graph.as_default():
-        reader = tf1.read_file(str(path), "file_reader")
-        if path.suffix == ".png":
-            decoded = tf.image.decode_png(reader, channels=3)
-        elif path.suffix == ".gif":
-            decoded = tf.squeeze(tf.image.decode_gif(reader))
-        elif path.suffix == ".bmp":
-            decoded = tf.image.decode_bmp(reader)
-        else:
-            decoded = tf.image.decode_jpeg(reader, channels=3)
-        resized = tf1.image.resize_bilinear(tf.expand_dims(tf.cast(decoded, tf.float32), 0), [height, width])
-        normalized = tf.divide(tf.subtract(resized, [MEAN]), [STD])
-        with tf1.Session() as session:
-            return session.run(normalized)
+    """label_image.py's read_tensor_from_image_file at this module's setting."""
+    return test_images.label_image_tensor(path, height=height, width=width, mean=MEAN, std=STD)
 
 
 def feed(height: int = HEIGHT, width: int = WIDTH) -> str:

@@ -35,6 +35,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2, tensor_shape_pb2, types_pb2
 
+from registry.uploads import protowire
+
 tf1 = tf.compat.v1
 MIN_WEIGHT_BYTES = 16 * 1024  # a Const with less tensor_content stays a Const
 ALIGN = 64  # a fed array aligned to this is taken by TensorFlow without a copy (EIGEN_MAX_ALIGN_BYTES)
@@ -59,42 +61,13 @@ class Weight:
     end: int
 
 
-def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _NotAGraphDef("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
 def _fields(data: memoryview, start: int, end: int):
     """(number, wire type, value, field start, field end) of each field of the message in data[start:end];
     a length-delimited field's value is the (start, end) of its payload."""
-    pos = start
-    while pos < end:
-        field_start = pos
-        key, pos = _varint(data, pos, end)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos, end)
-        elif wire == 2:
-            length, pos = _varint(data, pos, end)
-            value = (pos, pos + length)
-            pos += length
-        elif wire == 1:
-            value, pos = None, pos + 8
-        elif wire == 5:
-            value, pos = None, pos + 4
-        else:
-            raise _NotAGraphDef(f"wire type {wire}")
-        if pos > end:
-            raise _NotAGraphDef("field past the end of its message")
-        yield number, wire, value, field_start, pos
+    try:
+        yield from protowire.field_spans(data, start, end)
+    except ValueError as exc:
+        raise _NotAGraphDef(str(exc)) from exc
 
 
 def _text(data: memoryview, span: tuple[int, int]) -> str:

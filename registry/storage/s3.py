@@ -13,7 +13,7 @@ uploads in progress.  A blob smaller than one part goes up with a single
 streams as a multipart upload to a temporary key and is copied to its final key
 in :meth:`S3BlobWriter.finish`, so the final key only ever holds a complete blob.
 
-One module of about 500 lines on purpose: the backend, its streaming multipart
+Over 400 lines (about 540) on purpose: the backend, its streaming multipart
 writer and its ranged reader share one client and one translation of S3's
 errors into ``StorageError``, and change together.
 """

@@ -83,10 +83,12 @@ class WireScanner:
 
 # -- the ops of a GraphDef, read without TensorFlow ---------------------------------------------
 
-def _fields(buf: memoryview, start: int, end: int):
-    """``(field, wire type, value)`` of each field in ``buf[start:end]``; LEN values are (offset, end)."""
+def field_spans(buf: memoryview, start: int, end: int):
+    """``(field, wire type, value, field start, field end)`` of each field in ``buf[start:end]``; LEN
+    values are the (offset, end) of their payload.  ValueError for bytes that are not wire format."""
     i = start
     while i < end:
+        field_start = i
         tag, i = _varint(buf, i, end)
         field, wire = tag >> 3, tag & 7
         if wire == VARINT:
@@ -101,6 +103,12 @@ def _fields(buf: memoryview, start: int, end: int):
             value = None
         else:
             raise ValueError(f"invalid wire type {wire}")
+        yield field, wire, value, field_start, i
+
+
+def _fields(buf: memoryview, start: int, end: int):
+    """``(field, wire type, value)`` of each field in ``buf[start:end]``; LEN values are (offset, end)."""
+    for field, wire, value, _, _ in field_spans(buf, start, end):
         yield field, wire, value
 
 
