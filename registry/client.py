@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import requests
 
@@ -161,11 +162,57 @@ class RegistryClient:
             if not token:
                 return
 
+    def list_tokens(self) -> list[dict]:
+        """Every token, revoked ones too (admin token; never the tokens themselves)."""
+        return self._request("GET", "/api/v1/tokens").json()["tokens"]
+
+    def create_token(self, name: str, scope: str) -> dict:
+        """A new token (admin token): the answer's ``token`` is the only place it is ever shown."""
+        return self._request("POST", "/api/v1/tokens", json={"name": name, "scope": scope}).json()
+
+    def revoke_token(self, name_or_id: str) -> dict:
+        return self._request("DELETE", f"/api/v1/tokens/{quote(name_or_id, safe='')}").json()
+
     def get_model(self, name: str) -> dict:
         return self._request("GET", f"/api/v1/models/{name}").json()
 
     def get_version(self, name: str, ref: str | int) -> dict:
         return self._request("GET", f"/api/v1/models/{name}/versions/{ref}").json()
+
+    def get_labels(self, name: str, version: int) -> str:
+        """A version's labels file as text (a few KB: one label per line)."""
+        return self._request("GET", f"/api/v1/models/{name}/versions/{version}/labels.txt").text
+
+    def pull_labels(self, name: str, record: dict, dest: Path) -> str:
+        """Download a version's labels file to ``dest``, its sha256 checked before it appears there."""
+        labels = next((f for f in record.get("files", []) if f["role"] == "labels"), None)
+        response = self._request("GET", f"/api/v1/models/{name}/versions/{record['version']}/labels.txt",
+                                 stream=True)
+        return _save_verified(response, Path(dest), labels["sha256"] if labels else None)
+
+    def predict(self, name: str, ref: str, body: bytes) -> dict:
+        """TF Serving's REST ``:predict`` on a version (number), an alias or the newest (``latest``)."""
+        return self._request("POST", f"{_serving_path(name, ref)}:predict", data=body,
+                             headers={"Content-Type": "application/json"}, timeout=None).json()
+
+    def list_audit(self, action: str | None = None, limit: int | None = None) -> Iterator[dict]:
+        """Audit events, newest first (admin token)."""
+        token, seen = None, 0
+        while True:
+            params: dict[str, str | int] = {"page_token": token} if token else {}
+            if action:
+                params["action"] = action
+            if limit is not None:
+                params["page_size"] = max(1, min(limit - seen, 1000))
+            page = self._request("GET", "/api/v1/audit", params=params).json()
+            for event in page["events"]:
+                yield event
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            token = page["next_page_token"]
+            if not token:
+                return
 
     def push(self, name: str, files: list[tuple[str, Path]], fields: dict[str, str],
              progress: Callable[[int], None] | None = None) -> dict:
@@ -210,6 +257,18 @@ class RegistryClient:
                                  stream=True)
         expected = saved["sha256"] if saved else response.headers.get("X-Content-SHA256")
         return _save_verified(response, Path(dest), expected)
+
+    def update_model(self, name: str, description: str) -> dict:
+        return self._request("PATCH", f"/api/v1/models/{name}", json={"description": description}).json()
+
+    def update_version(self, name: str, ref: str | int, preprocessing: dict | None = None,
+                       description: str | None = None) -> dict:
+        """Edit a version's preprocessing settings (those given; the others keep their value) and/or
+        description."""
+        body: dict = {"preprocessing": preprocessing} if preprocessing else {}
+        if description is not None:
+            body["description"] = description
+        return self._request("PATCH", f"/api/v1/models/{name}/versions/{ref}", json=body).json()
 
     def set_prediction_output(self, name: str, ref: str | int, node: str, reason: str = "") -> dict:
         return self._request("PUT", f"/api/v1/models/{name}/versions/{ref}/prediction-output",
@@ -259,6 +318,14 @@ class RegistryClient:
 
     def delete_alias(self, name: str, alias: str) -> None:
         self._request("DELETE", f"/api/v1/models/{name}/aliases/{alias}")
+
+
+def _serving_path(name: str, ref: str) -> str:
+    """The label service's TF Serving path of NAME at REF: a number (or vN), an alias, or latest."""
+    number = ref[1:] if ref[:1] in ("v", "V") and ref[1:].isdecimal() else ref
+    if number.isascii() and number.isdecimal():
+        return f"/v1/models/{name}/versions/{int(number)}"
+    return f"/v1/models/{name}" + ("" if ref == "latest" else f"/labels/{ref}")
 
 
 def _save_verified(response, dest: Path, expected: str | None,

@@ -147,6 +147,25 @@ class VersionInfo:
         settings.update(self.preprocessing_settings or {})
         return settings
 
+    def class_labels(self, lines: list[str]) -> list[str]:
+        """The label of each class from a labels file's ``lines``: all of them, or all but the first when
+        the file has one line more than the prediction output has classes (a background line first, as
+        TF-slim's 1001-line ImageNet list has it for a 1000-class ResNet or VGG)."""
+        recorded = (self.conversion or {}).get("prediction_output") or {}
+        classes = recorded.get("classes") if recorded.get("node") == self.prediction_output else None
+        return lines[1:] if classes and len(lines) == classes + 1 else lines
+
+    @property
+    def known_preprocessing(self) -> dict[str, float | int | None]:
+        """:attr:`preprocessing` as far as it is known: until the version is ready, an input size not set
+        at push is None, since it comes from the input's shape, which the conversion reads."""
+        settings: dict[str, float | int | None] = dict(self.preprocessing)
+        if self.status != READY:
+            for key in ("input_height", "input_width"):
+                if key not in (self.preprocessing_settings or {}):
+                    settings[key] = None
+        return settings
+
     @property
     def refusal(self) -> str | None:
         """Why the registry will not run this ready version's graph (None: it will, or it is not ready)."""

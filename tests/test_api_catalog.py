@@ -150,10 +150,11 @@ def test_errors_come_as_json_with_code_and_message(client):
 
 def test_preprocessing_defaults_to_label_image_and_is_settable_at_push(client, models):
     plain = push(client, "cnn", frozen_form(models["frozen"].frozen_graph)).get_json()
-    assert plain["preprocessing"] == {"input_height": 299, "input_width": 299, "input_mean": 0.0, "input_std": 255.0}
+    # queued: the input size is read from the input's shape at conversion, so it is not known yet (issue 15)
+    assert plain["preprocessing"] == {"input_height": None, "input_width": None, "input_mean": 0.0, "input_std": 255.0}
     tuned = push(client, "cnn", frozen_form(models["frozen"].frozen_graph, input_mean="128", input_std="128",
                                             input_height="224")).get_json()
-    assert tuned["preprocessing"] == {"input_height": 224, "input_width": 299, "input_mean": 128.0, "input_std": 128.0}
+    assert tuned["preprocessing"] == {"input_height": 224, "input_width": None, "input_mean": 128.0, "input_std": 128.0}
 
 
 def test_preprocessing_can_be_edited_later(client, pushed):

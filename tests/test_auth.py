@@ -66,6 +66,7 @@ ACCESS = {
     ("PUT", "/api/v1/models/<name>/versions/<ref>/prediction-output"): WRITE,
     ("DELETE", "/api/v1/models/<name>/versions/<ref>"): WRITE,
     ("DELETE", "/api/v1/models/<name>"): WRITE,
+    ("PATCH", "/api/v1/models/<name>"): WRITE,  # its description
     ("PUT", "/api/v1/models/<name>/aliases/<alias>"): WRITE,
     ("DELETE", "/api/v1/models/<name>/aliases/<alias>"): WRITE,
     ("PUT", "/api/v1/models/<name>/serving"): WRITE,

@@ -159,3 +159,32 @@ def test_the_postgresql_url_is_named_without_its_password(here):
     settings = replace(Settings.from_env(), database_url="postgresql+psycopg://u:s3cret@db:5432/reg")
     assert local.where(settings) == "postgresql+psycopg://u@db:5432/reg"
 
+
+
+def test_tokens_are_managed_over_http_with_url_and_an_admin_token(here, live_server):
+    """From a folder with no registry, --url and an admin token manage the server's tokens; nothing is
+    created here, and without a token an explicit --url is refused saying what to add."""
+    from registry import auth
+    from registry.auth.audit import SYSTEM
+
+    db = live_server.app.extensions["registry"].db
+    _, admin = auth.create_token(db, "root", "admin", SYSTEM)
+    url = ["--url", live_server.url]
+    made = run("token", "create", "--name", "ci", "--scope", "write", *url, "--token", admin)
+    assert made.exit_code == 0, made.output
+    secret = made.output.strip().splitlines()[-1]
+    assert auth.verify(db, secret).name == "ci"  # made in the server's database
+    listed = run("token", "ls", *url, env={"REGISTRY_TOKEN": admin})
+    assert listed.exit_code == 0 and "ci" in listed.output and "write" in listed.output
+    revoked = run("token", "revoke", "ci", *url, "--token", admin)
+    assert revoked.exit_code == 0 and "token 'ci'" in revoked.output and "revoked" in revoked.output
+    assert {t.name: t.active for t in auth.list_tokens(db)}["ci"] is False
+    refused = run("token", "create", "--name", "x", "--token", secret, *url)  # a revoked token
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+
+    bare = run("token", "ls", *url)
+    assert bare.exit_code == 2 and "needs an admin token: add --token" in bare.output
+    # REGISTRY_URL alone (set for push and pull) still means this folder's database: refused, nothing made
+    env_only = run("token", "ls", env={"REGISTRY_URL": live_server.url})
+    assert env_only.exit_code == 1 and "no registry at" in env_only.output
+    assert files(here) == []

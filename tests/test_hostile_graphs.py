@@ -237,7 +237,7 @@ def test_admin_allows_an_op_for_one_model_audited_and_removing_it_refuses_again(
     assert record["status"] == "ready" and record["verification"]["status"] == "skipped", record
     assert "could not open its file in the converter's sandbox" in record["verification"]["reason"]
 
-    cleared = CliRunner().invoke(cli, ["allow-ops", "reader", "--clear", "--url", url, "--token", tokens["admin"]])
+    cleared = CliRunner().invoke(cli, ["allow-ops", "reader", "--delete", "--url", url, "--token", tokens["admin"]])
     assert cleared.exit_code == 0 and "allowed ops: none" in cleared.output, cleared.output
     refused_again = eventually(409)
     assert refused_again.status_code == 409 and "ReadFile" in refused_again.json()["error"]

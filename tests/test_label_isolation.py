@@ -252,6 +252,9 @@ def test_workers_carry_no_credentials_and_die_with_their_label_service(served, t
         answer = requests.post(f"{url}/v1/models/cnn:predict", json={"instances": cnn.test_input.tolist()},
                                timeout=120)
         assert answer.status_code == 200, answer.text
+        # its inference worker loaded TensorFlow without printing its native start-up lines (issue 15)
+        printed = (tmp_path / "label-serve.log").read_bytes()
+        assert b"Label service listening on" in printed and b"oneDNN" not in printed, printed.decode()[-2000:]
         (worker,) = inference_workers(service.pid)
         environment = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
         names = {item.split(b"=", 1)[0].decode() for item in environment if item}

@@ -64,6 +64,9 @@ def tf2(tmp_path_factory):
     model.save(root / "model.keras")
     model.save(root / "model.h5")
     keras_input = np.random.default_rng(6).random((3, 5), dtype=np.float32)
+    sequential = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"),
+                                   keras.layers.Dense(3, activation="softmax", name="class_probs")])
+    sequential.save(root / "sequential.keras")
 
     @keras.saving.register_keras_serializable(package="only_in_the_training_code")
     class Doubling(keras.layers.Layer):
@@ -74,7 +77,8 @@ def tf2(tmp_path_factory):
     custom.save(root / "custom.keras")
     keras.saving.get_custom_objects().clear()  # the registry does not have the class
     return {"root": root, "features": features, "expected": expected, "keras_input": keras_input,
-            "keras_expected": model.predict(keras_input, verbose=0)}
+            "keras_expected": model.predict(keras_input, verbose=0),
+            "sequential_expected": sequential.predict(keras_input, verbose=0)}
 
 
 def convert(app) -> None:
@@ -141,6 +145,21 @@ def test_saved_model_push_with_another_signature_and_a_missing_one(limited, tf2)
     missing = client.get("/api/v1/models/scorer/versions/2").get_json()
     assert missing["status"] == "failed"
     assert "has no signature 'nope' (it has: embed, serving_default)" in missing["status_message"]
+
+
+def test_a_sequential_keras_model_names_its_output_after_its_last_layer(limited, tf2, tmp_path):
+    """Keras 3's Sequential has no output_names: the output node is still the output layer's name."""
+    client = limited.test_client()
+    assert push(client, "seq", file_form("keras", tf2["root"] / "sequential.keras")).status_code == 202
+    convert(limited)
+    version = client.get("/api/v1/models/seq/versions/1").get_json()
+    assert version["status"] == "ready", version["status_message"]
+    assert version["output_nodes"] == ["class_probs"]
+    frozen = tmp_path / "frozen.pb"
+    frozen.write_bytes(client.get("/api/v1/models/seq/versions/1/frozen.pb").get_data())
+    input_name = version["input_nodes"][0]["name"]
+    got = tfmodels.run_frozen(frozen, "class_probs", tf2["keras_input"], input_name=input_name)
+    np.testing.assert_allclose(got, tf2["sequential_expected"], atol=1e-6)
 
 
 @pytest.mark.parametrize("filename", ["model.keras", "model.h5"])

@@ -39,10 +39,15 @@ MiB = 1024 * 1024
 INDEX_MAGIC = bytes.fromhex("57fb808b247547db")
 
 
-def graph_def() -> bytes:
-    """The smallest GraphDef the push checks accept: one Placeholder node."""
+def graph_def(*, variable: bool = False) -> bytes:
+    """The smallest GraphDef the push checks accept: one Placeholder node (and a VariableV2 node, which
+    an inference graph pushed with a checkpoint must have: one without variables is refused)."""
     node = b"\x0a\x01x" + b"\x12\x0bPlaceholder"
-    return b"\x0a" + bytes([len(node)]) + node
+    graph = b"\x0a" + bytes([len(node)]) + node
+    if variable:
+        node = b"\x0a\x01w" + b"\x12\x0aVariableV2"
+        graph += b"\x0a" + bytes([len(node)]) + node
+    return graph
 
 
 def _free_port() -> int:
@@ -406,7 +411,7 @@ def test_a_push_with_more_parts_than_the_limit_is_refused_naming_it(served):
 
 
 def test_a_checkpoint_with_two_hundred_shards_still_fits(served):
-    files = [("graph", ("graph.pb", graph_def())), ("index", ("model.ckpt.index", b"index" + INDEX_MAGIC))]
+    files = [("graph", ("graph.pb", graph_def(variable=True))), ("index", ("model.ckpt.index", b"index" + INDEX_MAGIC))]
     files += [("data", (f"model.ckpt.data-{i:05d}-of-00200", b"shard")) for i in range(200)]
     answer = requests.post(f"{served.url}/api/v1/models/sharded/versions", files=files,
                            data={"output_nodes": "x", "description": "many shards"}, timeout=60)

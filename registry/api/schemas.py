@@ -150,24 +150,63 @@ def _preprocessing(value: object) -> object:
     return catalog.validate_preprocessing(value)
 
 
+_FLAT = "The same as preprocessing.{key}: settings may be sent flat or nested, not both with different values"
+_UPDATE_FIELDS = ", ".join(PREPROCESSING_KEYS)
+
+
 class VersionUpdate(Request):
-    """Edit a version's preprocessing settings and/or description."""
+    """Edit a version's preprocessing settings and/or description.  The settings may be sent flat
+    ({"input_mean": 127.5}) or nested under "preprocessing", as the version shows them; a setting sent
+    both ways must have the same value.  Settings left out keep theirs."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
     invalid = Invalid("invalid_version_update",
-                      'send a JSON object with "preprocessing" (e.g. {"input_mean": 128, "input_std": 128}) '
-                      'and/or "description"')
-    invalid_fields = {"description": Invalid("invalid_version_update", '"description" must be a string')}
+                      'send a JSON object with preprocessing settings, flat ({"input_mean": 127.5, "input_std": '
+                      '127.5}) or nested ({"preprocessing": {"input_mean": 127.5}}), and/or "description"')
+    invalid_fields = {"description": Invalid(
+        "invalid_version_update", f'"description" must be a string of at most {catalog.MAX_DESCRIPTION:,} characters')}
 
     preprocessing: Annotated[Preprocessing | None, _check(_preprocessing)] = None
-    description: Annotated[str | None, Strict()] = None
+    description: Annotated[str | None, Strict(), Field(max_length=catalog.MAX_DESCRIPTION)] = None
+    input_height: int | None = Field(None, ge=1, le=8192, description=_FLAT.format(key="input_height"))
+    input_width: int | None = Field(None, ge=1, le=8192, description=_FLAT.format(key="input_width"))
+    input_mean: float | None = Field(None, description=_FLAT.format(key="input_mean"))
+    input_std: float | None = Field(None, description=_FLAT.format(key="input_std"))
 
     @model_validator(mode="before")
     @classmethod
-    def _not_empty(cls, value: object) -> object:
+    def _flat_or_nested(cls, value: object) -> object:
+        """Fold the flat settings into "preprocessing", so that a handler reads only that."""
         if value == {}:
             raise ValueError("empty")
-        return value
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(map(str, set(value) - set(cls.model_fields)))
+        if unknown:
+            raise InvalidRequest(f"unknown field(s) {', '.join(map(repr, unknown))}: send {_UPDATE_FIELDS} (flat, or "
+                                 'nested under "preprocessing") and/or "description"', code="invalid_version_update")
+        flat = catalog.validate_preprocessing({k: value[k] for k in PREPROCESSING_KEYS if k in value})
+        if not flat:
+            return value
+        nested = _preprocessing(value.get("preprocessing")) or {}
+        for key in flat:
+            if key in nested and nested[key] != flat[key]:
+                raise InvalidRequest(f"{key} is sent twice with different values: {flat[key]:g} at the top level and "
+                                     f'{nested[key]:g} under "preprocessing"; send each setting once, flat or nested',
+                                     code="conflicting_preprocessing")
+        rest = {k: v for k, v in value.items() if k not in PREPROCESSING_KEYS}
+        return {**rest, "preprocessing": {**nested, **flat}}
+
+
+class ModelUpdate(Request):
+    """Edit a model's description (a version's is edited on the version)."""
+
+    invalid = Invalid("invalid_model_update",
+                      'send a JSON object like {"description": "Flower classifier, retrained weekly"}: a string '
+                      f"of at most {catalog.MAX_DESCRIPTION:,} characters, nothing else")
+
+    description: Annotated[str, Strict(), Field(max_length=catalog.MAX_DESCRIPTION,
+                                                description="Shown with the model in listings and on its page")]
 
 
 class PredictionOutputUpdate(Request):
@@ -326,6 +365,9 @@ class Model(Answer):
     last_version: int = Field(description="Highest version number handed out")
     aliases: dict[str, int]
     allowed_ops: list[str] = Field(description="Ops an admin allowed for this model's graphs despite the op scan")
+    served_versions: list[int] | Literal["all"] | None = Field(
+        None, description='Versions a TF Serving export serves: a list, "all", or null for the default (every '
+                          "aliased version and the newest ready one)")
     created_at: datetime
     updated_at: datetime
 
@@ -432,7 +474,9 @@ class Version(Answer):
     output_nodes_detected: bool | None
     requested_output_nodes: list[str] | None
     input_nodes: list[InputNode] | None
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing = Field(description="label_image.py's settings; input_height and input_width are "
+                                                     "null until the conversion reads them from the input's shape "
+                                                     "(unless set at push)")
     frozen: Frozen | None
     tensorflow_version: str | None
     verification: Verification | None
@@ -464,7 +508,7 @@ class Version(Answer):
             "source": v.source, "description": v.description, "aliases": list(v.aliases),
             "output_nodes": v.output_nodes, "output_nodes_detected": v.output_nodes_detected,
             "requested_output_nodes": v.requested_output_nodes, "input_nodes": v.input_nodes,
-            "preprocessing": v.preprocessing,
+            "preprocessing": v.known_preprocessing,
             "frozen": {"sha256": v.frozen_sha256, "size": v.frozen_size} if v.frozen_sha256 else None,
             "tensorflow_version": v.tf_version, "verification": conversion.get("verification"),
             "safety": safety.summary(v.conversion, v.allowed_ops) if v.conversion else None,
@@ -592,7 +636,7 @@ class AuditEvent(Answer):
     created_at: datetime
     actor: str = Field(description="Token name, or anonymous, system, cli")
     token_id: int | None
-    action: str = Field(description="version.push, version.update, version.delete, model.delete, "
+    action: str = Field(description="version.push, version.update, version.delete, model.update, model.delete, "
                                     "model.allowed_ops, model.serving, alias.set, alias.delete, token.create, "
                                     "token.revoke, ...")
     target: str

@@ -56,6 +56,16 @@ def get_model(name: str):
     return schemas.Model.model_validate(catalog.get_model(get_registry().db, name))
 
 
+@bp.patch("/models/<name>")
+@operation("updateModel", summary="Edit the model's description (audited)", path=(NAME,), body=schemas.ModelUpdate,
+           answers={200: Json(schemas.Model, "The updated model"),
+                    400: 'Invalid model name, or a body other than {"description": "..."}',
+                    404: "No such model", 409: CONCURRENT})
+def update_model(name: str, body: schemas.ModelUpdate):
+    return schemas.Model.model_validate(catalog.update_model(get_registry().db, name, description=body.description,
+                                                             actor=current_actor()))
+
+
 @bp.delete("/models/<name>")
 @operation("deleteModel", summary="Delete the model and all its versions (its numbers are never reused)",
            path=(NAME,), answers={200: Json(schemas.DeletedModel, "Deleted"), 400: "Invalid model name",
@@ -149,9 +159,15 @@ def delete_version(name: str, ref: str):
 
 
 @bp.patch("/models/<name>/versions/<ref>")
-@operation("updateVersion", summary="Edit preprocessing settings or description", path=(NAME, REF),
+@operation("updateVersion", summary="Edit preprocessing settings or description (audited)", path=(NAME, REF),
+           description='The preprocessing settings (input_height, input_width, input_mean, input_std) may be sent '
+                       'flat, {"input_mean": 127.5, "input_std": 127.5}, or nested as the version shows them, '
+                       '{"preprocessing": {"input_mean": 127.5}}; settings left out keep their value. The label '
+                       "service reads them with the version it resolves, so :label follows at once.",
            body=schemas.VersionUpdate, answers={
-               200: Json(schemas.Version, "The updated version"), 400: "Invalid settings",
+               200: Json(schemas.Version, "The updated version"),
+               400: "Invalid settings, an unknown field, or a setting sent both flat and nested with different "
+                    "values (conflicting_preprocessing)",
                404: "No such model, version or alias", 409: CONCURRENT})
 def update_version(name: str, ref: str, body: schemas.VersionUpdate):
     preprocessing = body.preprocessing.model_dump(exclude_unset=True) if body.preprocessing else None

@@ -76,6 +76,7 @@ RULES: dict[str, str | None] = {
     "api.delete_alias": WRITE,
     "api.delete_version": WRITE,
     "api.delete_model": WRITE,
+    "api.update_model": WRITE,  # its description
     "api.set_served_versions": WRITE,  # which versions a TF Serving export serves: like moving an alias
     "web.push": WRITE,
     "web.set_alias": WRITE,

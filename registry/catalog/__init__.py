@@ -5,7 +5,7 @@
 * ``mapping.py``: ORM rows to the plain entities handed out (rows never leave the catalog);
 * ``versions.py``: push the next version (with its conversion job), edit it (its prediction output
   too), read it, describe its signatures;
-* ``registered_models.py``: read a model, list models;
+* ``registered_models.py``: read a model, list models, edit a model's description;
 * ``aliases.py``, ``deletion.py``: move and remove aliases; delete versions and models;
 * ``model_settings.py``: a model's op allowlist and the versions a TF Serving export serves;
 * ``agreements.py``: how often two versions agreed in a comparison;
@@ -32,7 +32,7 @@ from registry.catalog.names import (
     validate_model_name,
     version_number,
 )
-from registry.catalog.registered_models import get_model, list_models
+from registry.catalog.registered_models import MAX_DESCRIPTION, get_model, list_models, update_model
 from registry.catalog.versions import (
     MAX_REASON,
     attach_file,
@@ -49,10 +49,10 @@ from registry.catalog.versions import (
 from registry.pagination import MAX_PAGE_SIZE
 
 __all__ = [
-    "ALIAS_RE", "ALLOWED_OPS_ACTION", "MAX_PAGE_SIZE", "MAX_REASON", "MAX_VERSION", "MODEL_NAME_RE", "RESERVED_ALIASES",
-    "attach_file", "create_version", "delete_alias", "delete_model", "delete_version", "get_allowed_ops",
-    "get_model", "get_version", "get_version_by_id", "is_blob_referenced", "list_models", "list_versions",
-    "prediction_outputs", "record_agreements", "referenced_digests", "set_alias", "set_allowed_ops",
-    "set_prediction_output", "set_served_versions", "signature_report", "update_version", "validate_alias_name",
-    "validate_model_name", "validate_preprocessing", "version_number",
+    "ALIAS_RE", "ALLOWED_OPS_ACTION", "MAX_DESCRIPTION", "MAX_PAGE_SIZE", "MAX_REASON", "MAX_VERSION", "MODEL_NAME_RE",
+    "RESERVED_ALIASES", "attach_file", "create_version", "delete_alias", "delete_model", "delete_version",
+    "get_allowed_ops", "get_model", "get_version", "get_version_by_id", "is_blob_referenced", "list_models",
+    "list_versions", "prediction_outputs", "record_agreements", "referenced_digests", "set_alias", "set_allowed_ops",
+    "set_prediction_output", "set_served_versions", "signature_report", "update_model", "update_version",
+    "validate_alias_name", "validate_model_name", "validate_preprocessing", "version_number",
 ]

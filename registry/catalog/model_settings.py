@@ -50,11 +50,11 @@ def set_allowed_ops(db: Database, name: str, ops: object, reason: str = "", acto
     validate_model_name(name)
     new = safety.validate_ops(ops)
     reason = (reason or "").strip()
-    if new and not reason:
-        raise InvalidRequest('say why these ops are safe for this model: send "reason" (kept in the audit log)',
-                             code="missing_reason")
     with model_write(db, name) as (session, model):
         old = list(model.allowed_ops or [])
+        if set(new) - set(old) and not reason:  # removing ops only restricts: no reason needed
+            raise InvalidRequest('say why these ops are safe for this model: send "reason" (kept in the audit '
+                                 "log)", code="missing_reason")
         model.allowed_ops = new or None
         model.updated_at = utcnow()
         audit.record(session, actor, ALLOWED_OPS_ACTION, name,

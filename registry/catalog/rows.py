@@ -8,6 +8,7 @@ catalog: :mod:`registry.catalog.mapping` turns them into entities.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,8 +29,18 @@ def model_row(session: Session, name: str, *, lock: bool = False) -> RegisteredM
     query = sa.select(RegisteredModel).where(RegisteredModel.name == name, RegisteredModel.deleted_at.is_(None))
     row = session.scalar(query.with_for_update() if lock else query)
     if row is None:
-        raise NotFound(f"model {name!r} does not exist: push a version to create it", code="model_not_found")
+        close = close_model_names(session, name)
+        hint = f"did you mean {' or '.join(map(repr, close))}? (or push a version to create {name!r})" if close \
+            else "push a version to create it"
+        raise NotFound(f"model {name!r} does not exist: {hint}", code="model_not_found")
     return row
+
+
+def close_model_names(session: Session, name: str, n: int = 3) -> list[str]:
+    """Existing model names a typo of ``name`` may have meant (case aside, or a letter or two off)."""
+    names = session.scalars(sa.select(RegisteredModel.name).where(RegisteredModel.deleted_at.is_(None))).all()
+    same_case = [m for m in names if m.lower() == name.lower() and m != name]
+    return same_case or difflib.get_close_matches(name, names, n=n, cutoff=0.75)
 
 
 @contextmanager
@@ -59,7 +70,7 @@ def resolve_version_row(session: Session, model: RegisteredModel, ref: str) -> M
         )
         if row is None:
             raise NotFound(
-                f"model {model.name!r} has no version {ref.lstrip('0') or '0'} "
+                f"model {model.name!r} has no version {number} "
                 f"(versions go up to {model.last_version})",
                 code="version_not_found",
             )

@@ -10,6 +10,10 @@ runs (or ``--help`` lists them), so ``registry ls`` does not load the server:
   ``allow-ops``, ``serving-versions``;
 * ``versions.py``: through the registry's HTTP API: ``version show`` (signatures, prediction output) and
   ``version set --prediction-output``;
+* ``edit.py``: through the registry's HTTP API: ``edit`` (a version's preprocessing and description, a
+  model's description);
+* ``inspect.py``: through the registry's HTTP API: ``show`` (a model or a version), ``predict`` (the label
+  service's TF Serving ``:predict``), ``audit`` (the audit log);
 * ``labels.py``: through the label service: ``label``, ``compare``;
 * ``options.py``, ``local.py``, ``output.py``: ``--url``/``--token`` and the HTTP client; the
   settings, database and blob storage of the commands that use them; tables and progress bars;
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 import click
 
+from registry import native_logs
 from registry.cli.wording import for_cli
 from registry.errors import RegistryError
 
@@ -37,9 +43,21 @@ COMMANDS = {
     "token": "admin", "gc": "admin", "export-serving": "admin", "saved-models": "admin",
     "serving-reload": "admin",
     "push": "remote", "pull": "remote", "ls": "remote", "alias": "remote", "delete": "remote",
-    "allow-ops": "remote", "serving-versions": "remote", "version": "versions",
+    "allow-ops": "remote", "serving-versions": "remote", "version": "versions", "edit": "edit",
+    "show": "inspect", "predict": "inspect", "audit": "inspect",
     "label": "labels", "compare": "labels",
 }
+
+
+# how --help groups the commands: by what they work on
+SECTIONS = [
+    ("Set up and run the registry (on REGISTRY_HOME or REGISTRY_DATABASE_URL)", ("server",), ()),
+    ("Through the HTTP API (--url or REGISTRY_URL, --token or REGISTRY_TOKEN)",
+     ("remote", "versions", "edit", "inspect", "labels"), ()),
+    ("On the database and blob storage directly (REGISTRY_HOME or REGISTRY_DATABASE_URL)", ("admin",),
+     ("serving-reload",)),
+    ("To a running TF Serving (its gRPC port)", (), ("serving-reload",)),
+]
 
 
 class RegistryGroup(click.Group):
@@ -47,6 +65,23 @@ class RegistryGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *COMMANDS})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands in sections: which run the registry, which talk HTTP, which open the database."""
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        for title, modules, names in SECTIONS:
+            rows = []
+            for name in self.list_commands(ctx):
+                module = COMMANDS.get(name)
+                in_section = name in names if not modules else module in modules and name not in names
+                if not in_section:
+                    continue
+                command = self.get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name, command.get_short_help_str(limit)))
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
@@ -69,7 +104,9 @@ def main(verbose: bool) -> None:
     """A model registry for TensorFlow checkpoints and frozen graphs."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not verbose:
+    if verbose:  # TensorFlow's native start-up lines too, here and in the processes this one starts
+        os.environ[native_logs.SHOW_ENV] = "1"
+    else:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         for name in ("botocore", "boto3", "s3transfer", "urllib3"):  # credential lookups, retries
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -5,15 +5,20 @@ reachable, with the same REGISTRY_* settings): ``token``, ``gc``, ``export-servi
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
 import grpc
+from click.core import ParameterSource
 from google.protobuf import text_format
 
 from registry import auth, catalog
 from registry.cli import local
+from registry.cli.options import connect, url_option
 from registry.cli.output import print_plan, table
+from registry.native_logs import held_back as native_logs_hidden
+from registry.client import RegistryClient
 from registry.config import Settings
 from registry.jobs.gc import collect_garbage
 from registry.jobs.worker import build_saved_model
@@ -22,39 +27,87 @@ from registry.tfserving import WouldEmptyConfig, open_target, sync
 
 @click.group()
 def token() -> None:
-    """Create, list and revoke API tokens, straight in the database (run it where the registry's
-    database is reachable, with the same REGISTRY_* settings; the first admin token comes from here)."""
+    """Create, list and revoke API tokens: in the database (run it where the registry's database is
+    reachable, with the same REGISTRY_* settings; the first admin token comes from here), or with --url
+    (or REGISTRY_URL) and an admin --token (or REGISTRY_TOKEN) through the registry's HTTP API."""
+
+
+def _token_client() -> RegistryClient | None:
+    """The HTTP client when the command was given a registry URL and a token; None: use the database.
+
+    REGISTRY_URL alone (set for the HTTP commands) keeps the database, so the first admin token can
+    still be made where the database is; an explicit --url without a token is refused."""
+    ctx = click.get_current_context()
+    url = ctx.params.get("url")
+    if not url:
+        return None
+    if not ctx.meta.get("registry.token"):
+        if ctx.get_parameter_source("url") == ParameterSource.ENVIRONMENT:
+            return None
+        raise click.UsageError("managing tokens over HTTP needs an admin token: add --token rgt_... (or set "
+                               "REGISTRY_TOKEN); the first admin token is made where the database is, with "
+                               "registry token create --name NAME --scope admin (no --url)")
+    return connect(url)
 
 
 @token.command("create")
 @click.option("--name", required=True, help="What the token is for (unique among active tokens), e.g. ci.")
 @click.option("--scope", type=click.Choice(["read", "write", "admin"]), default="read", show_default=True,
               help="read: pull, list, label; write: also push, alias, edit; admin: also tokens and audit log.")
-def token_create(name: str, scope: str) -> None:
+@url_option
+def token_create(name: str, scope: str, url: str | None) -> None:
     """Create a token; it is printed once, alone on the last line, and never stored."""
-    info, secret = auth.create_token(local.database(local.settings()), name, scope, local.actor())
+    client = _token_client()
+    if client is not None:
+        made = client.create_token(name, scope)
+        click.echo(f"token {made['name']!r} (id {made['id']}, {made['scope']} scope) created on {client.url}; "
+                   "it is shown only now:", err=True)
+        click.echo(made["token"])
+        return
+    settings = local.settings()
+    db = local.database(settings)
+    # REGISTRY_AUTH=auto on the embedded default: writes are open until the first token exists
+    closes_writes = settings.auth == "auto" and settings.embedded and not auth.any_token_created(db)
+    info, secret = auth.create_token(db, name, scope, local.actor())
     click.echo(f"token {info.name!r} (id {info.id}, {info.scope} scope) created; it is shown only now:", err=True)
+    if closes_writes:
+        click.echo("this is the registry's first token, so writes without a token are now closed: push, alias, "
+                   "edit and delete need a write token (--token or REGISTRY_TOKEN)"
+                   + ("; reading stays open" if settings.public_read else ""), err=True)
     click.echo(secret)
 
 
 @token.command("revoke")
 @click.argument("name_or_id")
-def token_revoke(name_or_id: str) -> None:
+@url_option
+def token_revoke(name_or_id: str, url: str | None) -> None:
     """Revoke a token by name (the active one) or id; requests with it fail at once."""
+    client = _token_client()
+    if client is not None:
+        revoked = client.revoke_token(name_or_id)
+        click.echo(f"token {revoked['name']!r} (id {revoked['id']}) revoked")
+        return
     info = auth.revoke_token(local.database(local.settings()), name_or_id, local.actor())
     click.echo(f"token {info.name!r} (id {info.id}) revoked")
 
 
 @token.command("ls")
-def token_ls() -> None:
+@url_option
+def token_ls(url: str | None) -> None:
     """List tokens (never the tokens themselves)."""
 
-    def when(dt):
-        return dt.strftime("%Y-%m-%d %H:%M") if dt else "-"
+    def when(value) -> str:
+        if value is None:
+            return "-"
+        return (value if isinstance(value, datetime) else datetime.fromisoformat(value)).strftime("%Y-%m-%d %H:%M")
 
+    client = _token_client()
+    rows = client.list_tokens() if client is not None else [
+        {**{k: getattr(t, k) for k in ("id", "name", "scope", "created_at", "last_used_at", "revoked_at")},
+         "prefix": f"{auth.TOKEN_PREFIX}{t.prefix}"} for t in auth.list_tokens(local.database(local.settings()))]
     table(("ID", "NAME", "SCOPE", "PREFIX", "CREATED", "LAST USED", "REVOKED"),
-          [(str(t.id), t.name, t.scope, f"rgt_{t.prefix}", when(t.created_at), when(t.last_used_at),
-            when(t.revoked_at)) for t in auth.list_tokens(local.database(local.settings()))])
+          [(str(t["id"]), t["name"], t["scope"], t["prefix"], when(t["created_at"]), when(t["last_used_at"]),
+            when(t["revoked_at"])) for t in rows])
 
 
 @click.command()
@@ -158,6 +211,22 @@ def _all(fetch):
             return
 
 
+def _reload_failure(target: str, timeout: float, exc: grpc.RpcError) -> str:
+    """Why a reload did not happen: TF Serving unreachable, another kind of server there, or a refusal."""
+    code, details = exc.code(), exc.details() or ""
+    grpc_port = "its gRPC port (tensorflow_model_server --port, 8500 by default; not --rest_api_port)"
+    if code == grpc.StatusCode.UNAVAILABLE and "HTTP/2" in details:
+        return f"{target} answered, but not as a gRPC server (an HTTP port?): give --target {grpc_port}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        cause = "connection refused" if "refused" in details.lower() else details.rsplit(": ", 1)[-1]
+        return f"could not reach TF Serving at {target} ({cause}): is it running, and is that {grpc_port}?"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"TF Serving at {target} did not answer within {timeout:g} s: retry with a longer --timeout"
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return f"{target} speaks gRPC but has no TF Serving ModelService: give --target {grpc_port}"
+    return f"TF Serving at {target} refused the config: {code.name}: {details}"
+
+
 @click.command("serving-reload")
 @click.option("--target", required=True, help="TF Serving's gRPC address, host:8500.")
 @click.option("--root", default=None, help="Export root whose models.config to send (default "
@@ -172,7 +241,8 @@ def serving_reload(target: str, root: str | None, config_file: Path | None, time
                    token: str | None) -> None:
     """Send the complete models.config to a running TF Serving (ModelService.HandleReloadConfigRequest)."""
     # TF Serving's API protos import TensorFlow's (status_pb2): only this command loads them
-    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    with native_logs_hidden():
+        from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
     if config_file is not None:
         text = config_file.read_text()
@@ -190,8 +260,7 @@ def serving_reload(target: str, root: str | None, config_file: Path | None, time
             response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
                 request, timeout=timeout, metadata=[("authorization", f"Bearer {token}")] if token else None)
         except grpc.RpcError as exc:
-            raise click.ClickException(f"TF Serving at {target} refused the config: {exc.code().name}: "
-                                       f"{exc.details()}") from None
+            raise click.ClickException(_reload_failure(target, timeout, exc)) from None
     if response.status.error_code:
         raise click.ClickException(f"TF Serving at {target} refused the config: {response.status.error_message}")
     models = request.config.model_config_list.config

@@ -18,7 +18,7 @@ IMAGE_FAULTS = (400, 413)  # the image's fault (not an image, damaged, too many 
 @click.command()
 @click.argument("spec", metavar="NAME[:REF]")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--top-k", default=5, show_default=True)
+@click.option("--top-k", default=5, show_default=True, help="Classes to show per image, best first.")
 @url_option
 def label(spec: str, images: tuple[Path, ...], top_k: int, url: str | None) -> None:
     """Label images with a version (REF: number, alias or latest), like label_image.py."""
@@ -51,7 +51,7 @@ def label(spec: str, images: tuple[Path, ...], top_k: int, url: str | None) -> N
 @click.option("--versions", default=None, help="Comma-separated refs (default: the newest ready versions).")
 @click.option("--expected", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A file with the expected label of each image, one per line, in order.")
-@click.option("--top-k", default=5, show_default=True)
+@click.option("--top-k", default=5, show_default=True, help="Classes to show per image, best first.")
 @url_option
 def compare(name: str, images: tuple[Path, ...], versions: str | None, expected: Path | None, top_k: int,
             url: str | None) -> None:

@@ -50,3 +50,29 @@ def split_ref(spec: str) -> tuple[str, str]:
     """``NAME[:REF]`` -> (NAME, REF), REF defaulting to ``latest``."""
     name, _, ref = spec.partition(":")
     return name, ref or "latest"
+
+
+def _not_zero(_ctx, param: click.Parameter, value: float | None) -> float | None:
+    if value == 0:
+        raise click.BadParameter("must not be 0 (pixels are divided by it)", param=param)
+    return value
+
+
+PREPROCESSING_OPTIONS = (  # label_image.py's settings, as `push` sets them and `edit` changes them
+    click.option("--input-height", type=click.IntRange(1, 8192), default=None, metavar="PIXELS",
+                 help="Height :label resizes images to (default: the image input's height, else 299)."),
+    click.option("--input-width", type=click.IntRange(1, 8192), default=None, metavar="PIXELS",
+                 help="Width :label resizes images to (default: the image input's width, else 299)."),
+    click.option("--input-mean", type=float, default=None, metavar="MEAN",
+                 help="Subtracted from every pixel (0-255) before dividing by --input-std (default 0)."),
+    click.option("--input-std", type=float, default=None, metavar="STD", callback=_not_zero,
+                 help="Pixels are divided by it after subtracting --input-mean (default 255; e.g. 127.5 with "
+                      "--input-mean 127.5 for [-1, 1])."),
+)
+
+
+def preprocessing_options(command):
+    """``--input-height``, ``--input-width``, ``--input-mean`` and ``--input-std`` (None when not given)."""
+    for option in reversed(PREPROCESSING_OPTIONS):
+        command = option(command)
+    return command

@@ -1,5 +1,5 @@
-"""How the commands print: aligned tables, progress bars on a terminal, a version and its signatures, a
-serving plan."""
+"""How the commands print: aligned tables, progress bars on a terminal, a model, a version and its
+signatures, safety, preprocessing and files, a serving plan."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from tqdm import tqdm
 from registry.cli.wording import for_cli
 
 
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "") -> None:
     """Columns padded to their widest cell, two spaces apart."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
     for row in (header, *rows):
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        click.echo(indent + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 def progress(total: int, description: str) -> tqdm:
@@ -93,3 +93,102 @@ def print_plan(models: list) -> None:
             click.echo(f"    version {s['version']} left out: {s['reason']}")
         for s in m.skipped_aliases:
             click.echo(f"    alias {s['alias']} (version {s['version']}) is no label: {s['reason']}")
+
+
+def when(stamp: str | None) -> str:
+    """An API timestamp to the second, as ``2026-11-30 05:49:00``."""
+    return (stamp or "-")[:19].replace("T", " ")
+
+
+def version_rows(versions: list[dict]) -> list[tuple[str, ...]]:
+    """Rows of ``VERSION_HEADER`` for ``ls NAME`` and ``show NAME``."""
+    return [(str(v["version"]), v["status"], v["source"], ", ".join(v["output_nodes"] or []) or "-",
+             ", ".join(v["aliases"]) or "-", when(v["created_at"])) for v in versions]
+
+
+VERSION_HEADER = ("VERSION", "STATUS", "SOURCE", "OUTPUTS", "ALIASES", "CREATED")
+
+
+def print_model(m: dict, versions: list[dict], more: bool) -> None:
+    """A model: description, versions count, newest ready version, aliases, allowlist, newest versions."""
+    click.echo(f"{m['name']}" + (f": {m['description']}" if m.get("description") else ""))
+    latest = m["latest_version"]
+    click.echo(f"  versions: {m['version_count']}; latest (newest ready): {latest if latest else 'none yet'}"
+               + (f"; highest number: {m['last_version']}" if m["last_version"] != latest else ""))
+    click.echo(f"  aliases: {', '.join(f'{k}={v}' for k, v in m['aliases'].items()) or 'none'}")
+    if m.get("allowed_ops"):
+        click.echo(f"  allowed ops: {', '.join(m['allowed_ops'])}")
+    click.echo(f"  created: {when(m['created_at'])}, updated: {when(m['updated_at'])}")
+    if not versions:
+        return
+    click.echo(f"  newest {len(versions)} version(s):" if more else "  versions:")
+    table(VERSION_HEADER, version_rows(versions), indent="    ")
+
+
+def _safety(v: dict) -> list[str]:
+    """The op scan's verdict: nothing flagged, or each flagged op and whether the allowlist covers it."""
+    s = v.get("safety")
+    if not s:
+        return ["not scanned yet" if v["status"] in ("queued", "running") else "not scanned"]
+    ops = s.get("op_histogram") or {}
+    scanned = f"{sum(ops.values())} nodes, {len(ops)} kinds of op scanned"
+    flags = s.get("flags") or []
+    if not flags:
+        lines = [f"{scanned}; nothing flagged"]
+    else:
+        state = ("refused: the label service and the export never run it" if s.get("flagged")
+                 else "every flagged op is on the model's allowlist: served")
+        lines = [f"{scanned}; {state}"]
+        lines += [f"  flagged {f['op']} ({f['category']}, {f.get('count', 0)} node(s)): "
+                  + ("allowed" if f.get("allowed") else f"not allowed (registry allow-ops {v['model']} {f['op']} "
+                                                         "--reason ... with an admin token)") for f in flags]
+    for flag in s.get("upload_flags") or []:
+        lines.append(f"  upload: {flag if isinstance(flag, str) else flag.get('message', flag)}")
+    return lines
+
+
+def _number(value) -> str:
+    return "?" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _preprocessing(p: dict | None) -> str:
+    """label_image.py's settings: resize to height x width, then (x - mean) / std."""
+    p = p or {}
+    if all(p.get(k) is None for k in ("input_height", "input_width", "input_mean", "input_std")):
+        return "none recorded"
+    size = (f"resize to {_number(p.get('input_height'))} x {_number(p.get('input_width'))}"
+            if p.get("input_height") is not None and p.get("input_width") is not None
+            else "input size not known until converted (read from the input's shape)")  # the API's null
+    return f"{size}, mean {_number(p.get('input_mean'))}, std {_number(p.get('input_std'))}"
+
+
+def print_version_detail(v: dict, labels: int | None) -> None:
+    """Everything about a version: status, outputs and inputs, source, aliases, verification, safety,
+    preprocessing, labels, signatures, SavedModel state and files (``labels``: the labels file's line count,
+    None without one)."""
+    print_version(v)
+    click.echo(f"  source: {v['source']}" + (f", TensorFlow {v['tensorflow_version']}"
+                                              if v.get("tensorflow_version") else ""))
+    if v.get("description"):
+        click.echo(f"  description: {v['description']}")
+    click.echo(f"  aliases: {', '.join(v['aliases']) or 'none'}")
+    click.echo(f"  created: {when(v['created_at'])}" + (f", ready: {when(v['ready_at'])}" if v.get("ready_at")
+                                                         else ""))
+    verification = _verification(v.get("verification"))
+    click.echo(f"  verification: {verification.removeprefix('verification ')}")
+    safety = _safety(v)
+    click.echo(f"  safety: {safety[0]}")
+    for line in safety[1:]:
+        click.echo(f"  {line}")
+    click.echo(f"  preprocessing: {_preprocessing(v.get('preprocessing'))}")
+    click.echo(f"  labels: {labels} (labels.txt)" if labels is not None else "  labels: none (class indexes)")
+    print_signatures(v)
+    saved = v.get("saved_model") or {}
+    if saved.get("state"):
+        click.echo(f"  SavedModel: {saved['state']}" + (f" ({for_cli(saved['message'])})"
+                                                          if saved.get("message") else ""))
+    files = v.get("files") or []
+    if files:
+        click.echo("  files:")
+        table(("ROLE", "FILENAME", "SIZE", "SHA256"),
+              [(f["role"], f["filename"], str(f["size"]), f["sha256"]) for f in files], indent="    ")

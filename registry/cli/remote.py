@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import tempfile
@@ -13,7 +14,9 @@ import click
 import requests
 
 from registry import signatures
-from registry.cli.options import connect, split_ref, url_option
+from registry.cli import paths
+from registry.cli.options import connect, preprocessing_options, split_ref, url_option
+from registry.cli.paths import INPUT_KINDS
 from registry.cli.output import print_version, progress, table
 from registry.client import checkpoint_files
 from registry.converter.saved_model import write_archive  # writes a .tar.gz: no TensorFlow
@@ -39,12 +42,13 @@ from registry.converter.saved_model import write_archive  # writes a .tar.gz: no
 @click.option("--output-nodes", default="", help="Comma-separated output node names (detected when left out).")
 @click.option("--input-nodes", default="", help="Comma-separated input node names (placeholders when left out).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Labels, one per line.")
-@click.option("--description", default="")
+@click.option("--description", default="", help="The version's description (registry edit changes it).")
+@preprocessing_options
 @click.option("--wait", is_flag=True, help="Wait until the version is ready or failed.")
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
 @url_option
 def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, signatures_file, keras, output_nodes,
-         input_nodes, labels, description, wait, timeout, url):
+         input_nodes, labels, description, input_height, input_width, input_mean, input_std, wait, timeout, url):
     """Push a checkpoint (CHECKPOINT_PREFIX, e.g. train/model.ckpt) as the next version of NAME."""
     signature, declared = _signature_options(signature_args, signatures_file)
     files: list[tuple[str, Path]] = []
@@ -65,7 +69,8 @@ def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, si
         files.append(("frozen", frozen))
     else:
         if not checkpoint_prefix:
-            raise click.UsageError("give a checkpoint prefix (e.g. train/model.ckpt) or --frozen FILE")
+            raise click.UsageError(INPUT_KINDS)
+        checkpoint_prefix = paths.checkpoint_prefix(checkpoint_prefix)
         found = checkpoint_files(checkpoint_prefix)
         missing = [k for k in ("index", "data") if k not in found]
         if missing:
@@ -82,13 +87,18 @@ def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, si
         files.append(("labels", labels))
     fields = {k: v for k, v in {"output_nodes": output_nodes, "input_nodes": input_nodes,
                                 "description": description, "signature": signature,
-                                "signatures": json.dumps(declared) if declared else ""}.items() if v}
+                                "signatures": json.dumps(declared) if declared else "",
+                                **{k: "" if n is None else str(n) for k, n in (
+                                    ("input_height", input_height), ("input_width", input_width),
+                                    ("input_mean", input_mean), ("input_std", input_std))}}.items() if v}
     client = connect(url)
     total = sum(p.stat().st_size for _, p in files)
     try:
         with progress(total, f"push {name}") as bar:
             record = client.push(name, files, fields, progress=bar.update)
         click.echo(f"{name} version {record['version']}: {record['status']}")
+        if record["version"] == 1:
+            _note_close_names(client, name)
         if wait:
             record = client.wait(name, record["version"], timeout=timeout)
             print_version(record)
@@ -96,6 +106,16 @@ def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, si
                 sys.exit(1)
     finally:
         scratch.cleanup()
+
+
+def _note_close_names(client, name: str) -> None:
+    """A first push under a name close to an existing model's may be a typo: say so (the push stands)."""
+    others = [m["name"] for m in client.list_models() if m["name"] != name]
+    close = [m for m in others if m.lower() == name.lower()] or difflib.get_close_matches(name, others, n=3,
+                                                                                          cutoff=0.75)
+    if close:
+        click.echo(f"note: this push created a new model {name!r}; did you mean {' or '.join(map(repr, close))}? "
+                   f"(if so: registry delete {name} --model, and push to {close[0]})", err=True)
 
 
 def _signature_options(args: tuple[str, ...], path: Path | None) -> tuple[str, list[dict]]:
@@ -130,14 +150,18 @@ def _signature_options(args: tuple[str, ...], path: Path | None) -> tuple[str, l
               help="Where to write it (default NAME-vN.pb, or NAME-vN-saved_model.tar).")
 @click.option("--format", "fmt", type=click.Choice(["frozen", "saved_model"]), default="frozen", show_default=True,
               help="The frozen GraphDef, or the SavedModel built from it (a tar of the folder TF Serving loads).")
+@click.option("--labels", "with_labels", is_flag=True,
+              help="Also download the version's labels file, beside the graph: NAME-vN.labels.txt, or -o's name "
+                   "with .labels.txt for its extension (a version without one is refused before any download).")
 @url_option
-def pull(spec: str, output: Path | None, fmt: str, url: str | None) -> None:
+def pull(spec: str, output: Path | None, fmt: str, with_labels: bool, url: str | None) -> None:
     """Download a version's frozen graph or SavedModel (REF: number, alias or latest) and check its sha256."""
     name, ref = split_ref(spec)
     if output is not None:
         _check_destination(output)
     client = connect(url)
     record = client.get_version(name, ref)
+    labels_dest = _labels_destination(name, record, output) if with_labels else None
     if fmt == "saved_model":
         saved = next((f for f in record.get("files", []) if f["role"] == "saved_model"), None)
         suffix = ".tar.gz" if saved and saved["filename"].endswith(".gz") else ".tar"
@@ -145,6 +169,7 @@ def pull(spec: str, output: Path | None, fmt: str, url: str | None) -> None:
         with _writing(dest):
             digest = client.pull_saved_model(name, record, dest)
         click.echo(f"{dest}: {name} version {record['version']} SavedModel, sha256 {digest} (verified)")
+        _pull_labels(client, name, record, labels_dest)
         return
     dest = output or Path(f"{name}-v{record['version']}.pb")
     bar = None
@@ -160,6 +185,27 @@ def pull(spec: str, output: Path | None, fmt: str, url: str | None) -> None:
     click.echo(f"{dest}: {name} version {record['version']}, sha256 {record['frozen']['sha256']} (verified)")
     if record.get("output_nodes"):
         click.echo(f"  outputs: {', '.join(record['output_nodes'])}")
+    _pull_labels(client, name, record, labels_dest)
+
+
+def _labels_destination(name: str, record: dict, output: Path | None) -> Path:
+    """Where ``pull --labels`` writes the labels file; refused before any download when there is none."""
+    if not any(f["role"] == "labels" for f in record.get("files") or []):
+        raise click.ClickException(f"{name} version {record['version']} has no labels file (it labels with "
+                                   "class indexes): pull without --labels")
+    if output is None:
+        return Path(f"{name}-v{record['version']}.labels.txt")
+    stem = next((output.name[:-len(s)] for s in (".tar.gz", ".tar", ".pb", ".txt") if output.name.endswith(s)),
+                output.name)
+    return output.with_name(f"{stem}.labels.txt")
+
+
+def _pull_labels(client, name: str, record: dict, dest: Path | None) -> None:
+    if dest is None:
+        return
+    with _writing(dest):
+        digest = client.pull_labels(name, record, dest)
+    click.echo(f"{dest}: {name} version {record['version']} labels, sha256 {digest} (verified)")
 
 
 def _check_destination(path: Path) -> None:
@@ -192,35 +238,65 @@ def _writing(dest: Path):
                                                               "the newest ready one.")
 @url_option
 def serving_versions(name: str, versions: str | None, use_default: bool, url: str | None) -> None:
-    """Choose which versions of NAME a TF Serving export serves (VERSIONS: e.g. 1,3, or all)."""
-    if bool(versions) == use_default:
-        raise click.UsageError("give the versions (e.g. 1,3) or --default")
+    """Choose which versions of NAME a TF Serving export serves (VERSIONS: e.g. 1,3, or all), or show the
+    setting (no VERSIONS)."""
+    client = connect(url)
+    if versions and use_default:
+        raise click.UsageError("give the versions (e.g. 1,3) or --default, not both")
+    if not versions and not use_default:
+        chosen = client.get_model(name).get("served_versions")
+        click.echo(f"{name}: {_serving_setting(chosen)} (change it with registry serving-versions {name} 1,3, "
+                   "all or --default)")
+        return
     try:
         numbers = None if use_default else "all" if versions == "all" else [
             int(v) for v in versions.split(",") if v.strip()]
     except ValueError:
         raise click.UsageError("versions are numbers separated by commas, e.g. 1,3") from None
-    answer = connect(url).set_served_versions(name, numbers)
-    chosen = answer["versions"]
-    click.echo(f"{name}: serving " + ("every ready version" if chosen == "all" else ", ".join(map(str, chosen))
-                                      if chosen else "every aliased version and the newest ready one"))
+    answer = client.set_served_versions(name, numbers)
+    click.echo(f"{name}: {_serving_setting(answer['versions'])}")
+    for number in numbers if isinstance(numbers, list) else []:
+        status = client.get_version(name, str(number))["status"]
+        if status != "ready":
+            why = "it failed" if status == "failed" else f"it is {status}"
+            click.echo(f"warning: version {number} is not served while {why}: an export serves ready versions "
+                       "only" + ("" if status == "failed" else " (it will be, once ready)"), err=True)
+
+
+def _serving_setting(chosen) -> str:
+    return "serving " + ("every ready version" if chosen == "all" else ", ".join(map(str, chosen)) if chosen
+                         else "every aliased version and the newest ready one (the default)")
 
 
 @click.command("ls")
 @click.argument("name", required=False)
 @click.option("--limit", default=50, show_default=True, help="Versions to show for NAME.")
+@click.option("--search", default=None, metavar="TEXT",
+              help="Only models whose name contains TEXT (any case; % and _ are plain characters).")
 @url_option
-def ls(name: str | None, limit: int, url: str | None) -> None:
+def ls(name: str | None, limit: int, search: str | None, url: str | None) -> None:
     """List models, or the versions of NAME (newest first)."""
+    if name is not None and search is not None:
+        raise click.UsageError("--search filters the list of models: give it without NAME")
     client = connect(url)
     if name is None:
         rows = [(m["name"], str(m["version_count"]), str(m["latest_version"] or "-"),
-                 ", ".join(f"{k}={v}" for k, v in m["aliases"].items()) or "-") for m in client.list_models()]
-        table(("MODEL", "VERSIONS", "LATEST", "ALIASES"), rows)
+                 ", ".join(f"{k}={v}" for k, v in m["aliases"].items()) or "-", _summary(m.get("description")))
+                for m in client.list_models(search)]
+        if search and not rows:
+            click.echo(f"no model name contains {search!r}")
+            return
+        table(("MODEL", "VERSIONS", "LATEST", "ALIASES", "DESCRIPTION"), rows)
     else:
         rows = [(str(v["version"]), v["status"], v["source"], ", ".join(v["output_nodes"] or []) or "-",
                  ", ".join(v["aliases"]) or "-", v["created_at"][:19]) for v in client.list_versions(name, limit)]
         table(("VERSION", "STATUS", "SOURCE", "OUTPUTS", "ALIASES", "CREATED"), rows)
+
+
+def _summary(description: str | None, width: int = 40) -> str:
+    """A description's first line, cut to ``width`` characters with an ellipsis ("-": none)."""
+    line = (description or "").strip().split("\n", 1)[0].strip()
+    return "-" if not line else line if len(line) <= width else line[:width - 3].rstrip() + "..."
 
 
 @click.command()
@@ -282,20 +358,29 @@ def delete(spec: str, whole_model: bool, yes: bool, url: str | None) -> None:
 @click.argument("name")
 @click.argument("ops", nargs=-1)
 @click.option("--reason", default="", help="Why these ops are safe for this model (kept in the audit log).")
-@click.option("--clear", is_flag=True, help="Remove every allowed op: flagged versions are refused again.")
+@click.option("--delete", is_flag=True, help="Remove OPS from the list (every op when none is given): versions "
+                                             "flagged for them are refused again.")
+@click.option("--clear", is_flag=True, hidden=True, help="The same as --delete with no OPS (older spelling).")
 @url_option
-def allow_ops(name: str, ops: tuple[str, ...], reason: str, clear: bool, url: str | None) -> None:
+def allow_ops(name: str, ops: tuple[str, ...], reason: str, delete: bool, clear: bool, url: str | None) -> None:
     """Allow OPS in NAME's graphs despite the converter's op scan (admin token), or show the list.
 
     The list replaces the previous one; the label service and the export serve a
     version once every op its scan flagged is on it, and refuse it again when one
-    is removed.
+    is removed (--delete).
     """
     client = connect(url)
     if clear:
         if ops:
-            raise click.UsageError("give either ops or --clear, not both")
-        answer = client.set_allowed_ops(name, [], reason)
+            raise click.UsageError("--clear removes every op: to remove some, use --delete OPS")
+        delete = True
+    if delete:
+        current = client.get_allowed_ops(name)["ops"]
+        unknown = [op for op in ops if op not in current]
+        if unknown:
+            raise click.UsageError(f"not on {name}'s list: {', '.join(unknown)} (it holds: "
+                                   f"{', '.join(current) or 'nothing'})")
+        answer = client.set_allowed_ops(name, [op for op in current if ops and op not in ops], reason)
     elif ops:
         if not reason.strip():
             raise click.UsageError("say why with --reason (it is kept in the audit log)")

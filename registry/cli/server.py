@@ -15,6 +15,7 @@ from werkzeug.serving import make_server
 
 from registry.app import create_app
 from registry.cli import local
+from registry.native_logs import held_back as native_logs_hidden
 from registry.config import DEFAULT_PORT, Settings
 from registry.db import Database
 from registry.demo.seed import start_seeding
@@ -31,6 +32,15 @@ except ImportError:  # only serve --gunicorn needs it, and says so
     KNOWN_SETTINGS = ()
 
 
+def _grpc_api():
+    """The gRPC server's starter.  Its TF Serving protos load TensorFlow, whose native start-up lines are
+    kept off the output (see registry.native_logs): call it first, before any thread or child process starts,
+    so that nothing else writes while they are held back."""
+    with native_logs_hidden():
+        from registry.serving.grpc_server import start_grpc_server  # TensorFlow: only with a gRPC port
+    return start_grpc_server
+
+
 def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_port: int | None = None) -> None:
     """Run ``app`` on a threaded HTTP server (and the gRPC API beside it) until stopped."""
     registry = app.extensions["registry"]
@@ -38,8 +48,7 @@ def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_po
         metrics_folder(os.environ[MULTIPROC_ENV])
     grpc_server = None
     if grpc_port is not None:
-        from registry.serving.grpc_server import start_grpc_server  # TensorFlow: only with --grpc-port
-
+        start_grpc_server = _grpc_api()
         try:
             grpc_server, grpc_port = start_grpc_server(registry, host, grpc_port)
         except RuntimeError as exc:
@@ -64,8 +73,10 @@ def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_po
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int,
+              help="HTTP port (the web UI, the API and TF Serving's REST API).")
 @click.option("--workers", type=int, default=None,
               help="Converter threads inside the server (REGISTRY_EMBEDDED_WORKERS, default 1; 0 for none).")
 @click.option("--grpc-port", type=int, default=None,
@@ -91,6 +102,8 @@ def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_d
         _serve_gunicorn(host, port, workers, grpc_port, processes, threads, no_demo)
         return
     settings = Settings.from_env(**overrides).bound_to(host)
+    if grpc_port is not None:
+        _grpc_api()
     app = create_app(settings, start_workers=True)
     lines = [
         f"  data: {settings.database_url}  blobs: {settings.storage_url}",
@@ -177,12 +190,20 @@ def _gunicorn_has_setting(name: str) -> bool:
 
 
 @click.command("label-serve")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8501, show_default=True, type=int, help="REST port (TF Serving's is 8501).")
 @click.option("--grpc-port", default=8500, show_default=True, type=int, help="gRPC port (TF Serving's is 8500).")
 @click.option("--no-grpc", is_flag=True, help="Serve REST only.")
 def label_serve(host: str, port: int, grpc_port: int, no_grpc: bool) -> None:
     """Run a label service alone (any number of them): TF Serving's REST and gRPC APIs, :label, :compare."""
+    if not no_grpc:
+        _grpc_api()
+    with native_logs_hidden():  # what its first request would load (TensorFlow's tensor helpers), loaded now
+        import registry.serving.examples  # noqa: F401
+        import registry.serving.service  # noqa: F401
+        import registry.serving.signature  # noqa: F401
+        import registry.serving.tensors  # noqa: F401
     app = create_app(Settings.from_env().bound_to(host), serving_only=True)
     _serve_http(app, host, port, "Label service", [], None if no_grpc else grpc_port)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
+from registry.cli.inspect import show_version
 from registry.cli.options import connect, split_ref, url_option
-from registry.cli.output import print_signatures, print_version
 
 
 @click.group()
@@ -18,12 +18,9 @@ def version() -> None:
 @click.argument("spec", metavar="NAME[:REF]")
 @url_option
 def show(spec: str, url: str | None) -> None:
-    """Show a version (REF: number, alias or latest): status, inputs, outputs, signatures with their
-    verification, and the output :label ranks by, with why."""
-    name, ref = split_ref(spec)
-    record = connect(url).get_version(name, ref)
-    print_version(record)
-    print_signatures(record)
+    """Show a version (REF: number, alias or latest), as `registry show NAME:REF` does: status, inputs,
+    outputs, verification, safety, preprocessing, signatures, the output :label ranks by, and files."""
+    show_version(connect(url), *split_ref(spec))
 
 
 @version.command("set")

@@ -26,6 +26,8 @@ REWRITES: list[tuple[re.Pattern, object]] = [
     (re.compile(r"send that as 'graph' \(inference graph\) or 'frozen'"),
      "push it with --graph (an inference graph, with the checkpoint) or --frozen"),
     (re.compile(r"or a binary \.meta as 'meta'"), "or the checkpoint's binary .meta"),
+    (re.compile(r"send the graph alone as 'frozen', without the checkpoint"),
+     "push the graph alone with --frozen, without the checkpoint prefix"),
     (re.compile(r"send the inference graph as a binary \.pb or a text \.pbtxt"),
      "--graph takes an inference graph as a binary .pb or a text .pbtxt"),
     (re.compile(r"\bPass output_nodes \(comma-separated node names\) with the push"),
@@ -34,6 +36,7 @@ REWRITES: list[tuple[re.Pattern, object]] = [
     (re.compile(r"the '(" + "|".join(FIELDS) + r")' file"), lambda m: f"the {FIELDS[m[1]]} file"),
     (re.compile(r" ?\(multipart field 'image'\)"), ""),
     (re.compile(r'send "reason"'), "pass --reason"),
+    (re.compile(r"send one of them as signature_name"), "pass one of them with --signature"),
 ]
 
 

@@ -35,6 +35,7 @@ from registry import signatures
 from registry.converter.saved_model import build_archive
 from registry.errors import ConversionError, RegistryError
 from registry.uploads.archives import ArchiveLimits, safe_extract, saved_model_root
+from registry.uploads.checks import unused_checkpoint_message
 
 
 def _child_environment() -> None:
@@ -113,6 +114,8 @@ def convert(request: dict) -> dict:
         extra = [n for n in requested_inputs if n not in plan.nodes()]
         pruned, dropped = graphs.extract_subgraph(graph_def, plan.nodes() + extra)
         mark("prune")
+        if source == "checkpoint+graph":
+            require_checkpoint_use(graph_def, pruned, outputs, request.get("graph_filename") or "inference_graph")
         from registry.converter.freeze import freeze
 
         frozen, report = freeze(pruned, checkpoint_prefix, key_map, output_path)
@@ -180,6 +183,7 @@ def convert(request: dict) -> dict:
     chosen, why = heads.prediction_output(frozen_nodes_by_name, outputs,
                                           {n: sizes.get(output_keys.get(n)) for n in outputs},
                                           request.get("labels_count"))
+    classes = _classes(plan.signatures[plan.default], output_keys.get(chosen), default_check)
     del frozen, frozen_nodes_by_name
     saved_model = None
     if request.get("saved_model_path"):
@@ -200,7 +204,7 @@ def convert(request: dict) -> dict:
             **({"signature": plan.default} if source == "saved_model" else {}),
             "verification": verification,
             "failed_signatures": plan.failed,
-            "prediction_output": {"node": chosen, "reason": why},
+            "prediction_output": {"node": chosen, "reason": why, "classes": classes},
             "safety": {
                 "op_histogram": frozen_scan["op_histogram"],
                 "flags": frozen_scan["flags"],
@@ -217,6 +221,34 @@ def convert(request: dict) -> dict:
             **({"memory": trace.record()} if trace else {}),
         },
     }
+
+
+def require_checkpoint_use(graph_def, pruned, outputs: list[str], filename: str) -> None:
+    """A checkpoint pushed with an inference graph must be read by it: a graph without variables (an
+    already-frozen one), or outputs that read none of the graph's variables, would leave the
+    checkpoint ignored and the version "ready" with weights nobody asked for.  The upload check
+    (``registry.uploads.checks.check_checkpoint_used``) refuses a binary graph without variables
+    first; this catches a text graph, and outputs that miss the variables."""
+    from registry.converter.freeze import RESOURCE_VARIABLE_OPS, VARIABLE_OPS
+
+    if any(node.op in VARIABLE_OPS | RESOURCE_VARIABLE_OPS for node in pruned.node):
+        return
+    count = sum(node.op in VARIABLE_OPS | RESOURCE_VARIABLE_OPS for node in graph_def.node)
+    if not count:
+        raise ConversionError(unused_checkpoint_message(filename), code="checkpoint_unused")
+    raise ConversionError(
+        f"the output(s) {', '.join(outputs)} read none of the inference graph's {count} variable(s), so the "
+        "checkpoint would be ignored: name the outputs that read the model's weights. Pass output_nodes "
+        "(comma-separated node names) with the push", code="checkpoint_unused")
+
+
+def _classes(signature: dict, key: str | None, check: dict) -> int | None:
+    """How many classes the prediction output ``key`` of ``signature`` scores per example: the last
+    dimension of what it gave when verified, else of its declared shape (None: not known, or not one
+    score per class, e.g. one value per example)."""
+    ran = next((o["test_shape"] for o in check.get("outputs") or [] if o["name"] == key), None)
+    shape = ran if ran is not None else (signature["outputs"].get(key) or {}).get("shape") if key else None
+    return shape[-1] if shape and len(shape) >= 2 and isinstance(shape[-1], int) and shape[-1] > 0 else None
 
 
 def _input_record(entries: dict, key: str) -> dict:
@@ -301,6 +333,10 @@ def convert_keras(request: dict, started: float) -> dict:
     signature_map = {signatures.DEFAULT: signatures.from_nodes(inputs, frozen.outputs)}
     describe_frozen(output_path, signature_map)
     signature_map[signatures.DEFAULT]["verification"] = frozen.verification
+    first = frozen.outputs[0] if frozen.outputs else None
+    key = next((k for k, e in signature_map[signatures.DEFAULT]["outputs"].items()
+                if graphs.node_name(e["name"]) == first), None)
+    classes = _classes(signature_map[signatures.DEFAULT], key, frozen.verification or {})
     saved_model = None
     if request.get("saved_model_path"):
         build_archive(output_path, signature_map, Path(request["saved_model_path"]))
@@ -312,10 +348,13 @@ def convert_keras(request: dict, started: float) -> dict:
         "output_nodes_detected": True,
         "input_nodes": inputs,
         "signatures": signature_map,
-        "prediction_output": frozen.outputs[0] if frozen.outputs else None,
+        "prediction_output": first,
         "tf_version": tf.__version__,
         "conversion": {
             "verification": frozen.verification,
+            **({"prediction_output": {"node": first, "classes": classes,
+                                      "reason": "its only output" if len(frozen.outputs) == 1 else
+                                      "the first output of the Keras model"}} if first else {}),
             "safety": {"op_histogram": scan["op_histogram"], "flags": flags, "flagged": bool(flags),
                        "upload_flags": config_scan["flags"]},
             "nodes": {"uploaded": None, "frozen": len(frozen.graph_def.node)},

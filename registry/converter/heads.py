@@ -205,7 +205,7 @@ def prediction_output(nodes: dict, outputs: list[str], sizes: dict[str, int | No
         return outputs[0], "the only output"
     probabilities = [(o, op) for o in outputs if (op := _probability_op(nodes, o))]
     if labels:
-        matching = [(o, op) for o, op in probabilities if sizes.get(o) == labels]
+        matching = [(o, op) for o, op in probabilities if sizes.get(o) in (labels, labels - 1)]  # or background
         if matching:
             return matching[0][0], (f"the {matching[0][1]} output whose {labels} classes match the labels file"
                                     + (f" (of {len(matching)} that do)" if len(matching) > 1 else ""))
@@ -215,3 +215,17 @@ def prediction_output(nodes: dict, outputs: list[str], sizes: dict[str, int | No
                                      + (f", the first of {len(probabilities)}" if len(probabilities) > 1 else "")
                                      + ("; none matches the labels file's size" if labels else ""))
     return outputs[0], "the first output: none of the outputs is a Softmax or Sigmoid"
+
+
+def labels_mismatch(filename: str, lines: int, node: str | None, classes: int | None) -> str | None:
+    """What is wrong between a labels file of ``lines`` lines and the prediction output ``node`` of
+    ``classes`` classes (None: they fit, or the size is not known).  A file fits with one line per
+    class, or one more: a background line first, as TF-slim's 1001-line ImageNet list has it for a
+    1000-class ResNet or VGG (:meth:`registry.entities.VersionInfo.class_labels` then leaves that line
+    out)."""
+    if not node or not classes or lines in (classes, classes + 1):
+        return None
+    return (f"{filename} has {lines} line{'' if lines == 1 else 's'} but the prediction output {node} has "
+            f"{classes} class{'' if classes == 1 else 'es'}: give {classes} label{'' if classes == 1 else 's'}, "
+            f"one per class (or {classes + 1} with a background line first)")
+

@@ -128,8 +128,11 @@ def from_keras(path: Path, tolerance: float, allowed_ops: list[str] | tuple[str,
         return model(args[0] if len(args) == 1 else list(args), training=False)
 
     function = call.get_concrete_function()
-    names = list(getattr(model, "output_names", None) or [])
-    if len(names) != len(function.outputs):
+    names = list(getattr(model, "output_names", None) or [])  # a functional model's output layers
+    if not names:  # a Sequential model has none: its output layers are where its outputs come from
+        names = [getattr(getattr(getattr(t, "_keras_history", None), "operation", None), "name", "")
+                 for t in model.outputs]
+    if len(names) != len(function.outputs) or not all(names) or len(set(names)) != len(names):
         names = [f"output_{i}" for i in range(len(function.outputs))]
     return freeze_function(function, names, tolerance), {"flags": scan.flags,
                                                           "op_histogram": dict(scan.histogram)}

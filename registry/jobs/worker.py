@@ -25,7 +25,7 @@ from typing import Any
 
 from registry import catalog, metrics, safety as safety_rules
 from registry.config import Settings
-from registry.converter import ops  # op names only: no TensorFlow
+from registry.converter import heads, ops  # graph logic on names only: no TensorFlow
 from registry.converter.runner import Outcome, run_conversion, warm_up
 from registry.db import Database
 from registry.entities import (SAVED_MODEL, SAVED_MODEL_FILENAME, SAVED_MODEL_JOB, SAVED_MODEL_SOURCE, NewFile,
@@ -141,7 +141,7 @@ class Worker:
                 heartbeat_every=max(1.0, self.settings.job_lease_seconds / 3),
                 warm_start=self.settings.convert_warm,
             )
-            return self._record(job, version, outcome, workdir)
+            return self._record(job, version, outcome, workdir, request["labels_count"])
         except NotFound:
             log.info("version id %d was deleted before its conversion started; dropping the job", job.version_id)
             return "deleted"
@@ -183,7 +183,9 @@ class Worker:
         if version.file("index"):
             files["checkpoint_prefix"] = str(prefix)
         labels = version.file("labels")
+        graph = version.file("graph")
         return {
+            "graph_filename": graph.filename if graph is not None else None,  # named in what the converter says
             "source": version.source,
             "files": files,
             "output_nodes": version.requested_output_nodes or [],
@@ -242,8 +244,10 @@ class Worker:
                 last = chunk[-1:]
         return lines + (last != b"\n")
 
-    def _record(self, job: queue.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path) -> str:
-        """Record ``outcome`` on the version; return what the metrics count it as."""
+    def _record(self, job: queue.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path,
+                labels_count: int | None = None) -> str:
+        """Record ``outcome`` on the version (``labels_count``: its labels file's lines, checked against
+        the prediction output); return what the metrics count it as."""
         if outcome.lost_lease:
             log.warning("lost the lease on job %d (its version was deleted, or another worker took it)", job.id)
             return "lost_lease"
@@ -261,7 +265,7 @@ class Worker:
             return "failed" if recorded else "lost_lease"
         stored: list[BlobRef] = []  # removed again unless the version ends up referring to them
         try:
-            recorded = self._store_and_finish(job, version, result, workdir, stored)
+            recorded = self._store_and_finish(job, version, result, workdir, stored, labels_count)
         except BaseException:
             drop_unreferenced(self.db, self.storage, stored)
             raise
@@ -274,9 +278,10 @@ class Worker:
         return "ready"
 
     def _store_and_finish(self, job: queue.ClaimedJob, version: VersionInfo, result: dict, workdir: Path,
-                          stored: list[BlobRef]) -> str | None:
+                          stored: list[BlobRef], labels_count: int | None = None) -> str | None:
         """Store the frozen graph and SavedModel (appending each to ``stored``) and record the
-        version as ready; return its status message, or None if the lease was lost meanwhile."""
+        version as ready, with any warning in its status message and ``conversion["warnings"]``;
+        return its status message, or None if the lease was lost meanwhile."""
         ref = self.storage.put_file(workdir / "frozen.pb")
         stored.append(ref)
         verification = result["conversion"]["verification"]
@@ -293,6 +298,10 @@ class Worker:
         failed = result["conversion"].get("failed_signatures") or {}
         if failed:
             message += "; not served: " + "; ".join(f"signature {n!r} ({r})" for n, r in failed.items())
+        warnings = [w for w in (_labels_warning(version, result, labels_count),) if w]
+        if warnings:
+            result["conversion"]["warnings"] = warnings
+            message += "".join(f"; warning: {w}" for w in warnings)
         recorded = queue.finish(
             self.db, job, ready=True, message=message,
             fields={
@@ -310,6 +319,16 @@ class Worker:
             follow_on=SAVED_MODEL_JOB,  # ready means frozen and verified; the SavedModel follows
         )
         return message if recorded else None
+
+
+def _labels_warning(version: VersionInfo, result: dict, lines: int | None) -> str | None:
+    """A labels file that fits neither the prediction output's classes nor them less a background
+    class, said with both numbers (the output's size is known only once converted)."""
+    labels = version.file("labels")
+    chosen = (result["conversion"].get("prediction_output") or {})
+    if labels is None or lines is None or chosen.get("node") != result.get("prediction_output"):
+        return None
+    return heads.labels_mismatch(labels.filename, lines, chosen.get("node"), chosen.get("classes"))
 
 
 def _retried(again: bool) -> str:

@@ -39,6 +39,7 @@ import threading
 import time
 import traceback
 
+from registry import native_logs
 from registry.serving import wire
 
 RUN_THREADS = 32  # requests one worker runs at once (the label service batches before sending)
@@ -286,9 +287,10 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the label service decides when this stops
     channel = wire.Channel(socket.socket(fileno=config["fd"]), max_bytes=config["max_input_bytes"])
 
-    from registry.serving.session import warm_up  # TensorFlow loads only now, under the limits above
+    with native_logs.held_back():  # TensorFlow's native start-up lines, unless REGISTRY_NATIVE_LOGS=1
+        from registry.serving.session import warm_up  # TensorFlow loads only now, under the limits above
 
-    warm_up()  # import TensorFlow and create its thread pools before saying ready
+        warm_up()  # import TensorFlow and create its thread pools before saying ready
     worker = Worker(channel, config["max_output_bytes"])
     channel.send({"op": "ready", "rss": rss_bytes(), "pid": os.getpid()})
     Readers(channel, worker).serve()

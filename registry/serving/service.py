@@ -141,6 +141,7 @@ class LabelService:
         if labels_file is not None:
             with self.storage.open(labels_file.sha256) as stream:
                 labels = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()]
+            labels = version.class_labels(labels)
         graph = LoadedGraph(version, key, frozen, labels, pool=self.pool, reload=self._reload,
                             max_batch=self.settings.batch_max_size,
                             timeout_seconds=self.settings.label_timeout_seconds)

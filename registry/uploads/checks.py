@@ -18,7 +18,7 @@ from registry.entities import SOURCE_FROZEN, SOURCE_GRAPH, SOURCE_KERAS, SOURCE_
 from registry.errors import InvalidUpload
 from registry.uploads.archives import ArchiveLimits, check_archive, check_saved_model_archive
 from registry.uploads.files import ARCHIVE_FIELDS, FILE_FIELDS, PushRequest, ReceivedFile
-from registry.uploads.protowire import GRAPH_DEF_FIELDS, META_GRAPH_DEF_FIELDS
+from registry.uploads.protowire import GRAPH_DEF_FIELDS, META_GRAPH_DEF_FIELDS, graph_def_ops
 
 INDEX_MAGIC = bytes.fromhex("57fb808b247547db")  # TensorBundle/LevelDB table footer, little-endian
 DATA_SHARD_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
@@ -289,6 +289,40 @@ def check_fields(source: str, request: PushRequest) -> None:
                                 code="conflicting_fields")
     elif request.signature:
         raise InvalidUpload("signature applies only to a pushed SavedModel", code="conflicting_fields")
+
+
+def holds_variables(ops: Iterable[str]) -> bool:
+    """Whether a graph with these ops may read a checkpoint: it holds a variable (``VariableV2``,
+    ``VarHandleOp``: what the freezer fills from the checkpoint) or an op of one (``ReadVariableOp``,
+    ``VarIsInitializedOp``).  Generous on purpose: only a graph without any of them is refused."""
+    return any("Variable" in op or op.startswith(("VarHandle", "_VarHandle", "VarIs")) for op in ops)
+
+
+def unused_checkpoint_message(filename: str) -> str:
+    """Why a checkpoint pushed with an inference graph that holds no variable is refused, at upload
+    or (a text graph) by the converter, in the same words."""
+    return (f"the 'graph' file {filename!r} reads no variable from the checkpoint (it has no variables: it is "
+            "already frozen), so the checkpoint would be ignored: send the graph alone as 'frozen', without the "
+            "checkpoint")
+
+
+def check_checkpoint_used(source: str, ordered: list[ReceivedFile]) -> None:
+    """Refuse a checkpoint pushed with an inference graph that uses none of it (an already-frozen
+    graph, most often): it would be frozen as is, the checkpoint ignored.  Decided here for a binary
+    GraphDef, read at the wire level from its local copy; a text graph, or one on storage without a
+    local staging copy, is left to the converter, which refuses it with the same message."""
+    graph = next((f for f in ordered if f.field == "graph"), None)
+    if source != SOURCE_GRAPH or graph is None or graph.sink.looks_like_text():
+        return
+    path = graph.sink.kept_path()
+    if path is None:
+        return
+    try:
+        ops = [op for _, op in graph_def_ops(open(path, "rb"))]
+    except (OSError, ValueError):
+        return  # not readable as nodes here: the converter says what is wrong with it
+    if not holds_variables(ops):
+        raise InvalidUpload(unused_checkpoint_message(graph.filename), code="checkpoint_unused")
 
 
 def check_archives(source: str, ordered: list[ReceivedFile], limits: ArchiveLimits) -> None:

@@ -23,6 +23,9 @@ FILE_FIELDS = ("meta", "index", "data", "graph", "frozen", "saved_model", "keras
 ROLE_OF_FIELD = {"saved_model": SAVED_MODEL_SOURCE}
 GRAPH_FIELDS = ("meta", "graph", "frozen")  # the parts whose protobuf wire format is checked
 ARCHIVE_FIELDS = ("saved_model", "keras")  # the parts whose archive is checked before publishing
+# The parts read whole as a local file before publishing: archives, and the inference graph (whether it
+# holds any variable for the checkpoint beside it, see ``registry.uploads.checks.check_checkpoint_used``).
+LOCAL_FIELDS = (*ARCHIVE_FIELDS, "graph")
 HEAD_BYTES = 4096
 
 
@@ -73,6 +76,12 @@ class UploadSink:
         if path is None:
             raise RuntimeError("this upload part was not received with keep_local=True")
         return path
+
+    def kept_path(self) -> Path | None:
+        """The part's bytes as a local file if it has one before publishing (None: it was received without
+        ``keep_local`` on storage that stages elsewhere), for a check that may be skipped."""
+        self.end()
+        return Path(self._spool.name) if self._spool is not None else self.writer.local_path()
 
     def _drop_spool(self) -> None:
         if self._spool is not None:

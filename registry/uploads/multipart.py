@@ -1,10 +1,10 @@
 """Streaming multipart parsing for pushes.
 
 werkzeug's sans-IO decoder hands us each part's name before its bytes, so every
-file part streams straight into its own blob writer (never memory; an archive
-is also spooled to a local file for its check where the storage keeps no local
-staging file), only graph parts pay for the protobuf wire check, and a part
-with an unknown name is refused before any of its bytes are read.
+file part streams straight into its own blob writer (never memory; an archive or
+an inference graph is also spooled to a local file for its check where the
+storage keeps no local staging file), only graph parts pay for the protobuf wire
+check, and a part with an unknown name is refused before any of its bytes are read.
 
 What the decoder must hold in memory is bounded before it is parsed: the
 preamble, each part's headers and the epilogue may take MAX_HEADER_BYTES (the
@@ -29,7 +29,7 @@ from werkzeug.sansio.multipart import (
 
 from registry.errors import InvalidRequest, InvalidUpload
 from registry.storage import BlobStorage
-from registry.uploads.files import ARCHIVE_FIELDS, FILE_FIELDS, GRAPH_FIELDS, ReceivedFile, UploadSink
+from registry.uploads.files import FILE_FIELDS, GRAPH_FIELDS, LOCAL_FIELDS, ReceivedFile, UploadSink
 
 CHUNK = 256 * 1024
 MAX_FIELD_BYTES = 64 * 1024
@@ -81,7 +81,7 @@ def read_push_form(
                     )
                 field_name = None
                 sink = UploadSink(storage.writer(), scan=event.name in GRAPH_FIELDS,
-                                  keep_local=event.name in ARCHIVE_FIELDS)
+                                  keep_local=event.name in LOCAL_FIELDS)
                 sinks.append(sink)
                 files.append(ReceivedFile(event.name, event.filename or event.name, sink))
             elif isinstance(event, Data):

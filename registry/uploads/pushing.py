@@ -29,7 +29,7 @@ from registry.entities import NewFile, VersionInfo
 from registry.errors import InvalidUpload, RegistryError
 from registry.storage import BlobStorage
 from registry.uploads.archives import ArchiveLimits
-from registry.uploads.checks import SIGNATURE_RE, check_archives, check_fields, plan_push
+from registry.uploads.checks import SIGNATURE_RE, check_archives, check_checkpoint_used, check_fields, plan_push
 from registry.uploads.files import ROLE_OF_FIELD, PushRequest, ReceivedFile
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def _push(db: Database, storage: BlobStorage, name: str, request: PushRequest, *
         source, ordered = plan_push(request)
         check_fields(source, request)
         check_archives(source, ordered, archive_limits or ArchiveLimits())
+        check_checkpoint_used(source, ordered)
     except BaseException:
         abort(request.files)  # nothing is published yet: the staged bytes go at once
         raise
