@@ -58,6 +58,8 @@ class RegisteredModel(Base):
     # Versions a TensorFlow Serving export serves: a list, "all" (every ready version), or None:
     # every aliased version and the newest ready one.
     served_versions: Mapped[Any] = mapped_column(sa.JSON, default=None, nullable=True)
+    # Automatic comparison of each newly ready version: {"sets": [names], "reference": alias}; None: off.
+    auto_compare: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -143,8 +145,12 @@ class Alias(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
+    # The version that gets a copy of the traffic served through this alias (shadow traffic); None: off.
+    shadow_version_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("model_versions.id", ondelete="SET NULL"), default=None)
+
     model: Mapped[RegisteredModel] = relationship(back_populates="aliases", lazy="raise")
-    version: Mapped[ModelVersion] = relationship(lazy="raise")
+    version: Mapped[ModelVersion] = relationship(lazy="raise", foreign_keys=[version_id])
 
 
 class Agreement(Base):
@@ -186,8 +192,122 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(sa.String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    # A comparison job runs this report (version_id then names the candidate version).
+    report_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("comparison_reports.id", ondelete="CASCADE"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class EvalSet(Base):
+    """One revision of a model's named evaluation set: an immutable, content-addressed blob.  Each
+    upload of a name is the next revision; a deleted one stays as a tombstone (``deleted_at``) so the
+    reports that name it stay readable."""
+
+    __tablename__ = "eval_sets"
+    __table_args__ = (sa.UniqueConstraint("model_id", "name", "revision", name="uq_eval_sets_revision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(64))
+    revision: Mapped[int]
+    format: Mapped[str] = mapped_column(sa.String(16))  # images, jsonl, npz, tfrecord
+    filename: Mapped[str] = mapped_column(sa.String(255), default="")
+    sha256: Mapped[str] = mapped_column(sa.String(64), index=True)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    count: Mapped[int]  # inputs in the set
+    # What the set holds, read at upload: inputs (name, dtype, shape), expected values, label feature, ...
+    summary: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    created_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ComparisonReport(Base):
+    """A comparison of versions on the same inputs, kept with a permalink: which versions (and their
+    sha256), which set revision and signature, its progress while it runs as a job, and the report."""
+
+    __tablename__ = "comparison_reports"
+    __table_args__ = (sa.Index("ix_comparison_reports_model_created", "model_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(sa.String(16))  # queued, running, done, failed
+    trigger: Mapped[str] = mapped_column(sa.String(16), default="manual")  # manual, auto
+    eval_set_id: Mapped[int | None] = mapped_column(sa.ForeignKey("eval_sets.id", ondelete="SET NULL"),
+                                                    default=None)
+    eval_set_name: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    eval_set_revision: Mapped[int | None] = mapped_column(default=None)
+    signature: Mapped[str] = mapped_column(sa.String(128), default="")
+    versions: Mapped[list[Any]]  # [{"version": N, "sha256": ..., "ref": ...}]
+    settings: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # top_k, tolerance, ...
+    done: Mapped[int] = mapped_column(default=0)
+    total: Mapped[int] = mapped_column(default=0)
+    report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    created_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class VersionMetric(Base):
+    """A named numeric metric of a version (``accuracy@SET``), recorded by a comparison or the API."""
+
+    __tablename__ = "version_metrics"
+    __table_args__ = (sa.Index("ix_version_metrics_version_name", "version_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(sa.ForeignKey("model_versions.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(128))
+    value: Mapped[float] = mapped_column(sa.Float)
+    eval_set: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    step: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
+    source: Mapped[str] = mapped_column(sa.String(32), default="api")  # api, compare
+    report_id: Mapped[int | None] = mapped_column(sa.ForeignKey("comparison_reports.id", ondelete="SET NULL"),
+                                                  default=None)
+    created_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ShadowWindow(Base):
+    """Primary/shadow agreement and output differences of one alias, summed over one time window."""
+
+    __tablename__ = "shadow_windows"
+    __table_args__ = (sa.UniqueConstraint("model_id", "alias", "primary_version", "shadow_version", "window_start",
+                                          name="uq_shadow_windows_window"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(sa.String(64))
+    primary_version: Mapped[int]
+    shadow_version: Mapped[int]
+    window_start: Mapped[datetime]
+    requests: Mapped[int] = mapped_column(default=0)  # answered by the primary while shadowing
+    compared: Mapped[int] = mapped_column(default=0)  # inputs both answered
+    agreed: Mapped[int] = mapped_column(default=0)  # of those, where they agree (top-1, or within tolerance)
+    dropped: Mapped[int] = mapped_column(default=0)  # copies dropped: the shadow queue was full
+    errors: Mapped[int] = mapped_column(default=0)  # the shadow failed
+    values: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # output values compared
+    sum_abs_diff: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    max_abs_diff: Mapped[float] = mapped_column(sa.Float, default=0.0)
+
+
+class ShadowSample(Base):
+    """An input on which primary and shadow disagreed, kept only when a setting asks (bounded)."""
+
+    __tablename__ = "shadow_samples"
+    __table_args__ = (sa.Index("ix_shadow_samples_model_alias", "model_id", "alias", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(sa.String(64))
+    primary_version: Mapped[int]
+    shadow_version: Mapped[int]
+    inputs: Mapped[Any] = mapped_column(sa.JSON)
+    primary_outputs: Mapped[Any] = mapped_column(sa.JSON, nullable=True, default=None)
+    shadow_outputs: Mapped[Any] = mapped_column(sa.JSON, nullable=True, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ApiToken(Base):

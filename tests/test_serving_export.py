@@ -139,6 +139,7 @@ def test_export_root_follows_aliases_and_the_served_versions_setting(exporting, 
         report = sync()
         assert sorted(report.published) == ["cnn/1", "cnn/2"] and report.removed == []
         assert tree(root) == version_tree("cnn", 1, 2, 3) | version_tree("emb", 1) | {"models.config"}
+        assert (root / "models.config").read_text().endswith("}\n")  # a text file: ends with a newline
         config = parse_config((root / "models.config").read_text())
         assert config["cnn"] == ("/models/cnn", "tensorflow", [1, 2, 3], {"production": 1})
         assert config["emb"] == ("/models/emb", "tensorflow", [1], {})

@@ -384,3 +384,11 @@ def test_compare_page_of_the_demo_model_offers_its_samples(client, registry, fro
     samples = re.search(r"data-samples='([^']*)'", body).group(1)
     assert '"name": "0_digit.png"' in html.unescape(samples) and '"expected": "1"' in html.unescape(samples)
     assert 'data-base="/demo/"' in body
+
+
+def test_a_long_description_on_the_compare_page_is_cut_with_an_ellipsis(client, registry, frozen):
+    long = "Inception v3 fine-tuned on the flowers set, 12 epochs, learning rate 0.01 then 0.001"
+    assert push(client, "long", frozen_form(frozen, description=long)).status_code == 202
+    mark_converted(registry, "long", 1, frozen)
+    body = page(client, "/models/long/compare")
+    assert f'title="{long}">{long[:59]}…</span>' in body

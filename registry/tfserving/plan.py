@@ -154,7 +154,8 @@ def models_config(plans: list[ModelPlan], exported: dict[str, dict[int, float]],
         model.model_version_policy.specific.versions.extend(p.exported)
         for alias, number in p.labels.items():
             model.version_labels[alias] = number
-    return text_format.MessageToString(config)
+    text = text_format.MessageToString(config)
+    return text if text.endswith("\n") else text + "\n"  # a text file ends with a newline
 
 
 def config_labels(text: str | None) -> dict[str, dict[str, int]]:
