@@ -49,6 +49,8 @@ def _check_url(url: str, where: str) -> None:
 def split_ref(spec: str) -> tuple[str, str]:
     """``NAME[:REF]`` -> (NAME, REF), REF defaulting to ``latest``."""
     name, _, ref = spec.partition(":")
+    if not name.strip():
+        raise click.UsageError(f"{spec!r} names no model: write NAME or NAME:REF, e.g. cnn:3, cnn:production")
     return name, ref or "latest"
 
 

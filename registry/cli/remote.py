@@ -270,7 +270,7 @@ def _serving_setting(chosen) -> str:
 
 @click.command("ls")
 @click.argument("name", required=False)
-@click.option("--limit", default=50, show_default=True, help="Versions to show for NAME.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Versions to show for NAME.")
 @click.option("--search", default=None, metavar="TEXT",
               help="Only models whose name contains TEXT (any case; % and _ are plain characters).")
 @url_option

@@ -36,6 +36,10 @@ REWRITES: list[tuple[re.Pattern, object]] = [
     (re.compile(r"the '(" + "|".join(FIELDS) + r")' file"), lambda m: f"the {FIELDS[m[1]]} file"),
     (re.compile(r" ?\(multipart field 'image'\)"), ""),
     (re.compile(r'send "reason"'), "pass --reason"),
+    (re.compile(r"send Authorization: Bearer <token> \(REGISTRY_TOKEN for the CLI;"),
+     "pass --token TOKEN (or set REGISTRY_TOKEN;"),
+    (re.compile(r"send Authorization: Bearer rgt_…"), "pass --token rgt_… (or set REGISTRY_TOKEN)"),
+    (re.compile(r"send the token as Authorization: Bearer rgt_…"), "pass it with --token rgt_… (or set REGISTRY_TOKEN)"),
     (re.compile(r"send one of them as signature_name"), "pass one of them with --signature"),
 ]
 
