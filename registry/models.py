@@ -1,5 +1,8 @@
 """SQLAlchemy 2 models.  ORM rows stay inside the services; the rest of the
-code works with the plain entities in ``registry.entities``."""
+code works with the plain entities in ``registry.entities``.
+
+Over 400 lines on purpose: every table is declared here, so the schema reads in one place and the
+migration tests compare it whole against what Alembic builds."""
 
 from __future__ import annotations
 
@@ -72,6 +75,8 @@ class ModelVersion(Base):
     __table_args__ = (
         sa.UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),
         sa.Index("ix_model_versions_model_status_version", "model_id", "status", "version"),
+        sa.Index("ix_model_versions_created_at", "created_at"),
+        sa.Index("ix_model_versions_status_id", "status", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -107,6 +112,11 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     ready_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Lineage: the checkpoint's global_step (read from it when it has one) and what the push said.
+    global_step: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
+    source_commit: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    run_url: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    dataset: Mapped[str | None] = mapped_column(sa.String(255), default=None)
 
     model: Mapped[RegisteredModel] = relationship(back_populates="versions", lazy="raise")
     files: Mapped[list["VersionFile"]] = relationship(
@@ -352,3 +362,111 @@ class WebSession(Base):
     id_sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     token_id: Mapped[int] = mapped_column(sa.ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- issue 17: tags, alias history and rules, webhooks ---------------------------------------------
+
+TAG_VALUE_INDEXED = 128  # characters of a tag value in the (key, value) index
+
+
+class ModelTag(Base):
+    __tablename__ = "model_tags"
+    __table_args__ = (sa.Index("ix_model_tags_key_value", "key", sa.func.substr(sa.text("value"), 1, 128)),)
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(250), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(5000))
+    updated_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class VersionTag(Base):
+    __tablename__ = "version_tags"
+    __table_args__ = (sa.Index("ix_version_tags_key_value", "key", sa.func.substr(sa.text("value"), 1, 128)),)
+
+    version_id: Mapped[int] = mapped_column(sa.ForeignKey("model_versions.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(250), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(5000))
+    updated_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AliasMove(Base):
+    """One move of an alias: from which version to which (None: created / removed), who, when, why."""
+
+    __tablename__ = "alias_history"
+    __table_args__ = (sa.Index("ix_alias_history_model_alias", "model_id", "alias", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(sa.String(64))
+    from_version: Mapped[int | None] = mapped_column(default=None)
+    to_version: Mapped[int | None] = mapped_column(default=None)
+    actor: Mapped[str] = mapped_column(sa.String(128), default="")
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    forced: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AliasRule(Base):
+    """A model's rule for one alias: protected (moves need the promote scope and a reason) and its gate."""
+
+    __tablename__ = "alias_rules"
+    __table_args__ = (sa.UniqueConstraint("model_id", "alias", name="uq_alias_rules_model_alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(sa.String(64))
+    protected: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    gate: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    updated_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Webhook(Base):
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(sa.Text)
+    events: Mapped[list[Any]]
+    model: Mapped[str | None] = mapped_column(sa.String(128), default=None)  # None: every model
+    secret: Mapped[str] = mapped_column(sa.String(128))  # HMAC-SHA256 key of the signatures
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    active: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
+    created_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookEvent(Base):
+    """The outbox: an event written in the same transaction as the change it reports."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event: Mapped[str] = mapped_column(sa.String(32))
+    model: Mapped[str] = mapped_column(sa.String(128))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event to one hook: sent after commit by the workers, retried with backoff, redeliverable."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+                      sa.Index("ix_webhook_deliveries_hook", "webhook_id", "id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(sa.ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(sa.ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(sa.String(16))  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(128), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)

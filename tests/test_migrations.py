@@ -30,7 +30,7 @@ def test_migrating_twice_is_harmless(tmp_path):
     db.upgrade()
     db.upgrade()
     with db.engine.connect() as connection:
-        assert connection.execute(sa.text("select version_num from alembic_version")).scalar() == "0012"
+        assert connection.execute(sa.text("select version_num from alembic_version")).scalar() == "0013"
 
 
 @pytest.fixture
