@@ -18,6 +18,7 @@ from registry.serving.rest import bp as serving_bp
 from registry.storage import open_storage
 from registry.tfserving import ExportSyncer
 from registry.web import bp as web_bp
+from registry.webhooks.delivery import start_sender_thread
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, start_
 
     if start_workers and settings.embedded_workers > 0:
         start_embedded_workers(registry, settings.embedded_workers)
+        start_sender_thread(registry)  # webhook deliveries, sent after commit like the jobs
     return app
 
 

@@ -162,6 +162,42 @@ class RegistryClient:
             if not token:
                 return
 
+    def set_tags(self, name: str, ref: str | None, changes: dict[str, str | None]) -> dict[str, str]:
+        """Set or delete (None) tags of model ``name``, or of its version ``ref``; the tags after the write."""
+        path = f"/api/v1/models/{name}" + (f"/versions/{ref}" if ref else "") + "/tags"
+        return self._request("PATCH", path, json=changes).json()["tags"]
+
+    def _search(self, path: str, key: str, params: dict, limit: int | None) -> Iterator[dict]:
+        token, seen = None, 0
+        while True:
+            page = self._request("GET", path, params={**params, **({"page_token": token} if token else {})}).json()
+            for item in page[key]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield item
+            token = page["next_page_token"]
+            if not token:
+                return
+
+    def search_versions(self, filter_text: str = "", order_by: str | None = None,
+                        limit: int | None = None) -> Iterator[dict]:
+        """Versions of every model matching ``filter_text`` (the registry's filter grammar)."""
+        params = {k: v for k, v in {"filter": filter_text, "order_by": order_by}.items() if v}
+        return self._search("/api/v1/versions", "versions", params, limit)
+
+    def search_models(self, filter_text: str = "", order_by: str | None = None,
+                      limit: int | None = None) -> Iterator[dict]:
+        params = {k: v for k, v in {"filter": filter_text, "order_by": order_by}.items() if v}
+        return self._search("/api/v1/models", "models", params, limit)
+
+    def get_auto_compare(self, name: str) -> dict:
+        return self._request("GET", f"/api/v1/models/{name}/auto-compare").json()
+
+    def set_auto_compare(self, name: str, sets: list[str] | None, reference: str | None) -> dict:
+        return self._request("PUT", f"/api/v1/models/{name}/auto-compare",
+                             json={"sets": sets, "reference": reference}).json()
+
     def list_tokens(self) -> list[dict]:
         """Every token, revoked ones too (admin token; never the tokens themselves)."""
         return self._request("GET", "/api/v1/tokens").json()["tokens"]
@@ -172,6 +208,28 @@ class RegistryClient:
 
     def revoke_token(self, name_or_id: str) -> dict:
         return self._request("DELETE", f"/api/v1/tokens/{quote(name_or_id, safe='')}").json()
+
+    def add_webhook(self, url: str, events: list[str], model: str | None = None, secret: str | None = None,
+                    description: str = "") -> dict:
+        """A new webhook (admin token): the answer's ``secret`` is the only place it is ever shown."""
+        body = {"url": url, "events": events, **({"model": model} if model else {}),
+                **({"secret": secret} if secret else {}), **({"description": description} if description else {})}
+        return self._request("POST", "/api/v1/webhooks", json=body).json()
+
+    def list_webhooks(self) -> list[dict]:
+        return self._request("GET", "/api/v1/webhooks").json()["webhooks"]
+
+    def delete_webhook(self, hook_id: int) -> dict:
+        return self._request("DELETE", f"/api/v1/webhooks/{int(hook_id)}").json()
+
+    def webhook_deliveries(self, hook_id: int, limit: int | None = None) -> Iterator[dict]:
+        """A webhook's deliveries, newest first."""
+        params = {"page_size": max(1, min(limit, 1000))} if limit else {}
+        return self._search(f"/api/v1/webhooks/{int(hook_id)}/deliveries", "deliveries", params, limit)
+
+    def redeliver_webhook(self, hook_id: int, delivery_id: int) -> dict:
+        return self._request("POST", f"/api/v1/webhooks/{int(hook_id)}/deliveries/{int(delivery_id)}/redeliver"
+                             ).json()
 
     def get_model(self, name: str) -> dict:
         return self._request("GET", f"/api/v1/models/{name}").json()
@@ -301,8 +359,49 @@ class RegistryClient:
             for h in handles:
                 h.close()
 
-    def set_alias(self, name: str, alias: str, version: int) -> dict:
-        return self._request("PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"version": version}).json()
+    def compare_json(self, name: str, body: dict) -> dict:
+        """:compare with a JSON body (an eval_set, or instances): the report (200), or where it will be
+        (202: ``{"report", "url", "status"}``)."""
+        return self._request("POST", f"/v1/models/{name}:compare", json=body, timeout=None).json()
+
+    def get_comparison(self, name: str, report_id: int) -> dict:
+        return self._request("GET", f"/api/v1/models/{name}/comparisons/{report_id}").json()
+
+    def list_comparisons(self, name: str, limit: int | None = None) -> list[dict]:
+        """A model's comparison reports, newest first."""
+        params = {"page_size": max(1, min(limit, 1000))} if limit else {}
+        return self._request("GET", f"/api/v1/models/{name}/comparisons", params=params).json()["comparisons"]
+
+    def set_alias(self, name: str, alias: str, version: int, reason: str = "", force: bool = False) -> dict:
+        body = {"version": version, **({"reason": reason} if reason else {}), **({"force": True} if force else {})}
+        return self._request("PUT", f"/api/v1/models/{name}/aliases/{alias}", json=body).json()
+
+    def alias_history(self, name: str, alias: str, limit: int | None = None) -> Iterator[dict]:
+        return self._search(f"/api/v1/models/{name}/aliases/{alias}/history", "moves", {}, limit)
+
+    def get_alias(self, name: str, alias: str, at: str | None = None) -> dict:
+        return self._request("GET", f"/api/v1/models/{name}/aliases/{alias}",
+                             params={"at": at} if at else None).json()
+
+    def rollback(self, name: str, alias: str, reason: str = "", force: bool = False) -> dict:
+        return self._request("POST", f"/api/v1/models/{name}/aliases/{alias}/rollback",
+                             json={"reason": reason, "force": force}).json()
+
+    def alias_rules(self, name: str) -> list[dict]:
+        return self._request("GET", f"/api/v1/models/{name}/alias-rules").json()
+
+    def set_alias_rule(self, name: str, alias: str, protected: bool, gate: dict | None) -> dict:
+        return self._request("PUT", f"/api/v1/models/{name}/aliases/{alias}/rule",
+                             json={"protected": protected, "gate": gate}).json()
+
+    def list_metrics(self, name: str, ref: str) -> list[dict]:
+        return self._request("GET", f"/api/v1/models/{name}/versions/{ref}/metrics").json()["metrics"]
+
+    def record_metrics(self, name: str, ref: str, metrics: dict[str, float], eval_set: str | None = None,
+                       step: int | None = None) -> list[dict]:
+        body = {"metrics": metrics, **({"eval_set": eval_set} if eval_set else {}),
+                **({"step": step} if step is not None else {})}
+        return self._request("POST", f"/api/v1/models/{name}/versions/{ref}/metrics", json=body).json()["metrics"]
 
     def delete_version(self, name: str, ref: str | int) -> dict:
         return self._request("DELETE", f"/api/v1/models/{name}/versions/{ref}").json()
@@ -316,8 +415,54 @@ class RegistryClient:
     def set_allowed_ops(self, name: str, ops: list[str], reason: str = "") -> dict:
         return self._request("PUT", f"/api/v1/models/{name}/allowed-ops", json={"ops": ops, "reason": reason}).json()
 
-    def delete_alias(self, name: str, alias: str) -> None:
-        self._request("DELETE", f"/api/v1/models/{name}/aliases/{alias}")
+    def delete_alias(self, name: str, alias: str, reason: str = "") -> None:
+        self._request("DELETE", f"/api/v1/models/{name}/aliases/{alias}", params={"reason": reason} if reason else None)
+
+    def add_eval_set(self, name: str, eval_set: str, path: Path, label_feature: str | None = None,
+                     description: str = "", progress: Callable[[int], None] | None = None) -> dict:
+        """Upload ``path`` as the next revision of evaluation set ``eval_set`` of model ``name``."""
+        fields = {k: v for k, v in (("label_feature", label_feature), ("description", description)) if v}
+        body = MultipartBody(fields, [("file", Path(path))], progress)
+        return self._request(
+            "POST", f"/api/v1/models/{name}/eval-sets/{quote(eval_set, safe='')}", data=body,
+            headers={"Content-Type": body.content_type, "Content-Length": str(len(body))}, timeout=None,
+        ).json()
+
+    def list_eval_sets(self, name: str) -> list[dict]:
+        """Each evaluation set of ``name``: its latest revision, with ``revisions`` (how many are live)."""
+        return self._request("GET", f"/api/v1/models/{name}/eval-sets").json()["eval_sets"]
+
+    def list_eval_set_revisions(self, name: str, eval_set: str) -> list[dict]:
+        """The live revisions of an evaluation set, newest first."""
+        return self._request("GET", f"/api/v1/models/{name}/eval-sets/{quote(eval_set, safe='')}").json()["revisions"]
+
+    def pull_eval_set(self, name: str, eval_set: str, revision: int | None, dest: Path) -> dict:
+        """Download a revision (the latest when None) of an evaluation set to ``dest``, its sha256 checked
+        before it appears there; returns the revision's record."""
+        base = f"/api/v1/models/{name}/eval-sets/{quote(eval_set, safe='')}"
+        records = self.list_eval_set_revisions(name, eval_set)
+        record = records[0] if revision is None else next((r for r in records if r["revision"] == revision), None)
+        if record is None:
+            record = self._request("GET", f"{base}/{revision}").json()  # 404: says which revisions there are
+        response = self._request("GET", f"{base}/{record['revision']}/download", stream=True)
+        _save_verified(response, Path(dest), record["sha256"])
+        return record
+
+    def delete_eval_set(self, name: str, eval_set: str, revision: int | None = None) -> dict:
+        """Delete one revision of an evaluation set, or all of them (``revision`` None)."""
+        path = f"/api/v1/models/{name}/eval-sets/{quote(eval_set, safe='')}" + (f"/{revision}" if revision else "")
+        return self._request("DELETE", path).json()
+
+    def get_shadow(self, name: str, alias: str, since: str | None = None, until: str | None = None) -> dict:
+        """An alias's shadow version and its agreement figures per time window (default: the last 24 hours)."""
+        params = {k: v for k, v in (("since", since), ("until", until)) if v}
+        return self._request("GET", f"/api/v1/models/{name}/aliases/{alias}/shadow", params=params).json()
+
+    def set_shadow(self, name: str, alias: str, version: int) -> dict:
+        return self._request("PUT", f"/api/v1/models/{name}/aliases/{alias}/shadow", json={"version": version}).json()
+
+    def delete_shadow(self, name: str, alias: str) -> dict:
+        return self._request("DELETE", f"/api/v1/models/{name}/aliases/{alias}/shadow").json()
 
 
 def _serving_path(name: str, ref: str) -> str:

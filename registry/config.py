@@ -67,11 +67,19 @@ class Settings:
     max_image_pixels: int = 50_000_000
     compare_max_versions: int = 8
     compare_max_images: int = 64
+    compare_sync_max: int = 256  # a comparison on more inputs runs as a job (202)
     batch_max_size: int = 16
     label_timeout_seconds: float = 30.0
     label_workers: int = 1
     label_memory_mb: int = 8192
     predict_max_elements: int = 5_000_000
+    # Shadow traffic (registry.serving.shadow): aggregation window, flush period, queue bound, the largest
+    # |difference| of numeric outputs that still agrees, and how many disagreeing inputs to keep per alias.
+    shadow_window_seconds: float = 60.0
+    shadow_flush_seconds: float = 10.0
+    shadow_queue_size: int = 1000
+    shadow_tolerance: float = 1e-5
+    shadow_samples: int = 0
     demo: bool = True
     s3_presign: bool = False
     # Who may do what without a token (see registry.auth.anonymous_allowed).  ``embedded``
@@ -91,6 +99,16 @@ class Settings:
     max_archive_bytes: int = 8 * 1024**3
     max_archive_files: int = 10_000
     max_upload_parts: int = 256
+    # Evaluation sets (registry.evaluation): the largest upload, and the most inputs one set may hold.
+    eval_set_max_bytes: int = 2 * 1024**3
+    eval_set_max_inputs: int = 100_000
+    # Webhooks (registry.webhooks): private/loopback targets allowed (tests, a registry inside one network),
+    # the timeout of one POST, the attempts of a delivery, and the exponential backoff's base and cap.
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_backoff_seconds: float = 10.0
+    webhook_backoff_max_seconds: float = 3600.0
     # Host names the server answers to besides localhost and IP addresses (registry.auth.access checks the
     # Host header against DNS rebinding); "*": any.  From REGISTRY_ALLOWED_HOSTS, REGISTRY_URL's host
     # and the address the server listens on (``bound_to``).
@@ -123,11 +141,17 @@ class Settings:
             max_image_pixels=int(_env("REGISTRY_MAX_IMAGE_PIXELS", "50000000")),
             compare_max_versions=int(_env("REGISTRY_COMPARE_MAX_VERSIONS", "8")),
             compare_max_images=int(_env("REGISTRY_COMPARE_MAX_IMAGES", "64")),
+            compare_sync_max=int(_env("REGISTRY_COMPARE_SYNC_MAX", "256")),
             batch_max_size=int(_env("REGISTRY_BATCH_MAX_SIZE", "16")),
             label_timeout_seconds=float(_env("REGISTRY_LABEL_TIMEOUT_SECONDS", "30")),
             label_workers=int(_env("REGISTRY_LABEL_WORKERS", "1")),
             label_memory_mb=int(_env("REGISTRY_LABEL_MEMORY_MB", "8192")),
             predict_max_elements=int(_env("REGISTRY_PREDICT_MAX_ELEMENTS", "5000000")),
+            shadow_window_seconds=float(_env("REGISTRY_SHADOW_WINDOW_SECONDS", "60")),
+            shadow_flush_seconds=float(_env("REGISTRY_SHADOW_FLUSH_SECONDS", "10")),
+            shadow_queue_size=int(_env("REGISTRY_SHADOW_QUEUE_SIZE", "1000")),
+            shadow_tolerance=float(_env("REGISTRY_SHADOW_TOLERANCE", "1e-5")),
+            shadow_samples=int(_env("REGISTRY_SHADOW_SAMPLES", "0")),
             demo=_env("REGISTRY_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"),
             s3_presign=_env("REGISTRY_S3_PRESIGN", "0").strip().lower() in ("1", "true", "yes", "on"),
             embedded=embedded,
@@ -145,6 +169,13 @@ class Settings:
             max_archive_bytes=int(_env("REGISTRY_MAX_ARCHIVE_BYTES", str(8 * 1024**3))),
             max_archive_files=int(_env("REGISTRY_MAX_ARCHIVE_FILES", "10000")),
             max_upload_parts=int(_env("REGISTRY_MAX_UPLOAD_PARTS", "256")),
+            eval_set_max_bytes=int(_env("REGISTRY_EVAL_SET_MAX_BYTES", str(2 * 1024**3))),
+            eval_set_max_inputs=int(_env("REGISTRY_EVAL_SET_MAX_INPUTS", "100000")),
+            webhook_allow_private=_flag(_env("REGISTRY_WEBHOOK_ALLOW_PRIVATE", "0")),
+            webhook_timeout_seconds=float(_env("REGISTRY_WEBHOOK_TIMEOUT_SECONDS", "10")),
+            webhook_max_attempts=int(_env("REGISTRY_WEBHOOK_MAX_ATTEMPTS", "8")),
+            webhook_backoff_seconds=float(_env("REGISTRY_WEBHOOK_BACKOFF_SECONDS", "10")),
+            webhook_backoff_max_seconds=float(_env("REGISTRY_WEBHOOK_BACKOFF_MAX_SECONDS", "3600")),
             allowed_hosts=host_names(_env("REGISTRY_ALLOWED_HOSTS", ""),
                                      urlsplit(_env("REGISTRY_URL", "")).hostname or ""),
         )

@@ -61,6 +61,7 @@ def make_engine(url: str) -> sa.Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA case_sensitive_like=ON")  # LIKE as on PostgreSQL (registry.search)
             cursor.close()
 
         return engine

@@ -32,6 +32,7 @@ SAVED_MODEL_FILENAME = "saved_model.tar"
 SAVED_MODEL_JOB = "saved_model"
 SAVED_MODEL_PENDING, SAVED_MODEL_FAILED = "pending", "failed"
 SAVED_MODEL_STATES = (SAVED_MODEL_PENDING, READY, SAVED_MODEL_FAILED)
+COMPARE_JOB = "compare"  # a comparison of versions (Job.report_id), run by the same workers
 SAVED_MODEL_SOURCE = "saved_model_src"  # the version file of a pushed SavedModel archive
 
 
@@ -86,6 +87,9 @@ class VersionInfo:
     prediction_output: str | None = None  # set at conversion or by a user; None: the first output
     saved_model_state: str | None = None  # pending, ready or failed; None: built before the state was kept
     saved_model_message: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    # lineage: the checkpoint's global_step, and what the push said about where it came from
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def default_signature(self) -> str:
@@ -186,6 +190,7 @@ class ModelInfo:
     updated_at: datetime
     allowed_ops: list[str] = field(default_factory=list)
     served_versions: list[int] | str | None = None  # what a TF Serving export serves; "all"; None: the default
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

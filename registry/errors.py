@@ -16,10 +16,13 @@ class RegistryError(Exception):
     code = "internal_error"
     status = 500
     headers: dict[str, str] = {}  # extra response headers (e.g. Retry-After)
+    details: dict | None = None
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 details: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details  # what the answer carries besides the message (e.g. a gate's conditions)
         if code is not None:
             self.code = code
         if status is not None:

@@ -25,14 +25,14 @@ def wants_json() -> bool:
             or "web" not in current_app.blueprints)
 
 
-def error_response(status: int, code: str, message: str):
+def error_response(status: int, code: str, message: str, details: dict | None = None):
     if not wants_json():
         titles = {404: "Not found", 400: "That did not work", 409: "Not possible right now", 413: "Too large",
                   401: "Sign in needed", 403: "Not allowed", 429: "Too many requests",
                   503: "Unavailable right now"}
         page = render_template("error.html", title=titles.get(status, "Something went wrong"), message=message)
         return page, status
-    response = jsonify({"error": {"code": code, "message": message}})
+    response = jsonify({"error": {"code": code, "message": message, **({"details": details} if details else {})}})
     response.status_code = status
     return response
 
@@ -40,7 +40,7 @@ def error_response(status: int, code: str, message: str):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RegistryError)
     def _registry_error(exc: RegistryError):
-        response = app.make_response(error_response(exc.status, exc.code, exc.message))
+        response = app.make_response(error_response(exc.status, exc.code, exc.message, exc.details))
         response.headers.update(exc.headers)
         if exc.status == 503 and "Retry-After" not in response.headers:
             # the database or blob store is away: worth retrying shortly

@@ -80,6 +80,22 @@ BATCH_REQUESTS = Histogram("registry_serving_batch_requests", "Requests that wen
 BATCH_ROWS = Histogram("registry_serving_batch_rows", "Rows (batch dimension) of one Session.run.",
                        ["model", "version"], buckets=BATCH_BUCKETS)
 
+# -- shadow traffic (registry.serving.shadow) ----------------------------------------------------
+
+ABS_DIFF_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0)
+SHADOW_REQUESTS = Counter("registry_shadow_requests", "Requests answered through an alias that has a shadow "
+                          "version (each offers the shadow a copy).", ["model", "alias"])
+SHADOW_COMPARISONS = Counter("registry_shadow_comparisons", "Inputs both the alias's version and its shadow "
+                             "answered, compared.", ["model", "alias"])
+SHADOW_AGREEMENTS = Counter("registry_shadow_agreements", "Compared inputs on which primary and shadow agree "
+                            "(same top-1 class; numeric outputs within REGISTRY_SHADOW_TOLERANCE).", ["model", "alias"])
+SHADOW_DROPS = Counter("registry_shadow_drops", "Copies dropped because the shadow queue was full "
+                       "(REGISTRY_SHADOW_QUEUE_SIZE); the primary answered regardless.", ["model", "alias"])
+SHADOW_ERRORS = Counter("registry_shadow_errors", "Copies the shadow version failed on (never the primary's "
+                        "answer).", ["model", "alias"])
+SHADOW_ABS_DIFF = Histogram("registry_shadow_abs_diff", "Largest absolute difference between primary and shadow "
+                            "output values, per compared input.", ["model", "alias"], buckets=ABS_DIFF_BUCKETS)
+
 # -- the graph cache -----------------------------------------------------------------------------
 
 CACHE_LOADS = Counter("registry_graph_cache_loads", "Graphs loaded into an inference worker.",

@@ -46,17 +46,35 @@ ACCESS = {
     ("GET", "/api/v1/models/<name>/versions/<ref>/saved_model.tar.gz"): READ,
     ("GET", "/api/v1/models/<name>/versions/<ref>/saved_model.tar"): READ,
     ("GET", "/api/v1/models/<name>/allowed-ops"): READ,
+    # evaluation sets: listing and downloading them; adding and deleting them change the catalog
+    ("GET", "/api/v1/models/<name>/eval-sets"): READ,
+    ("GET", "/api/v1/models/<name>/eval-sets/<set>"): READ,
+    ("GET", "/api/v1/models/<name>/eval-sets/<set>/<int:revision>"): READ,
+    ("GET", "/api/v1/models/<name>/eval-sets/<set>/<int:revision>/download"): READ,
+    ("POST", "/api/v1/models/<name>/eval-sets/<set>"): WRITE,
+    ("DELETE", "/api/v1/models/<name>/eval-sets/<set>"): WRITE,
+    ("DELETE", "/api/v1/models/<name>/eval-sets/<set>/<int:revision>"): WRITE,
     ("GET", "/api/v1/serving"): READ,
+    ("GET", "/api/v1/versions"): READ,  # search across models
+    ("GET", "/api/v1/models/<name>/aliases/<alias>"): READ,  # where it points (now, or at= a time)
+    ("GET", "/api/v1/models/<name>/aliases/<alias>/history"): READ,
+    ("GET", "/api/v1/models/<name>/alias-rules"): READ,
+    ("GET", "/api/v1/models/<name>/auto-compare"): READ,
+    ("GET", "/api/v1/models/<name>/versions/<ref>/metrics"): READ,
     ("GET", "/api/v1/serving/models.config"): READ,
     ("GET", "/"): READ,
     ("GET", "/models/<name>"): READ,
     ("GET", "/models/<name>/versions/<ref>"): READ,
     ("GET", "/models/<name>/compare"): READ,
+    ("GET", "/models/<name>/comparisons/<int:report_id>"): READ,
     ("GET", "/demo/<path:filename>"): READ,
     # the label service runs graphs but changes nothing: model status, :label, :compare, :predict
     ("GET", "/v1/models"): READ,
     ("GET", "/v1/models/<path:spec>"): READ,
     ("POST", "/v1/models/<path:spec>"): READ,
+    # the comparison reports :compare stores
+    ("GET", "/api/v1/models/<name>/comparisons"): READ,
+    ("GET", "/api/v1/models/<name>/comparisons/<int:report_id>"): READ,
     # the label service's Prometheus metrics (TF Serving's path): counts per model tell what the catalog does
     ("GET", "/monitoring/prometheus/metrics"): READ,
     # changing the catalog: pushing, editing and deleting versions and models, moving aliases,
@@ -67,23 +85,40 @@ ACCESS = {
     ("DELETE", "/api/v1/models/<name>/versions/<ref>"): WRITE,
     ("DELETE", "/api/v1/models/<name>"): WRITE,
     ("PATCH", "/api/v1/models/<name>"): WRITE,  # its description
+    ("PATCH", "/api/v1/models/<name>/tags"): WRITE,
+    ("PUT", "/api/v1/models/<name>/auto-compare"): WRITE,
+    ("POST", "/api/v1/models/<name>/versions/<ref>/metrics"): WRITE,
+    ("PATCH", "/api/v1/models/<name>/versions/<ref>/tags"): WRITE,
     ("PUT", "/api/v1/models/<name>/aliases/<alias>"): WRITE,
     ("DELETE", "/api/v1/models/<name>/aliases/<alias>"): WRITE,
+    ("POST", "/api/v1/models/<name>/aliases/<alias>/rollback"): WRITE,  # protected: promote (in the service)
     ("PUT", "/api/v1/models/<name>/serving"): WRITE,
+    # shadow traffic: which version gets a copy of an alias's requests (like moving an alias); reading it
+    ("PUT", "/api/v1/models/<name>/aliases/<alias>/shadow"): WRITE,
+    ("DELETE", "/api/v1/models/<name>/aliases/<alias>/shadow"): WRITE,
+    ("GET", "/api/v1/models/<name>/aliases/<alias>/shadow"): READ,
     ("GET", "/push"): WRITE,  # the push form, shown to those who may push
     ("POST", "/models/<name>/aliases"): WRITE,
+    ("POST", "/models/<name>/versions/<ref>/tags"): WRITE,
     ("POST", "/models/<name>/versions/<ref>/prediction-output"): WRITE,
     # tokens, the audit log, and relaxing the converter's op scan for a model (a security control)
     ("GET", "/api/v1/tokens"): ADMIN,
+    ("PUT", "/api/v1/models/<name>/aliases/<alias>/rule"): ADMIN,  # protecting an alias, its gate
     ("POST", "/api/v1/tokens"): ADMIN,
     ("DELETE", "/api/v1/tokens/<name_or_id>"): ADMIN,
     ("GET", "/api/v1/audit"): ADMIN,
+    ("POST", "/api/v1/webhooks"): ADMIN,  # webhooks: targets, secrets, delivery logs
+    ("GET", "/api/v1/webhooks"): ADMIN,
+    ("GET", "/api/v1/webhooks/<int:hook_id>"): ADMIN,
+    ("DELETE", "/api/v1/webhooks/<int:hook_id>"): ADMIN,
+    ("GET", "/api/v1/webhooks/<int:hook_id>/deliveries"): ADMIN,
+    ("POST", "/api/v1/webhooks/<int:hook_id>/deliveries/<int:delivery_id>/redeliver"): ADMIN,
     ("GET", "/audit"): ADMIN,
     ("PUT", "/api/v1/models/<name>/allowed-ops"): ADMIN,
 }
 # URL values that reach each handler without loading TensorFlow or changing anything.
 VALUES = {"name": "cnn", "ref": "1", "alias": "production", "spec": "cnn/versions/1", "filename": "app.js",
-          "name_or_id": "nobody"}
+          "name_or_id": "nobody", "set": "holdout", "revision": 1, "report_id": 1, "hook_id": 1, "delivery_id": 1}
 POST_SPEC = "cnn/versions/x:label"  # refused by the path parser, after the access check
 CALLERS = ("none", "read", "write", "admin", "revoked", "malformed")
 RANK = {ANYONE: 0, READ: 1, WRITE: 2, ADMIN: 3}
@@ -310,12 +345,13 @@ def test_token_api_creates_lists_and_revokes(secured):
     assert client.put("/api/v1/models/x/aliases/p", json={"version": 1}, headers=bearer(token)).status_code == 404
     listed = client.get("/api/v1/tokens", headers=admin).get_json()["tokens"]
     assert {t["name"]: t["scope"] for t in listed if t["active"]} == {
-        "read-token": "read", "write-token": "write", "admin-token": "admin", "ci": "write"}
+        "read-token": "read", "write-token": "write", "promote-token": "promote", "admin-token": "admin",
+        "ci": "write"}
     assert all("token" not in t for t in listed)
     again = client.post("/api/v1/tokens", json={"name": "ci"}, headers=admin)
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "token_name_taken"
     bad = client.post("/api/v1/tokens", json={"name": "ci2", "scope": "root"}, headers=admin)
-    assert bad.status_code == 400 and "scope must be one of read, write, admin" in bad.get_json()["error"]["message"]
+    assert bad.status_code == 400 and "scope must be one of read, write, promote, admin" in bad.get_json()["error"]["message"]
     revoked = client.delete("/api/v1/tokens/ci", headers=admin)
     assert revoked.status_code == 200 and revoked.get_json()["active"] is False
     response = client.get("/api/v1/models", headers=bearer(token))
@@ -389,8 +425,7 @@ def test_every_write_is_audited_with_who_what_and_from_where(secured, models):
         models["frozen"].frozen_graph.read_bytes()).hexdigest()
     assert push_event["remote_addr"] == "127.0.0.1" and push_event["token_id"] is not None
     assert events[1]["details"] == {"version": 1, "previous": None}
-    assert [e["action"] for e in events[4:]] == ["token.revoke", "token.create", "token.create", "token.create",
-                                                 "token.create"]
+    assert [e["action"] for e in events[4:]] == ["token.revoke"] + ["token.create"] * 5  # a token per scope, +1
     first = client.get("/api/v1/audit?page_size=3", headers=admin).get_json()
     second = client.get(f"/api/v1/audit?page_size=3&page_token={first['next_page_token']}", headers=admin).get_json()
     assert [e["id"] for e in first["events"] + second["events"]] == [e["id"] for e in events[:6]]

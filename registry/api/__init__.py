@@ -6,6 +6,12 @@ from flask import Blueprint, Flask
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 from registry.api import auth_views, views  # noqa: E402  (registers the routes)
+from registry.api import shadow_views  # noqa: E402,F401  (registers the shadow traffic routes)
+from registry.api import comparison_views  # noqa: E402,F401  (registers the comparison report routes)
+from registry.api import search_views  # noqa: E402,F401  (registers the tag and search routes)
+from registry.api import alias_views  # noqa: E402,F401  (alias history, rollback, protected aliases)
+from registry.api import eval_views  # noqa: E402,F401  (registers the evaluation set routes)
+from registry.api import webhook_views  # noqa: E402,F401  (webhooks, their delivery log, redelivery)
 from registry.api.spec import openapi_document  # noqa: E402
 
 

@@ -19,6 +19,7 @@ Over 400 lines because it is the API's whole vocabulary: one model per shape.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -29,9 +30,13 @@ from registry import auth, catalog, safety
 from registry.converter.ops import CATEGORIES
 from registry.entities import PREPROCESSING_KEYS, SAVED_MODEL_SOURCE, SOURCES, VERSION_STATUSES, VersionInfo
 from registry.errors import InvalidRequest
+from registry.evaluation import FORMATS as eval_formats
+from registry.evaluation import sets as eval_sets
 from registry.pagination import DEFAULT_PAGE_SIZE, MAX_INT64, MAX_PAGE_SIZE, checked_token
 from registry.uploads.checks import parse_node_list, parse_signatures
 from registry.uploads.files import FILE_FIELDS
+from registry.webhooks import hooks as webhook_hooks
+from registry.webhooks import EVENTS as WEBHOOK_EVENTS
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,21 @@ class PageQuery(Request):
 
 class ModelQuery(PageQuery):
     q: str | None = Field(None, description="Substring of the name")
+    filter: Annotated[str | None, BeforeValidator(_blank_is_none), Field(description=(
+        "A filter on name, alias, created_at and tags.KEY, e.g. tags.team = 'vision' AND alias = 'production' "
+        "(see GET /api/v1/versions)"))] = None
+    order_by: Annotated[str | None, BeforeValidator(_blank_is_none),
+                        Field(description="name or created_at, then ASC or DESC (default name ASC)")] = None
+
+
+class VersionSearch(PageQuery):
+    filter: Annotated[str | None, BeforeValidator(_blank_is_none), Field(description=(
+        "Fields name, version, status, source, alias, created_at and tags.KEY; operators = != < <= > >= LIKE "
+        "ILIKE IN, NOT IN; AND, OR, NOT and parentheses; values 'text' or numbers, e.g. "
+        "tags.team = 'vision' AND status = 'ready'. A mistake is a 400 naming its column"))] = None
+    order_by: Annotated[str | None, BeforeValidator(_blank_is_none),
+                        Field(description="created_at, version or name, then ASC or DESC (default created_at DESC)")
+                        ] = None
 
 
 class VersionQuery(PageQuery):
@@ -209,6 +229,54 @@ class ModelUpdate(Request):
                                                 description="Shown with the model in listings and on its page")]
 
 
+class TagsUpdate(Request):
+    """Tags to set (a value) or delete (null), e.g. {"team": "vision", "old": null}; keys: 1-250 letters,
+    digits, '_', '-', '.', '/' or ':'; values: at most 5,000 characters."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "minProperties": 1, "additionalProperties": {"type": ["string", "null"], "maxLength": 5000}})
+    invalid = Invalid("invalid_tags", 'send a JSON object of tags, e.g. {"team": "vision", "old": null} '
+                                      "(null deletes a tag)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checked(cls, value: object) -> object:
+        return catalog.validate_tags(value)
+
+    @property
+    def changes(self) -> dict[str, str | None]:
+        return dict(self.model_extra or {})
+
+
+class MetricsBody(Request):
+    invalid = Invalid("invalid_metrics", 'send a JSON body like {"metrics": {"accuracy@val": 0.78}, "eval_set": '
+                                         '"val", "step": 12000}')
+
+    metrics: dict[str, Any] = Field(description="Names (1-128 letters, digits, _ - . / : @) and finite numbers")
+    eval_set: Annotated[str | None, Field(max_length=64, description="The evaluation set they were measured on")] = None
+    step: Annotated[int | None, Field(ge=0, le=MAX_INT64, description="The training step they belong to")] = None
+
+
+class Metric(Answer):
+    version: int
+    name: str
+    value: float
+    eval_set: str | None
+    step: int | None
+    source: str = Field(description="api, or compare (recorded by a comparison with expected labels)")
+    report_id: int | None = Field(description="The comparison report that measured it")
+    created_by: str
+    created_at: datetime
+
+
+class MetricList(BaseModel):
+    metrics: list[Metric] = Field(description="Oldest first")
+
+
+class Tags(BaseModel):
+    tags: dict[str, str] = Field(description="The tags after the write")
+
+
 class PredictionOutputUpdate(Request):
     """Choose the output :label and :compare rank classes by."""
 
@@ -228,6 +296,70 @@ class AliasBody(Request):
                       f'send a JSON body like {{"version": 3}}: a version number from 1 to {MAX_INT64}')
 
     version: Annotated[VersionNumber, BeforeValidator(_decimal)]
+    reason: Annotated[str, Strict(), Field(max_length=1000, description="Why it moves (kept in the alias's "
+                                                                         "history; needed for a protected alias)")] = ""
+    force: Annotated[bool, Strict(), Field(description="Move past a failing gate (admin, with a reason)")] = False
+
+
+class AliasMove(Answer):
+    id: int
+    alias: str
+    from_version: int | None = Field(description="null: the alias was created by this move")
+    to_version: int | None = Field(description="null: the alias was removed by this move")
+    actor: str
+    reason: str
+    forced: bool = Field(description="An admin moved it past its failing gate")
+    at: datetime
+
+
+class AliasHistory(BaseModel):
+    model: str
+    alias: str
+    moves: list[AliasMove] = Field(description="Newest first")
+    next_page_token: str | None
+
+
+class AliasState(BaseModel):
+    model: str
+    alias: str
+    version: int | None = Field(description="The version it points at (at the time asked, with at=); null: "
+                                            "it did not exist then")
+    at: datetime | None = Field(description="The time asked about (at=); null: now")
+    move: AliasMove | None = Field(description="The move that put it there")
+    protected: bool
+    gate: dict[str, Any] | None
+
+
+class AliasRuleBody(Request):
+    invalid = Invalid("invalid_alias_rule", 'send a JSON body like {"protected": true, "gate": {"conditions": '
+                                            '[{"kind": "verified"}]}} (gate: null for none)')
+
+    protected: Annotated[bool, Strict()]
+    gate: dict[str, Any] | None = None
+
+
+class AliasRule(Answer):
+    alias: str
+    protected: bool
+    gate: dict[str, Any] | None
+    updated_by: str
+    updated_at: datetime | None
+
+
+class RollbackBody(Request):
+    model_config = ConfigDict(extra="ignore")
+    invalid = Invalid("invalid_rollback", 'send a JSON body like {"reason": "v7 doubles the latency"}')
+
+    reason: Annotated[str, Strict(), Field(max_length=1000)] = ""
+    force: Annotated[bool, Strict()] = False
+
+
+class GateResult(BaseModel):
+    condition: dict[str, Any]
+    passed: bool
+    measured: Any
+    threshold: dict[str, Any] | None
+    message: str
 
 
 class AllowedOpsRequest(Request):
@@ -300,6 +432,30 @@ def _sent_as_text(schema: dict) -> None:
     schema["type"] = "string"
 
 
+def _web_url(value: str, field: str) -> str:
+    value = value.strip()
+    if value and not value.lower().startswith(("http://", "https://")):
+        raise InvalidRequest(f"{field} must be an http:// or https:// URL, not {value[:80]!r}", code="invalid_field")
+    return value
+
+
+def _push_tags(value: object) -> object:
+    """A push's ``tags`` field: a JSON object of text values (no deletions: the version is new)."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidRequest('the tags field is not JSON: send an object like {"team": "vision"}',
+                                 code="invalid_tags") from None
+    tags = catalog.validate_tags(value)
+    missing = [k for k, v in tags.items() if v is None]
+    if missing:
+        raise InvalidRequest(f"tag {missing[0]!r} has no value: a push sets tags, it deletes none", code="invalid_tags")
+    return tags
+
+
 class PushForm(Request):
     """A push's text fields, validated; its files are streamed to storage as they arrive
     (``registry.uploads.multipart``) and only documented here (``file_fields``)."""
@@ -323,6 +479,17 @@ class PushForm(Request):
     input_width: int | None = Field(None, ge=1, le=8192)
     input_mean: float | None = None
     input_std: float | None = None
+    tags: Annotated[dict[str, str], _check(_push_tags),
+                    Field(description='the version\'s tags, as JSON: {"team": "vision"}',
+                          json_schema_extra=_sent_as_text)] = {}
+    source_commit: str = Field("", max_length=64, description="lineage: the commit the model was trained from")
+    run_url: Annotated[str, AfterValidator(lambda v: _web_url(v, "run_url")),
+                       Field(max_length=2048, description="lineage: the training run's URL (http or https)")] = ""
+    dataset: str = Field("", max_length=255, description="lineage: the dataset it was trained on")
+
+    @property
+    def lineage(self) -> dict[str, str]:
+        return {k: v for k in ("source_commit", "run_url", "dataset") if (v := getattr(self, k).strip())}
 
     @model_validator(mode="before")
     @classmethod
@@ -368,6 +535,7 @@ class Model(Answer):
     served_versions: list[int] | Literal["all"] | None = Field(
         None, description='Versions a TF Serving export serves: a list, "all", or null for the default (every '
                           "aliased version and the newest ready one)")
+    tags: dict[str, str] = Field(default_factory=dict, description="Key/value tags (PATCH .../tags)")
     created_at: datetime
     updated_at: datetime
 
@@ -495,6 +663,9 @@ class Version(Answer):
     conversion: dict[str, Any] | None
     files: list[File]
     agreement_with_previous: Agreement | None
+    tags: dict[str, str] = Field(description="Key/value tags (PATCH .../tags)")
+    lineage: dict[str, Any] = Field(description="global_step (read from the checkpoint), source_commit, run_url, "
+                                                "dataset, where known")
     created_at: datetime
     updated_at: datetime
     ready_at: datetime | None
@@ -518,7 +689,7 @@ class Version(Answer):
             "saved_model": _saved_model_state(v),
             "conversion": {k: c for k, c in conversion.items() if k not in _LIFTED} or None,
             "files": v.files, "agreement_with_previous": v.agreement_with_previous,
-            "created_at": v.created_at, "updated_at": v.updated_at, "ready_at": v.ready_at,
+            "tags": v.tags, "lineage": v.lineage, "created_at": v.created_at, "updated_at": v.updated_at, "ready_at": v.ready_at,
         })
 
 
@@ -646,4 +817,253 @@ class AuditEvent(Answer):
 
 class AuditPage(BaseModel):
     events: list[AuditEvent]
+    next_page_token: str | None
+
+
+# --- shadow traffic --------------------------------------------------------------------------------
+
+class ShadowBody(Request):
+    model_config = ConfigDict(extra="ignore")
+    invalid = Invalid("invalid_shadow_body", 'send a JSON body like {"version": 3}: the number of a ready version '
+                                             f"(1 to {MAX_INT64}) that gets a copy of the alias's traffic")
+
+    version: Annotated[VersionNumber, BeforeValidator(_decimal)]
+
+
+class ShadowQuery(Request):
+    model_config = ConfigDict(extra="ignore")  # other query arguments are not ours to refuse
+    invalid = Invalid("invalid_time", "{name} must be an ISO 8601 time such as 2026-11-30T06:00:00Z, not {value}")
+
+    since: datetime | None = Field(None, description="Windows starting at or after this time (UTC unless it says); "
+                                                     "default: 24 hours before until")
+    until: datetime | None = Field(None, description="Windows starting before this time; default: now")
+
+
+class ShadowSetting(Answer):
+    model: str
+    alias: str
+    version: int = Field(description="The alias's version: it answers every request")
+    shadow_version: int | None = Field(description="The version that gets a copy of each request; null: off")
+
+
+class ShadowFigures(BaseModel):
+    requests: int = Field(description="Requests answered through the alias while it had this shadow")
+    compared: int = Field(description="Inputs both versions answered")
+    agreed: int = Field(description="Of those, inputs where they agree (top-1 class; numbers within the tolerance)")
+    agreement: float | None = Field(description="agreed / compared; null when nothing was compared")
+    dropped: int = Field(description="Copies dropped because the shadow queue was full")
+    errors: int = Field(description="Copies the shadow failed on")
+    values: int = Field(description="Output values compared")
+    mean_abs_diff: float | None = Field(description="Mean |primary - shadow| over the values compared")
+    max_abs_diff: float | None = Field(description="Largest |primary - shadow|")
+
+
+class ShadowWindow(ShadowFigures):
+    window_start: datetime
+    primary_version: int
+    shadow_version: int
+
+
+class ShadowSample(BaseModel):
+    created_at: datetime
+    primary_version: int
+    shadow_version: int
+    inputs: Any = Field(description="The input, by signature key, as TF Serving's JSON writes it")
+    primary_outputs: Any
+    shadow_outputs: Any
+
+
+class ShadowReport(ShadowSetting):
+    since: datetime
+    until: datetime
+    window_seconds: float = Field(description="The aggregation window (REGISTRY_SHADOW_WINDOW_SECONDS)")
+    totals: ShadowFigures = Field(description="The windows in [since, until) added up")
+    windows: list[ShadowWindow] = Field(description="Oldest first")
+    samples: list[ShadowSample] = Field(description="Disagreeing inputs kept (REGISTRY_SHADOW_SAMPLES), newest first")
+
+
+# --- comparison reports (registry.evaluation.reports) ---------------------------------------------
+
+class ComparedVersion(BaseModel):
+    version: int
+    sha256: str | None = Field(description="The frozen graph compared")
+    ref: str | None = Field(None, description="What the request named it by (a number, an alias, latest)")
+    deleted: bool = Field(description="Deleted (or replaced) since the comparison: the report stays readable")
+
+
+class ComparedSet(BaseModel):
+    name: str
+    revision: int | None
+    deleted: bool = Field(description="The set revision was deleted since the comparison")
+
+
+class Comparison(Answer):
+    id: int
+    model: str
+    url: str = Field(description="This report's permalink")
+    status: Literal["queued", "running", "done", "failed"]
+    trigger: str = Field(description="manual, or auto (a version became ready)")
+    eval_set: ComparedSet | None = Field(description="null: compared on uploaded inputs")
+    signature: str = Field(description="The signature asked for (empty: each version's default)")
+    versions: list[ComparedVersion]
+    settings: dict[str, Any] = Field(description="top_k, tolerance, kind")
+    done: int = Field(description="Inputs every version has run on so far")
+    total: int = Field(description="Inputs to compare on")
+    report: dict[str, Any] | None = Field(description="The figures, once done: per version accuracy, confusion "
+                                                      "matrix, latency; agreement or differences per pair")
+    error: str | None
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class AutoCompare(Request):
+    invalid = Invalid("invalid_auto_compare", 'send {"sets": ["holdout"], "reference": "production"} (reference '
+                                              'defaults to production), or {"sets": null} to turn it off')
+
+    sets: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        description="Evaluation sets each newly ready version is compared on (null: off)")
+    reference: Annotated[str | None, Field(max_length=64, description="The alias whose version it is compared "
+                                                                      "with (default production)")] = None
+
+
+class AutoCompareSetting(BaseModel):
+    sets: list[str] | None = Field(description="Evaluation sets each newly ready version is compared on (null: off)")
+    reference: str | None = Field(description="The alias whose version it is compared with")
+
+
+class ComparisonList(BaseModel):
+    comparisons: list[Comparison] = Field(description="Newest first")
+    next_page_token: str | None
+
+
+# --- evaluation sets (registry.evaluation.sets) ----------------------------------------------------
+
+EvalSetName = Annotated[str, Field(pattern=eval_sets.SET_NAME_RE.pattern,
+                                   description="Evaluation set name: 1-64 letters, digits, '_', '-' or '.'")]
+
+
+class EvalSetForm(Request):
+    """An evaluation set upload's text fields; its file (``file``) streams to storage as it arrives and is
+    only documented here (``file_fields``)."""
+
+    model_config = ConfigDict(extra="ignore")  # a page's form also carries its csrf_token
+    invalid = Invalid("invalid_field", "invalid evaluation set field {name}")
+
+    label_feature: str = Field("", description="For a TFRecord set: the tf.Example feature holding each "
+                                               "record's expected label or value")
+    description: str = ""
+
+    @classmethod
+    def file_fields(cls) -> dict[str, dict]:
+        return {"file": {"type": "string", "format": "binary", "description": (
+            "The set: a .zip/.tar/.tar.gz of images (optional expected.txt, one label per image in sorted "
+            "member order, or a file,label CSV), JSON Lines (.jsonl) of instances with optional \"expected\", "
+            ".npz arrays keyed by input name (optional \"expected\"), or a .tfrecord of tf.Examples")}}
+
+
+class EvalSet(Answer):
+    model: str
+    name: str
+    revision: int
+    ref: str = Field(description="NAME@REVISION, as :compare's eval_set takes it")
+    format: Literal[eval_formats]  # type: ignore[valid-type]
+    filename: str = Field(description="The uploaded file's name")
+    sha256: str
+    size: int
+    count: int = Field(description="Inputs in the set")
+    summary: dict[str, Any] = Field(description=(
+        "What the set holds: inputs (name -> dtype, shape), expected (whether it has expected values), "
+        "labels (its distinct expected labels), images (count per format), features and label_feature "
+        "(TFRecord)"))
+    description: str
+    created_by: str
+    created_at: datetime
+
+
+class EvalSetSummary(EvalSet):
+    revisions: int = Field(description="Live (not deleted) revisions of the set")
+
+
+class EvalSetList(BaseModel):
+    model: str
+    eval_sets: list[EvalSetSummary] = Field(description="Each set's latest revision, by name")
+
+
+class EvalSetRevisions(BaseModel):
+    model: str
+    name: str
+    revisions: list[EvalSet] = Field(description="Newest first")
+
+
+class DeletedEvalSet(BaseModel):
+    model: str
+    name: str
+    revisions_deleted: list[int]
+
+
+# --- webhooks --------------------------------------------------------------------------------------
+
+def _webhook_url(value: object) -> object:
+    return webhook_hooks.validate_url(value) if isinstance(value, str) else value
+
+
+def _webhook_events(value: object) -> object:
+    return webhook_hooks.validate_events(value) if isinstance(value, list) else value
+
+
+class WebhookBody(Request):
+    invalid = Invalid("invalid_webhook", 'send a JSON body like {"url": "https://ci.example.com/hook", "events": '
+                                         '["version.ready", "alias.moved"], "model": "cnn"} (model: optional)')
+
+    url: Annotated[str, Strict(), _check(_webhook_url), Field(
+        max_length=2000, description="http:// or https://; a private or loopback address is refused unless "
+                                     "REGISTRY_WEBHOOK_ALLOW_PRIVATE=true")]
+    events: Annotated[list[Literal[WEBHOOK_EVENTS]], _check(_webhook_events),  # type: ignore[valid-type]
+                      Field(min_length=1, description="The events to send")]
+    model: Annotated[ModelName | None, Field(description="Only this model's events (default: every model)")] = None
+    secret: Annotated[str | None, Strict(), Field(
+        min_length=16, max_length=128, description="The HMAC-SHA256 key of the signatures (default: one made "
+                                                   "for the hook, shown only in this answer)")] = None
+    description: Annotated[str, Strict(), Field(max_length=1000)] = ""
+
+
+class Webhook(Answer):
+    id: int
+    url: str
+    events: list[str]
+    model: str | None = Field(description="null: every model")
+    description: str
+    active: bool
+    created_by: str
+    created_at: datetime
+    deleted_at: datetime | None
+
+
+class NewWebhook(Webhook):
+    secret: str = Field(description="The signing secret: only in the answer to the hook's creation")
+
+
+class WebhookList(BaseModel):
+    webhooks: list[Webhook]
+
+
+class WebhookDelivery(Answer):
+    id: int = Field(description="The delivery id (X-Registry-Delivery)")
+    webhook_id: int
+    event_id: int
+    event: str
+    model: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime = Field(description="When a pending delivery is tried next")
+    last_status_code: int | None = Field(description="The receiver's last HTTP status (null: no answer)")
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    payload: dict[str, Any] = Field(description="The event's fields (delivery_id and timestamp are added when sent)")
+
+
+class WebhookDeliveryPage(BaseModel):
+    deliveries: list[WebhookDelivery] = Field(description="Newest first")
     next_page_token: str | None

@@ -16,6 +16,7 @@ from registry.auth.access import current_actor
 from registry.context import get_registry
 from registry.entities import READY, SAVED_MODEL, SAVED_MODEL_FAILED, SAVED_MODEL_PENDING
 from registry.errors import Conflict, InvalidRequest, NotFound, StorageError
+from registry.search import search_models
 from registry.uploads.archives import ArchiveLimits
 from registry.uploads.files import PushRequest
 from registry.uploads.multipart import read_push_form
@@ -44,6 +45,13 @@ def openapi():
 @operation("listModels", summary="Models by name", query=schemas.ModelQuery,
            answers={200: Json(schemas.ModelList, "A page of models"), 400: "Bad page size or token"})
 def list_models(query: schemas.ModelQuery):
+    if query.filter or query.order_by:
+        if query.q:
+            raise InvalidRequest("give either q (a substring of the name) or filter, not both: e.g. "
+                                 "filter=name LIKE '%incep%'", code="invalid_request")
+        page = search_models(get_registry().db, query.filter, order_by=query.order_by, page_size=query.page_size,
+                             page_token=query.page_token)
+        return schemas.ModelList(models=page.items, next_page_token=page.next_page_token)
     page = catalog.list_models(get_registry().db, page_size=query.page_size, page_token=query.page_token,
                                query=query.q)
     return schemas.ModelList(models=page.items, next_page_token=page.next_page_token)
@@ -122,7 +130,7 @@ def push_version(name: str):
     push_request = PushRequest(
         files=files, output_nodes=fields.output_nodes, input_nodes=fields.input_nodes,
         description=fields.description, preprocessing=fields.preprocessing, signature=fields.signature,
-        signatures=fields.signatures,
+        signatures=fields.signatures, tags=fields.tags, lineage=fields.lineage,
     )
     settings = registry.settings
     version = push(
@@ -251,24 +259,32 @@ def download_labels(name: str, ref: str):
 
 
 @bp.put("/models/<name>/aliases/<alias>")
-@operation("setAlias", path=(NAME, NEW_ALIAS), body=schemas.AliasBody, answers={
-    200: Json(schemas.Alias, "The alias now points at the version"), 400: "Invalid alias or body",
+@operation("setAlias", summary="Create or move an alias (kept in its history; a protected alias needs the promote "
+                                 "scope, a reason, and its gate to pass)", path=(NAME, NEW_ALIAS),
+           body=schemas.AliasBody, answers={
+    200: Json(schemas.Alias, "The alias now points at the version"), 400: "Invalid alias or body, or no reason for "
+                                                                          "a protected alias",
+    403: "A protected alias without the promote scope, or force without admin",
     404: "No such model or version (or it was deleted by a concurrent request)",
-    409: "The version failed, or the model changed under a concurrent request (concurrent_change): look again "
+    409: "The version failed, the alias's gate refused it (error.details.conditions lists each condition with "
+         "its measured value and threshold), or the model changed under a concurrent request: look again "
          "and retry"})
 def set_alias(name: str, alias: str, body: schemas.AliasBody):
     registry = get_registry()
-    version = catalog.set_alias(registry.db, name, alias, body.version, actor=current_actor())
+    version = catalog.set_alias(registry.db, name, alias, body.version, actor=current_actor(), reason=body.reason,
+                                force=body.force)
     registry.serving_changed()
     return schemas.Alias(model=name, alias=alias, version=version.version)
 
 
 @bp.delete("/models/<name>/aliases/<alias>")
-@operation("deleteAlias", path=(NAME, ALIAS), answers={
-    204: {"description": "Deleted"}, 400: "Invalid model name", 404: "No such model or alias", 409: CONCURRENT})
+@operation("deleteAlias", summary="Remove an alias (?reason=: kept in its history; needed for a protected alias)",
+           path=(NAME, ALIAS), answers={
+    204: {"description": "Deleted"}, 400: "Invalid model name, or no reason for a protected alias",
+    403: "A protected alias without the promote scope", 404: "No such model or alias", 409: CONCURRENT})
 def delete_alias(name: str, alias: str):
     registry = get_registry()
-    catalog.delete_alias(registry.db, name, alias, actor=current_actor())
+    catalog.delete_alias(registry.db, name, alias, actor=current_actor(), reason=request.args.get("reason", ""))
     registry.serving_changed()
     return "", 204
 

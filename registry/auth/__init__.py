@@ -11,6 +11,7 @@ the scopes); the Flask hooks live in ``registry.auth.access`` and ``registry.aut
 
 from registry.auth.tokens import (
     ADMIN,
+    PROMOTE,
     READ,
     SCOPES,
     TOKEN_NAME_RE,
@@ -32,7 +33,7 @@ from registry.auth.tokens import (
 )
 
 __all__ = [
-    "ADMIN", "READ", "SCOPES", "TOKEN_NAME_RE", "TOKEN_PREFIX", "WRITE", "TokenInfo", "allows", "anonymous_allowed", "any_token_created",
+    "ADMIN", "PROMOTE", "READ", "SCOPES", "TOKEN_NAME_RE", "TOKEN_PREFIX", "WRITE", "TokenInfo", "allows", "anonymous_allowed", "any_token_created",
     "create_token", "end_web_session", "list_tokens", "revoke_token", "start_web_session", "validate_scope",
     "validate_token_name", "verify", "web_session_token",
 ]

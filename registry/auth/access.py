@@ -53,6 +53,11 @@ RULES: dict[str, str | None] = {
     "api.get_model": READ,
     "api.list_versions": READ,
     "api.get_version": READ,
+    "api.get_alias": READ,
+    "api.list_metrics": READ,
+    "api.get_alias_history": READ,
+    "api.list_alias_rules": READ,
+    "api.search": READ,  # versions of every model matching a filter
     "api.download_frozen": READ,
     "api.download_labels": READ,
     "api.download_saved_model": READ,
@@ -63,31 +68,60 @@ RULES: dict[str, str | None] = {
     "web.model": READ,
     "web.version": READ,
     "web.compare": READ,
+    "web.comparison": READ,
     "web.demo_file": READ,
     "serving.list_models": READ,
     "serving.get_model": READ,
     "serving.post_model": READ,  # :label, :compare, :predict run graphs but change nothing
     "serving.prometheus_metrics": READ,  # request counts per model: as much as the catalog tells
+    "api.list_comparisons": READ,  # stored comparison reports (:compare runs them, with serving.post_model)
+    "api.get_comparison": READ,
+    "api.get_auto_compare": READ,
     # changing the catalog
     "api.push_version": WRITE,
     "api.update_version": WRITE,
+    "api.set_model_tags": WRITE,
+    "api.set_auto_compare": WRITE,
+    "api.record_metrics": WRITE,
+    "api.set_version_tags": WRITE,
     "api.set_prediction_output": WRITE,
-    "api.set_alias": WRITE,
+    "api.set_alias": WRITE,  # a protected alias needs promote (registry.catalog.aliases checks it)
+    "api.rollback_alias": WRITE,  # the same
     "api.delete_alias": WRITE,
     "api.delete_version": WRITE,
     "api.delete_model": WRITE,
     "api.update_model": WRITE,  # its description
     "api.set_served_versions": WRITE,  # which versions a TF Serving export serves: like moving an alias
+    "api.set_shadow": WRITE,  # shadow traffic: which version gets a copy of an alias's requests
+    "api.delete_shadow": WRITE,
+    "api.get_shadow": READ,  # the shadow setting and its agreement figures (and samples, when kept)
     "web.push": WRITE,
     "web.set_alias": WRITE,
+    "web.set_tags": WRITE,
     "web.set_prediction_output": WRITE,
     "api.get_allowed_ops": READ,
+    # evaluation sets: listing and downloading read, adding and deleting (audited) write
+    "api.list_eval_sets": READ,
+    "api.list_eval_set_revisions": READ,
+    "api.get_eval_set_revision": READ,
+    "api.download_eval_set": READ,
+    "api.add_eval_set": WRITE,
+    "api.delete_eval_set": WRITE,
+    "api.delete_eval_set_revision": WRITE,
     # tokens, the audit log, and relaxing the converter's op scan for a model
     "api.set_allowed_ops": ADMIN,
+    "api.set_alias_rule": ADMIN,  # protecting an alias and setting its gate
     "api.list_tokens": ADMIN,
     "api.create_token": ADMIN,
     "api.revoke_token": ADMIN,
     "api.list_audit_events": ADMIN,
+    # webhooks: their targets, secrets and delivery logs
+    "api.create_webhook": ADMIN,
+    "api.list_webhooks": ADMIN,
+    "api.get_webhook": ADMIN,
+    "api.delete_webhook": ADMIN,
+    "api.list_webhook_deliveries": ADMIN,
+    "api.redeliver_webhook": ADMIN,
     "web.audit": ADMIN,
 }
 
@@ -118,7 +152,8 @@ def current_caller() -> Caller:
 def current_actor() -> Actor:
     """The actor the audit log records for this request."""
     caller = current_caller()
-    return Actor(caller.name, caller.token.id if caller.token else None, request.remote_addr)
+    return Actor(caller.name, caller.token.id if caller.token else None, request.remote_addr,
+                 caller.token.scope if caller.token else None)
 
 
 def csrf_token() -> str:

@@ -28,9 +28,12 @@ class Actor:
     name: str
     token_id: int | None = None
     remote_addr: str | None = None
+    # The scope of the caller's token (None: no token).  The registry's own work and local commands
+    # (which hold the database itself) act with admin scope.
+    scope: str | None = None
 
 
-SYSTEM = Actor("system")
+SYSTEM = Actor("system", scope="admin")
 
 
 @dataclass(frozen=True)

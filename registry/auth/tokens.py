@@ -36,9 +36,9 @@ from registry.models import ApiToken, WebSession, utcnow
 
 log = logging.getLogger(__name__)
 
-READ, WRITE, ADMIN = "read", "write", "admin"
-SCOPES = (READ, WRITE, ADMIN)
-_RANK = {None: 0, READ: 1, WRITE: 2, ADMIN: 3}
+READ, WRITE, PROMOTE, ADMIN = "read", "write", "promote", "admin"
+SCOPES = (READ, WRITE, PROMOTE, ADMIN)  # each includes the ones before it
+_RANK = {None: 0, READ: 1, WRITE: 2, PROMOTE: 3, ADMIN: 4}
 
 TOKEN_PREFIX = "rgt_"
 TOKEN_RE = re.compile(r"^rgt_(?P<prefix>[0-9a-f]{8})_(?P<secret>[A-Za-z0-9_-]{43})$")

@@ -10,6 +10,7 @@
 * ``model_settings.py``: a model's op allowlist and the versions a TF Serving export serves;
 * ``agreements.py``: how often two versions agreed in a comparison;
 * ``blobs.py``: the blobs versions refer to (for garbage collection).
+* ``shadow.py``: an alias's shadow version, and the agreement shadow traffic measured per time window.
 
 Every write on a model runs in a write transaction that first locks the
 model's row, so writes on one model happen one after another: of two deletes of
@@ -33,6 +34,11 @@ from registry.catalog.names import (
     version_number,
 )
 from registry.catalog.registered_models import MAX_DESCRIPTION, get_model, list_models, update_model
+from registry.catalog.shadow import (
+    Sample, ShadowReport, ShadowSetting, WindowCounts, delete_shadow, get_shadow, record_shadow, set_shadow,
+    shadow_overview, shadow_route, stop_shadow,
+)
+from registry.catalog.tags import MAX_TAG_VALUE, TAG_KEY_RE, set_tags, validate_tags
 from registry.catalog.versions import (
     MAX_REASON,
     attach_file,
@@ -55,4 +61,8 @@ __all__ = [
     "list_versions", "prediction_outputs", "record_agreements", "referenced_digests", "set_alias", "set_allowed_ops",
     "set_prediction_output", "set_served_versions", "signature_report", "update_model", "update_version",
     "validate_alias_name", "validate_model_name", "validate_preprocessing", "version_number",
+    "MAX_TAG_VALUE", "TAG_KEY_RE", "set_tags", "validate_tags",
+    # shadow traffic (shadow.py)
+    "Sample", "ShadowReport", "ShadowSetting", "WindowCounts", "delete_shadow", "get_shadow", "record_shadow",
+    "set_shadow", "shadow_overview", "shadow_route", "stop_shadow",
 ]

@@ -15,10 +15,12 @@ from registry.auth import audit
 from registry.auth.audit import SYSTEM, Actor
 from registry.catalog.names import version_number
 from registry.catalog.rows import model_write, resolve_version_row
+from registry.catalog.shadow import stop_shadows_of_version
 from registry.db import Database
 from registry.entities import CONVERT, QUEUED, RUNNING, DeletedModel, DeletedVersion
 from registry.errors import InvalidRequest, NotFound
-from registry.models import Agreement, Alias, Job, ModelVersion, RegisteredModel, VersionFile, utcnow
+from registry.models import Agreement, Alias, EvalSet, Job, ModelVersion, RegisteredModel, VersionFile, utcnow
+from registry.webhooks import events as webhooks
 
 
 def _delete_versions(session: Session, version_ids) -> tuple[int, int]:
@@ -59,6 +61,7 @@ def delete_version(db: Database, name: str, ref: str, actor: Actor = SYSTEM) -> 
             sa.select(Alias.name).where(Alias.version_id == row.id).order_by(Alias.name)))
         session.execute(sa.delete(Agreement).where(
             Agreement.model_id == model.id, sa.or_(Agreement.newer == row.version, Agreement.older == row.version)))
+        stop_shadows_of_version(session, name, row, actor)  # shadowing it stops, audited
         deleted, cancelled = _delete_versions(session, [row.id])
         if deleted != 1:  # cannot happen under the model's lock; never count a delete twice
             raise NotFound(f"model {name!r} has no version {row.version} (deleted just now)",
@@ -69,6 +72,9 @@ def delete_version(db: Database, name: str, ref: str, actor: Actor = SYSTEM) -> 
         )
         audit.record(session, actor, "version.delete", f"{name}/{row.version}",
                      {"status": row.status, "aliases_removed": aliases, "job_cancelled": cancelled > 0})
+        webhooks.emit(session, webhooks.VERSION_DELETED, name, {
+            "version": row.version, "versions": [row.version], "status": row.status, "aliases_removed": aliases,
+            "model_deleted": False, "actor": actor.name})
         return DeletedVersion(name, row.version, row.status, aliases, cancelled > 0)
 
 
@@ -82,6 +88,10 @@ def delete_model(db: Database, name: str, actor: Actor = SYSTEM) -> DeletedModel
         ids = list(session.scalars(sa.select(ModelVersion.id).where(ModelVersion.model_id == model.id)))
         aliases = list(session.scalars(
             sa.select(Alias.name).where(Alias.model_id == model.id).order_by(Alias.name)))
+        webhooks.emit(session, webhooks.VERSION_DELETED, name, {  # one event for every version of the model
+            "version": None, "versions": list(session.scalars(sa.select(ModelVersion.version).where(
+                ModelVersion.model_id == model.id).order_by(ModelVersion.version))),
+            "aliases_removed": aliases, "model_deleted": True, "actor": actor.name})
         session.execute(sa.delete(Agreement).where(Agreement.model_id == model.id))
         cancelled = 0
         for start in range(0, len(ids), 500):  # keep each IN list short
@@ -93,6 +103,9 @@ def delete_model(db: Database, name: str, actor: Actor = SYSTEM) -> DeletedModel
             .values(version_count=0, deleted_at=now, updated_at=now,
                     allowed_ops=None)  # an admin's allowance is not inherited by a new model of that name
         )
+        # its evaluation sets go too (tombstones, as a deleted set's; registry gc frees their blobs)
+        session.execute(sa.update(EvalSet).where(EvalSet.model_id == model.id, EvalSet.deleted_at.is_(None))
+                        .values(deleted_at=now))
         audit.record(session, actor, "model.delete", name,
                      {"versions_deleted": len(ids), "aliases_removed": aliases, "jobs_cancelled": cancelled})
         return DeletedModel(name, len(ids), aliases, cancelled, model.last_version)

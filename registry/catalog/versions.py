@@ -27,7 +27,8 @@ from registry.db import Database
 from registry.entities import (CONVERT, PREPROCESSING_KEYS, QUEUED, READY, SAVED_MODEL, FileInfo, NewFile, Page,
                                VersionInfo)
 from registry.errors import Conflict, InvalidRequest, NotFound
-from registry.models import Job, ModelVersion, RegisteredModel, VersionFile, utcnow
+from registry.models import Job, ModelVersion, RegisteredModel, VersionFile, VersionTag, utcnow
+from registry.webhooks import events as webhooks
 
 
 def create_version(
@@ -42,6 +43,8 @@ def create_version(
     preprocessing: dict | None = None,
     signature: str | None = None,
     signatures: list[dict] | None = None,
+    tags: dict[str, str] | None = None,
+    lineage: dict[str, str] | None = None,
     max_attempts: int = 3,
     actor: Actor = SYSTEM,
 ) -> VersionInfo:
@@ -72,18 +75,24 @@ def create_version(
                     preprocessing=validate_preprocessing(preprocessing) if preprocessing else None,
                     signature=signature or None,
                     requested_signatures=signatures or None,
+                    **{k: v for k, v in (lineage or {}).items() if k in ("source_commit", "run_url", "dataset")},
                 )
                 session.add(row)
                 session.flush()
+                session.add_all(VersionTag(version_id=row.id, key=k, value=v, updated_by=actor.name)
+                                for k, v in (tags or {}).items())
                 session.add_all(
                     VersionFile(version_id=row.id, role=f.role, filename=f.filename, sha256=f.sha256, size=f.size)
                     for f in files
                 )
                 # its conversion job, claimed by a worker (registry.jobs): committed with the version or not at all
                 session.add(Job(kind=CONVERT, version_id=row.id, status=QUEUED, max_attempts=max_attempts))
+                webhooks.emit(session, webhooks.VERSION_CREATED, name, {  # the outbox: sent after commit
+                    "version": number, "status": QUEUED, "source": source, "tags": dict(tags or {})})
                 audit.record(session, actor, "version.push", f"{name}/{number}",
                              {"source": source, "files": [{"role": f.role, "filename": f.filename,
-                                                           "sha256": f.sha256, "size": f.size} for f in files]})
+                                                           "sha256": f.sha256, "size": f.size} for f in files],
+                              **({"tags": tags} if tags else {})})
                 session.flush()
                 return version_entities(session, name, [row])[0]
         except IntegrityError:

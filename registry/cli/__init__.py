@@ -6,7 +6,7 @@ runs (or ``--help`` lists them), so ``registry ls`` does not load the server:
 * ``server.py``: the server roles: ``serve``, ``label-serve``, ``worker``, ``migrate``, ``init``, ``check``;
 * ``admin.py``: against the database and blob storage: ``token``, ``gc``, ``export-serving``,
   ``saved-models``, and ``serving-reload`` (to a running TF Serving);
-* ``remote.py``: through the registry's HTTP API: ``push``, ``pull``, ``ls``, ``alias``, ``delete``,
+* ``remote.py``: through the registry's HTTP API: ``push``, ``pull``, ``ls``, ``delete``,
   ``allow-ops``, ``serving-versions``;
 * ``versions.py``: through the registry's HTTP API: ``version show`` (signatures, prediction output) and
   ``version set --prediction-output``;
@@ -14,7 +14,16 @@ runs (or ``--help`` lists them), so ``registry ls`` does not load the server:
   model's description);
 * ``inspect.py``: through the registry's HTTP API: ``show`` (a model or a version), ``predict`` (the label
   service's TF Serving ``:predict``), ``audit`` (the audit log);
-* ``labels.py``: through the label service: ``label``, ``compare``;
+* ``labels.py``: through the label service: ``label``, ``compare``; ``comparisons`` (the reports kept);
+* ``tags.py``: through the registry's HTTP API: ``tag`` (tags of a model or version) and ``search``
+  (versions or models matching a filter);
+* ``promotion.py``: through the registry's HTTP API: ``alias`` (move, remove, history, as of a time),
+  ``rollback``, ``alias-rule`` (protected aliases, promotion gates) and ``metrics`` (a version's metrics); ``comparisons`` (stored reports);
+* ``shadow.py``: through the registry's HTTP API: ``shadow`` (an alias's shadow version: set, stop, and
+  how it agreed with the alias's version);
+* ``evalsets.py``: through the registry's HTTP API: ``eval-set`` (add, ls, pull and delete a model's
+  evaluation sets);
+* ``webhooks.py``: through the registry's HTTP API: ``webhook`` (add, ls, deliveries, redeliver, delete);
 * ``options.py``, ``local.py``, ``output.py``: ``--url``/``--token`` and the HTTP client; the
   settings, database and blob storage of the commands that use them; tables and progress bars;
 * ``wording.py``: the server's HTTP wording (form fields, ``DELETE /api/...``) said the CLI's way.
@@ -42,10 +51,11 @@ COMMANDS = {
     "check": "server",
     "token": "admin", "gc": "admin", "export-serving": "admin", "saved-models": "admin",
     "serving-reload": "admin",
-    "push": "remote", "pull": "remote", "ls": "remote", "alias": "remote", "delete": "remote",
+    "push": "remote", "pull": "remote", "ls": "remote", "alias": "promotion", "rollback": "promotion", "delete": "remote",
     "allow-ops": "remote", "serving-versions": "remote", "version": "versions", "edit": "edit",
     "show": "inspect", "predict": "inspect", "audit": "inspect",
-    "label": "labels", "compare": "labels",
+    "label": "labels", "compare": "labels", "tag": "tags", "search": "tags", "alias-rule": "promotion", "metrics": "promotion", "comparisons": "labels", "auto-compare": "labels", "shadow": "shadow",
+    "eval-set": "evalsets", "webhook": "webhooks",
 }
 
 
@@ -53,7 +63,7 @@ COMMANDS = {
 SECTIONS = [
     ("Set up and run the registry (on REGISTRY_HOME or REGISTRY_DATABASE_URL)", ("server",), ()),
     ("Through the HTTP API (--url or REGISTRY_URL, --token or REGISTRY_TOKEN)",
-     ("remote", "versions", "edit", "inspect", "labels"), ()),
+     ("remote", "versions", "edit", "inspect", "labels", "tags", "promotion", "shadow", "evalsets", "webhooks"), ()),
     ("On the database and blob storage directly (REGISTRY_HOME or REGISTRY_DATABASE_URL)", ("admin",),
      ("serving-reload",)),
     ("To a running TF Serving (its gRPC port)", (), ("serving-reload",)),

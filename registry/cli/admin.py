@@ -52,8 +52,9 @@ def _token_client() -> RegistryClient | None:
 
 @token.command("create")
 @click.option("--name", required=True, help="What the token is for (unique among active tokens), e.g. ci.")
-@click.option("--scope", type=click.Choice(["read", "write", "admin"]), default="read", show_default=True,
-              help="read: pull, list, label; write: also push, alias, edit; admin: also tokens and audit log.")
+@click.option("--scope", type=click.Choice(["read", "write", "promote", "admin"]), default="read", show_default=True,
+              help="read: pull, list, label; write: also push, alias, edit; promote: also move protected aliases; "
+                   "admin: also tokens, audit log, alias rules.")
 @url_option
 def token_create(name: str, scope: str, url: str | None) -> None:
     """Create a token; it is printed once, alone on the last line, and never stored."""

@@ -105,4 +105,4 @@ def actor() -> Actor:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return Actor(f"cli:{user}", None, "local")
+    return Actor(f"cli:{user}", None, "local", "admin")  # it holds the database itself

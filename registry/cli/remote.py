@@ -1,5 +1,5 @@
 """Commands that talk to a registry through its HTTP API (``--url``, ``--token``): ``push``, ``pull``,
-``ls``, ``alias``, ``delete``, ``allow-ops`` and ``serving-versions``."""
+``ls``, ``delete``, ``allow-ops`` and ``serving-versions``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from registry import signatures
 from registry.cli import paths
 from registry.cli.options import connect, preprocessing_options, split_ref, url_option
 from registry.cli.paths import INPUT_KINDS
+from registry.cli.tags import parse_tag
 from registry.cli.output import print_version, progress, table
 from registry.client import checkpoint_files
 from registry.converter.saved_model import write_archive  # writes a .tar.gz: no TensorFlow
@@ -43,12 +44,18 @@ from registry.converter.saved_model import write_archive  # writes a .tar.gz: no
 @click.option("--input-nodes", default="", help="Comma-separated input node names (placeholders when left out).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Labels, one per line.")
 @click.option("--description", default="", help="The version's description (registry edit changes it).")
+@click.option("--tag", "tag_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A tag of the version (repeatable; registry tag changes them later).")
+@click.option("--source-commit", default="", help="Lineage: the commit the model was trained from.")
+@click.option("--run-url", default="", help="Lineage: the training run's URL.")
+@click.option("--dataset", default="", help="Lineage: the dataset it was trained on.")
 @preprocessing_options
 @click.option("--wait", is_flag=True, help="Wait until the version is ready or failed.")
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
 @url_option
 def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, signatures_file, keras, output_nodes,
-         input_nodes, labels, description, input_height, input_width, input_mean, input_std, wait, timeout, url):
+         input_nodes, labels, description, tag_pairs, source_commit, run_url, dataset, input_height, input_width,
+         input_mean, input_std, wait, timeout, url):
     """Push a checkpoint (CHECKPOINT_PREFIX, e.g. train/model.ckpt) as the next version of NAME."""
     signature, declared = _signature_options(signature_args, signatures_file)
     files: list[tuple[str, Path]] = []
@@ -88,6 +95,8 @@ def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, si
     fields = {k: v for k, v in {"output_nodes": output_nodes, "input_nodes": input_nodes,
                                 "description": description, "signature": signature,
                                 "signatures": json.dumps(declared) if declared else "",
+                                "tags": json.dumps(dict(parse_tag(t) for t in tag_pairs)) if tag_pairs else "",
+                                "source_commit": source_commit, "run_url": run_url, "dataset": dataset,
                                 **{k: "" if n is None else str(n) for k, n in (
                                     ("input_height", input_height), ("input_width", input_width),
                                     ("input_mean", input_mean), ("input_std", input_std))}}.items() if v}
@@ -297,25 +306,6 @@ def _summary(description: str | None, width: int = 40) -> str:
     """A description's first line, cut to ``width`` characters with an ellipsis ("-": none)."""
     line = (description or "").strip().split("\n", 1)[0].strip()
     return "-" if not line else line if len(line) <= width else line[:width - 3].rstrip() + "..."
-
-
-@click.command()
-@click.argument("name")
-@click.argument("alias")
-@click.argument("version", type=int, required=False)
-@click.option("--delete", is_flag=True, help="Remove the alias.")
-@url_option
-def alias(name: str, alias: str, version: int | None, delete: bool, url: str | None) -> None:
-    """Point ALIAS of NAME at VERSION (or remove it with --delete)."""
-    client = connect(url)
-    if delete:
-        client.delete_alias(name, alias)
-        click.echo(f"{name}: alias {alias} removed")
-    elif version is None:
-        raise click.UsageError("give the version number the alias should point at")
-    else:
-        client.set_alias(name, alias, version)
-        click.echo(f"{name}: {alias} -> version {version}")
 
 
 @click.command()

@@ -25,6 +25,7 @@ from registry.jobs.worker import Worker, remove_stale_workdirs
 from registry.metrics import MULTIPROC_ENV
 from registry.storage import open_storage
 from registry.tfserving import ExportSyncer
+from registry.webhooks.delivery import Sender
 
 try:
     from gunicorn.config import KNOWN_SETTINGS
@@ -240,21 +241,39 @@ def worker(once: bool) -> None:
     exporter = None
     if settings.serving_export_root:
         exporter = ExportSyncer(settings, db, storage)
-    w = Worker(settings, db, storage, on_ready=exporter.request if exporter else None)
+    stop = threading.Event()
+    labels = []
+
+    def label_service():
+        """The label service comparison jobs run on, made with the first one (it starts inference workers)."""
+        if not labels:
+            from registry.serving.service import LabelService  # numpy and TensorFlow's helpers: when needed
+
+            labels.append(LabelService(settings, db, storage, stop=stop))
+        return labels[0]
+
+    w = Worker(settings, db, storage, on_ready=exporter.request if exporter else None, labels=label_service)
+    sender = Sender(settings, db)  # webhook deliveries: beside the jobs, in a thread of their own
     if once:
         remove_stale_workdirs()
         while w.run_once():
             pass
+        while sender.run_once():
+            pass
+        if labels:
+            labels[0].close()
         if exporter is not None:
             exporter.wait_idle(timeout=settings.convert_timeout_seconds)
         return
-    stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     click.echo(f"worker {w.owner} waiting for jobs")
+    threading.Thread(target=sender.run_forever, args=(stop,), name="registry-webhooks", daemon=True).start()
     try:
         w.run_forever(stop)
     except KeyboardInterrupt:
         pass
+    finally:
+        stop.set()
 
 
 @click.command()

@@ -41,6 +41,9 @@ REWRITES: list[tuple[re.Pattern, object]] = [
     (re.compile(r"send Authorization: Bearer rgt_…"), "pass --token rgt_… (or set REGISTRY_TOKEN)"),
     (re.compile(r"send the token as Authorization: Bearer rgt_…"), "pass it with --token rgt_… (or set REGISTRY_TOKEN)"),
     (re.compile(r"send one of them as signature_name"), "pass one of them with --signature"),
+    # evaluation sets (registry.evaluation.sets, registry.evaluation.formats)
+    (re.compile(r"POST /api/v1/models/([^/\s]+)/eval-sets/([^/\s)]+)"), r"registry eval-set add \1 \2 FILE"),
+    (re.compile(r"\blabel_feature\b"), "--label-feature"),
 ]
 
 

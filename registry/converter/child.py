@@ -53,7 +53,7 @@ def convert(request: dict) -> dict:
     import tensorflow as tf
 
     from registry.converter import graphs, heads
-    from registry.converter.freeze import restore_key_map
+    from registry.converter.freeze import global_step, restore_key_map
     from registry.converter.plan import freeze_plan, graph_plan
     from registry.converter.tables import inline_tables
     from registry.converter.verify import describe_frozen, verify_signatures
@@ -200,6 +200,7 @@ def convert(request: dict) -> dict:
         "signatures": plan.signatures,
         "prediction_output": chosen,
         "tf_version": tf.__version__,
+        "global_step": global_step(checkpoint_prefix) if report.variables else None,
         "conversion": {
             **({"signature": plan.default} if source == "saved_model" else {}),
             "verification": verification,

@@ -66,6 +66,23 @@ def open_checkpoint(prefix: str):
         ) from exc
 
 
+def global_step(prefix: str | None) -> int | None:
+    """The training step a checkpoint was saved at: its ``global_step`` variable (a scalar integer),
+    when it has one; None otherwise (lineage, nothing depends on it)."""
+    if not prefix:
+        return None
+    try:
+        reader = py_checkpoint_reader.NewCheckpointReader(prefix)
+        for key in ("global_step", "global_step/.ATTRIBUTES/VARIABLE_VALUE"):
+            if reader.has_tensor(key):
+                value = reader.get_tensor(key)
+                if getattr(value, "shape", None) == () and getattr(value.dtype, "kind", "") in "iu":
+                    return int(value)
+    except Exception:  # lineage is best effort: an unreadable step is simply not recorded
+        return None
+    return None
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -3,7 +3,8 @@ and shadow traffic.
 
 * ``formats.py``: the evaluation-set formats (a zip/tar of images with expected labels, JSON Lines of
   TF Serving instances, ``.npz`` arrays, TFRecord files of ``tf.Example``), checked at upload without
-  TensorFlow;
+  TensorFlow (``archive.py``: image archives and their expected labels; ``tfrecord.py``: TFRecord
+  framing with its CRC32C, and tf.Example read at the wire level);
 * ``sets.py``: the service: add a revision, list, get, download, delete (audited);
 * ``reader.py``: a stored set read back in batches (:class:`EvalBatch`) for a comparison;
 * ``metrics.py``: what a comparison measures (agreement, accuracy, confusion, differences, latency);

@@ -1,9 +1,10 @@
-"""Garbage collection of blob storage: what no version refers to any more.
+"""Garbage collection of blob storage: what no version or live evaluation set refers to any more.
 
 Deleting a version (or a failed push, or a killed process) can leave blobs and
 temporary uploads nobody needs.  The collector removes
 
-- finished blobs no version refers to, once they are older than the grace
+- finished blobs no version refers to (nor an evaluation set revision that is not deleted: one
+  only deleted revisions refer to goes), once they are older than the grace
   period (``REGISTRY_GC_GRACE_SECONDS``).  A push publishes its blobs before
   the transaction that records its version commits, and publishing (or
   re-using identical bytes) refreshes a blob's modification time, so the grace

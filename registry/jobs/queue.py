@@ -21,12 +21,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from registry.db import Database
-from registry.entities import (CONVERT, CONVERTING, FAILED, QUEUED, READY, RUNNING, SAVED_MODEL, SAVED_MODEL_FAILED,
-                               SAVED_MODEL_JOB, SAVED_MODEL_PENDING, SUCCEEDED, NewFile)
-from registry.models import Job, ModelVersion, VersionFile, utcnow
+from registry.entities import (COMPARE_JOB, CONVERT, CONVERTING, FAILED, QUEUED, READY, RUNNING, SAVED_MODEL,
+                               SAVED_MODEL_FAILED, SAVED_MODEL_JOB, SAVED_MODEL_PENDING, SUCCEEDED, NewFile)
+from registry.models import ComparisonReport, Job, ModelVersion, VersionFile, utcnow
+from registry.webhooks import events as webhooks
 
-__all__ = ["CONVERT", "RUNNING", "SAVED_MODEL_JOB", "SUCCEEDED", "ClaimedJob", "claim", "depth", "finish",
-           "finish_saved_model", "heartbeat", "retry_later"]
+__all__ = ["COMPARE_JOB", "CONVERT", "RUNNING", "SAVED_MODEL_JOB", "SUCCEEDED", "ClaimedJob", "claim", "depth",
+           "finish", "finish_compare", "finish_saved_model", "heartbeat", "retry_later"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     owner: str
+    report_id: int | None = None  # a comparison job's report
 
 
 def _claimable(now):
@@ -54,8 +56,8 @@ def claim(db: Database, owner: str, lease_seconds: float) -> ClaimedJob | None:
             job = session.scalar(
                 sa.select(Job)
                 .where(_claimable(now))
-                # conversions first (they make versions ready); SavedModel builds follow
-                .order_by(sa.case((Job.kind == CONVERT, 0), else_=1), Job.id)
+                # conversions first (they make versions ready); SavedModel builds follow, then comparisons
+                .order_by(sa.case((Job.kind == CONVERT, 0), (Job.kind == COMPARE_JOB, 2), else_=1), Job.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)
             )
@@ -64,7 +66,7 @@ def claim(db: Database, owner: str, lease_seconds: float) -> ClaimedJob | None:
             if job.attempts >= job.max_attempts:
                 # Its last worker died or lost the lease on the final attempt.
                 reason = (
-                    f"{'conversion' if job.kind == CONVERT else 'the SavedModel build'} was interrupted "
+                    f"{_what(job.kind)} was interrupted "
                     f"{job.attempts} times (worker died or lost its lease)"
                     + (f"; last error: {job.last_error}" if job.last_error else "")
                 )
@@ -91,7 +93,26 @@ def claim(db: Database, owner: str, lease_seconds: float) -> ClaimedJob | None:
                     .values(status=CONVERTING, status_message=f"converting (attempt {job.attempts + 1})",
                             updated_at=now)
                 )
-            return ClaimedJob(job.id, job.kind, job.version_id, job.attempts + 1, job.max_attempts, owner)
+            return ClaimedJob(job.id, job.kind, job.version_id, job.attempts + 1, job.max_attempts, owner,
+                              job.report_id)
+
+
+def _what(kind: str) -> str:
+    return {CONVERT: "conversion", COMPARE_JOB: "the comparison"}.get(kind, "the SavedModel build")
+
+
+def finish_compare(db: Database, job: ClaimedJob, error: str | None = None) -> bool:
+    """Close a comparison job (its report is recorded by registry.evaluation.reports); False when the
+    lease was lost meanwhile."""
+    with db.transaction() as session:
+        row = _owned(session, job)
+        if row is None:
+            return False
+        row.status = FAILED if error else SUCCEEDED
+        row.lease_owner = None
+        row.lease_expires_at = None
+        row.last_error = error
+        return True
 
 
 def depth(db: Database) -> dict[str, int]:
@@ -150,6 +171,8 @@ def finish(db: Database, job: ClaimedJob, *, ready: bool, message: str, fields: 
         session.execute(sa.update(ModelVersion).where(ModelVersion.id == job.version_id).values(**values))
         session.add_all(VersionFile(version_id=job.version_id, role=f.role, filename=f.filename, sha256=f.sha256,
                                     size=f.size) for f in files)
+        webhooks.emit_for_version(session, webhooks.VERSION_READY if ready else webhooks.VERSION_FAILED,
+                                  job.version_id, status=READY if ready else FAILED, status_message=message)
         return True
 
 
@@ -187,8 +210,7 @@ def retry_later(db: Database, job: ClaimedJob, error: str, backoff: Callable[[in
         if row is None:
             return False
         if row.attempts >= row.max_attempts:
-            what = "conversion" if row.kind == CONVERT else "the SavedModel build"
-            _fail(session, row, f"{what} failed {row.attempts} times; last error: {error}")
+            _fail(session, row, f"{_what(row.kind)} failed {row.attempts} times; last error: {error}")
             return False
         now = utcnow()
         row.status = QUEUED
@@ -202,6 +224,9 @@ def retry_later(db: Database, job: ClaimedJob, error: str, backoff: Callable[[in
                 .where(ModelVersion.id == job.version_id)
                 .values(status=QUEUED, status_message=f"will retry: {error}", updated_at=now)
             )
+        elif row.kind == COMPARE_JOB:
+            session.execute(sa.update(ComparisonReport).where(ComparisonReport.id == row.report_id)
+                            .values(status=QUEUED, error=f"will retry: {error}"))
         else:
             _saved_model_state(session, job.version_id, SAVED_MODEL_PENDING, f"will retry: {error}")
         return True
@@ -213,6 +238,10 @@ def _fail(session: Session, job: Job, reason: str) -> None:
     job.lease_owner = None
     job.lease_expires_at = None
     job.last_error = reason
+    if job.kind == COMPARE_JOB:  # the versions stay as they are: only the comparison failed
+        session.execute(sa.update(ComparisonReport).where(ComparisonReport.id == job.report_id)
+                        .values(status=FAILED, error=reason, finished_at=now))
+        return
     if job.kind != CONVERT:  # the version stays ready: only its SavedModel failed
         _saved_model_state(session, job.version_id, SAVED_MODEL_FAILED, reason)
         return
@@ -221,3 +250,4 @@ def _fail(session: Session, job: Job, reason: str) -> None:
         .where(ModelVersion.id == job.version_id)
         .values(status=FAILED, status_message=reason, updated_at=now)
     )
+    webhooks.emit_for_version(session, webhooks.VERSION_FAILED, job.version_id, status=FAILED, status_message=reason)

@@ -31,6 +31,7 @@ from registry.db import Database
 from registry.entities import (SAVED_MODEL, SAVED_MODEL_FILENAME, SAVED_MODEL_JOB, SAVED_MODEL_SOURCE, NewFile,
                                VersionInfo)
 from registry.errors import NotFound, StorageError
+from registry.evaluation import auto as auto_compare
 from registry.jobs import queue
 from registry.jobs.gc import collect_garbage
 from registry.storage import BlobRef, BlobStorage, open_regular
@@ -66,11 +67,14 @@ def remove_stale_workdirs() -> int:
 
 class Worker:
     def __init__(self, settings: Settings, db: Database, storage: BlobStorage, name: str | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None, labels: Callable[[], Any] | None = None) -> None:
         self.settings = settings
         self.db = db
         self.storage = storage
         self.on_ready = on_ready  # called after a version became ready (keeps a serving export in sync)
+        # The label service comparison jobs run on (registry.serving, made by whoever starts the worker:
+        # this layer does not import it); None: comparison jobs are left to workers that have one.
+        self.labels = labels
         self.owner = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def run_once(self) -> bool:
@@ -115,6 +119,9 @@ class Worker:
     def process(self, job: queue.ClaimedJob) -> None:
         if job.kind == SAVED_MODEL_JOB:
             self._build_saved_model(job)
+            return
+        if job.kind == queue.COMPARE_JOB:
+            self._compare(job)
             return
         started = time.monotonic()
         outcome = "failed"
@@ -235,6 +242,22 @@ class Worker:
         if self.on_ready is not None:
             self.on_ready()  # an export waiting for it goes on
 
+    def _compare(self, job: queue.ClaimedJob) -> None:
+        """A comparison job: its report run by the label service (``labels``), progress written as it
+        goes; an inference worker that went away means a later attempt."""
+        if self.labels is None:
+            queue.retry_later(self.db, job, "this worker has no label service to compare versions with")
+            return
+        lease = self.settings.job_lease_seconds
+        try:
+            outcome = self.labels().run_comparison(job.report_id, lambda: queue.heartbeat(self.db, job, lease))
+        except Exception as exc:
+            log.exception("comparison report %s failed", job.report_id)
+            queue.retry_later(self.db, job, getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+            return
+        if outcome != "lost":  # "done", or why it failed for good
+            queue.finish_compare(self.db, job, None if outcome == "done" else outcome)
+
     def _count_lines(self, sha256: str) -> int:
         """Lines of a labels file, as the label service reads it (one class per line)."""
         lines, last = 0, b"\n"
@@ -273,9 +296,21 @@ class Worker:
             drop_unreferenced(self.db, self.storage, stored)
             return "lost_lease"
         log.info("%s v%d: %s", version.model, version.version, recorded)
+        self._auto_compare(version)
         if self.on_ready is not None:
             self.on_ready()
         return "ready"
+
+    def _auto_compare(self, version: VersionInfo) -> None:
+        """Queue the model's automatic comparisons of this now-ready version (never fails the conversion)."""
+        try:
+            ready = catalog.get_version_by_id(self.db, version.id)
+            queued = auto_compare.schedule(self.db, ready, max_attempts=self.settings.job_max_attempts)
+        except Exception:  # the version stays ready; its comparisons can be asked for by hand
+            log.exception("automatic comparison of %s v%d could not be queued", version.model, version.version)
+            return
+        if queued:
+            log.info("%s v%d: automatic comparison(s) queued: reports %s", version.model, version.version, queued)
 
     def _store_and_finish(self, job: queue.ClaimedJob, version: VersionInfo, result: dict, workdir: Path,
                           stored: list[BlobRef], labels_count: int | None = None) -> str | None:
@@ -315,6 +350,7 @@ class Worker:
                 "signatures": signature_map or None,
                 "prediction_output": result.get("prediction_output"),
                 **({"signature": result["signature"]} if result.get("signature") else {}),
+                **({"global_step": result["global_step"]} if result.get("global_step") is not None else {}),
             },
             follow_on=SAVED_MODEL_JOB,  # ready means frozen and verified; the SavedModel follows
         )
@@ -420,7 +456,8 @@ def start_embedded_workers(registry, count: int) -> list[threading.Thread]:
     stop = registry.stop_workers
     threads = []
     for i in range(count):
-        worker = Worker(registry.settings, registry.db, registry.storage, on_ready=registry.serving_changed)
+        worker = Worker(registry.settings, registry.db, registry.storage, on_ready=registry.serving_changed,
+                        labels=registry.label_service)
         thread = threading.Thread(
             target=worker.run_forever, args=(stop, registry.work_available), name=f"registry-worker-{i}", daemon=True
         )

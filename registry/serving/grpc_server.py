@@ -200,6 +200,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         feeds = _feeds(signature, request.inputs)
         specs = _fetch(signature, request.output_filter)
         results = graph.run(feeds, [s.name for s in specs])
+        # an alias's shadow gets a copy (registry.serving.shadow)
+        self.registry.label_service().shadow.offer(graph, version, _ref(request.model_spec), signature, feeds, results)
         response = predict_pb2.PredictResponse()
         _fill_spec(response.model_spec, version, signature.name)
         for spec in specs:

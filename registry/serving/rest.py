@@ -160,7 +160,8 @@ def post_model(spec: str):
     if verb not in POST_METHODS:  # refused below: counted under no method
         return _post(name, ref, verb)
     with metrics.observe_request("rest", verb):
-        return jsonify(_post(name, ref, verb))
+        answer = _post(name, ref, verb)
+        return answer if isinstance(answer, Response) else jsonify(answer)
 
 
 def _post(name: str, ref: str | None, verb: str | None) -> dict:
@@ -179,18 +180,25 @@ def _post(name: str, ref: str | None, verb: str | None) -> dict:
     if verb == "compare":
         if ref is not None:
             raise InvalidRequest("compare runs on the model: POST /v1/models/NAME:compare with versions=1,2,...")
-        return service.compare(name, _images_from_request(), refs=_values("versions"),
-                               expected=_values("expected"), top_k=validate_top_k(top_k_arg))
+        from registry.auth.access import current_actor
+        from registry.serving import compare_requests as http  # comparisons, stored as reports
+
+        if request.mimetype == "application/json":
+            return http.compare_json(service, name, request.get_data(cache=False), actor=current_actor())
+        return http.compare_images(service, name, _images_from_request(), refs=_values("versions"),
+                                   expected=_values("expected"), top_k=validate_top_k(top_k_arg),
+                                   actor=current_actor())
     if verb in ("predict", "classify", "regress"):
         # numpy: not in the web process until a predict request
-        from registry.serving.tfs_json import EXAMPLES_BODY, PREDICT_BODY, load_body, predict
+        from registry.serving.tfs_json import EXAMPLES_BODY, PREDICT_BODY, load_body
 
         max_elements = get_registry().settings.predict_max_elements
         # TF Serving ignores the content type; the body is measured before it is parsed.
         body = load_body(request.get_data(cache=False), max_elements,
                          shape=PREDICT_BODY if verb == "predict" else EXAMPLES_BODY)
         if verb == "predict":
-            return predict(service.graph(service.resolve(name, ref)), body, max_elements)
+            version = service.resolve(name, ref)  # an alias's shadow gets a copy (registry.serving.shadow)
+            return service.shadow.predict(service.graph(version), version, ref, body, max_elements)
         from registry.serving.examples import answer_json, input_from_json  # TensorFlow's protos, lazily
 
         signature, examples = input_from_json(body)  # the whole body first, as TF Serving reads it

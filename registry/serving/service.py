@@ -32,6 +32,7 @@ from registry.entities import READY, VersionInfo
 from registry.errors import Conflict, InvalidRequest, RegistryError
 from registry.serving.cache import GraphCache
 from registry.serving.images import ImageInfo, LabelFeed, sniff
+from registry.serving.shadow import ShadowTraffic
 from registry.serving.workers import WorkerError, WorkerPool
 from registry.storage import BlobStorage
 
@@ -80,9 +81,12 @@ class LabelService:
         self.pool = WorkerPool(count=settings.label_workers, memory_mb=settings.label_memory_mb,
                                run_timeout=settings.label_timeout_seconds or None, on_lost=self._worker_lost,
                                stop=stop)
+        # Shadow traffic: a copy of what an alias with a shadow version answers, run there (registry.serving.shadow)
+        self.shadow = ShadowTraffic(self, stop)
 
     def close(self) -> None:
         """Stop the inference workers (their graphs go: the cache's gauges drop them)."""
+        self.shadow.stop()
         self.pool.close()
         self.cache.discard(lambda _key, _graph: True)
 
@@ -254,6 +258,13 @@ class LabelService:
         }
 
     # -- comparing -------------------------------------------------------------------------
+
+    def run_comparison(self, report_id: int, heartbeat=None) -> str:
+        """A queued comparison report, run here (a worker's compare job; registry.serving.comparisons):
+        "done", "lost" (the job's lease went elsewhere) or why it failed for good."""
+        from registry.serving.comparisons import run_report
+
+        return run_report(self, self.storage, report_id, heartbeat)
 
     def _compare_versions(self, name: str, refs: list[str] | None) -> list[tuple[str, VersionInfo]]:
         cap = self.settings.compare_max_versions

@@ -132,3 +132,5 @@ class PushRequest:
     preprocessing: dict = field(default_factory=dict)
     signature: str = ""  # for a pushed SavedModel: the signature to freeze (default serving_default)
     signatures: list[dict] = field(default_factory=list)  # declared with a checkpoint or frozen-graph push
+    tags: dict[str, str] = field(default_factory=dict)
+    lineage: dict[str, str] = field(default_factory=dict)  # source_commit, run_url, dataset

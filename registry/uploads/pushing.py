@@ -91,6 +91,8 @@ def _push(db: Database, storage: BlobStorage, name: str, request: PushRequest, *
             output_nodes=request.output_nodes,
             input_nodes=request.input_nodes,
             preprocessing=request.preprocessing,
+            tags=request.tags,
+            lineage=request.lineage,
             max_attempts=max_attempts,
             actor=actor,
         )

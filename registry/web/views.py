@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote, urlsplit
 
 from flask import abort, redirect, render_template, request, send_from_directory, url_for
@@ -9,11 +10,17 @@ from flask import abort, redirect, render_template, request, send_from_directory
 from registry import auth, catalog, safety
 from registry.auth import audit as audit_log
 from registry.auth.access import current_actor, current_caller, sign_in as start_session, sign_out as end_session
+from registry.catalog import aliases
 from registry.context import get_registry
-from registry.entities import READY
-from registry.errors import RegistryError
+from registry.entities import READY, Page
+from registry.errors import InvalidRequest, NotFound, RegistryError
+from registry.evaluation import auto as auto_compare
+from registry.evaluation import reports
+from registry.evaluation import sets as eval_sets
 from registry.pagination import checked_token
+from registry.search import search_models, search_versions
 from registry.web import bp
+from registry.web.shadow import panels as shadow_panels
 
 PAGE_SIZE = 25
 
@@ -37,38 +44,90 @@ def _next_url(page) -> str | None:
     return url_for(request.endpoint, **(request.view_args or {}), **args)
 
 
+# a search that reads as a filter: a field, then an operator (tags.team = 'vision', name LIKE 'res%', ...)
+FILTER_WORDS = re.compile(r"^\s*\(?\s*(?:NOT\s+)?[A-Za-z_][\w.\-/:\"]*\s*(?:[=<>!]|(?:NOT\s+)?(?:LIKE|ILIKE|IN)\b)",
+                          re.IGNORECASE)
+EMPTY_PAGE = Page([], None)
+
+
 @bp.get("/")
 def models():
+    """Models by name; a search that reads as a filter (tags.team = 'vision') runs the filter grammar."""
     query = request.args.get("q", "").strip()
-    page = catalog.list_models(get_registry().db, page_size=_page_size(), page_token=_page_token(),
-                               query=query or None)
-    return render_template("models.html", page=page, query=query, next_url=_next_url(page))
+    error, is_filter = None, bool(query and FILTER_WORDS.search(query))
+    token = _page_token()
+    if is_filter:
+        try:
+            page = search_models(get_registry().db, query, page_size=_page_size(), page_token=token)
+        except InvalidRequest as exc:
+            page, error = EMPTY_PAGE, exc.message
+    else:
+        page = catalog.list_models(get_registry().db, page_size=_page_size(), page_token=token, query=query or None)
+    return render_template("models.html", page=page, query=query, next_url=_next_url(page), search_error=error,
+                           is_filter=is_filter)
 
 
 @bp.get("/models/<name>")
 def model(name: str):
+    """The model, its versions (those a filter finds, with ?filter=), its aliases' rules and timelines."""
     registry = get_registry()
     info = catalog.get_model(registry.db, name)
-    page = catalog.list_versions(registry.db, name, page_size=_page_size(),
-                                 page_token=_page_token(), summary=True)
+    wanted = request.args.get("filter", "").strip()
+    error, token = None, _page_token()
+    if wanted:
+        scoped = f"name = '{name}' AND ({wanted})"  # model names hold no quote (MODEL_NAME_RE)
+        try:
+            page = search_versions(registry.db, scoped, page_size=_page_size(), page_token=token)
+        except InvalidRequest as exc:
+            page, error = EMPTY_PAGE, _unscoped(exc.message, name)
+    else:
+        page = catalog.list_versions(registry.db, name, page_size=_page_size(), page_token=token, summary=True)
+    rules = {r.alias: r for r in aliases.alias_rules(registry.db, name)}
+    timelines = {a: moves for a in sorted(set(info.aliases) | set(rules))
+                 if (moves := _recent_moves(registry.db, name, a))}
+    latest: dict[str, object] = {}
+    for report in reports.list_reports(registry.db, name, page_size=50).items:  # newest first
+        if report.eval_set and report.status == reports.DONE:
+            latest.setdefault(report.eval_set["name"], report)
     return render_template("model.html", model=info, page=page, next_url=_next_url(page),
-                           alias_error=request.args.get("alias_error"))
+                           alias_error=request.args.get("alias_error"), shadows=shadow_panels(registry.db, name),
+                           rules=rules, timelines=timelines, version_filter=wanted, search_error=error,
+                           latest_reports=latest)
+
+
+def _recent_moves(db, name: str, alias: str) -> list:
+    """The alias's last moves, newest first (none for a rule set on an alias never placed)."""
+    try:
+        return aliases.alias_history(db, name, alias, page_size=8).items
+    except NotFound:
+        return []
+
+
+def _unscoped(message: str, name: str) -> str:
+    """A filter error's column counted in what the visitor typed, not in the scoped filter."""
+    offset = len(f"name = '{name}' AND (")
+    match = re.search(r"at column (\d+)", message)
+    if not match:
+        return message
+    column = max(1, int(match.group(1)) - offset)
+    return message[:match.start(1)] + str(column) + message[match.end(1):]
 
 
 @bp.post("/models/<name>/aliases")
 def set_alias(name: str):
     alias = request.form.get("alias", "").strip()
     version = request.form.get("version", "").strip()
+    reason = request.form.get("reason", "").strip()
     try:
         if request.form.get("action") == "delete":
-            catalog.delete_alias(get_registry().db, name, alias, actor=current_actor())
+            catalog.delete_alias(get_registry().db, name, alias, actor=current_actor(), reason=reason)
         else:
             if not (version.isascii() and version.isdecimal()):  # '²'.isdigit(), but int('²') fails
                 raise RegistryError("choose the version the alias should point at", status=400)
             number = catalog.version_number(version)
             if number > catalog.MAX_VERSION:
                 raise RegistryError(f"model {name!r} has no version {version}", status=404)
-            catalog.set_alias(get_registry().db, name, alias, number, actor=current_actor())
+            catalog.set_alias(get_registry().db, name, alias, number, actor=current_actor(), reason=reason)
     except RegistryError as exc:
         if exc.status >= 500:
             raise
@@ -92,7 +151,9 @@ def version(name: str, ref: str):
     return render_template("version.html", v=record, server_url=request.host_url.rstrip("/"),
                            safety=safety.summary(record.conversion, record.allowed_ops) or {},
                            report=catalog.signature_report(record), may_write=_may_write(),
-                           prediction_error=request.args.get("prediction_error"))
+                           prediction_error=request.args.get("prediction_error"),
+                           tag_error=request.args.get("tag_error"),
+                           comparisons=auto_compare.verdicts(get_registry().db, record))
 
 
 @bp.post("/models/<name>/versions/<ref>/prediction-output")
@@ -108,6 +169,26 @@ def set_prediction_output(name: str, ref: str):
     return redirect(url_for("web.version", name=name, ref=record.version) + "#prediction-output")
 
 
+@bp.post("/models/<name>/versions/<ref>/tags")
+def set_tags(name: str, ref: str):
+    """Set a tag (key and value) or remove one (action=delete) from the version page."""
+    key = request.form.get("key", "").strip()
+    value = None if request.form.get("action") == "delete" else request.form.get("value", "")
+    try:
+        catalog.set_tags(get_registry().db, name, {key: value}, ref=ref, actor=current_actor())
+    except RegistryError as exc:
+        if exc.status >= 500 or exc.status == 404:
+            raise
+        return redirect(url_for("web.version", name=name, ref=ref, tag_error=exc.message, key=key) + "#tags")
+    return redirect(url_for("web.version", name=name, ref=ref) + "#tags")
+
+
+@bp.get("/models/<name>/comparisons/<int:report_id>")
+def comparison(name: str, report_id: int):
+    """A stored comparison report's permalink: what ran on what, and every figure."""
+    return render_template("comparison.html", report=reports.get(get_registry().db, name, report_id))
+
+
 @bp.get("/push")
 def push():
     return render_template("push.html", name=request.args.get("model", ""))
@@ -120,7 +201,8 @@ def compare(name: str):
     ready = catalog.list_versions(registry.db, name, status=READY, page_size=50).items
     chosen = {v.version for v in ready[:2]} | set(info.aliases.values())
     samples = _demo_samples() if name == "digits" else []
-    return render_template("compare.html", model=info, versions=ready, chosen=chosen, samples=samples)
+    return render_template("compare.html", model=info, versions=ready, chosen=chosen, samples=samples,
+                           eval_sets=eval_sets.list_eval_sets(registry.db, name))
 
 
 def _demo_folder():

@@ -235,4 +235,54 @@ function setupCompare() {
   }
 }
 
-document.addEventListener("DOMContentLoaded", () => { followConversion(); setupPush(); setupCompare(); });
+// Compare on a stored evaluation set or pasted JSON inputs: the report is stored; go to its permalink
+// (a large set runs as a job: its page shows the progress).
+function setupCompareAny() {
+  const form = $("#compare-any-form");
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const error = $("#any-error", form);
+    error.hidden = true;
+    const versions = $all('#compare-form input[name="version"]:checked').map((c) => c.value);
+    const chosenSet = $("#eval-set").value;
+    const text = $("#instances").value.trim();
+    let body = { versions };
+    try {
+      if (!versions.length) throw new Error("Choose at least one version (above).");
+      if (chosenSet) body.eval_set = chosenSet;
+      else if (text) body = { ...JSON.parse(text), versions };
+      else throw new Error("Choose an evaluation set, or paste JSON inputs.");
+    } catch (e) {
+      error.textContent = e instanceof SyntaxError ? "The JSON inputs do not parse: " + e.message : e.message;
+      error.hidden = false;
+      return;
+    }
+    const signature = $("#signature-name").value.trim();
+    if (signature) body.signature_name = signature;
+    $("#compare-any-button").disabled = true;
+    try {
+      const response = await fetch(`/v1/models/${encodeURIComponent(form.dataset.model)}:compare`, {
+        method: "POST", body: JSON.stringify(body),
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() } });
+      const answer = await response.json();
+      if (!response.ok) throw new Error(errorMessage(answer, response.status));
+      window.location.href = `/models/${encodeURIComponent(form.dataset.model)}/comparisons/${answer.report}`;
+    } catch (e) {
+      error.textContent = e.message;
+      error.hidden = false;
+    } finally {
+      $("#compare-any-button").disabled = false;
+    }
+  });
+}
+
+// A report still running: reload its page until it is done.
+function followReport() {
+  const bar = $("#report-progress");
+  if (bar) setTimeout(() => window.location.reload(), 1500);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  followConversion(); setupPush(); setupCompare(); setupCompareAny(); followReport();
+});
