@@ -3,6 +3,8 @@
 Uploads stream from disk as a multipart body of known length and downloads
 stream to a temporary file that is renamed only once its sha256 checks out, so
 neither holds a checkpoint in memory and an interrupted pull leaves no file.
+
+Over 400 lines because it is the whole API a CLI user reaches, one small method per call.
 """
 
 from __future__ import annotations

@@ -226,3 +226,10 @@ def test_the_cli_moves_rolls_back_protects_and_records_metrics(live_server, mode
     assert RegistryClient(live_server.url, token=writer).get_model("cnn")["aliases"] == {"production": 2}
     bad = cli("metrics", "cnn:2", "accuracy=high", token=writer)
     assert bad.exit_code == 2 and "is not NAME=NUMBER" in bad.output
+
+
+def test_deleting_a_version_records_its_aliases_removal(client, cnn):
+    assert move(client, cnn["write"], 2, alias="staging").status_code == 200
+    assert client.delete("/api/v1/models/cnn/versions/2", headers=bearer(cnn["write"])).status_code == 200
+    moves = client.get("/api/v1/models/cnn/aliases/staging/history", headers=bearer(cnn["read"])).get_json()["moves"]
+    assert (moves[0]["from_version"], moves[0]["to_version"], moves[0]["reason"]) == (2, None, "version 2 deleted")

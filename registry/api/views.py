@@ -1,4 +1,8 @@
-"""Thin handlers: parse the request, call a service, shape the answer."""
+"""Thin handlers: parse the request, call a service, shape the answer.
+
+Somewhat over 400 lines: the catalog's core routes (models, versions, files, aliases, serving) in one
+place; newer groups live in their own modules (auth_views, eval_views, comparison_views, search_views,
+alias_views, shadow_views, webhook_views)."""
 
 from __future__ import annotations
 

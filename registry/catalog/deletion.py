@@ -15,6 +15,7 @@ from registry.auth import audit
 from registry.auth.audit import SYSTEM, Actor
 from registry.catalog.names import version_number
 from registry.catalog.rows import model_write, resolve_version_row
+from registry.catalog.aliases import record_removal
 from registry.catalog.shadow import stop_shadows_of_version
 from registry.db import Database
 from registry.entities import CONVERT, QUEUED, RUNNING, DeletedModel, DeletedVersion
@@ -62,6 +63,8 @@ def delete_version(db: Database, name: str, ref: str, actor: Actor = SYSTEM) -> 
         session.execute(sa.delete(Agreement).where(
             Agreement.model_id == model.id, sa.or_(Agreement.newer == row.version, Agreement.older == row.version)))
         stop_shadows_of_version(session, name, row, actor)  # shadowing it stops, audited
+        for alias in aliases:  # the alias's history says where it went
+            record_removal(session, model.id, alias, row.version, actor, f"version {row.version} deleted")
         deleted, cancelled = _delete_versions(session, [row.id])
         if deleted != 1:  # cannot happen under the model's lock; never count a delete twice
             raise NotFound(f"model {name!r} has no version {row.version} (deleted just now)",

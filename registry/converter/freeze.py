@@ -8,6 +8,9 @@ rewritten in place (``VariableV2``/``VarHandleOp`` become ``Const``,
 Given a file, the frozen graph is written to it as it is built, each
 variable's values straight from the reader's array, so that one variable at
 a time is in memory (``graphfile``).
+
+Just over 400 lines: the freeze itself with what it needs at hand (the checkpoint reader, restore
+keys, size limits, the checkpoint's global step).
 """
 
 from __future__ import annotations
