@@ -114,6 +114,8 @@ ACCESS = {
     ("GET", "/api/v1/webhooks/<int:hook_id>/deliveries"): ADMIN,
     ("POST", "/api/v1/webhooks/<int:hook_id>/deliveries/<int:delivery_id>/redeliver"): ADMIN,
     ("GET", "/audit"): ADMIN,
+    ("GET", "/webhooks"): ADMIN,  # hooks' delivery logs, and redelivering one
+    ("POST", "/webhooks/<int:hook_id>/deliveries/<int:delivery_id>/redeliver"): ADMIN,
     ("PUT", "/api/v1/models/<name>/allowed-ops"): ADMIN,
 }
 # URL values that reach each handler without loading TensorFlow or changing anything.
@@ -543,7 +545,7 @@ def test_tokens_and_the_audit_log_on_postgresql(pg_url, tmp_path):
         assert client.put("/api/v1/models/x/aliases/p", json={"version": 1},
                           headers=bearer(tokens["read"])).status_code == 403
         events = client.get("/api/v1/audit", headers=bearer(tokens["admin"])).get_json()["events"]
-        assert [e["action"] for e in events] == ["token.revoke"] + ["token.create"] * 4
+        assert [e["action"] for e in events] == ["token.revoke"] + ["token.create"] * 5  # one per scope, +1
     finally:
         app.extensions["registry"].db.dispose()
 

@@ -136,3 +136,16 @@ def test_the_alias_timeline_and_a_gate_that_refuses_with_its_reasons(page):
     assert "created → v1" in timeline[1]
     production = page.locator('ol.timeline[data-alias="production"] li').all_inner_texts()
     assert len(production) == 1 and "first release" in production[0]  # the refused move left no trace
+
+
+def test_metrics_are_charted_across_versions_with_the_aliases_marked(page):
+    import requests
+
+    moved = requests.put(f"{page.base}/api/v1/models/cnn/aliases/production", json={"version": 1}, timeout=30)
+    assert moved.status_code == 200, moved.text
+    go(page, "/models/cnn")
+    chart = page.locator('svg.metric-chart[data-metric="accuracy@val"]')
+    dots = {int(d.get_attribute("data-version")): float(d.get_attribute("data-value"))
+            for d in chart.locator("circle").all()}
+    assert dots == {1: 0.81, 2: 0.70}
+    assert chart.locator('line.alias-mark[data-alias="production"]').count() == 1

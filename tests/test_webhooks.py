@@ -576,3 +576,26 @@ def test_several_senders_at_once_send_each_delivery_once_and_in_order_per_model(
     assert len(made) == 20 and sorted(b["delivery_id"] for b in bodies) == made  # each once
     for name in ("a", "b", "c", "d"):
         assert [b["version"] for b in bodies if b["model"] == name] == [1, 2, 3, 4, 5]
+
+
+def test_the_webhooks_page_shows_the_delivery_log_and_redelivers(client, registry, tokens, receiver):
+    """An admin signed in reads each hook's deliveries on /webhooks and sends one again from there."""
+    from tests.helpers import csrf_token
+
+    hook = add_hook(client, tokens, receiver.url, ["alias.moved"])
+    push(registry.db, "cnn")
+    catalog.set_alias(registry.db, "cnn", "production", 1)
+    deliver_all(registry)
+    [first] = log(client, tokens, hook["id"])
+    assert client.get("/webhooks").status_code in (302, 401, 403)  # not signed in: no log
+    signed = client.post("/sign-in", data={"token": tokens["admin"], "csrf_token": csrf_token(client)})
+    assert signed.status_code in (302, 303)
+    page = client.get("/webhooks").get_data(as_text=True)
+    assert f'data-delivery="{first["id"]}" data-status="delivered"' in page and receiver.url in page
+    sent = client.post(f"/webhooks/{hook['id']}/deliveries/{first['id']}/redeliver",
+                       data={"csrf_token": csrf_token(client)})
+    assert sent.status_code in (302, 303)
+    deliver_all(registry)
+    assert len(receiver.received()) == 2
+    page = client.get("/webhooks").get_data(as_text=True)
+    assert page.count('data-status="delivered"') == 2

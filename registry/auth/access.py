@@ -123,6 +123,8 @@ RULES: dict[str, str | None] = {
     "api.list_webhook_deliveries": ADMIN,
     "api.redeliver_webhook": ADMIN,
     "web.audit": ADMIN,
+    "web.webhooks": ADMIN,
+    "web.redeliver": ADMIN,
 }
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -18,7 +18,6 @@ requests, and untrusted bytes are decoded only in the sandboxed worker.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -288,71 +287,3 @@ class LabelService:
         for ref, version in chosen:
             unique.setdefault(version.version, (ref, version))
         return list(unique.values())
-
-    def compare(self, name: str, images: list[Image], refs: list[str] | None = None,
-                expected: list[str] | None = None, top_k: int = 5) -> dict:
-        """Run several versions on the same images; report each, and where they disagree."""
-        if not images:
-            raise InvalidRequest("send at least one image (multipart field 'image')", code="missing_image")
-        if len(images) > self.settings.compare_max_images:
-            raise InvalidRequest(f"compare at most {self.settings.compare_max_images} images at once "
-                                 "(REGISTRY_COMPARE_MAX_IMAGES)", code="too_many_images")
-        if expected is not None and len(expected) != len(images):
-            raise InvalidRequest(f"expected has {len(expected)} labels for {len(images)} images: give one per image",
-                                 code="invalid_expected")
-        chosen = self._compare_versions(name, refs)
-        for _, version in chosen:
-            self._image_input(version)
-        infos = self._sniff(images)
-
-        report = []
-        scores_by_version: dict[int, np.ndarray] = {}
-        for ref, version in chosen:
-            graph, load_ms = self._timed_graph(version)
-            run_started = time.perf_counter()
-            prediction = self._prediction_output(graph, version)
-            outputs = self._run_images(graph, version, images, infos, prediction)
-            latency = time.perf_counter() - run_started
-            scores = self._scores(prediction, outputs, len(images))
-            scores_by_version[version.version] = scores
-            results = [{"image": image.name, "predictions": self._top(graph, row, top_k)}
-                       for image, row in zip(images, scores)]
-            entry = {"version": version.version, "ref": ref, "aliases": version.aliases,
-                     "load_ms": load_ms, "latency_ms": _ms(latency),
-                     "latency_per_image_ms": _ms(latency / len(images)), "results": results, "accuracy": None}
-            if expected is not None:
-                top1 = sum(r["predictions"][0]["label"] == e for r, e in zip(results, expected))
-                top5 = sum(e in [p["label"] for p in r["predictions"][:5]] for r, e in zip(results, expected))
-                entry["accuracy"] = {"top1": top1 / len(images), "top5": top5 / len(images),
-                                     "top5_of": min(5, top_k)}
-            report.append(entry)
-
-        # Versions agree on a class by label when every one has a labels file, else by index.
-        by_label = all(self.graph(v).labels for _, v in chosen)
-
-        def top1(entry: dict, i: int):
-            best = entry["results"][i]["predictions"][0]
-            return best["label"] if by_label else best["index"]
-
-        per_image = []
-        for i, image in enumerate(images):
-            firsts = {str(e["version"]): top1(e, i) for e in report}
-            per_image.append({"image": image.name, "expected": expected[i] if expected else None,
-                              "top1": {str(e["version"]): e["results"][i]["predictions"][0]["label"] for e in report},
-                              "agree": len(set(firsts.values())) == 1})
-        pairs = []
-        for a, b in itertools.combinations(report, 2):
-            sa, sb = scores_by_version[a["version"]], scores_by_version[b["version"]]
-            agree = [top1(a, i) == top1(b, i) for i in range(len(images))]
-            pairs.append({"a": a["version"], "b": b["version"], "top1_agreement": sum(agree) / len(images),
-                          "mean_abs_score_diff": float(np.mean(np.abs(sa - sb))) if sa.shape == sb.shape else None})
-        catalog.record_agreements(self.db, name, [
-            (p["a"], p["b"], p["top1_agreement"], p["mean_abs_score_diff"], len(images)) for p in pairs])
-        return {
-            "model": name,
-            "versions": report,
-            "images": per_image,
-            "agreement": {"pairs": pairs, "disagreements": [p["image"] for p in per_image if not p["agree"]]},
-            # nothing is preprocessed outside the graphs any more: each version's one run decodes the images
-            "timing_ms": {"preprocess": 0.0, "preprocessing_runs": 0},
-        }

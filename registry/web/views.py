@@ -20,6 +20,8 @@ from registry.evaluation import sets as eval_sets
 from registry.pagination import checked_token
 from registry.search import search_models, search_versions
 from registry.web import bp
+from registry.web.charts import metric_charts
+from registry.webhooks import hooks
 from registry.web.shadow import panels as shadow_panels
 
 PAGE_SIZE = 25
@@ -92,7 +94,7 @@ def model(name: str):
     return render_template("model.html", model=info, page=page, next_url=_next_url(page),
                            alias_error=request.args.get("alias_error"), shadows=shadow_panels(registry.db, name),
                            rules=rules, timelines=timelines, version_filter=wanted, search_error=error,
-                           latest_reports=latest)
+                           latest_reports=latest, charts=metric_charts(registry.db, name, info.aliases))
 
 
 def _recent_moves(db, name: str, alias: str) -> list:
@@ -271,6 +273,25 @@ def sign_in():
 def sign_out():
     end_session()
     return redirect(url_for("web.models"))
+
+
+@bp.get("/webhooks")
+def webhooks():
+    """Each hook's last deliveries, newest first, with a redeliver button (admin)."""
+    db = get_registry().db
+    listed = [(hook, hooks.list_deliveries(db, hook.id, page_size=20).items) for hook in hooks.list_hooks(db)]
+    return render_template("webhooks.html", hooks=listed, error=request.args.get("error"))
+
+
+@bp.post("/webhooks/<int:hook_id>/deliveries/<int:delivery_id>/redeliver")
+def redeliver(hook_id: int, delivery_id: int):
+    try:
+        hooks.redeliver(get_registry().db, hook_id, delivery_id, actor=current_actor())
+    except RegistryError as exc:
+        if exc.status >= 500:
+            raise
+        return redirect(url_for("web.webhooks", error=exc.message))
+    return redirect(url_for("web.webhooks") + f"#hook-{hook_id}")
 
 
 @bp.get("/audit")
