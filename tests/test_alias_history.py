@@ -233,3 +233,43 @@ def test_deleting_a_version_records_its_aliases_removal(client, cnn):
     assert client.delete("/api/v1/models/cnn/versions/2", headers=bearer(cnn["write"])).status_code == 200
     moves = client.get("/api/v1/models/cnn/aliases/staging/history", headers=bearer(cnn["read"])).get_json()["moves"]
     assert (moves[0]["from_version"], moves[0]["to_version"], moves[0]["reason"]) == (2, None, "version 2 deleted")
+
+
+def test_agreement_latency_and_flag_conditions_pass_and_refuse(client, registry, cnn):
+    """Each remaining gate condition from its recorded evidence: top-1 agreement with the alias's version
+    on a set (from the latest comparison of the two), latency_p50_ms, and the op scan."""
+    from registry.models import ComparisonReport, EvalSet, utcnow
+
+    with registry.db.transaction() as session:
+        model_id = session.scalar(sa.select(RegisteredModel.id).where(RegisteredModel.name == "cnn"))
+        session.add(EvalSet(model_id=model_id, name="val", revision=1, format="jsonl", filename="val.jsonl",
+                            sha256="0" * 64, size=1, count=100, created_at=utcnow()))
+        for other, rate in ((2, 0.97), (3, 0.80)):  # v2 agrees with v1 on 97%, v3 on 80%
+            session.add(ComparisonReport(
+                model_id=model_id, status="done", eval_set_name="val", eval_set_revision=1,
+                versions=[{"version": 1}, {"version": other}], created_at=utcnow(),
+                report={"agreement": {"pairs": [{"a": 1, "b": other, "top1_agreement": rate}]}}))
+        flags = [{"op": "ReadFile", "category": "file_io", "count": 1, "nodes": ["read"]}]
+        session.execute(sa.update(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.version == 4)
+                        .values(conversion={"verification": {"status": "passed"},
+                                            "safety": {"flags": flags, "flagged": True}}))
+    for version, p50 in ((2, 12.0), (3, 30.0)):
+        client.post(f"/api/v1/models/cnn/versions/{version}/metrics", json={"metrics": {"latency_p50_ms": p50}},
+                    headers=bearer(cnn["write"]))
+    assert move(client, cnn["write"], 1).status_code == 200  # no gate yet
+    gate = {"conditions": [{"kind": "agreement", "eval_set": "val", "min": 0.95},
+                           {"kind": "latency_p50_ms", "max": 20}, {"kind": "not_flagged"}]}
+    rule = client.put("/api/v1/models/cnn/aliases/production/rule", headers=bearer(cnn["admin"]),
+                      json={"protected": False, "gate": gate})
+    assert rule.status_code == 200, rule.get_json()
+
+    refused = move(client, cnn["write"], 3)
+    assert refused.status_code == 409
+    results = refused.get_json()["error"]["details"]["conditions"]
+    assert [(r["passed"], r["measured"]) for r in results[:2]] == [(False, 0.80), (False, 30.0)]
+    assert "top-1 agreement with version 1 on val is 80.0% (needs ≥ 0.95)" in results[0]["message"]
+    flagged = move(client, cnn["write"], 4)
+    assert flagged.status_code == 409
+    assert "flagged: ReadFile" in flagged.get_json()["error"]["details"]["conditions"][2]["message"]
+    assert "not measured" in flagged.get_json()["error"]["details"]["conditions"][0]["message"]
+    assert move(client, cnn["write"], 2).status_code == 200  # 97% agreement, 12 ms, nothing flagged
