@@ -5,9 +5,10 @@ of the three versions' plain batched ``Session.run`` times on the preprocessed i
 decoded once per preprocessing setting.
 
 Builds (once, cached under ``benchmarks/.work/compare``) three versions of a realistic image classifier
-(224x224x3 input, six 3x3 stride-2-then-1 conv + ReLU layers of 32-512 channels, global mean, a
-1001-way dense + softmax: ~4.4 M parameters, ~0.35 GMAC an image; seeds 11, 22, 33, so they differ)
-as frozen graphs, and 1,000 deterministic JPEGs of varied sizes (160x120 to 800x600).  Starts a fresh
+(224x224x3 input, six 3x3 conv + ReLU layers of 32-512 channels, five of them stride 2, global mean,
+a batch normalisation whose statistics come from calibration images, a 1001-way dense + softmax:
+~4.4 M parameters, ~0.36 GMAC an image, MobileNet-v1's class; seeds 11, 22, 33, so they differ) as
+frozen graphs, and 1,000 deterministic JPEGs of varied sizes (160x120 to 800x600).  Starts a fresh
 embedded registry in this process (``registry.app.create_app``, a live threaded werkzeug server, one
 embedded converter worker, one inference worker process), pushes the graphs with a labels file, waits
 until they are ready and pulls them back.  The set is stored through ``POST /api/v1/models/NAME/
@@ -24,13 +25,21 @@ Then, alternating within each round (ABBA over rounds, so a drift of the machine
   batch size), timing only the ``Session.run`` calls, summed over the three.  Each image is decoded
   and preprocessed once, up front, exactly as label_image.py does (read_file, decode_jpeg, cast,
   expand_dims, resize_bilinear, (x - mean) / std, with the version's preprocessing settings); that
-  decoding is timed and shown, not counted.
+  decoding is timed and shown, not counted;
+* one decoding pass: the registry's own preprocessing (``registry.serving.preprocess``: decode +
+  resize in a map_fn, as the inference worker fuses it in front of each version) alone in this
+  process on the same batches of encoded images, so that the ratio's excess can be split into
+  decoding (3 passes today: each version's worker call decodes every image) and the rest.
 
-Also shown: the registry's own preprocessing (decode + resize of ``registry.serving.preprocess``, as
-the inference worker fuses it in front of each version) timed alone on the same batches, so the
-ratio's excess can be split into decoding and the rest.  Exits 1 when the target is missed.
+The ratio is the median of the rounds' ratios.  The last report's per-version p50/p95 and top-1
+accuracy are printed beside the plain run's accuracy on the same expected labels (a check that the
+comparison computed what the plain run did).  Exits 1 when the target is missed.
 
-    .venv/bin/python benchmarks/compare.py [--images 1000] [--rounds 5]
+    .venv/bin/python benchmarks/compare.py [--images 1000] [--rounds 7]
+
+Over 400 lines: one run builds and caches its models and images, runs a registry, and measures the
+comparison, its baseline and the split of the difference in the same rounds, so every figure comes
+from the same run.
 """
 
 from __future__ import annotations
@@ -68,7 +77,8 @@ SEEDS = (11, 22, 33)
 SIZE = 224
 CHANNELS = ((32, 2), (64, 2), (128, 2), (256, 2), (512, 2), (512, 1))  # (depth, stride) of each 3x3 conv
 CLASSES = 1001
-MODEL_VERSION = 1  # bump when the models or images change, to rebuild the cache
+MODEL_VERSION = 2  # bump when the models change, to rebuild the cache
+IMAGES_VERSION = 1  # bump when the images change
 WORK = REPO / "benchmarks" / ".work" / "compare"
 INPUT, OUTPUT = "input", "output"
 tf1 = tf.compat.v1
@@ -79,11 +89,16 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request ot
 # -- inputs: three frozen graphs, a labels file, the images -------------------------------------------
 
 def ensure_model(seed: int) -> Path:
-    """The CNN with seeded He-initialised constants, frozen: input [None, 224, 224, 3] -> output (softmax)."""
+    """The CNN with seeded He-initialised constants, frozen: input [None, 224, 224, 3] -> output (softmax).
+
+    Untrained, the pooled features are mostly the same for every image, and every image would get the
+    same class; a batch normalisation in front of the dense layer, its statistics measured on calibration
+    images (as training would have left them), makes the top-1 class depend on the image."""
     path = WORK / f"cnn-{MODEL_VERSION}-seed{seed}.pb"
     if path.is_file():
         return path
     rng = np.random.default_rng(seed)
+    calibration = calibration_images()  # eagerly, before the graph is the default
     graph = tf.Graph()
     with graph.as_default():
         x = tf1.placeholder(tf.float32, [None, SIZE, SIZE, 3], name=INPUT)
@@ -93,11 +108,22 @@ def ensure_model(seed: int) -> Path:
             bias = rng.normal(0, 0.05, depth).astype(np.float32)
             x = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, kernel, stride, "SAME"), bias))
             channels = depth
-        weights = rng.normal(0, np.sqrt(1 / channels), (channels, CLASSES)).astype(np.float32)
+        pooled = tf.reduce_mean(x, [1, 2])
+        with tf1.Session() as session:
+            features = session.run(pooled, {graph.get_tensor_by_name(f"{INPUT}:0"): calibration})
+        mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+        normalised = (pooled - mean.astype(np.float32)) / std.astype(np.float32)
+        weights = rng.normal(0, 2 * np.sqrt(1 / channels), (channels, CLASSES)).astype(np.float32)
         bias = rng.normal(0, 0.05, CLASSES).astype(np.float32)
-        tf.nn.softmax(tf.nn.bias_add(tf.matmul(tf.reduce_mean(x, [1, 2]), weights), bias), name=OUTPUT)
+        tf.nn.softmax(tf.nn.bias_add(tf.matmul(normalised, weights), bias), name=OUTPUT)
     path.write_bytes(graph.as_graph_def().SerializeToString())
     return path
+
+
+def calibration_images(count: int = 48) -> np.ndarray:
+    """Images not in the set (indices from 100,000), preprocessed as the versions' defaults say."""
+    decoded = [tf.cast(tf.io.decode_jpeg(jpeg(100_000 + i), channels=3), tf.float32)[None] for i in range(count)]
+    return np.concatenate([tf1.image.resize_bilinear(d, [SIZE, SIZE]).numpy() / 255.0 for d in decoded])
 
 
 def parameters() -> int:
@@ -130,7 +156,7 @@ def jpeg(index: int) -> bytes:
 
 def ensure_images(count: int) -> Path:
     """``count`` JPEGs in a folder (img-0000.jpg ...), sorted names in index order."""
-    folder = WORK / f"images-{MODEL_VERSION}"
+    folder = WORK / f"images-{IMAGES_VERSION}"
     folder.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(count) if not (folder / f"img-{i:05d}.jpg").is_file()]
     if missing:
@@ -235,30 +261,34 @@ class Plain:
         return seconds, outputs
 
 
-def registry_decode_seconds(p: dict, files: list[Path], batch_size: int) -> float:
-    """The registry's own preprocessing (registry.serving.preprocess: decode_image + resize in a map_fn, as
-    the inference worker fuses it in front of a version), alone, on the same batches of encoded images."""
-    from registry.serving import preprocess
-    from registry.serving.images import LabelFeed
+class RegistryDecode:
+    """The registry's own preprocessing (registry.serving.preprocess: decode_image + resize_bilinear in a
+    map_fn, as the inference worker fuses it in front of a version), alone, on the same batches of encoded
+    images: what one decoding pass costs."""
 
-    graph = tf.Graph()
-    with graph.as_default():
-        tf1.placeholder(tf.float32, [None, SIZE, SIZE, 3], name=INPUT)
-    feed = LabelFeed(f"{INPUT}:0", int(p["input_height"]), int(p["input_width"]), float(p["input_mean"]),
-                     float(p["input_std"]))
-    images, output = preprocess.build(graph, feed)
-    session = tf1.Session(graph=graph)
-    run = session.make_callable(output, [images])
-    encoded = [np.array([f.read_bytes() for f in files[i:i + batch_size]], dtype=object)
-               for i in range(0, len(files), batch_size)]
-    run(encoded[0])  # warm up
-    seconds = 0.0
-    for batch in encoded:
-        started = time.perf_counter()
-        run(batch)
-        seconds += time.perf_counter() - started
-    session.close()
-    return seconds
+    def __init__(self, p: dict, files: list[Path], batch_size: int) -> None:
+        from registry.serving import preprocess
+        from registry.serving.images import LabelFeed
+
+        graph = tf.Graph()
+        with graph.as_default():
+            tf1.placeholder(tf.float32, [None, SIZE, SIZE, 3], name=INPUT)
+        feed = LabelFeed(f"{INPUT}:0", int(p["input_height"]), int(p["input_width"]), float(p["input_mean"]),
+                         float(p["input_std"]))
+        images, output = preprocess.build(graph, feed)
+        self.session = tf1.Session(graph=graph)
+        self.run = self.session.make_callable(output, [images])
+        self.encoded = [np.array([f.read_bytes() for f in files[i:i + batch_size]], dtype=object)
+                        for i in range(0, len(files), batch_size)]
+        self.run(self.encoded[0])  # warm up
+
+    def seconds(self) -> float:
+        total = 0.0
+        for batch in self.encoded:
+            started = time.perf_counter()
+            self.run(batch)
+            total += time.perf_counter() - started
+        return total
 
 
 def set_read_seconds(registry: Embedded, batch_size: int) -> float:
@@ -280,9 +310,12 @@ def set_read_seconds(registry: Embedded, batch_size: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="images in the evaluation set (default 1000)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="rounds of (3-version comparison, 1-version comparison, baseline), ABBA order")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="rounds of (3-version comparison, 1-version comparison, one decoding pass, baseline), "
+                             "ABBA order (default 7)")
     args = parser.parse_args()
+    if args.images < 1 or args.rounds < 1:
+        parser.error("--images and --rounds must be at least 1")
     started = time.perf_counter()
     WORK.mkdir(parents=True, exist_ok=True)
     frozen = [ensure_model(seed) for seed in SEEDS]
@@ -342,13 +375,16 @@ def run(args, registry: Embedded, frozen: list[Path], labels: Path, files: list[
     compare(registry.url, ["1", "2", "3"], WARM_SET)  # loads the three graphs into the inference worker
 
     print(f"measuring {args.rounds} round(s) ...", flush=True)
+    decoder = RegistryDecode(p, files, batch_size)
     three: list[float] = []
     one: list[float] = []
+    decode: list[float] = []
     plain: list[list[float]] = []
     reports: list[dict] = []
     outputs: list[list[np.ndarray]] = []
     for r in range(args.rounds):
-        steps = ("compare3", "compare1", "plain") if r % 2 == 0 else ("plain", "compare1", "compare3")
+        steps = ("compare3", "compare1", "decode", "plain") if r % 2 == 0 else ("plain", "decode", "compare1",
+                                                                               "compare3")
         for step in steps:
             if step == "compare3":
                 seconds, report = compare(registry.url, ["1", "2", "3"], SET)
@@ -356,17 +392,19 @@ def run(args, registry: Embedded, frozen: list[Path], labels: Path, files: list[
                 reports.append(report)
             elif step == "compare1":
                 one.append(compare(registry.url, ["1"], SET)[0])
+            elif step == "decode":
+                decode.append(decoder.seconds())
             else:
                 timed = [pl.timed(batches) for pl in plains]
                 plain.append([t for t, _ in timed])
                 outputs = [o for _, o in timed]
         print(f"  round {r + 1}: compare 3 versions {three[-1]:.2f} s, compare v1 {one[-1]:.2f} s, plain "
-              f"{' + '.join(f'{s:.2f}' for s in plain[-1])} = {sum(plain[-1]):.2f} s", flush=True)
-    decode_s = registry_decode_seconds(p, files, batch_size)
+              f"{' + '.join(f'{s:.2f}' for s in plain[-1])} = {sum(plain[-1]):.2f} s, "
+              f"one decoding pass {decode[-1]:.2f} s", flush=True)
     read_s = min(set_read_seconds(registry, batch_size) for _ in range(3))
     plain_acc = [float(np.mean([names[int(t)] == e for t, e in zip(np.concatenate(o).argmax(axis=1), expected)]))
                  for o in outputs]
-    return report_figures(args, batch_size, three, one, plain, reports, plain_decode_s, decode_s, read_s, plain_acc,
+    return report_figures(args, batch_size, three, one, plain, reports, plain_decode_s, decode, read_s, plain_acc,
                           time.perf_counter() - started)
 
 
@@ -377,7 +415,7 @@ def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
         print(f"  {label.ljust(width)}  {value}")
 
 
-def report_figures(args, batch_size, three, one, plain, reports, plain_decode_s, decode_s, read_s, plain_acc,
+def report_figures(args, batch_size, three, one, plain, reports, plain_decode_s, decode, read_s, plain_acc,
                    runtime) -> int:
     n = args.images
     plain_sum = [sum(p) for p in plain]
@@ -396,25 +434,29 @@ def report_figures(args, batch_size, three, one, plain, reports, plain_decode_s,
     ])
     decodes = 3  # each version's inference worker decodes every image in its fused graph
     report = reports[-1]
-    # inside: the versions' run_batch calls (the report's latency_ms: bytes to the inference worker, decode +
-    # model in one Session.run, scores back); outside: the rest of the HTTP request
-    inside = statistics.median(sum(v["latency_ms"] for v in r["versions"]) / 1000 for r in reports)
-    outside = compare_s - inside
-    print_rows("where the comparison's time goes (medians)", [
+    # Per round, then the median over rounds (a sum of medians from different rounds would not add up).
+    # inside: the versions' run_batch calls (the reports' latency_ms: bytes to the inference worker, decode +
+    # model in one Session.run, scores back); outside: the rest of the HTTP request.
+    inside = [sum(v["latency_ms"] for v in r["versions"]) / 1000 for r in reports]
+    rounds = list(zip(three, one, plain_sum, [p[0] for p in plain], inside, decode))
+    med = statistics.median
+    once = [(c3 - (decodes - 1) * d) / s for c3, _, s, _, _, d in rounds]
+    print_rows(f"where the comparison's time goes (per round, medians over the {len(rounds)} rounds)", [
         ("plain Session.run (the baseline)", f"{sum_s:.2f} s"),
-        ("inside the 3 versions' worker calls", f"{inside:.2f} s = baseline + {inside - sum_s:.2f} s, of which "
-                                                f"decoding + resizing {decodes}x ~{decodes * decode_s:.2f} s and "
-                                                f"~{inside - sum_s - decodes * decode_s:.2f} s the rest (bytes to the "
-                                                "worker process, scores back, the batcher)"),
-        ("decoding + resizing alone, 1 pass", f"{decode_s:.2f} s  (the registry's preprocessing graph, batches of "
-                                               f"{batch_size} encoded images, no model)"),
-        ("outside the worker calls", f"{outside:.2f} s  (reading the set 2x ~{2 * read_s:.2f} s: checking the "
-                                     f"expected labels, then running; metrics, storing the report, HTTP: "
-                                     f"~{outside - 2 * read_s:.2f} s)"),
-        ("compare v1 alone", f"{one_s:.2f} s = plain v1 {v1_s:.2f} s + {one_s - v1_s:.2f} s "
-                             f"(one decoding pass {decode_s:.2f} s + {one_s - v1_s - decode_s:.2f} s rest)"),
-        ("decoded once, not 3x (estimate)", f"~{(compare_s - (decodes - 1) * decode_s):.2f} s -> ratio "
-                                            f"~{(compare_s - (decodes - 1) * decode_s) / sum_s:.2f}"),
+        ("inside the 3 versions' worker calls", f"baseline + {med(i - s for _, _, s, _, i, _ in rounds):.2f} s: "
+                                                f"decoding + resizing {decodes}x "
+                                                f"~{med(decodes * d for *_, d in rounds):.2f} s, the rest (bytes to "
+                                                f"the worker process, scores back, the batcher) "
+                                                f"~{med(i - s - decodes * d for _, _, s, _, i, d in rounds):.2f} s"),
+        ("decoding + resizing alone, 1 pass", f"{med(decode):.2f} s  (the registry's preprocessing graph in this "
+                                               f"process, batches of {batch_size} encoded images, no model)"),
+        ("outside the worker calls", f"{med(c3 - i for c3, _, _, _, i, _ in rounds):.2f} s  (of which reading the "
+                                     f"set 2x ~{2 * read_s:.2f} s: checking the expected labels, then running; "
+                                     "the rest: metrics, storing the report, HTTP)"),
+        ("compare v1 alone", f"{one_s:.2f} s = plain v1 {v1_s:.2f} s + "
+                             f"{med(c1 - v1 for _, c1, _, v1, _, _ in rounds):.2f} s (one decoding pass + "
+                             f"{med(c1 - v1 - d for _, c1, _, v1, _, d in rounds):.2f} s)"),
+        ("decoded once, not 3x (estimate)", f"ratio ~{med(once):.2f}  (rounds: {', '.join(f'{x:.2f}' for x in once)})"),
         ("label_image.py decoding (not counted)", f"{plain_decode_s:.2f} s for {n} images, one at a time"),
     ])
     rows = []

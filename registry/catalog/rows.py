@@ -70,7 +70,7 @@ def resolve_version_row(session: Session, model: RegisteredModel, ref: str) -> M
         )
         if row is None:
             raise NotFound(
-                f"model {model.name!r} has no version {number} "
+                f"model {model.name!r} has no version {(ref[1:] if ref[:1] in 'vV' else ref).lstrip('0') or '0'} "
                 f"(versions go up to {model.last_version})",
                 code="version_not_found",
             )

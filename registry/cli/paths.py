@@ -46,8 +46,8 @@ def checkpoint_prefix(given: Path) -> Path:
     if given.is_file():
         raise click.UsageError(f"{given} is a file, not a checkpoint prefix: a frozen graph is pushed with "
                                f"--frozen {given}, a Keras file with --keras {given}")
-    raise click.UsageError(f"no checkpoint at {given}: expected {given}.index and {given}.data-*-of-* "
-                           "(the path training passed to saver.save)")
+    raise click.UsageError(f"no checkpoint at {given}: {given}.index and {given}.data-*-of-* are missing "
+                           "(give the path training passed to saver.save)")
 
 
 def _has_checkpoint(prefix: Path) -> bool:
