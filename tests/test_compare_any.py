@@ -433,6 +433,10 @@ def test_cli_compares_on_a_set_waiting_for_the_job_and_lists_the_reports(world):
     done = run("compare", "reg", "--eval-set", "big@1", "--versions", "1,2", "--wait", "--tolerance", "0.5")
     assert done.returncode == 0, done.stderr
     assert "numeric comparison of 2 versions on 40 inputs" in done.stdout and "MAX |DIFF|" in done.stdout
+    kept = next(line for line in done.stdout.splitlines() if line.startswith("report "))
+    number = kept.split()[1]
+    assert kept == (f"report {number} kept: registry comparisons reg {number} "
+                    f"(page: {world['url']}/models/reg/comparisons/{number})")
     listed = run("comparisons", "reg")
     assert listed.returncode == 0 and "big@1" in listed.stdout and "done" in listed.stdout
     wrong = run("compare", "reg", "--eval-set", "nosuchset", "--versions", "1,2")

@@ -124,7 +124,7 @@ def compare(name: str, images: tuple[Path, ...], versions: str | None, eval_set:
     if answer["agreement"]["disagreements"]:
         click.echo("disagree on: " + ", ".join(answer["agreement"]["disagreements"]))
     if answer.get("url"):
-        click.echo(f"report {answer['report']}: {answer['url']}")
+        click.echo(_kept(client_url(), name, answer["report"]))
 
 
 def _follow(client, name: str, report_id: int, poll: float = 0.5) -> dict:
@@ -185,7 +185,7 @@ def print_report(report: dict) -> None:
               [(f"v{p['a']} vs v{p['b']}", key, f"{o['max_abs_diff']:.4g}", f"{o['mean_abs_diff']:.4g}",
                 _percent(o["within_tolerance"])) for p in differences["pairs"] for key, o in p["outputs"].items()])
     if report.get("url"):
-        click.echo(f"report {report['report']}: {report['url']}")
+        click.echo(_kept(client_url(), report.get("model") or "", report["report"]))
 
 
 @click.command()
@@ -251,3 +251,15 @@ def auto_compare(name: str, sets: tuple[str, ...], reference: str | None, off: b
                    f"{', '.join(answer['sets'])}")
     else:
         click.echo(f"{name}: no automatic comparison (turn it on with --set SET)")
+
+
+def client_url() -> str:
+    """The registry URL the current command talks to (for the report's page)."""
+    ctx = click.get_current_context()
+    return connect(ctx.params.get("url")).url
+
+
+def _kept(base: str, name: str, report_id: int) -> str:
+    """Where a stored report is: the command that shows it, and its page."""
+    return (f"report {report_id} kept: registry comparisons {name} {report_id} "
+            f"(page: {base}/models/{name}/comparisons/{report_id})")
