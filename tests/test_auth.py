@@ -51,6 +51,7 @@ ACCESS = {
     ("GET", "/api/v1/models/<name>/eval-sets/<set>"): READ,
     ("GET", "/api/v1/models/<name>/eval-sets/<set>/<int:revision>"): READ,
     ("GET", "/api/v1/models/<name>/eval-sets/<set>/<int:revision>/download"): READ,
+    ("GET", "/api/v1/models/<name>/eval-sets/<set>/<int:revision>/inputs/<int:index>"): READ,
     ("POST", "/api/v1/models/<name>/eval-sets/<set>"): WRITE,
     ("DELETE", "/api/v1/models/<name>/eval-sets/<set>"): WRITE,
     ("DELETE", "/api/v1/models/<name>/eval-sets/<set>/<int:revision>"): WRITE,
@@ -120,7 +121,8 @@ ACCESS = {
 }
 # URL values that reach each handler without loading TensorFlow or changing anything.
 VALUES = {"name": "cnn", "ref": "1", "alias": "production", "spec": "cnn/versions/1", "filename": "app.js",
-          "name_or_id": "nobody", "set": "holdout", "revision": 1, "report_id": 1, "hook_id": 1, "delivery_id": 1}
+          "name_or_id": "nobody", "set": "holdout", "revision": 1, "report_id": 1, "hook_id": 1, "delivery_id": 1,
+          "index": 0}
 POST_SPEC = "cnn/versions/x:label"  # refused by the path parser, after the access check
 CALLERS = ("none", "read", "write", "admin", "revoked", "malformed")
 RANK = {ANYONE: 0, READ: 1, WRITE: 2, ADMIN: 3}

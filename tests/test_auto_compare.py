@@ -104,6 +104,7 @@ def test_the_report_permalink_in_a_browser(world):
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Chromium not found: apt-get install -y chromium")
     playwright_api = pytest.importorskip("playwright.sync_api")
+    ensure_set(world)
     client = world["client"]
     answer = requests.post(f"{world['server'].url}/v1/models/cnn:compare",
                            json={"versions": ["1", "2"], "eval_set": "holdout"}, timeout=120)
@@ -140,6 +141,7 @@ def test_the_compare_page_runs_on_a_stored_set_and_opens_the_report(world):
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Chromium not found: apt-get install -y chromium")
     playwright_api = pytest.importorskip("playwright.sync_api")
+    ensure_set(world)
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                              args=["--headless", "--no-sandbox", "--disable-gpu"])
@@ -156,3 +158,38 @@ def test_the_compare_page_runs_on_a_stored_set_and_opens_the_report(world):
         page.click("#compare-any-button")
         assert "do not parse" in page.inner_text("#any-error")
         browser.close()
+
+
+def ensure_set(world) -> None:
+    """The holdout set and version 2 (the first test makes them; a test run alone makes them here)."""
+    client = world["client"]
+    if not client._request("GET", "/api/v1/models/cnn/eval-sets").json().get("eval_sets"):
+        assert cli(world, "eval-set", "add", "cnn", "holdout", str(world["archive"])).exit_code == 0
+    if client.get_model("cnn")["last_version"] < 2:
+        client.push("cnn", [("frozen", world["cnns"][2].frozen_graph), ("labels", world["labels"])],
+                    {"output_nodes": tfmodels.OUTPUT})
+        assert client.wait("cnn", 2, timeout=300)["status"] == "ready"
+
+
+def test_the_reports_disagreements_show_the_sets_images(world):
+    """The disagreement list of a report on an image set shows each image, served by the set's input route
+    as the image it is (and never as anything a browser would run)."""
+    ensure_set(world)
+    answer = requests.post(f"{world['server'].url}/v1/models/cnn:compare",
+                           json={"versions": ["1", "2"], "eval_set": "holdout"}, timeout=120).json()
+    listed = answer["agreement"]["inputs"]
+    assert listed, "the two versions disagree on some images"
+    page = requests.get(f"{world['server'].url}/models/cnn/comparisons/{answer['report']}", timeout=30).text
+    first = listed[0]
+    assert f'data-index="{first["index"]}"' in page
+    image = requests.get(f"{world['server'].url}/api/v1/models/cnn/eval-sets/holdout/1/inputs/{first['index']}",
+                         timeout=30)
+    assert image.status_code == 200 and image.headers["Content-Type"] == "image/png"
+    assert image.headers["X-Content-Type-Options"] == "nosniff" and "sandbox" in image.headers[
+        "Content-Security-Policy"]
+    import zipfile as zipped
+
+    with zipped.ZipFile(world["archive"]) as archive:
+        assert image.content == archive.read(first["key"])  # the very image the report names
+    missing = requests.get(f"{world['server'].url}/api/v1/models/cnn/eval-sets/holdout/1/inputs/99", timeout=30)
+    assert missing.status_code == 404 and "numbered 0 to 7" in missing.json()["error"]["message"]

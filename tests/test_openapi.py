@@ -86,7 +86,7 @@ def test_documented_statuses_cover_what_the_server_answers(client, models, doc):
 
 def test_every_operation_on_a_model_refuses_an_invalid_name_with_a_documented_400(client, doc):
     values = {"name": "not a name!", "ref": "1", "alias": "production", "report_id": "1", "set": "holdout",
-              "revision": "1"}
+              "revision": "1", "index": "0"}
     for path, item in doc["paths"].items():
         if "{name}" not in path:
             continue

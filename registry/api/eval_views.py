@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from flask import g, request, url_for
+from flask import Response, g, request, url_for
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from registry import catalog
@@ -17,6 +17,8 @@ from registry.auth.access import current_actor
 from registry.context import get_registry
 from registry.errors import InvalidRequest, InvalidUpload, PayloadTooLarge, StorageError
 from registry.evaluation import EvalSetInfo, sets
+from registry.evaluation.archive import image_kind
+from registry.evaluation.reader import read_input
 from registry.evaluation.formats import SetLimits
 from registry.storage import BlobStorage
 from registry.uploads.files import ReceivedFile, UploadSink
@@ -24,6 +26,7 @@ from registry.uploads.multipart import CHUNK, MAX_FIELD_BYTES, _check_buffered, 
 
 SET = Param("set", "Evaluation set name: 1-64 letters, digits, '_', '-' or '.'", schemas.EvalSetName)
 REVISION = Param("revision", "Revision number (each upload of a set is the next one)", int)
+INPUT = Param("index", "The input's number, from 0, in the set's order", int)
 FIELDS = ("label_feature", "description", "csrf_token")
 MIMETYPES = {".zip": "application/zip", ".tar": "application/x-tar", ".gz": "application/gzip",
              ".tgz": "application/gzip", ".jsonl": "application/jsonl", ".json": "application/jsonl",
@@ -163,6 +166,26 @@ def download_eval_set(name: str, set: str, revision: int):  # noqa: A002
     suffixes = _suffixes(info.filename)
     mimetype = MIMETYPES.get(suffixes[-1] if suffixes else "", "application/octet-stream")
     return _send_blob(info.sha256, f"{name}-{set}-{revision}{''.join(suffixes)}", mimetype)
+
+
+@bp.get("/models/<name>/eval-sets/<set>/<int:revision>/inputs/<int:index>")
+@operation("getEvalSetInput", summary="One input of an evaluation set revision (0-based, in the set's order): an "
+                                      "image as itself, anything else as JSON", path=(NAME, SET, REVISION, INPUT),
+           answers={200: {"description": "The image (image/jpeg, png, gif or bmp) or the input as JSON",
+                          "content": {"image/*": {"schema": {"type": "string", "format": "binary"}},
+                                      "application/json": {"schema": {"type": "object"}}}},
+                    400: "Invalid model or set name", 404: "No such model, set, revision or input"})
+def get_eval_set_input(name: str, set: str, revision: int, index: int):  # noqa: A002
+    registry = get_registry()
+    kind, value = read_input(registry.storage, sets.get_eval_set(registry.db, name, set, revision), index)
+    if kind != "image":
+        return value
+    response = Response(value, mimetype=f"image/{image_kind(value[:16]) or 'octet-stream'}")
+    # an uploaded file served from this site: never sniffed as anything but the image it was checked to be
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response.headers["Cache-Control"] = "private, max-age=3600"  # a revision never changes
+    return response
 
 
 def _suffixes(filename: str) -> list[str]:

@@ -105,6 +105,7 @@ RULES: dict[str, str | None] = {
     "api.list_eval_set_revisions": READ,
     "api.get_eval_set_revision": READ,
     "api.download_eval_set": READ,
+    "api.get_eval_set_input": READ,
     "api.add_eval_set": WRITE,
     "api.delete_eval_set": WRITE,
     "api.delete_eval_set_revision": WRITE,

@@ -153,3 +153,25 @@ def _tfrecord(stream, eval_set: EvalSetInfo, batch_size: int) -> Iterator[EvalBa
             examples, keys, expected = [], [], []
     if examples:
         yield EvalBatch(start=start, keys=keys, examples=examples, expected=expected if label else None)
+
+
+def read_input(storage: BlobStorage, eval_set: EvalSetInfo, index: int) -> tuple[str, Any]:
+    """Input ``index`` (0-based, in the set's order) of ``eval_set``: ("image", its bytes) for an image
+    set, else ("json", the input as JSON: {input name: value}, or {"b64": ...} for a tf.Example), for a
+    report's list of disagreements.  Streams the set up to it."""
+    if not 0 <= index < eval_set.count:
+        raise NotFound(f"evaluation set {eval_set.ref} has {eval_set.count} inputs, numbered 0 to "
+                       f"{eval_set.count - 1}: there is no input {index}", code="input_not_found")
+    for batch in read_batches(storage, eval_set, 64):
+        at = index - batch.start
+        if not 0 <= at < len(batch):
+            continue
+        if batch.images is not None:
+            return "image", batch.images[at]
+        if batch.examples is not None:
+            import base64
+
+            return "json", {"b64": base64.b64encode(batch.examples[at]).decode()}
+        row = {name: values[at] for name, values in (batch.instances or {}).items()}
+        return "json", {name: value.tolist() if hasattr(value, "tolist") else value for name, value in row.items()}
+    raise NotFound(f"evaluation set {eval_set.ref} has no input {index}", code="input_not_found")

@@ -188,7 +188,16 @@ def set_tags(name: str, ref: str):
 @bp.get("/models/<name>/comparisons/<int:report_id>")
 def comparison(name: str, report_id: int):
     """A stored comparison report's permalink: what ran on what, and every figure."""
-    return render_template("comparison.html", report=reports.get(get_registry().db, name, report_id))
+    registry = get_registry()
+    report = reports.get(registry.db, name, report_id)
+    set_format = None
+    if report.eval_set and not report.eval_set.get("deleted"):
+        try:
+            set_format = eval_sets.get_eval_set(registry.db, name, report.eval_set["name"],
+                                                report.eval_set["revision"]).format
+        except NotFound:
+            set_format = None
+    return render_template("comparison.html", report=report, set_format=set_format)
 
 
 @bp.get("/push")
