@@ -257,7 +257,9 @@ def request_comparison(service, name: str, source: Source, *, refs: list[str] | 
                             kind=kind, strict_labels=strict_labels)
     comparison.check()
     stored = {"top_k": top_k, "tolerance": tolerance, "kind": kind, "strict_labels": strict_labels}
-    run_now = source.total <= settings.compare_sync_max or source.kind == IMAGE_INPUTS and source.upload is None
+    # uploaded multipart images are not kept anywhere a job could read them: they always run now
+    uploaded_images = source.kind == IMAGE_INPUTS and source.upload is None and source.eval_set is None
+    run_now = source.total <= settings.compare_sync_max or uploaded_images
     if not run_now:
         if source.upload is not None:
             stored["inputs"] = source.upload
