@@ -295,45 +295,55 @@ def test_worker_killed_mid_comparison_the_job_is_taken_again_and_finishes(crashe
     crashes.env.update(REGISTRY_COMPARE_SYNC_MAX="4", REGISTRY_COMPARE_MAX_IMAGES="1")
     app = create_app(crashes.settings)
     client, registry = app.test_client(), app.extensions["registry"]
-    labels = tmp_path / "labels.txt"
-    labels.write_text("".join(f"class {i}\n" for i in range(5)))
-    for seed in (3, 11):
-        frozen = tfmodels.build_frozen(tmp_path / f"cnn{seed}", seed=seed).frozen_graph
-        form = {"frozen": (frozen.open("rb"), "frozen.pb"), "labels": (labels.open("rb"), "labels.txt"),
-                "output_nodes": tfmodels.OUTPUT}
-        assert push(client, "cnn", form).status_code == 202
-    converted = crashes.run("worker", "--once")
-    assert converted.returncode == 0, converted.stderr
-    count = 300
-    archive = tmp_path / "set.zip"
-    with zipfile.ZipFile(archive, "w") as zipped:
-        for i in range(count):
-            zipped.writestr(f"img{i:03d}.png", tf.io.encode_png(test_images.pixels(i, 9, 9)).numpy())
-    sets.add_file(registry.db, registry.storage, "cnn", "holdout", archive)
+    try:
+        labels = tmp_path / "labels.txt"
+        labels.write_text("".join(f"class {i}\n" for i in range(5)))
+        for seed in (3, 11):
+            frozen = tfmodels.build_frozen(tmp_path / f"cnn{seed}", seed=seed).frozen_graph
+            form = {"frozen": (frozen.open("rb"), "frozen.pb"), "labels": (labels.open("rb"), "labels.txt"),
+                    "output_nodes": tfmodels.OUTPUT}
+            assert push(client, "cnn", form).status_code == 202
+        converted = crashes.run("worker", "--once")
+        assert converted.returncode == 0, converted.stderr
+        count = 300
+        archive = tmp_path / "set.zip"
+        with zipfile.ZipFile(archive, "w") as zipped:
+            for i in range(count):
+                zipped.writestr(f"img{i:03d}.png", tf.io.encode_png(test_images.pixels(i, 9, 9)).numpy())
+        sets.add_file(registry.db, registry.storage, "cnn", "holdout", archive)
 
-    for attempt in range(3):  # a kill that lands after the job finished proves nothing: go again
-        answer = client.post("/v1/models/cnn:compare", json={"versions": ["1", "2"], "eval_set": "holdout"})
-        assert answer.status_code == 202, answer.get_json()
-        report_id = answer.get_json()["report"]
-        worker = crashes.start("worker")
-        deadline = time.monotonic() + 120
-        while True:
-            state = client.get(f"/api/v1/models/cnn/comparisons/{report_id}").get_json()
-            if state["status"] == "running" and 0 < state["done"] < count or state["status"] == "done":
+        for attempt in range(3):  # a kill that lands after the job finished proves nothing: go again
+            answer = client.post("/v1/models/cnn:compare", json={"versions": ["1", "2"], "eval_set": "holdout"})
+            assert answer.status_code == 202, answer.get_json()
+            report_id = answer.get_json()["report"]
+            worker = crashes.start("worker")
+            deadline = time.monotonic() + 120
+            while True:
+                state = client.get(f"/api/v1/models/cnn/comparisons/{report_id}").get_json()
+                if state["status"] == "running" and 0 < state["done"] < count or state["status"] == "done":
+                    break
+                assert time.monotonic() < deadline, f"the worker never ran the comparison: {state}"
+                time.sleep(0.02)
+            crashes.kill(worker)
+            killed_at = client.get(f"/api/v1/models/cnn/comparisons/{report_id}").get_json()
+            if killed_at["status"] != "done":
                 break
-            assert time.monotonic() < deadline, f"the worker never ran the comparison: {state}"
-            time.sleep(0.02)
-        crashes.kill(worker)
-        killed_at = client.get(f"/api/v1/models/cnn/comparisons/{report_id}").get_json()
-        if killed_at["status"] != "done":
-            break
-    assert killed_at["status"] == "running" and killed_at["done"] < count, killed_at
-    time.sleep(LEASE + 0.5)  # the killed worker's lease expires
-    finished = crashes.run("worker", "--once")
-    assert finished.returncode == 0, finished.stderr
-    report = client.get(f"/api/v1/models/cnn/comparisons/{report_id}").get_json()
-    assert report["status"] == "done", report
-    assert report["done"] == report["total"] == count and report["report"]["inputs"] == count
-    pair = report["report"]["agreement"]["pairs"][0]
-    assert 0 <= pair["top1_agreement"] <= 1
+        assert killed_at["status"] == "running" and killed_at["done"] < count, killed_at
+        time.sleep(LEASE + 0.5)  # the killed worker's lease expires
+        finished = crashes.run("worker", "--once")
+        assert finished.returncode == 0, finished.stderr
+        report = client.get(f"/api/v1/models/cnn/comparisons/{report_id}").get_json()
+        assert report["status"] == "done", report
+        assert report["done"] == report["total"] == count and report["report"]["inputs"] == count
+        pair = report["report"]["agreement"]["pairs"][0]
+        assert 0 <= pair["top1_agreement"] <= 1
+    finally:
+        close(registry)
+
+
+def close(registry) -> None:
+    """Stop what an in-process app started: its label service's inference workers, its database pool."""
+    registry.stop_workers.set()
+    if registry._labels is not None:
+        registry._labels.close()
     registry.db.dispose()
