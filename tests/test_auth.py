@@ -101,6 +101,7 @@ ACCESS = {
     ("GET", "/push"): WRITE,  # the push form, shown to those who may push
     ("POST", "/models/<name>/aliases"): WRITE,
     ("POST", "/models/<name>/versions/<ref>/tags"): WRITE,
+    ("POST", "/models/<name>/tags"): WRITE,
     ("POST", "/models/<name>/versions/<ref>/prediction-output"): WRITE,
     # tokens, the audit log, and relaxing the converter's op scan for a model (a security control)
     ("GET", "/api/v1/tokens"): ADMIN,

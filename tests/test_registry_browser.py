@@ -149,3 +149,17 @@ def test_metrics_are_charted_across_versions_with_the_aliases_marked(page):
             for d in chart.locator("circle").all()}
     assert dots == {1: 0.81, 2: 0.70}
     assert chart.locator('line.alias-mark[data-alias="production"]').count() == 1
+
+
+def test_tag_the_model_on_its_page(page):
+    go(page, "/models/bert")
+    form = page.locator("#model-tag-form")
+    form.locator('input[name="key"]').fill("owner")
+    form.locator('input[name="value"]').fill("nlp-team")
+    with page.expect_navigation():
+        form.locator("button").click()
+    assert page.locator('#model-tags .tag[data-key="owner"]').inner_text() == "owner=nlp-team"
+    with page.expect_navigation():
+        page.locator('#model-tags button[aria-label="remove tag owner"]').click()
+    assert page.locator('#model-tags .tag[data-key="owner"]').count() == 0
+    assert page.locator('#model-tags .tag[data-key="team"]').inner_text() == "team=nlp"

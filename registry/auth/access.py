@@ -98,6 +98,7 @@ RULES: dict[str, str | None] = {
     "web.push": WRITE,
     "web.set_alias": WRITE,
     "web.set_tags": WRITE,
+    "web.set_model_tags": WRITE,
     "web.set_prediction_output": WRITE,
     "api.get_allowed_ops": READ,
     # evaluation sets: listing and downloading read, adding and deleting (audited) write

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 from flask import abort, redirect, render_template, request, send_from_directory, url_for
 
@@ -94,7 +94,8 @@ def model(name: str):
     return render_template("model.html", model=info, page=page, next_url=_next_url(page),
                            alias_error=request.args.get("alias_error"), shadows=shadow_panels(registry.db, name),
                            rules=rules, timelines=timelines, version_filter=wanted, search_error=error,
-                           latest_reports=latest, charts=metric_charts(registry.db, name, info.aliases))
+                           latest_reports=latest, charts=metric_charts(registry.db, name, info.aliases),
+                           may_write=_may_write(), tag_error=request.args.get("tag_error"))
 
 
 def _recent_moves(db, name: str, alias: str) -> list:
@@ -174,6 +175,16 @@ def set_prediction_output(name: str, ref: str):
 @bp.post("/models/<name>/versions/<ref>/tags")
 def set_tags(name: str, ref: str):
     """Set a tag (key and value) or remove one (action=delete) from the version page."""
+    return _tag_form(name, ref, url_for("web.version", name=name, ref=ref))
+
+
+@bp.post("/models/<name>/tags")
+def set_model_tags(name: str):
+    """Set or remove one of the model's tags from the model page."""
+    return _tag_form(name, None, url_for("web.model", name=name))
+
+
+def _tag_form(name: str, ref: str | None, page: str):
     key = request.form.get("key", "").strip()
     value = None if request.form.get("action") == "delete" else request.form.get("value", "")
     try:
@@ -181,8 +192,8 @@ def set_tags(name: str, ref: str):
     except RegistryError as exc:
         if exc.status >= 500 or exc.status == 404:
             raise
-        return redirect(url_for("web.version", name=name, ref=ref, tag_error=exc.message, key=key) + "#tags")
-    return redirect(url_for("web.version", name=name, ref=ref) + "#tags")
+        return redirect(f"{page}?{urlencode({'tag_error': exc.message, 'key': key})}#tags")
+    return redirect(page + "#tags")
 
 
 @bp.get("/models/<name>/comparisons/<int:report_id>")
