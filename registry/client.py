@@ -139,43 +139,24 @@ class RegistryClient:
         return response
 
     def list_models(self, query: str | None = None) -> Iterator[dict]:
-        token = None
-        while True:
-            params = {"page_token": token} if token else {}
-            if query:
-                params["q"] = query
-            page = self._request("GET", "/api/v1/models", params=params).json()
-            yield from page["models"]
-            token = page["next_page_token"]
-            if not token:
-                return
+        return self._pages("/api/v1/models", "models", {"q": query} if query else {}, None)
 
     def list_versions(self, name: str, limit: int | None = None) -> Iterator[dict]:
-        token, seen = None, 0
-        while True:
-            params = {"page_token": token} if token else {}
-            page = self._request("GET", f"/api/v1/models/{name}/versions", params=params).json()
-            for version in page["versions"]:
-                yield version
-                seen += 1
-                if limit is not None and seen >= limit:
-                    return
-            token = page["next_page_token"]
-            if not token:
-                return
-
+        return self._pages(f"/api/v1/models/{name}/versions", "versions", {}, limit)
     def set_tags(self, name: str, ref: str | None, changes: dict[str, str | None]) -> dict[str, str]:
         """Set or delete (None) tags of model ``name``, or of its version ``ref``; the tags after the write."""
         path = f"/api/v1/models/{name}" + (f"/versions/{ref}" if ref else "") + "/tags"
         return self._request("PATCH", path, json=changes).json()["tags"]
 
-    def _search(self, path: str, key: str, params: dict, limit: int | None) -> Iterator[dict]:
+    def _pages(self, path: str, key: str, params: dict, limit: int | None) -> Iterator[dict]:
+        """The items under ``key`` of every page of a listing, following next_page_token (at most
+        ``limit``, asking for no more than that per page)."""
         token, seen = None, 0
-        while True:
-            page = self._request("GET", path, params={**params, **({"page_token": token} if token else {})}).json()
-            for item in page[key]:
-                if limit is not None and seen >= limit:
-                    return
+        while limit is None or seen < limit:
+            asked = {**params, **({"page_token": token} if token else {}),
+                     **({"page_size": max(1, min(limit - seen, 1000))} if limit is not None else {})}
+            page = self._request("GET", path, params=asked).json()
+            for item in page[key][:None if limit is None else limit - seen]:
                 seen += 1
                 yield item
             token = page["next_page_token"]
@@ -186,12 +167,12 @@ class RegistryClient:
                         limit: int | None = None) -> Iterator[dict]:
         """Versions of every model matching ``filter_text`` (the registry's filter grammar)."""
         params = {k: v for k, v in {"filter": filter_text, "order_by": order_by}.items() if v}
-        return self._search("/api/v1/versions", "versions", params, limit)
+        return self._pages("/api/v1/versions", "versions", params, limit)
 
     def search_models(self, filter_text: str = "", order_by: str | None = None,
                       limit: int | None = None) -> Iterator[dict]:
         params = {k: v for k, v in {"filter": filter_text, "order_by": order_by}.items() if v}
-        return self._search("/api/v1/models", "models", params, limit)
+        return self._pages("/api/v1/models", "models", params, limit)
 
     def get_auto_compare(self, name: str) -> dict:
         return self._request("GET", f"/api/v1/models/{name}/auto-compare").json()
@@ -226,8 +207,7 @@ class RegistryClient:
 
     def webhook_deliveries(self, hook_id: int, limit: int | None = None) -> Iterator[dict]:
         """A webhook's deliveries, newest first."""
-        params = {"page_size": max(1, min(limit, 1000))} if limit else {}
-        return self._search(f"/api/v1/webhooks/{int(hook_id)}/deliveries", "deliveries", params, limit)
+        return self._pages(f"/api/v1/webhooks/{int(hook_id)}/deliveries", "deliveries", {}, limit)
 
     def redeliver_webhook(self, hook_id: int, delivery_id: int) -> dict:
         return self._request("POST", f"/api/v1/webhooks/{int(hook_id)}/deliveries/{int(delivery_id)}/redeliver"
@@ -257,23 +237,7 @@ class RegistryClient:
 
     def list_audit(self, action: str | None = None, limit: int | None = None) -> Iterator[dict]:
         """Audit events, newest first (admin token)."""
-        token, seen = None, 0
-        while True:
-            params: dict[str, str | int] = {"page_token": token} if token else {}
-            if action:
-                params["action"] = action
-            if limit is not None:
-                params["page_size"] = max(1, min(limit - seen, 1000))
-            page = self._request("GET", "/api/v1/audit", params=params).json()
-            for event in page["events"]:
-                yield event
-                seen += 1
-                if limit is not None and seen >= limit:
-                    return
-            token = page["next_page_token"]
-            if not token:
-                return
-
+        return self._pages("/api/v1/audit", "events", {"action": action} if action else {}, limit)
     def push(self, name: str, files: list[tuple[str, Path]], fields: dict[str, str],
              progress: Callable[[int], None] | None = None) -> dict:
         body = MultipartBody(fields, files, progress)
@@ -379,7 +343,7 @@ class RegistryClient:
         return self._request("PUT", f"/api/v1/models/{name}/aliases/{alias}", json=body).json()
 
     def alias_history(self, name: str, alias: str, limit: int | None = None) -> Iterator[dict]:
-        return self._search(f"/api/v1/models/{name}/aliases/{alias}/history", "moves", {}, limit)
+        return self._pages(f"/api/v1/models/{name}/aliases/{alias}/history", "moves", {}, limit)
 
     def get_alias(self, name: str, alias: str, at: str | None = None) -> dict:
         return self._request("GET", f"/api/v1/models/{name}/aliases/{alias}",

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from registry.uploads.protowire import FIXED32, LEN, VARINT, field_spans
+from registry.uploads.protowire import FIXED32, LEN, VARINT, field_spans, varint
 
 MASK_DELTA = 0xA282EAD8
 MAX_RECORD_BYTES = 64 * 1024**2  # one serialized Example; a longer one is refused rather than read whole
@@ -120,16 +120,10 @@ def _list_values(kind: str, buf: memoryview, start: int, end: int) -> list:
 def _packed_varints(buf: memoryview, start: int, end: int) -> list[int]:
     out, i = [], start
     while i < end:
-        value = shift = 0
-        while True:
-            if i >= end or shift > 63:
-                raise ValueError("malformed varint in a packed int64_list")
-            byte = buf[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        try:
+            value, i = varint(buf, i, end)
+        except ValueError:
+            raise ValueError("malformed varint in a packed int64_list") from None
         out.append(value)
     return out
 

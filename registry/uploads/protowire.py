@@ -89,12 +89,12 @@ def field_spans(buf: memoryview, start: int, end: int):
     i = start
     while i < end:
         field_start = i
-        tag, i = _varint(buf, i, end)
+        tag, i = varint(buf, i, end)
         field, wire = tag >> 3, tag & 7
         if wire == VARINT:
-            value, i = _varint(buf, i, end)
+            value, i = varint(buf, i, end)
         elif wire == LEN:
-            length, i = _varint(buf, i, end)
+            length, i = varint(buf, i, end)
             if i + length > end:
                 raise ValueError("a field runs past the end of its message")
             value, i = (i, i + length), i + length
@@ -112,7 +112,8 @@ def _fields(buf: memoryview, start: int, end: int):
         yield field, wire, value
 
 
-def _varint(buf: memoryview, i: int, end: int) -> tuple[int, int]:
+def varint(buf: memoryview, i: int, end: int) -> tuple[int, int]:
+    """The varint at ``buf[i]`` and the offset after it; ValueError when it is malformed."""
     value = shift = 0
     while True:
         if i >= end or shift > 63:
