@@ -59,10 +59,10 @@ class RegistryServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_path.read_text()}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/healthz", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or still starting (a cold start compiles and imports)
             time.sleep(0.1)
         raise RuntimeError(f"the server did not answer /healthz within {timeout:g} s")
 

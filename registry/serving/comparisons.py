@@ -32,7 +32,7 @@ from registry.evaluation.sets import get_eval_set
 from registry.serving.compare_inputs import (EXAMPLES, IMAGE_INPUTS, INSTANCES, Source, eval_set_source,
                                              uploaded_images, uploaded_json)
 from registry.serving.compare_runners import (Runner, check_instances, class_names, is_classifier, prepare,
-                                              run_batch, score_key)
+                                              run_all, score_key)
 
 CLASSIFIER, NUMERIC = "classifier", "numeric"
 KINDS = (CLASSIFIER, NUMERIC)
@@ -130,11 +130,9 @@ class Comparison:
         done = 0
         started = time.perf_counter()
         for batch in self.source.batches(self.batch_size):
-            outputs: dict[int, dict[str, np.ndarray]] = {}
+            outputs, took = run_all(self.service, self.runners, batch)
             for runner in self.runners:
-                began = time.perf_counter()
-                outputs[runner.number] = run_batch(self.service, runner, batch)
-                timings.add(runner.number, time.perf_counter() - began, len(batch))
+                timings.add(runner.number, took[runner.number], len(batch))
             if kind is None:
                 kind = CLASSIFIER if is_classifier(self.runners[0], outputs[numbers[0]]) else NUMERIC
             keys += batch.keys

@@ -38,12 +38,14 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 
 from registry import native_logs
 from registry.serving import wire
 
 RUN_THREADS = 32  # requests one worker runs at once (the label service batches before sending)
 HOLD_LIMIT_S = 0.02  # a short run that takes longer than this lets another thread read on
+MAX_PREPROCESSORS = 16  # preprocessing settings kept for op_run_shared
 IDLE_WATCH_S = 1.0  # the watchdog sleeps until the next short run after this long without one
 
 
@@ -84,6 +86,7 @@ class Worker:
         self.channel = channel
         self.max_output_bytes = max_output_bytes
         self.graphs: dict[str, object] = {}
+        self.preprocessors: OrderedDict[tuple, tuple] = OrderedDict()  # op_run_shared's, by setting and dtype
         self.lock = threading.Lock()
         self.loading = threading.Lock()  # one load at a time, so that what it costs can be measured
 
@@ -141,8 +144,6 @@ class Worker:
         self.reply(request, {"ok": True, "rss": rss_bytes()})
 
     def op_run(self, request: dict, buffers: list[bytes]) -> None:
-        import tensorflow as tf  # already loaded by warm_up(): after the limits main() set
-
         with self.lock:
             session = self.graphs.get(request["key"])
         if session is None:
@@ -150,29 +151,85 @@ class Worker:
             return
         feeds = wire.decode_arrays(request["arrays"], buffers)
         del buffers[:]
+        outputs = self._guarded(request, lambda: session.run(feeds, request["fetch"]))
+        if outputs is not None:
+            self._answer(request, outputs)
+
+    def op_run_shared(self, request: dict, buffers: list[bytes]) -> None:
+        """Encoded images through label_image.py's preprocessing of one setting, once, then into the image
+        input of each target graph: versions compared on a set decode each image once, not once each."""
+        from registry.serving.session import preprocessing  # TensorFlow: loaded by main() after the limits
+
+        targets = request["targets"]
+        with self.lock:
+            sessions = [self.graphs.get(target["key"]) for target in targets]
+        if any(session is None for session in sessions):
+            self.fail(request, "not_loaded", "a graph is not loaded in this worker")
+            return
+        images = wire.decode_arrays(request["arrays"], buffers)["images"]
+        del buffers[:]
+        height, width, mean, std = request["setting"]
+        timeout = float(request.get("timeout_seconds") or 0)
+
+        def run() -> tuple[dict, dict]:
+            outputs, runs, decoded, preprocess_s = {}, [], {}, 0.0
+            for number, (target, session) in enumerate(zip(targets, sessions)):
+                dtype = session.graph.get_tensor_by_name(target["input"]).dtype.base_dtype
+                if dtype not in decoded:  # the image input's dtype: cast in the graph, as the fused run does
+                    started = time.perf_counter()
+                    prep, feed, output = self._preprocessing(preprocessing, height, width, mean, std, dtype, timeout)
+                    decoded[dtype] = prep.run({feed: images}, [output])[output]
+                    preprocess_s += time.perf_counter() - started
+                started = time.perf_counter()
+                result = session.run({target["input"]: decoded[dtype]}, target["fetch"])
+                runs.append(time.perf_counter() - started)
+                outputs.update({f"{number}/{name}": value for name, value in result.items()})
+            return outputs, {"preprocess": preprocess_s, "runs": runs}
+
+        answer = self._guarded(request, run)
+        if answer is not None:
+            self._answer(request, answer[0], {"seconds": answer[1]})
+
+    def _preprocessing(self, build, height: int, width: int, mean: float, std: float, dtype, timeout: float):
+        key = (height, width, mean, std, dtype.name)
+        with self.lock:
+            made = self.preprocessors.get(key)
+            if made is not None:
+                self.preprocessors.move_to_end(key)
+                return made
+        made = build(height, width, mean, std, dtype, timeout)
+        with self.lock:
+            self.preprocessors[key] = made
+            while len(self.preprocessors) > MAX_PREPROCESSORS:
+                self.preprocessors.popitem(last=False)
+        return made
+
+    def _guarded(self, request: dict, run):
+        """``run()``'s result, or None once its failure is answered, as the kind the label service maps."""
+        import tensorflow as tf  # already loaded by warm_up(): after the limits main() set
+
         try:
-            outputs = session.run(feeds, request["fetch"])
+            return run()
         except tf.errors.DeadlineExceededError as exc:
             self.fail(request, "timeout", _first_line(exc))
-            return
         except tf.errors.ResourceExhaustedError as exc:
             self.fail(request, "memory", _first_line(exc))
-            return
         except (tf.errors.InvalidArgumentError, ValueError) as exc:
             from registry.serving.preprocess import failed_to_decode  # loaded with the session
 
             # a label_image input's decoder failed: the image is damaged, not the model's input wrong
             self.fail(request, "invalid_image" if failed_to_decode(exc) else "invalid", _first_line(exc))
-            return
         except tf.errors.OpError as exc:
             self.fail(request, "failed", f"{type(exc).__name__}: {_first_line(exc)}")
-            return
+        return None
+
+    def _answer(self, request: dict, outputs: dict, extra: dict | None = None) -> None:
         size = wire.nbytes(outputs)
         if size > self.max_output_bytes:
             self.reply(request, {"ok": False, "error": "too_large", "message": str(size)})
             return
         described, data = wire.encode_arrays(outputs)
-        self.reply(request, {"ok": True, "arrays": described}, data)
+        self.reply(request, {"ok": True, "arrays": described, **(extra or {})}, data)
 
 
 class Readers:

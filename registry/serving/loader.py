@@ -10,9 +10,10 @@ never loads TensorFlow (about 650 MB) next to its workers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -193,12 +194,30 @@ class LoadedGraph:
                 self._unloaded = True  # the worker was replaced under us: load it again
             return self._run_now(feeds, fetch, attempt + 1)
         finally:
-            with self._lock:
-                self._users -= 1
-                unload = self._evicted and self._users == 0 and not self._unloaded
-                self._unloaded = self._unloaded or unload
-            if unload:
-                self._pool.unload(self.worker, self.key)
+            self._release()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[bool]:
+        """Keeps the graph in its worker (an eviction meanwhile unloads it afterwards) while the caller runs
+        it there directly (``WorkerPool.run_shared``).  Yields whether it is usable: if not, :meth:`run`
+        loads it again."""
+        with self._lock:
+            usable = self.usable
+            if usable:
+                self._users += 1
+        try:
+            yield usable
+        finally:
+            if usable:
+                self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            unload = self._evicted and self._users == 0 and not self._unloaded
+            self._unloaded = self._unloaded or unload
+        if unload:
+            self._pool.unload(self.worker, self.key)
 
     def _raise(self, exc: WorkerError):
         version = self.version
@@ -245,3 +264,24 @@ class LoadedGraph:
         """The rank of each input (of any signature) whose first dimension is free, by tensor name."""
         specs = {s.name: s for sig in self.signatures.values() for s in sig.inputs}
         return {name: len(s.shape) for name, s in specs.items() if s.shape and s.shape[0] is None}
+
+
+def run_shared(graphs: list[LoadedGraph], setting: tuple[int, int, float, float], images: np.ndarray,
+               inputs: list[str], fetches: list[str]) -> tuple[list[np.ndarray], dict] | None:
+    """Each graph's ``fetches[i]`` with ``images`` (encoded) decoded once, by label_image.py's preprocessing
+    of ``setting`` (height, width, mean, std), and fed to its image input ``inputs[i]``: one call to the
+    worker that holds them all.  With the seconds the worker measured.  None when the graphs are not all
+    usable in one worker, or the call fails: run them one by one then (that loads a graph again, and
+    answers a failure as a single run does, for the version it concerns)."""
+    with contextlib.ExitStack() as stack:
+        if not all(stack.enter_context(graph.held()) for graph in graphs):
+            return None
+        worker = graphs[0].worker
+        if any(graph.worker is not worker for graph in graphs):
+            return None
+        targets = [(graph.key, name, [fetch]) for graph, name, fetch in zip(graphs, inputs, fetches)]
+        try:
+            outputs, seconds = graphs[0]._pool.run_shared(worker, setting, images, targets)  # noqa: SLF001
+        except (WorkerLost, WorkerError):
+            return None
+    return [output[0] for output in outputs], seconds

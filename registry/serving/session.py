@@ -156,6 +156,19 @@ class FrozenSession:
         return {name: np.asarray(value) for name, value in zip(fetch, results)}
 
 
+def preprocessing(height: int, width: int, mean: float, std: float, dtype: tf.DType,
+                  timeout_seconds: float) -> tuple[FrozenSession, str, str]:
+    """label_image.py's preprocessing of one setting on its own, for images shared by several graphs (a
+    comparison): a session, the feed its encoded images go to, and its output ([batch, height, width, 3]
+    of ``dtype``, what a graph's image input of that dtype is fed)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf1.placeholder(dtype, [None, height, width, 3], name="image")
+        tf.identity(image, name="preprocessed")
+    session = FrozenSession(graph.as_graph_def().SerializeToString(), [], timeout_seconds)
+    return session, LabelFeed("image:0", height, width, mean, std).name, "preprocessed:0"
+
+
 def _as_dtype(value, dtype: tf.DType, name: str) -> np.ndarray:
     """A fed value as the tensor's dtype (a callable takes arrays as they are)."""
     if dtype == tf.string:

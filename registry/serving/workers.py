@@ -469,7 +469,26 @@ class WorkerPool:
             fetch: Sequence[str]) -> list[np.ndarray]:
         described, buffers = wire.encode_arrays(feeds)
         request = {"op": "run", "key": str(key), "fetch": list(fetch), "arrays": described}
-        timeout = None if self.run_timeout is None else self.run_timeout + RUN_GRACE_S
+        _, arrays = self._run(worker, request, buffers)
+        return _outputs(worker, arrays, list(fetch))
+
+    def run_shared(self, worker: WorkerProcess, setting: tuple[int, int, float, float], images: np.ndarray,
+                   targets: Sequence[tuple[object, str, Sequence[str]]]) -> tuple[list[list[np.ndarray]], dict]:
+        """Encoded ``images`` decoded once, with label_image.py's preprocessing of ``setting`` (height,
+        width, mean, std), and fed to each target's image input, all in ``worker``: each target's fetched
+        outputs, and the seconds the worker took ({"preprocess": s, "runs": [s, ...]})."""
+        described, buffers = wire.encode_arrays({"images": images})
+        request = {"op": "run_shared", "setting": list(setting), "arrays": described,
+                   "timeout_seconds": self.run_timeout or 0,
+                   "targets": [{"key": str(key), "input": name, "fetch": list(fetch)} for key, name, fetch in targets]}
+        header, arrays = self._run(worker, request, buffers, runs=len(targets))
+        outputs = [_outputs(worker, arrays, [f"{number}/{name}" for name in fetch])
+                   for number, (_, _, fetch) in enumerate(targets)]
+        return outputs, header.get("seconds") or {}
+
+    def _run(self, worker: WorkerProcess, request: dict, buffers: list, runs: int = 1) -> tuple[dict, dict]:
+        """A run request's answer: its header and arrays by name (WorkerError for a failure it reports)."""
+        timeout = None if self.run_timeout is None else runs * self.run_timeout + RUN_GRACE_S
         try:
             header, data = worker.call(request, buffers, timeout=timeout)
         except TimeoutError as exc:
@@ -479,9 +498,8 @@ class WorkerPool:
         if not header.get("ok"):
             raise WorkerError(header.get("error", "failed"), header.get("message", ""))
         try:
-            arrays = wire.decode_arrays(header.get("arrays", []), data)
-            return [arrays[name] for name in fetch]
-        except (wire.ProtocolError, KeyError) as exc:
+            return header, wire.decode_arrays(header.get("arrays", []), data)
+        except wire.ProtocolError as exc:
             worker.kill()
             raise WorkerLost(f"worker {worker.number} answered with malformed outputs ({exc})") from exc
 
@@ -505,3 +523,11 @@ class WorkerPool:
         """Each live worker's pid and last reported resident memory."""
         with self._cond:
             return {w.pid: w.rss for w in self.workers if w.state != DEAD}
+
+
+def _outputs(worker: WorkerProcess, arrays: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+    try:
+        return [arrays[name] for name in names]
+    except KeyError as exc:
+        worker.kill()
+        raise WorkerLost(f"worker {worker.number} answered without output {exc}") from exc
