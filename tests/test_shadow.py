@@ -64,17 +64,17 @@ def predict(session: requests.Session, url: str, name: str, alias: str, inputs: 
     return np.asarray(answer.json()["predictions"], dtype=np.float32)
 
 
-def report(shadowed, alias: str, **params) -> dict:
-    answer = requests.get(f"{shadowed['url']}/api/v1/models/{shadowed['name']}/aliases/{alias}/shadow",
+def report(shadowed, alias: str, name: str | None = None, **params) -> dict:
+    answer = requests.get(f"{shadowed['url']}/api/v1/models/{name or shadowed['name']}/aliases/{alias}/shadow",
                           params=params, timeout=30)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
 
-def wait_for(shadowed, alias: str, done, timeout: float = 90.0) -> dict:
+def wait_for(shadowed, alias: str, done, timeout: float = 90.0, name: str | None = None) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        found = report(shadowed, alias)
+        found = report(shadowed, alias, name)
         if done(found["totals"]) or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
@@ -317,6 +317,84 @@ def test_grpc_predict_through_a_version_label_is_shadowed_too(shadowed):
     agreed = int(np.sum(np.argmax(primary, axis=1) == np.argmax(shadow, axis=1)))
     assert (totals["requests"], totals["compared"], totals["agreed"], totals["errors"]) == (4, len(flat), agreed, 0)
     assert totals["max_abs_diff"] == pytest.approx(float(np.abs(primary - shadow).max()), abs=1e-5)
+
+
+def test_label_through_an_alias_is_shadowed_on_the_same_image_bytes(shadowed, tmp_path):
+    from tests import images as test_images
+
+    url, name, client = shadowed["url"], shadowed["name"], shadowed["client"]
+    client.set_alias(name, "labelled", 1)
+    client.set_shadow(name, "labelled", 2)
+    time.sleep(1.1)
+    pictures = list(test_images.write_images(tmp_path).values())  # JPEG, PNG, BMP and GIF of several sizes
+    p = client.get_version(name, "1")["preprocessing"]
+    tensors = np.concatenate([test_images.label_image_tensor(
+        path, height=p["input_height"], width=p["input_width"], mean=p["input_mean"], std=p["input_std"])
+        for path in pictures])
+    primary, shadow = outputs(shadowed, 1, tensors), outputs(shadowed, 2, tensors)
+    for path, row in zip(pictures, primary):
+        answer = requests.post(f"{url}/v1/models/{name}/labels/labelled:label", params={"top_k": 1},
+                               files={"image": (path.name, path.read_bytes())}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["version"] == 1
+        assert answer.json()["predictions"][0]["index"] == int(np.argmax(row))  # the primary's answer, as ever
+    count = len(pictures)
+    agreed = int(np.sum(np.argmax(primary, axis=1) == np.argmax(shadow, axis=1)))
+    totals = wait_for(shadowed, "labelled", lambda t: t["compared"] + t["errors"] >= count)["totals"]
+    assert (totals["requests"], totals["compared"], totals["agreed"], totals["errors"]) == (count, count, agreed, 0)
+    assert totals["values"] == count * tfmodels.CLASSES
+    assert totals["max_abs_diff"] == pytest.approx(float(np.abs(primary - shadow).max()), abs=1e-5)
+
+
+def test_classify_through_an_alias_over_rest_and_grpc_is_shadowed_on_the_same_examples(shadowed, tmp_path):
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
+
+    from registry.converter.saved_model import write_archive
+    from registry.serving.grpc_server import start_grpc_server
+
+    client, name = shadowed["client"], f"{shadowed['name']}-examples"
+    exports = {}
+    for number, seed in ((1, 4), (2, 8)):
+        exports[number] = tfmodels.build_example_classifier(tmp_path / f"ex{number}", seed)
+        write_archive(exports[number], tmp_path / f"ex{number}.tar.gz")
+        client.push(name, [("saved_model", tmp_path / f"ex{number}.tar.gz")], {})
+        assert client.wait(name, number, timeout=300)["status"] == "ready"
+    client.set_alias(name, "production", 1)
+    client.set_shadow(name, "production", 2)
+    time.sleep(1.1)
+    x = np.random.default_rng(17).normal(size=(8, 2)).astype(np.float32)
+    answered = []
+    response = requests.post(f"{shadowed['url']}/v1/models/{name}/labels/production:classify", timeout=60,
+                             json={"signature_name": "classification", "examples": [{"x": r} for r in x[:4].tolist()]})
+    assert response.status_code == 200, response.text
+    answered += [[score for _, score in classes] for classes in response.json()["results"]]
+    server, port = start_grpc_server(shadowed["server"].registry, port=0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            request = classification_pb2.ClassificationRequest()
+            request.model_spec.name, request.model_spec.version_label = name, "production"
+            request.model_spec.signature_name = "classification"
+            for row in x[4:]:
+                request.input.example_list.examples.add().features.feature["x"].float_list.value.extend(row.tolist())
+            result = prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, timeout=60)
+            assert result.model_spec.version.value == 1
+            answered += [[c.score for c in entry.classes] for entry in result.result.classifications]
+    finally:
+        server.stop(0)
+    serialized = []
+    for row in x:
+        message = tf.train.Example()
+        message.features.feature["x"].float_list.value.extend(row.tolist())
+        serialized.append(message.SerializeToString())
+    own = {n: tfmodels.run_signature(exports[n], "classification", {"inputs": serialized})["scores"] for n in (1, 2)}
+    np.testing.assert_allclose(answered, own[1], atol=1e-6)  # the primary answers as alone
+    agreed = int(np.sum(np.argmax(own[1], axis=1) == np.argmax(own[2], axis=1)))
+    assert 0 < agreed < len(x)  # two versions that really differ
+    totals = wait_for(shadowed, "production", lambda t: t["compared"] + t["errors"] >= len(x), name=name)["totals"]
+    assert (totals["requests"], totals["compared"], totals["agreed"], totals["errors"]) == (2, len(x), agreed, 0)
+    assert totals["max_abs_diff"] == pytest.approx(float(np.abs(own[1] - own[2]).max()), abs=1e-6)
 
 
 def test_a_shadow_that_cannot_run_stops_shadowing_with_an_audit_entry(shadowed, tmp_path):

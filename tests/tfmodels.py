@@ -613,3 +613,31 @@ def example(**features) -> bytes:
         else:
             message.features.feature[key].float_list.value.append(value)
     return message.SerializeToString()
+
+
+EXAMPLE_CLASSES = ["low", "mid", "high"]
+
+
+def build_example_classifier(export: Path, seed: int) -> Path:
+    """A tf.Example classifier: feature ``x`` (2 floats) parsed from serialized examples, softmax of
+    ``x·W`` over three classes (W from ``seed``); signatures ``classification`` (classify: ``classes``,
+    ``scores``) and ``serving_default`` (predict: the scores)."""
+    rng = np.random.default_rng(seed)
+    graph = tf.Graph()
+    with graph.as_default(), tf1.Session(graph=graph) as session:
+        serialized = tf1.placeholder(tf.string, [None], name="input_example_tensor")
+        features = tf1.io.parse_example(serialized, {"x": tf1.io.FixedLenFeature([2], tf.float32)})
+        weights = tf1.Variable(rng.normal(size=(2, 3)).astype(np.float32), name="weights")
+        scores = tf.nn.softmax(tf.matmul(features["x"], weights), name="scores")
+        classes = tf.tile(tf.constant([EXAMPLE_CLASSES])[:1], [tf.shape(scores)[0], 1], name="classes")
+        session.run(tf1.global_variables_initializer())
+        info = tf1.saved_model.utils.build_tensor_info
+        build = tf1.saved_model.signature_def_utils.build_signature_def
+        builder = tf1.saved_model.Builder(str(export))
+        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+            "classification": build({"inputs": info(serialized)}, {"classes": info(classes), "scores": info(scores)},
+                                    "tensorflow/serving/classify"),
+            "serving_default": build({"examples": info(serialized)}, {"scores": info(scores)},
+                                     "tensorflow/serving/predict")})
+        builder.save()
+    return export

@@ -18,6 +18,7 @@ scores, score 0 when it has only classes), or one regression value.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,9 +242,12 @@ def regressions(output: TensorSpec, outputs: dict[str, np.ndarray], count: int) 
     return [float(v) for v in array.reshape(-1)]
 
 
-def run(graph, tasks: list[Task], request: input_pb2.Input, max_elements: int | None = None) -> list[list]:
+def run(graph, tasks: list[Task], request: input_pb2.Input, max_elements: int | None = None,
+        offer: Callable[[Signature, dict, dict], None] | None = None) -> list[list]:
     """Every task's result from one run of the graph on the request's examples (they share one input);
-    outputs of more than ``max_elements`` values are refused (a JSON answer's bound)."""
+    outputs of more than ``max_elements`` values are refused (a JSON answer's bound).  ``offer`` (an alias's
+    shadow, ``ShadowTraffic.offer``) is given each task's signature, the feeds and the outputs once the
+    results are made."""
     examples = serialized(request)
     fetch = list(dict.fromkeys(name for task in tasks for name in task.fetch))
     try:
@@ -257,7 +261,11 @@ def run(graph, tasks: list[Task], request: input_pb2.Input, max_elements: int | 
                              code="invalid_input") from exc
     if max_elements is not None:
         check_answer_size(outputs, max_elements)
-    return [task.result(outputs, len(examples)) for task in tasks]
+    results = [task.result(outputs, len(examples)) for task in tasks]
+    if offer is not None:
+        for found in tasks:
+            offer(found.signature, {found.examples.name: examples}, outputs)
+    return results
 
 
 def task(graph, name: str, method: str) -> Task:
@@ -300,10 +308,11 @@ def _decimal(value: float) -> float:
     return float(str(np.float32(value))) if math.isfinite(value) else value
 
 
-def answer_json(graph, method: str, name: str, request: input_pb2.Input, max_elements: int) -> dict:
+def answer_json(graph, method: str, name: str, request: input_pb2.Input, max_elements: int,
+                offer: Callable[[Signature, dict, dict], None] | None = None) -> dict:
     """:classify (``{"results": [[[label, score], ...] per example]}``) or :regress (``{"results":
     [value per example]}``) of the examples in ``request`` on signature ``name``."""
-    (result,) = run(graph, [task(graph, name, method)], request, max_elements)
+    (result,) = run(graph, [task(graph, name, method)], request, max_elements, offer)
     if method == sigs.CLASSIFY:
         return {"results": [[[label, _decimal(score)] for label, score in classes] for classes in result]}
     return {"results": [_decimal(value) for value in result]}

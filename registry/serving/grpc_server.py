@@ -229,7 +229,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         """Classify or Regress: the version, the signature it ran, and its result."""
         version, graph = self._graph(request.model_spec)
         task = examples.task(graph, request.model_spec.signature_name, method)
-        (result,) = examples.run(graph, [task], request.input)
+        # an alias's shadow gets a copy (registry.serving.shadow)
+        offer = functools.partial(self.registry.label_service().shadow.offer, graph, version, _ref(request.model_spec))
+        (result,) = examples.run(graph, [task], request.input, offer=offer)
         return version, task, result
 
     @_answer_errors("classify")

@@ -10,6 +10,7 @@ in a label service alone as in the whole registry.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from flask import Blueprint, Response, jsonify, request
@@ -176,7 +177,7 @@ def _post(name: str, ref: str | None, verb: str | None) -> dict:
         if len(images) != 1:
             raise InvalidRequest(f"send exactly one image to :label (got {len(images)}); use :compare for several",
                                  code="invalid_image")
-        return service.label(version, images[0], validate_top_k(top_k_arg))
+        return service.label(version, images[0], validate_top_k(top_k_arg), ref=ref)  # ref: for a shadow
     if verb == "compare":
         if ref is not None:
             raise InvalidRequest("compare runs on the model: POST /v1/models/NAME:compare with versions=1,2,...")
@@ -203,8 +204,10 @@ def _post(name: str, ref: str | None, verb: str | None) -> dict:
 
         signature, examples = input_from_json(body)  # the whole body first, as TF Serving reads it
         del body
-        return answer_json(service.graph(service.resolve(name, ref)), METHODS[verb], signature, examples,
-                           max_elements)
+        version = service.resolve(name, ref)
+        graph = service.graph(version)
+        return answer_json(graph, METHODS[verb], signature, examples, max_elements,
+                           offer=functools.partial(service.shadow.offer, graph, version, ref))
     raise NotFound(f"unknown method :{verb or ''}; use :predict, :classify, :regress, :label or :compare",
                    code="not_found")
 

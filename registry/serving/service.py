@@ -233,8 +233,9 @@ class LabelService:
         return [{"index": int(i), "label": labels[i] if i < len(labels) and labels[i] else str(int(i)),
                  "score": float(scores[i])} for i in order]
 
-    def label(self, version: VersionInfo, image: Image, top_k: int = 5) -> dict:
-        """label_image.py's top-k for one image, on a version from :meth:`resolve`."""
+    def label(self, version: VersionInfo, image: Image, top_k: int = 5, ref: str | None = None) -> dict:
+        """label_image.py's top-k for one image, on a version from :meth:`resolve` (for ``ref``: an alias
+        with a shadow version gets a copy)."""
         started = time.perf_counter()
         self._image_input(version)
         infos = self._sniff([image])
@@ -247,6 +248,8 @@ class LabelService:
         if top_k > scores.shape[0]:
             raise InvalidRequest(f"top_k is {top_k} but the model has {scores.shape[0]} classes",
                                  code="invalid_top_k")
+        if ref is not None:
+            self.shadow.offer_label(version, ref, image.data, scores)
         return {
             "model": version.model,
             "version": version.version,
@@ -255,6 +258,15 @@ class LabelService:
             "timing_ms": {"load": load_ms, "preprocess": 0.0, "inference": _ms(inference_s),
                           "total": _ms(time.perf_counter() - started)},
         }
+
+    def label_scores(self, version: VersionInfo, images: list[bytes]) -> np.ndarray:
+        """Each encoded image's class scores, as :label computes them (the shadow's run of :label copies)."""
+        batch = [Image(f"image{i + 1}", data) for i, data in enumerate(images)]
+        self._image_input(version)
+        infos = self._sniff(batch)
+        graph = self.graph(version)
+        prediction = self._prediction_output(graph, version)
+        return self._scores(prediction, self._run_images(graph, version, batch, infos, prediction), len(batch))
 
     # -- comparing -------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ MAX_CONSECUTIVE_ERRORS = 100  # a shadow failing on this many copies in a row st
 MAX_COPIES_PER_RUN = 256  # copies queued together run the shadow once (a busy alias costs fewer runs)
 GATHER_S = 0.25  # how long the shadow gathers copies before a run: fewer runs (and less CPU) beside the primary's
 STOP_STATUSES = frozenset({403, 404, 409})  # the shadow version cannot be served any more
+LABEL = ":label"  # a copy of a :label request: encoded images in, class scores out (not a signature)
 
 
 @dataclass(frozen=True)
@@ -172,10 +173,25 @@ class ShadowTraffic:
 
     def offer(self, graph, version, ref: str | None, signature, feeds: dict, outputs: dict) -> None:
         """A request ``version`` answered for ``ref`` (feeds and outputs keyed by tensor name): a copy
-        for the shadow when the alias has one (the gRPC API's hook)."""
+        for the shadow when the alias has one (the hook of gRPC's Predict, and of Classify and Regress
+        over REST and gRPC: the shadow runs the same signature on the same examples)."""
         route = self.route(version, ref)
         if route is not None:
             self._offer(route, graph, signature, feeds, outputs)
+
+    def offer_label(self, version, ref: str | None, data: bytes, scores: np.ndarray) -> None:
+        """A :label ``version`` answered for ``ref``: the shadow labels the same image bytes with its own
+        preprocessing and prediction output, and the two top-1 classes are compared."""
+        route = self.route(version, ref)
+        if route is None:
+            return
+        try:
+            image = np.empty(1, dtype=object)
+            image[0] = data
+            self._put(Copy(route, window_start(time.time(), self.window_seconds), LABEL, {"image": image},
+                           {"scores": np.asarray(scores).reshape(1, -1)}, "scores"))
+        except Exception:  # the primary has answered: nothing here may change that
+            log.exception("shadow: could not offer a copy of a request to %s:%s", route.model, route.alias)
 
     def _offer(self, route: Route, graph, signature, feeds: dict, outputs: dict) -> None:
         try:
@@ -184,8 +200,15 @@ class ShadowTraffic:
             prediction = getattr(graph, "prediction_output", None)
             scores = next((s.key for s in signature.outputs if graph.labels and prediction is not None
                            and s.name == prediction.name), None)
-            copy = Copy(route, window_start(time.time(), self.window_seconds), signature.name, inputs, answered,
-                        scores)
+            self._put(Copy(route, window_start(time.time(), self.window_seconds), signature.name, inputs,
+                           answered, scores))
+        except Exception:  # the primary has answered: nothing here may change that
+            log.exception("shadow: could not offer a copy of a request to %s:%s", route.model, route.alias)
+
+    def _put(self, copy: Copy) -> None:
+        """Queue a copy for the shadow's thread (or drop it, counted, when the queue is full)."""
+        route = copy.route
+        try:
             series = self._metrics(route)
             series["requests"].inc()
             self._start()
@@ -274,6 +297,12 @@ class ShadowTraffic:
         route = first.route
         try:
             version = self._service.resolve(route.model, str(route.shadow))
+            if first.signature == LABEL:
+                images = np.concatenate([c.inputs["image"] for c in copies])
+                scores = self._service.label_scores(version, images.tolist())
+                answers = [{"scores": row.reshape(1, -1)} for row in scores]  # one image a copy
+                self._answered(copies, answers)
+                return
             graph = self._service.graph(version)
             signature = find(graph, first.signature, api="predict")
             specs = {}
@@ -300,7 +329,10 @@ class ShadowTraffic:
         except Exception as exc:
             self._failed(copies, exc)
             return
-        self._failures.pop(route, None)
+        self._answered(copies, answers)
+
+    def _answered(self, copies: list[Copy], answers: list[dict]) -> None:
+        self._failures.pop(copies[0].route, None)
         by_window: dict[datetime, list[tuple[Copy, dict]]] = {}
         for copy, answered in zip(copies, answers):
             by_window.setdefault(copy.window_start, []).append((copy, answered))
