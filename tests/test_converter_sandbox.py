@@ -219,3 +219,26 @@ def test_secret_key_database_and_home_are_readable_by_their_owner_only(tmp_path)
     assert {name: mode for name, mode in modes.items() if name != "home"} == {
         name: 0o600 for name in modes if name != "home"}
     assert {"secret_key", "registry.db"} <= set(modes)
+
+
+def test_a_job_waiting_for_its_converter_template_to_start_keeps_renewing_its_lease():
+    """A template still importing TensorFlow (seconds on a busy machine) must not let the job's lease run
+    out: another worker would take a job that is not lost.  A real template process, started here."""
+    from registry.converter import runner, warm
+
+    template = warm.Template(runner._child_env(warm.HOME))
+    try:
+        beats = []
+        assert template.wait_ready(120, heartbeat=lambda: beats.append(time.monotonic()) or True, heartbeat_every=0.2)
+        assert len(beats) >= 2  # renewed while TensorFlow was imported, not only before or after
+        assert all(b - a < 1.0 for a, b in zip(beats, beats[1:]))
+    finally:
+        template.stop()
+    template = warm.Template(runner._child_env(warm.HOME))
+    try:
+        started = time.monotonic()
+        with pytest.raises(warm.LeaseLost):  # the lease went elsewhere: stop waiting, do not start the job
+            template.wait_ready(120, heartbeat=lambda: False, heartbeat_every=0.2)
+        assert time.monotonic() - started < 5
+    finally:
+        template.stop()

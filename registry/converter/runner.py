@@ -222,7 +222,11 @@ def run_conversion(
     with open(workdir / "converter.log", "w+b") as log_file:
         child: subprocess.Popen | warm.ForkedJob | None = None
         if warm_start:
-            child = warm.start(request_path, memory_mb, _child_env(warm.HOME))
+            try:
+                child = warm.start(request_path, memory_mb, _child_env(warm.HOME), heartbeat=heartbeat,
+                                   heartbeat_every=heartbeat_every)
+            except warm.LeaseLost as exc:
+                return Outcome(False, str(exc), lost_lease=True, retryable=True)
         if child is None:  # -P: the work directory (the current one) is not put on the import path
             child = subprocess.Popen(
                 [sys.executable, "-P", "-m", "registry.converter.child", str(request_path)],

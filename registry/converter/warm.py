@@ -25,6 +25,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 WAIT_READY_SECONDS = 60.0  # how long a job waits for a template still importing TensorFlow
@@ -32,6 +34,10 @@ HEADROOM_MB = 512  # a job whose memory limit leaves less beyond the template's 
 HOME = "/nonexistent"  # the template's HOME and TMPDIR; each job's sandbox names its work directory
 
 _local = threading.local()  # this thread's template
+
+
+class LeaseLost(Exception):
+    """The job's lease could not be renewed while its template started (another worker has the job)."""
 
 
 class Template:
@@ -53,10 +59,24 @@ class Template:
             return None
         return self.proc.stdout.readline()
 
-    def wait_ready(self, timeout: float) -> bool:
-        if not self.ready:
-            self.ready = self.line(timeout) == b"ready\n"
-        return self.ready
+    def wait_ready(self, timeout: float, heartbeat: Callable[[], bool] | None = None,
+                   heartbeat_every: float = 10.0) -> bool:
+        """Whether the template is ready within ``timeout``; ``heartbeat`` (the job's lease) is renewed
+        every ``heartbeat_every`` seconds meanwhile: LeaseLost when it cannot be."""
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            line = self.line(min(remaining, heartbeat_every) if heartbeat is not None else remaining)
+            if line is None:
+                if heartbeat is not None and not heartbeat():
+                    raise LeaseLost("lost the job's lease while the converter's template started")
+                continue
+            self.ready = line == b"ready\n"
+            if not self.ready:
+                return False
+        return True
 
     def address_space(self) -> int:
         """Its address space, which a forked job starts with (what RLIMIT_AS counts)."""
@@ -103,13 +123,15 @@ def warm_up(env: dict[str, str]) -> None:
         _local.template = Template(env)
 
 
-def start(request_path: Path, memory_mb: int, env: dict[str, str]) -> ForkedJob | None:
+def start(request_path: Path, memory_mb: int, env: dict[str, str], *, heartbeat: Callable[[], bool] | None = None,
+          heartbeat_every: float = 10.0) -> ForkedJob | None:
     """Have this thread's template fork the process for ``request_path``; None when that cannot be
     (it died, never got ready, or the job's memory limit leaves too little beyond the template's
-    own size): the caller starts a cold child, and the job is not lost."""
+    own size): the caller starts a cold child, and the job is not lost.  While the template is still
+    importing TensorFlow, ``heartbeat`` renews the job's lease (LeaseLost when it cannot)."""
     warm_up(env)
     template: Template = _local.template
-    if not template.wait_ready(WAIT_READY_SECONDS):
+    if not template.wait_ready(WAIT_READY_SECONDS, heartbeat, heartbeat_every):
         template.stop()
         _local.template = None
         return None
