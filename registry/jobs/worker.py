@@ -5,8 +5,9 @@ database and blob storage) and, in the embedded default, as background threads
 inside ``registry serve``.  Each attempt is counted and timed by outcome in
 ``registry.metrics`` (ready, failed, retried, lost_lease, deleted).
 
-Somewhat over 400 lines: a job's two kinds (the conversion and the SavedModel that follows it) share
-the worker's claim, lease, workdir and blob clean-up, and are recorded by the same rules.
+Somewhat over 400 lines: a job's three kinds (the conversion, the SavedModel that follows it, and a
+queued comparison) share the worker's claim, lease, workdir and blob clean-up, and are recorded by the
+same rules.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from registry import signatures as sigs
 from registry.errors import InvalidRequest
 from registry.evaluation import EvalBatch
 from registry.serving.compare_inputs import EXAMPLES, IMAGE_INPUTS
+from registry.serving.images import LabelFeed
 
 
 class _Image(NamedTuple):
@@ -174,7 +175,7 @@ def run_all(service, runners: list[Runner], batch: EvalBatch) -> tuple[dict[int,
     outputs: dict[int, dict[str, np.ndarray]] = {}
     seconds: dict[int, float] = {}
     if batch.images is not None:
-        for setting, group in _shared_groups(runners):
+        for setting, group in _shared_groups(service, runners):
             _run_shared(service, setting, group, batch, outputs, seconds)  # if it cannot: one by one below
     for runner in runners:
         if runner.number not in outputs:
@@ -184,17 +185,17 @@ def run_all(service, runners: list[Runner], batch: EvalBatch) -> tuple[dict[int,
     return outputs, seconds
 
 
-def _shared_groups(runners: list[Runner]) -> list[tuple[tuple, list[Runner]]]:
+def _shared_groups(service, runners: list[Runner]) -> list[tuple[tuple, list[Runner]]]:
     """The image versions whose images can be decoded once for all: same preprocessing, same worker."""
     groups: dict[tuple, list[Runner]] = {}
     for runner in runners:
-        version = runner.version
-        if runner.signature is not None or version.image_input is None or not runner.graph.usable:
-            continue  # not :label's path, or the graph decodes its own string input
-        p = version.preprocessing
-        setting = (int(p["input_height"]), int(p["input_width"]), float(p["input_mean"]), float(p["input_std"]))
-        groups.setdefault((id(runner.graph.worker), setting), []).append(runner)
-    return [(key[1], group) for key, group in groups.items() if len(group) > 1]
+        if runner.signature is not None or not runner.graph.usable:
+            continue  # not :label's path
+        feed = LabelFeed.parse(service._feed(runner.version))  # the feed :label would send the bytes to
+        if feed is None:
+            continue  # the graph decodes its own string input
+        groups.setdefault((id(runner.graph.worker), feed.height, feed.width, feed.mean, feed.std), []).append(runner)
+    return [(key[1:], group) for key, group in groups.items() if len(group) > 1]
 
 
 def _run_shared(service, setting: tuple, group: list[Runner], batch: EvalBatch,
@@ -207,7 +208,7 @@ def _run_shared(service, setting: tuple, group: list[Runner], batch: EvalBatch,
     fetches = [service._prediction_output(r.graph, r.version) for r in group]
     began = time.perf_counter()
     answer = run_shared([r.graph for r in group], setting, images,
-                        [f"{r.version.image_input['name']}:0" for r in group], fetches)
+                        [LabelFeed.parse(service._feed(r.version)).input for r in group], fetches)
     if answer is None:
         return
     wall = time.perf_counter() - began

@@ -158,8 +158,6 @@ class Worker:
     def op_run_shared(self, request: dict, buffers: list[bytes]) -> None:
         """Encoded images through label_image.py's preprocessing of one setting, once, then into the image
         input of each target graph: versions compared on a set decode each image once, not once each."""
-        from registry.serving.session import preprocessing  # TensorFlow: loaded by main() after the limits
-
         targets = request["targets"]
         with self.lock:
             sessions = [self.graphs.get(target["key"]) for target in targets]
@@ -177,7 +175,7 @@ class Worker:
                 dtype = session.graph.get_tensor_by_name(target["input"]).dtype.base_dtype
                 if dtype not in decoded:  # the image input's dtype: cast in the graph, as the fused run does
                     started = time.perf_counter()
-                    prep, feed, output = self._preprocessing(preprocessing, height, width, mean, std, dtype, timeout)
+                    prep, feed, output = self._preprocessing(height, width, mean, std, dtype, timeout)
                     decoded[dtype] = prep.run({feed: images}, [output])[output]
                     preprocess_s += time.perf_counter() - started
                 started = time.perf_counter()
@@ -190,14 +188,16 @@ class Worker:
         if answer is not None:
             self._answer(request, answer[0], {"seconds": answer[1]})
 
-    def _preprocessing(self, build, height: int, width: int, mean: float, std: float, dtype, timeout: float):
+    def _preprocessing(self, height: int, width: int, mean: float, std: float, dtype, timeout: float):
+        from registry.serving.session import preprocessing  # TensorFlow: loaded by main() after the limits
+
         key = (height, width, mean, std, dtype.name)
         with self.lock:
             made = self.preprocessors.get(key)
             if made is not None:
                 self.preprocessors.move_to_end(key)
                 return made
-        made = build(height, width, mean, std, dtype, timeout)
+        made = preprocessing(height, width, mean, std, dtype, timeout)
         with self.lock:
             self.preprocessors[key] = made
             while len(self.preprocessors) > MAX_PREPROCESSORS:

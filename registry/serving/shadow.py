@@ -13,6 +13,10 @@ the service stops; Prometheus counters follow every copy.  Inputs are kept only 
 ``REGISTRY_SHADOW_SAMPLES`` asks for that many disagreeing inputs per alias.  A shadow version that
 can no longer be served (deleted, flagged) or that fails on every copy stops shadowing, with an audit
 entry.  Nothing runs unless an alias has a shadow: the thread starts with the first copy.
+
+Somewhat over 400 lines: the primary's side (routes, copies, the bounded queue) and the shadow's thread
+(gathering, running, comparing, counting per window, storing, stopping) share one lock, one set of
+window counts and one failure count per route; split, each half would reach into the other's state.
 """
 
 from __future__ import annotations
