@@ -39,6 +39,7 @@ bench: $(STAMP)
 	-$(BIN)/python benchmarks/search.py
 	-$(BIN)/python benchmarks/compare.py
 	-$(BIN)/python benchmarks/shadow_overhead.py
+	-$(BIN)/python benchmarks/floors.py
 
 clean:
 	rm -rf $(VENV) registry-data .pytest_cache .import_linter_cache benchmarks/.work
