@@ -153,6 +153,22 @@ def test_queued_version_page_follows_the_conversion(client, cnn):
     assert client.get("/api/v1/models/cnn/versions/3").get_json()["status"] == "queued"
 
 
+def test_a_ready_version_whose_saved_model_is_being_built_says_so_and_follows_the_build(client, registry, cnn):
+    with registry.db.transaction() as session:
+        session.execute(sa.update(ModelVersion).where(ModelVersion.version == 1).values(saved_model_state="pending"))
+    body = page(client, "/models/cnn/versions/1")
+    assert 'data-status="ready"' in body and 'id="download-frozen"' in body
+    assert 'id="saved-model-pending"' in body and "SavedModel: building" in text(body)
+    assert 'id="download-saved-model"' not in body
+    assert 'data-poll="/api/v1/models/cnn/versions/1"' in body and 'data-shown="saved_model"' in body
+    assert client.get("/api/v1/models/cnn/versions/1").get_json()["saved_model"]["state"] == "pending"
+
+    with registry.db.transaction() as session:  # the build failed: nothing to follow, no download
+        session.execute(sa.update(ModelVersion).where(ModelVersion.version == 1).values(saved_model_state="failed"))
+    body = page(client, "/models/cnn/versions/1")
+    assert 'data-poll=""' in body and "saved-model-pending" not in body and "download-saved-model" not in body
+
+
 def test_push_page_and_its_model_name_from_the_link(client, cnn):
     body = page(client, "/push")
     for field in ("name", "meta", "index", "data", "graph", "frozen", "labels", "output_nodes", "input_nodes"):

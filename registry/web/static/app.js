@@ -20,11 +20,16 @@ function errorMessage(body, status) {
   return "the server answered " + status;
 }
 
-// -- version page: follow a conversion until it ends -------------------------------------
+// -- version page: follow a conversion until it ends, then its SavedModel's build ---------
 function followConversion() {
   const card = $("#status");
   if (!card || !card.dataset.poll) return;
   const poll = () => fetch(card.dataset.poll).then((r) => r.json()).then((v) => {
+    if (card.dataset.shown === "saved_model") {  // ready; TF Serving's SavedModel still being built
+      if ((v.saved_model || {}).state !== "pending") window.location.reload();
+      else setTimeout(poll, 1000);
+      return;
+    }
     const badge = $(".badge", card);
     badge.textContent = v.status;
     badge.className = "badge badge-" + v.status;
