@@ -299,6 +299,31 @@ def test_a_set_over_the_size_limit_is_refused_with_413_and_nothing_is_kept(serve
     assert state(server) == before
 
 
+FORM_MISTAKES = {  # what the multipart form carries -> (code, words of the message)
+    "unknown field": ({"file": ("s.jsonl", b'{"x": 1}\n')}, {"labels": "y"}, "unknown_field", "unknown field 'labels'"),
+    "two files": ([("file", ("a.jsonl", b'{"x": 1}\n')), ("file", ("b.jsonl", b'{"x": 2}\n'))], {},
+                  "unknown_field", "one file field named 'file'"),
+    "file under another name": ({"set": ("s.jsonl", b'{"x": 1}\n')}, {}, "unknown_field", "not 'set'"),
+    "no file": ({}, {"description": "nothing attached"}, "missing_file", "multipart file field 'file'"),
+    "field over 64 KiB": ({"file": ("s.jsonl", b'{"x": 1}\n')}, {"description": "d" * (64 * 1024 + 1)},
+                          "field_too_long", "longer than 64 KiB"),
+}
+
+
+@pytest.mark.parametrize("case", FORM_MISTAKES)
+def test_a_form_that_is_not_one_file_and_known_fields_is_refused_and_nothing_is_kept(server, case):
+    files, fields, code, wording = FORM_MISTAKES[case]
+    before = state(server)
+    if not files:  # a multipart body with fields only
+        files, fields = {name: (None, value) for name, value in fields.items()}, {}
+    answer = requests.post(f"{server.url}/api/v1/models/cnn/eval-sets/mistaken", headers=bearer(server.tokens["write"]),
+                           files=files, data=fields)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == code and wording in error["message"], error
+    assert state(server) == before
+
+
 def test_unknown_model_and_set_names_are_refused(server):
     assert upload(server, "s", "s.jsonl", b"1\n", model="nope").status_code == 404
     assert upload(server, "bad name!", "s.jsonl", b"1\n").json()["error"]["code"] == "invalid_eval_set_name"

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from flask import Response, g, request, url_for
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from registry import catalog
 from registry.api import bp, schemas
@@ -22,7 +21,7 @@ from registry.evaluation.reader import read_input
 from registry.evaluation.formats import SetLimits
 from registry.storage import BlobStorage
 from registry.uploads.files import ReceivedFile, UploadSink
-from registry.uploads.multipart import CHUNK, MAX_FIELD_BYTES, _check_buffered, _next_event
+from registry.uploads.multipart import read_parts
 
 SET = Param("set", "Evaluation set name: 1-64 letters, digits, '_', '-' or '.'", schemas.EvalSetName)
 REVISION = Param("revision", "Revision number (each upload of a set is the next one)", int)
@@ -44,59 +43,32 @@ def _answer(info: EvalSetInfo, **extra) -> dict:
 def read_eval_set_form(stream: BinaryIO, boundary: bytes, storage: BlobStorage, sinks: list[UploadSink], *,
                        max_bytes: int) -> tuple[dict[str, str], ReceivedFile]:
     """A multipart body with one file part ``file`` (streamed into a blob writer that keeps a local file
-    for the check, at most ``max_bytes``) and text fields; as ``registry.uploads.multipart`` reads pushes."""
-    if not boundary:
-        raise InvalidRequest("multipart/form-data needs a boundary", code="invalid_content_type")
-    decoder = MultipartDecoder(boundary)
-    fields: dict[str, str] = {}
-    received: ReceivedFile | None = None
-    field_name: str | None = None
-    value = bytearray()
-    sink: UploadSink | None = None
-    while True:
-        chunk = stream.read(CHUNK)
-        decoder.receive_data(chunk or None)
-        event = _next_event(decoder)
-        while not isinstance(event, (Epilogue, NeedData)):
-            if isinstance(event, Field):
-                if event.name not in FIELDS:
-                    raise InvalidUpload(f"unknown field {event.name!r}: send file, label_feature and description",
-                                        code="unknown_field")
-                field_name, sink = event.name, None
-                value.clear()
-            elif isinstance(event, File):
-                if event.name != "file" or received is not None:
-                    raise InvalidUpload(f"send the set as one file field named 'file', not {event.name!r}",
-                                        code="unknown_field")
-                field_name = None
-                sink = UploadSink(storage.writer(), scan=False, keep_local=True)
-                sinks.append(sink)
-                received = ReceivedFile("file", event.filename or "eval-set", sink)
-            elif isinstance(event, Data):
-                if sink is not None:
-                    sink.write(event.data)
-                    if sink.size > max_bytes:
-                        raise PayloadTooLarge(f"the evaluation set is larger than {max_bytes:,} bytes "
-                                              "(REGISTRY_EVAL_SET_MAX_BYTES): split it into several sets",
-                                              code="eval_set_too_large")
-                    if not event.more_data:
-                        sink.end()
-                else:
-                    value += event.data
-                    if len(value) > MAX_FIELD_BYTES:
-                        raise InvalidUpload(f"form field {field_name!r} is longer than {MAX_FIELD_BYTES // 1024} KiB",
-                                            code="field_too_long")
-                    if not event.more_data and field_name is not None:
-                        fields[field_name] = value.decode("utf-8", "replace")
-            event = _next_event(decoder)
-        _check_buffered(decoder)
-        if isinstance(event, Epilogue) or not chunk:
-            break
-    if not isinstance(event, Epilogue):
-        raise InvalidRequest("the multipart body ended early (no closing boundary)", code="invalid_multipart")
-    if received is None:
+    for the check, at most ``max_bytes``) and text fields; read as pushes are (``read_parts``)."""
+    received: list[ReceivedFile] = []
+
+    def check_field(name: str) -> None:
+        if name not in FIELDS:
+            raise InvalidUpload(f"unknown field {name!r}: send file, label_feature and description",
+                                code="unknown_field")
+
+    def open_file(name: str, filename: str | None) -> UploadSink:
+        if name != "file" or received:
+            raise InvalidUpload(f"send the set as one file field named 'file', not {name!r}", code="unknown_field")
+        sink = UploadSink(storage.writer(), scan=False, keep_local=True)
+        sinks.append(sink)
+        received.append(ReceivedFile("file", filename or "eval-set", sink))
+        return sink
+
+    def check_file(sink: UploadSink) -> None:
+        if sink.size > max_bytes:
+            raise PayloadTooLarge(f"the evaluation set is larger than {max_bytes:,} bytes "
+                                  "(REGISTRY_EVAL_SET_MAX_BYTES): split it into several sets", code="eval_set_too_large")
+
+    fields = read_parts(stream, boundary, open_file=open_file, check_field=check_field, check_file=check_file,
+                        max_parts=None)
+    if not received:
         raise InvalidUpload("no file: send the set as the multipart file field 'file'", code="missing_file")
-    return fields, received
+    return fields, received[0]
 
 
 @bp.get("/models/<name>/eval-sets")

@@ -1,4 +1,4 @@
-"""Streaming multipart parsing for pushes.
+"""Streaming multipart parsing for pushes (and evaluation sets: ``read_parts``).
 
 werkzeug's sans-IO decoder hands us each part's name before its bytes, so every
 file part streams straight into its own blob writer (never memory; an archive or
@@ -15,6 +15,7 @@ closed when the part ends, so a push holds one open file at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import BinaryIO
 
 from werkzeug.sansio.multipart import (
@@ -46,11 +47,37 @@ def read_push_form(
 ) -> tuple[dict[str, str], list[ReceivedFile]]:
     """Read a multipart push body; every sink created is appended to ``sinks``
     so that the caller can abort them all if anything fails."""
+    files: list[ReceivedFile] = []
+
+    def open_file(name: str, filename: str | None) -> UploadSink:
+        if name not in FILE_FIELDS:
+            raise InvalidUpload(
+                f"unknown file field {name!r}: send meta, index, data (repeatable), graph, "
+                "frozen, saved_model, keras or labels",
+                code="unknown_field",
+            )
+        sink = UploadSink(storage.writer(), scan=name in GRAPH_FIELDS, keep_local=name in LOCAL_FIELDS)
+        sinks.append(sink)
+        files.append(ReceivedFile(name, filename or name, sink))
+        return sink
+
+    fields = read_parts(stream, boundary, open_file=open_file, max_parts=max_parts)
+    return fields, files
+
+
+def read_parts(
+    stream: BinaryIO, boundary: bytes, *, open_file: Callable[[str, str | None], UploadSink],
+    check_field: Callable[[str], None] | None = None, check_file: Callable[[UploadSink], None] | None = None,
+    max_parts: int | None = DEFAULT_MAX_PARTS,
+) -> dict[str, str]:
+    """Stream a multipart body: each file part's bytes go to the sink ``open_file(name, filename)``
+    returns for it (it raises for a part it refuses, before any of its bytes are read), checked by
+    ``check_file`` after each piece; text fields (each at most MAX_FIELD_BYTES, their names checked
+    by ``check_field``) are returned by name.  At most ``max_parts`` parts (None: no limit)."""
     if not boundary:
         raise InvalidRequest("multipart/form-data needs a boundary", code="invalid_content_type")
     decoder = MultipartDecoder(boundary)
     fields: dict[str, str] = {}
-    files: list[ReceivedFile] = []
     parts = 0
     field_name: str | None = None
     field_value = bytearray()
@@ -62,7 +89,7 @@ def read_push_form(
         while not isinstance(event, (Epilogue, NeedData)):
             if isinstance(event, (Field, File)):
                 parts += 1
-                if parts > max_parts:
+                if max_parts is not None and parts > max_parts:
                     raise InvalidUpload(
                         f"the push has more than {max_parts} parts (files and fields; "
                         "REGISTRY_MAX_UPLOAD_PARTS): send each file once, or ask the operator to raise the limit "
@@ -70,23 +97,18 @@ def read_push_form(
                         code="too_many_parts",
                     )
             if isinstance(event, Field):
+                if check_field is not None:
+                    check_field(event.name)
                 field_name, sink = event.name, None
                 field_value.clear()
             elif isinstance(event, File):
-                if event.name not in FILE_FIELDS:
-                    raise InvalidUpload(
-                        f"unknown file field {event.name!r}: send meta, index, data (repeatable), graph, "
-                        "frozen, saved_model, keras or labels",
-                        code="unknown_field",
-                    )
                 field_name = None
-                sink = UploadSink(storage.writer(), scan=event.name in GRAPH_FIELDS,
-                                  keep_local=event.name in LOCAL_FIELDS)
-                sinks.append(sink)
-                files.append(ReceivedFile(event.name, event.filename or event.name, sink))
+                sink = open_file(event.name, event.filename)
             elif isinstance(event, Data):
                 if sink is not None:
                     sink.write(event.data)
+                    if check_file is not None:
+                        check_file(sink)
                     if not event.more_data:
                         sink.end()  # close its file now: the next part gets the next one
                 else:
@@ -102,7 +124,7 @@ def read_push_form(
             break
     if not isinstance(event, Epilogue):
         raise InvalidRequest("the multipart body ended early (no closing boundary)", code="invalid_multipart")
-    return fields, files
+    return fields
 
 
 def _check_buffered(decoder: MultipartDecoder) -> None:
