@@ -16,6 +16,7 @@ test fails).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -244,6 +245,16 @@ def _is_ip_address(name: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=256)
+def _allowed_host(host: str, allowed_hosts: tuple[str, ...]) -> str | None:
+    """None when a request with Host ``host`` may be answered, else the name it refuses (remembered per
+    Host value: a server hears the same few on every request)."""
+    name = (_host_name(host) or "").rstrip(".")
+    if name and (name == "localhost" or _is_ip_address(name) or name in allowed_hosts):
+        return None
+    return name
+
+
 def _check_host(settings: Settings) -> None:
     """Refuse a Host this server does not answer to, against DNS rebinding: a page of another site whose
     name the attacker re-points at this machine would otherwise be same-origin with the registry, and
@@ -251,8 +262,9 @@ def _check_host(settings: Settings) -> None:
     so addresses pass, as do ``localhost`` and the names in ``settings.allowed_hosts``."""
     if "*" in settings.allowed_hosts:
         return
-    name = (_host_name(request.host) or "").rstrip(".")
-    if name and (name == "localhost" or _is_ip_address(name) or name in settings.allowed_hosts):
+    host = request.host
+    name = _allowed_host(host, tuple(settings.allowed_hosts))
+    if name is None:
         return
     raise InvalidRequest(f"this server does not answer to Host {request.host!r} (a check against DNS rebinding): "
                          f"if clients reach the registry under the name {name!r}, add it to "
@@ -346,6 +358,14 @@ class _SessionInterface(SecureCookieSessionInterface):
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or (has_request_context() and request.is_secure))
+
+    def get_signing_serializer(self, app: Flask):
+        """Flask's serializer, made once per key (Flask makes a new one on every request, API calls too)."""
+        key = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        cached = getattr(self, "_serializer", None)
+        if cached is None or cached[0] != key:
+            cached = self._serializer = (key, super().get_signing_serializer(app))
+        return cached[1]
 
 
 def secret_key(settings: Settings) -> str:

@@ -129,6 +129,8 @@ class RateLimits:
                    settings.ratelimit_storage, settings.database_url)
 
     def enforce(self) -> None:
+        if not self.limiters:  # no limit set (the default): nothing to look at
+            return
         kind = request_kind()
         limiter = self.limiters.get(kind) if kind else None
         if limiter is None:

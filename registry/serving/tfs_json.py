@@ -78,7 +78,7 @@ def load_body(data: bytes, max_elements: int, max_depth: int = MAX_DEPTH, *, sha
         raise PayloadTooLarge(f"the body carries about {values:,} values, more than the {max_elements:,} one "
                               "request may (REGISTRY_PREDICT_MAX_ELEMENTS): send fewer instances per request",
                               code="too_many_elements")
-    deepest = _deepest(brackets)
+    deepest = _deepest(brackets) if len(brackets) > max_depth else 0  # no deeper than its brackets are many
     if deepest > max_depth:
         raise _bad(f"the body nests {deepest} levels deep, more than {max_depth}: a tensor's rank is its "
                    "nesting, and no model here takes one that deep")
