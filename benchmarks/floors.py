@@ -55,7 +55,6 @@ from registry_server import free_port  # noqa: E402
 
 from registry.serving import wire  # noqa: E402
 
-WARM_UP = 200
 SMALL_PREPROCESSING = {"input_height": 224, "input_width": 224, "input_mean": 0, "input_std": 255}
 TARGETS = {  # issue 13: overhead over the plain run, ms; issue 14: ratio to label_image.py's two steps
     "gRPC Predict": 0.7, "REST :predict": 1.0, ":label small CNN": 1.05,
@@ -224,19 +223,10 @@ def small_cnn_two_steps() -> tuple[Callable[[], object], bytes]:
 
 
 def measure(calls: dict[str, Callable[[], object]], samples: int) -> dict[str, float]:
-    """p50 of each call, ms: every call once per round, in an order rotated each round."""
-    names = list(calls)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(WARM_UP):
-        for call in calls.values():
-            call()
-    for i in range(samples):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
-            started = time.perf_counter_ns()
-            calls[name]()
-            times[name].append((time.perf_counter_ns() - started) / 1e6)
-    return {name: statistics.median(values) for name, values in times.items()}
+    """p50 of each call, ms, measured as tf_serving_api.py measures (once per round, order rotated)."""
+    from tf_serving_api import measure_latency  # TensorFlow: not in the gRPC floor's own process until it asks
+
+    return {name: statistics.median(values) for name, values in measure_latency(calls, samples).items()}
 
 
 def main() -> int:
@@ -252,6 +242,7 @@ def main() -> int:
     import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tf_serving_api import WARM_UP
 
     with tempfile.TemporaryDirectory(prefix="registry-floors-") as directory:
         folder = Path(directory)

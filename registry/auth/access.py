@@ -266,7 +266,7 @@ def _check_host(settings: Settings) -> None:
     name = _allowed_host(host, tuple(settings.allowed_hosts))
     if name is None:
         return
-    raise InvalidRequest(f"this server does not answer to Host {request.host!r} (a check against DNS rebinding): "
+    raise InvalidRequest(f"this server does not answer to Host {host!r} (a check against DNS rebinding): "
                          f"if clients reach the registry under the name {name!r}, add it to "
                          "REGISTRY_ALLOWED_HOSTS (comma-separated names; * for any)", code="host_not_allowed")
 
