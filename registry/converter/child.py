@@ -45,6 +45,12 @@ def _child_environment() -> None:
     # oneDNN's allocator keeps what a session freed: the restored graph's variables would stay resident
     # while the frozen graph's constants load.  Verification runs each graph once; it needs no oneDNN speed.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    # OpenBLAS (numpy's and scipy's, both loaded by TensorFlow's import) starts a thread server per library.
+    # A warm template that forks beside those threads can hand its job a lock one of them held: the job
+    # then waits forever (seen about once in a hundred conversions on a loaded machine).  With one BLAS
+    # thread no server starts, so the template is single-threaded when it forks; a conversion needs no
+    # parallel BLAS.
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 
 def convert(request: dict) -> dict:
