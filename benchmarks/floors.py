@@ -85,7 +85,7 @@ ECHO = textwrap.dedent('''
             header, buffers = channel.recv()
         except EOFError:
             break
-        channel.send({"ok": True, "arrays": answer, "id": header["id"]}, buffers)
+        channel.send({"ok": True, "arrays": answer}, buffers, id=header["id"])
 ''')
 
 
@@ -181,8 +181,8 @@ class Hop:
 
     def call(self) -> None:
         self.count += 1
-        self.channel.send({"op": "run", "key": "1:0123456789abcdef", "fetch": ["y:0"], "arrays": self.arrays,
-                           "id": self.count}, [self.buffer])
+        self.channel.send({"op": "run", "key": "1:0123456789abcdef", "fetch": ["y:0"], "arrays": self.arrays},
+                          [self.buffer], id=self.count)
         header, buffers = self.channel.recv()
         if header.get("id") != self.count:
             raise RuntimeError(f"the echo answered {header}")

@@ -211,9 +211,15 @@ _request_series: dict[tuple[str, ...], tuple] = {}
 
 def record_batch(labels: tuple[str, str], requests: int, rows: int | None) -> None:
     """One Session.run of the batcher: how many requests and rows went into it."""
-    BATCH_REQUESTS.labels(*labels).observe(requests)
+    series = _batch_series.get(labels)
+    if series is None:  # labels() validates and locks: once per graph, not once per run
+        series = _batch_series[labels] = (BATCH_REQUESTS.labels(*labels), BATCH_ROWS.labels(*labels))
+    series[0].observe(requests)
     if rows is not None:
-        BATCH_ROWS.labels(*labels).observe(rows)
+        series[1].observe(rows)
+
+
+_batch_series: dict[tuple[str, str], tuple] = {}  # (model, version) -> its batch histograms' series
 
 
 # -- the scrape ----------------------------------------------------------------------------------

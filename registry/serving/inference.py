@@ -91,7 +91,7 @@ class Worker:
         self.loading = threading.Lock()  # one load at a time, so that what it costs can be measured
 
     def reply(self, request: dict, header: dict, buffers=()) -> None:
-        self.channel.send(dict(header, id=request["id"]), buffers)
+        self.channel.send(header, buffers, id=request["id"])
 
     def fail(self, request: dict, kind: str, message: str) -> None:
         self.reply(request, {"ok": False, "error": kind, "message": message})

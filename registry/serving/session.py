@@ -70,7 +70,8 @@ class _Callable:
     def __init__(self, pooled, dtypes: list[tf.DType]) -> None:
         self.pooled = pooled
         self.inline = None  # made on the first run that may use it
-        self.dtypes = dtypes
+        # each feed's dtype, and what numpy calls it (None for strings): worked out once, not per run
+        self.dtypes = [(d, None if d == tf.string else d.as_numpy_dtype) for d in dtypes]
         self.seconds: float | None = None  # moving average of the run time
 
 
@@ -169,12 +170,13 @@ def preprocessing(height: int, width: int, mean: float, std: float, dtype: tf.DT
     return session, LabelFeed("image:0", height, width, mean, std).name, "preprocessed:0"
 
 
-def _as_dtype(value, dtype: tf.DType, name: str) -> np.ndarray:
-    """A fed value as the tensor's dtype (a callable takes arrays as they are)."""
-    if dtype == tf.string:
+def _as_dtype(value, dtypes: tuple[tf.DType, type | None], name: str) -> np.ndarray:
+    """A fed value as the tensor's dtype (a callable takes arrays as they are); ``dtypes``: the tensor's
+    dtype and its numpy type (None for strings)."""
+    dtype, want = dtypes
+    if want is None:
         return np.asarray(value, dtype=object)
     array = np.asarray(value)
-    want = dtype.as_numpy_dtype
     if array.dtype != want:
         try:
             array = array.astype(want)

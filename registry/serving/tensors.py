@@ -19,8 +19,10 @@ from registry.errors import InvalidRequest
 from registry.serving.signature import dtype_name
 from registry.serving.tfs_json import check_rank
 
-# dtype -> (TensorProto field, how the array's values go into it)
-_FIELDS = {
+# dtype enum -> (TensorProto field, how the array's values go into it, the numpy type they are first cast to;
+# None for strings).  Keyed by enum: comparing and hashing tf.DType objects runs Python on every answer.
+_FIELDS = {dtype.as_datatype_enum: (field, values, None if dtype == tf.string else dtype.as_numpy_dtype)
+           for dtype, (field, values) in {
     tf.float32: ("float_val", lambda a: a.tolist()),
     tf.float64: ("double_val", lambda a: a.tolist()),
     tf.int32: ("int_val", lambda a: a.tolist()),
@@ -36,7 +38,7 @@ _FIELDS = {
     tf.string: ("string_val", lambda a: [v if isinstance(v, bytes) else str(v).encode() for v in a.tolist()]),
     tf.complex64: ("scomplex_val", lambda a: a.view(np.float32).tolist()),
     tf.complex128: ("dcomplex_val", lambda a: a.view(np.float64).tolist()),
-}
+}.items()}
 
 
 # dtype enum -> (numpy dtype, typed field) for the values a request carries most: read without
@@ -104,18 +106,19 @@ def to_proto(array: np.ndarray, dtype: tf.DType, out: tensor_pb2.TensorProto | N
     """An output in TF Serving's form: shape, dtype and the values in their typed field; written into
     ``out`` (a field of the response: no copy) when given."""
     array = np.asarray(array)
-    field = _FIELDS.get(dtype.base_dtype)
-    if field is None:  # quantized and other rare dtypes: the packed form
+    enum = dtype.as_datatype_enum
+    field = _FIELDS.get(enum)
+    if field is None:  # quantized, reference and other rare dtypes: the packed form
         packed = tf.make_tensor_proto(array, dtype=dtype)
         if out is None:
             return packed
         out.CopyFrom(packed)
         return out
-    name, values = field
-    if dtype != tf.string:
-        array = array.astype(dtype.as_numpy_dtype, copy=False)
+    name, values, numpy_type = field
+    if numpy_type is not None:
+        array = array.astype(numpy_type, copy=False)
     proto = tensor_pb2.TensorProto() if out is None else out
-    proto.dtype = dtype.as_datatype_enum
+    proto.dtype = enum
     for size in array.shape:
         proto.tensor_shape.dim.add(size=size)
     getattr(proto, name).extend(values(np.ascontiguousarray(array).ravel()))

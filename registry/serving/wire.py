@@ -1,14 +1,18 @@
 """What the label service and its inference workers send each other.
 
 A message is a JSON header followed by raw buffers (arrays, a frozen graph),
-on a stream socket: an 8-byte prefix (header length, buffer count), the header,
-the buffers' lengths, then the buffers.  Nothing is pickled: a worker runs
+on a stream socket: a 16-byte prefix (header length, buffer count, message id),
+the header, the buffers' lengths, then the buffers.  Nothing is pickled: a worker runs
 uploaded graphs, so what comes back from it is read as data only, and arrays
 cross as their bytes (one copy each way, no per-element conversion).
 
 A message goes out in one ``sendmsg`` (the buffers are not joined first) and
 comes in through a read-ahead buffer, so a small request costs one system call
 each way; a large buffer is read straight into its own memory.
+
+The id travels in the prefix, not in the header, so that the header of a run
+that repeats (the same version, inputs and shapes, and its answer) is the same
+bytes each time: each end parses such a header once and remembers it.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ NUMERIC_DTYPES = frozenset({
 
 _DTYPES = {name: np.dtype(name) for name in NUMERIC_DTYPES if name != "bfloat16"}
 _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
-_PREFIX = struct.Struct("<II")  # header length, buffer count
+_PREFIX = struct.Struct("<IIQ")  # header length, buffer count, message id
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_BUFFERS = 10_000
 _READ_AHEAD = 256 * 1024  # one recv takes up to this much; a larger buffer is read into its own memory
 _IOV_MAX = 512  # buffers handed to one sendmsg (the kernel takes at most 1024)
+_REMEMBERED_HEADERS = 256  # parsed headers a channel keeps (a run's request or answer repeats)
+_REMEMBERED_BYTES = 1024  # longer headers (a load's tensor list, a comparison's targets) are parsed each time
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps with options builds an encoder per call
 
 
 class ProtocolError(Exception):
@@ -130,30 +137,43 @@ class Channel:
         self._send_lock = threading.Lock()
         self._ahead = bytearray(_READ_AHEAD)  # what recv_into read beyond the message being parsed
         self._start = self._end = 0
+        self._parsed: dict[bytes, dict[str, Any]] = {}  # header bytes seen before -> what they say
 
-    def send(self, header: dict[str, Any], buffers: Sequence = ()) -> None:
-        data = json.dumps(header, separators=(",", ":")).encode()
+    def send(self, header: dict[str, Any], buffers: Sequence = (), *, id: int = 0) -> None:  # noqa: A002
+        """Send ``header`` and ``buffers`` as message ``id`` (the receiver finds it as ``header["id"]``)."""
+        data = _encode(header).encode()
         views = [memoryview(b).cast("B") for b in buffers]
         lengths = struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
-        parts = [_PREFIX.pack(len(data), len(views)) + data + lengths] + [v for v in views if v.nbytes]
+        parts = [_PREFIX.pack(len(data), len(views), id) + data + lengths] + [v for v in views if v.nbytes]
         with self._send_lock:
             for start in range(0, len(parts), _IOV_MAX):
                 _send_all(self.sock, parts[start:start + _IOV_MAX])
 
     def recv(self) -> tuple[dict[str, Any], list[bytearray]]:
-        """The next message; EOFError when the other side is gone."""
+        """The next message: its header (with its ``id``) and buffers; EOFError when the other side is
+        gone.  The header is the caller's own, but the values in it may be shared with an earlier message
+        whose header was the same bytes: read them, do not change them."""
         try:
-            size, count = _PREFIX.unpack(self._read(_PREFIX.size))
+            size, count, ident = _PREFIX.unpack(self._read(_PREFIX.size))
             if size > MAX_HEADER_BYTES or count > MAX_BUFFERS:
                 raise ProtocolError(f"a message with a {size}-byte header and {count} buffers")
-            header = json.loads(self._read(size))
-            if not isinstance(header, dict):
-                raise ProtocolError("a message header that is not an object")
+            data = bytes(self._read(size))
+            parsed = self._parsed.get(data)
+            if parsed is None:
+                parsed = json.loads(data.decode())  # from str: from bytes json first works out the encoding
+                if not isinstance(parsed, dict):
+                    raise ProtocolError("a message header that is not an object")
+                if size <= _REMEMBERED_BYTES:
+                    if len(self._parsed) >= _REMEMBERED_HEADERS:
+                        self._parsed.clear()
+                    self._parsed[data] = parsed
+            header = dict(parsed)
+            header["id"] = ident
             lengths = struct.unpack(f"<{count}Q", self._read(8 * count)) if count else ()
             if any(n > self.max_bytes for n in lengths):
                 raise ProtocolError(f"a buffer of {max(lengths)} bytes, more than {self.max_bytes}")
             buffers = [self._read(n) for n in lengths]
-        except (ValueError, struct.error) as exc:
+        except (ValueError, struct.error) as exc:  # UnicodeDecodeError and JSONDecodeError among them
             raise ProtocolError(f"unreadable message: {exc}") from exc
         except OSError as exc:
             raise EOFError(str(exc)) from exc

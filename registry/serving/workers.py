@@ -167,7 +167,7 @@ class WorkerProcess:
             request_id = self._next_id
             self._pending[request_id] = call
         try:
-            self.channel.send(dict(header, id=request_id), buffers)
+            self.channel.send(header, buffers, id=request_id)
         except (OSError, ValueError) as exc:
             with self._lock:
                 self._pending.pop(request_id, None)
