@@ -82,7 +82,9 @@ def _fast_array(proto: tensor_pb2.TensorProto) -> np.ndarray | None:
     values = getattr(proto, field)
     if len(values) != size:
         return None
-    return np.array(values, dtype=dtype).reshape(shape)
+    # fromiter: np.array() on a protobuf repeated field first works out what the sequence holds, through
+    # much more of numpy (here 2.4 us against 8.3 hot, 63 against 148 us with cold caches)
+    return np.fromiter(values, dtype=dtype, count=size).reshape(shape)
 
 
 def to_array(key: str, proto: tensor_pb2.TensorProto, spec) -> np.ndarray:
@@ -95,6 +97,9 @@ def to_array(key: str, proto: tensor_pb2.TensorProto, spec) -> np.ndarray:
         array = _fast_array(proto)
         if array is None:
             array = tf.make_ndarray(proto)
+    except OverflowError as exc:  # an int_val beyond a narrower input's range (300 for a uint8)
+        raise InvalidRequest(f"tensor parsing error: {key} has a value out of range for {dtype_name(want)} "
+                             f"({exc}): send values that fit it", code="invalid_input") from exc
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(f"tensor parsing error: {key} is not a valid TensorProto ({exc}): give its "
                              "tensor_shape and as many values as the shape holds", code="invalid_input") from exc
