@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -214,6 +215,17 @@ class observe_request:  # noqa: N801 - used as a function: ``with observe_reques
 # (labels..., status) -> the request histogram's and counter's series: real models and versions only
 # (see the module's docstring), so as bounded as the label sets themselves.
 _request_series: dict[tuple[str, ...], tuple] = {}
+
+
+def count_cache_hit(labels: tuple[str, str]) -> None:
+    """A request found its graph (``labels``: model, version) loaded."""
+    series = _hit_series.get(labels)
+    if series is None:  # labels() validates and locks: once per graph, not once per request
+        series = _hit_series[labels] = CACHE_HITS.labels(*labels)
+    series.inc()
+
+
+_hit_series: dict[tuple[str, str], Any] = {}  # (model, version) -> its cache-hit counter's series
 
 
 def record_batch(labels: tuple[str, str], requests: int, rows: int | None) -> None:

@@ -58,13 +58,13 @@ class GraphCache:
                 if loader:
                     pending = self._loading[key] = _Loading()
         if cached is not _MISSING:
-            metrics.CACHE_HITS.labels(*self._describe(cached)).inc()
+            metrics.count_cache_hit(self._describe(cached))
             return cached
         if not loader:
             pending.event.wait()
             if pending.error is not None:
                 raise pending.error
-            metrics.CACHE_HITS.labels(*self._describe(pending.value)).inc()
+            metrics.count_cache_hit(self._describe(pending.value))
             return pending.value
         try:
             value = self._load(key)
