@@ -47,9 +47,9 @@ def _child_environment() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     # OpenBLAS (numpy's and scipy's, both loaded by TensorFlow's import) starts a thread server per library.
     # A warm template that forks beside those threads can hand its job a lock one of them held: the job
-    # then waits forever (seen about once in a hundred conversions on a loaded machine).  With one BLAS
-    # thread no server starts, so the template is single-threaded when it forks; a conversion needs no
-    # parallel BLAS.
+    # then waits forever (a conversion stuck so once in 76 loaded runs of the example-model tests).  With
+    # one BLAS thread no server starts, so the template is single-threaded when it forks; a conversion
+    # needs no parallel BLAS.
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 
