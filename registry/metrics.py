@@ -12,6 +12,12 @@ own.  prometheus_client's multiprocess mode adds them up: when
 gunicorn) every process writes its values to files there and a scrape, in
 whichever process it lands, reads them all.
 
+In one process (``registry serve``, ``label-serve``: the gRPC API among them) what a request counts
+goes into a queue, and the scrape records it before it reads the values (``_deferred``): on a
+request's path that is one append instead of a few locked updates of prometheus_client's values, which
+is what a request spends most on here when its caches are cold.  A scrape sees every request answered
+before it.  In multiprocess mode each process records at once, since a scrape may land in another.
+
 Labels never take a value straight from a request: a request that names no
 servable version is counted with empty ``model`` and ``version`` labels, so
 callers cannot add time series by asking for made-up names.
@@ -23,6 +29,7 @@ import contextvars
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -207,10 +214,35 @@ class observe_request:  # noqa: N801 - used as a function: ``with observe_reques
                observation.method, observation.status)
         series = _request_series.get(key)
         if series is None:  # labels() validates and locks: once per label set, not once per request
-            series = _request_series[key] = (REQUEST_SECONDS.labels(*key[:5]), REQUESTS.labels(*key))
-        series[0].observe(time.perf_counter() - self.started)
-        series[1].inc()
+            series = _request_series[key] = (REQUEST_SECONDS.labels(*key[:5]).observe, REQUESTS.labels(*key).inc)
+        _record(series[0], time.perf_counter() - self.started)
+        _record(series[1], 1)
 
+
+def _record(update: Callable[[float], None], value: float) -> None:
+    """``update(value)`` (a series' observe or inc) now in multiprocess mode, else at the next scrape."""
+    if MULTIPROCESS:
+        update(value)
+        return
+    _deferred.append((update, value))
+    if len(_deferred) > DEFERRED_MAX:  # nobody scrapes: record a few now, so the queue stays bounded
+        _flush(DEFERRED_FLUSH)
+
+
+def _flush(limit: int | None = None) -> None:
+    """Record what requests queued (all of it, or the ``limit`` oldest)."""
+    for _ in range(len(_deferred) if limit is None else limit):
+        try:
+            update, value = _deferred.popleft()
+        except IndexError:  # another thread took the rest
+            return
+        update(value)
+
+
+# (series update, value) of requests since the last scrape, in one process (see the module's docstring)
+_deferred: deque[tuple[Callable[[float], None], float]] = deque()
+DEFERRED_MAX = 4096  # updates queued at most; beyond, each request records DEFERRED_FLUSH of them
+DEFERRED_FLUSH = 64
 
 # (labels..., status) -> the request histogram's and counter's series: real models and versions only
 # (see the module's docstring), so as bounded as the label sets themselves.
@@ -221,24 +253,24 @@ def count_cache_hit(labels: tuple[str, str]) -> None:
     """A request found its graph (``labels``: model, version) loaded."""
     series = _hit_series.get(labels)
     if series is None:  # labels() validates and locks: once per graph, not once per request
-        series = _hit_series[labels] = CACHE_HITS.labels(*labels)
-    series.inc()
+        series = _hit_series[labels] = CACHE_HITS.labels(*labels).inc
+    _record(series, 1)
 
 
-_hit_series: dict[tuple[str, str], Any] = {}  # (model, version) -> its cache-hit counter's series
+_hit_series: dict[tuple[str, str], Any] = {}  # (model, version) -> its cache-hit counter's inc
 
 
 def record_batch(labels: tuple[str, str], requests: int, rows: int | None) -> None:
     """One Session.run of the batcher: how many requests and rows went into it."""
     series = _batch_series.get(labels)
     if series is None:  # labels() validates and locks: once per graph, not once per run
-        series = _batch_series[labels] = (BATCH_REQUESTS.labels(*labels), BATCH_ROWS.labels(*labels))
-    series[0].observe(requests)
+        series = _batch_series[labels] = (BATCH_REQUESTS.labels(*labels).observe, BATCH_ROWS.labels(*labels).observe)
+    _record(series[0], requests)
     if rows is not None:
-        series[1].observe(rows)
+        _record(series[1], rows)
 
 
-_batch_series: dict[tuple[str, str], tuple] = {}  # (model, version) -> its batch histograms' series
+_batch_series: dict[tuple[str, str], tuple] = {}  # (model, version) -> its batch histograms' observe
 
 
 # -- the scrape ----------------------------------------------------------------------------------
@@ -277,6 +309,7 @@ class _Scrape:
             MultiProcessCollector(files)
             yield from files.collect()
         else:
+            _flush()  # what requests queued since the last scrape
             yield from REGISTRY.collect()
         for collector in self._extra:
             yield from collector.collect()

@@ -353,3 +353,31 @@ def test_a_named_metrics_folder_loses_the_files_of_dead_processes_at_start(tmp_p
     live.write_bytes(b"")
     assert metrics_folder(str(folder)) == str(folder)
     assert not stale.exists() and live.exists()
+
+
+def test_in_one_process_queued_counts_reach_every_scrape_and_the_queue_stays_bounded(monkeypatch):
+    """A single-process server queues what requests count and records it at the scrape: a scrape right
+    after shows every request, and with nobody scraping the queue does not grow past its bound."""
+    from registry import metrics
+
+    monkeypatch.setattr(metrics, "MULTIPROCESS", False)
+    labels = ("queued-metrics-model", "1")
+
+    def hits(text: bytes) -> float:
+        return value({(s.name, frozenset(s.labels.items())): s.value
+                      for family in text_string_to_metric_families(text.decode()) for s in family.samples},
+                     "registry_graph_cache_hits_total", model=labels[0], version=labels[1])
+
+    before = hits(metrics.exposition())
+    for _ in range(3 * metrics.DEFERRED_MAX):
+        metrics.count_cache_hit(labels)
+        assert len(metrics._deferred) <= metrics.DEFERRED_MAX + 1  # noqa: SLF001
+    for _ in range(5):
+        with metrics.observe_request("grpc", "predict"):
+            metrics.served(*labels)
+    assert hits(metrics.exposition()) - before == 3 * metrics.DEFERRED_MAX
+    assert not metrics._deferred  # noqa: SLF001 - the scrape recorded it all
+    samples = {(s.name, frozenset(s.labels.items())): s.value for family in
+               text_string_to_metric_families(metrics.exposition().decode()) for s in family.samples}
+    assert value(samples, "registry_serving_requests_total", **request_labels(
+        "predict", api="grpc", model=labels[0], version=labels[1]), status="OK") == 5
