@@ -210,13 +210,26 @@ class observe_request:  # noqa: N801 - used as a function: ``with observe_reques
         if exc is not None and observation.status == "OK":
             observation.status = _status_of(exc)
         _current.reset(self.token)
-        key = (observation.model, observation.version, observation.signature, observation.api,
-               observation.method, observation.status)
-        series = _request_series.get(key)
-        if series is None:  # labels() validates and locks: once per label set, not once per request
-            series = _request_series[key] = (REQUEST_SECONDS.labels(*key[:5]).observe, REQUESTS.labels(*key).inc)
-        _record(series[0], time.perf_counter() - self.started)
-        _record(series[1], 1)
+        labels = (observation.model, observation.version, observation.signature, observation.api,
+                  observation.method)
+        _record(_updater(REQUEST_SECONDS, labels), time.perf_counter() - self.started)
+        _record(_updater(REQUESTS, (*labels, observation.status)), 1)
+
+
+def _updater(metric: Counter | Histogram, labels: tuple[str, ...]) -> Callable[[float], None]:
+    """The observe (histogram) or inc (counter) of ``metric``'s series for ``labels``: made once per
+    label set (labels() validates and locks), not once per request."""
+    key = (metric, labels)
+    update = _updaters.get(key)
+    if update is None:
+        series = metric.labels(*labels)
+        update = _updaters[key] = series.observe if isinstance(metric, Histogram) else series.inc
+    return update
+
+
+# (metric, labels) -> its series' update: real models and versions only (see the module's docstring), so
+# as bounded as the label sets themselves.
+_updaters: dict[tuple[Any, tuple[str, ...]], Callable[[float], None]] = {}
 
 
 def _record(update: Callable[[float], None], value: float) -> None:
@@ -244,33 +257,17 @@ _deferred: deque[tuple[Callable[[float], None], float]] = deque()
 DEFERRED_MAX = 4096  # updates queued at most; beyond, each request records DEFERRED_FLUSH of them
 DEFERRED_FLUSH = 64
 
-# (labels..., status) -> the request histogram's and counter's series: real models and versions only
-# (see the module's docstring), so as bounded as the label sets themselves.
-_request_series: dict[tuple[str, ...], tuple] = {}
-
 
 def count_cache_hit(labels: tuple[str, str]) -> None:
     """A request found its graph (``labels``: model, version) loaded."""
-    series = _hit_series.get(labels)
-    if series is None:  # labels() validates and locks: once per graph, not once per request
-        series = _hit_series[labels] = CACHE_HITS.labels(*labels).inc
-    _record(series, 1)
-
-
-_hit_series: dict[tuple[str, str], Any] = {}  # (model, version) -> its cache-hit counter's inc
+    _record(_updater(CACHE_HITS, labels), 1)
 
 
 def record_batch(labels: tuple[str, str], requests: int, rows: int | None) -> None:
     """One Session.run of the batcher: how many requests and rows went into it."""
-    series = _batch_series.get(labels)
-    if series is None:  # labels() validates and locks: once per graph, not once per run
-        series = _batch_series[labels] = (BATCH_REQUESTS.labels(*labels).observe, BATCH_ROWS.labels(*labels).observe)
-    _record(series[0], requests)
+    _record(_updater(BATCH_REQUESTS, labels), requests)
     if rows is not None:
-        _record(series[1], rows)
-
-
-_batch_series: dict[tuple[str, str], tuple] = {}  # (model, version) -> its batch histograms' observe
+        _record(_updater(BATCH_ROWS, labels), rows)
 
 
 # -- the scrape ----------------------------------------------------------------------------------
