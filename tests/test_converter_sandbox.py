@@ -243,19 +243,3 @@ def test_a_job_waiting_for_its_converter_template_to_start_keeps_renewing_its_le
     finally:
         template.stop()
 
-
-def test_a_ready_converter_template_is_single_threaded_when_it_forks_a_job():
-    """A process forked beside other threads can inherit a lock one of them held and wait on it forever.
-    TensorFlow's import loads numpy's and scipy's OpenBLAS, each of which starts a thread server; the
-    template keeps them from starting, whatever BLAS setting the registry's own environment has."""
-    from registry.converter import runner, warm
-
-    env = {**runner._child_env(warm.HOME), "OPENBLAS_NUM_THREADS": "4", "OMP_NUM_THREADS": "4"}
-    template = warm.Template(env)
-    try:
-        assert template.wait_ready(120)
-        threads = {t: Path(f"/proc/{template.proc.pid}/task/{t}/comm").read_text().strip()
-                   for t in os.listdir(f"/proc/{template.proc.pid}/task")}
-        assert len(threads) == 1, threads
-    finally:
-        template.stop()
