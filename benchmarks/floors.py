@@ -4,8 +4,10 @@ Issues 13 and 14 set latency targets as an overhead over, or a ratio to, an in-p
 ``Session.run``.  This script measures, side by side in one run, the parts of such a request that no
 code of the registry can remove, and prints the bound each puts on those targets:
 
-* **gRPC**: a ``grpcio`` server in another process, made as the label service makes its own (sync
-  server, 16 threads, the same message limits), whose ``Predict`` answers a fixed
+* **gRPC**: a ``grpcio`` server in another process, made as the label service makes its own
+  (``registry.serving.grpc_server.new_server``: sync server, 16 threads, the same message limits,
+  gRPC core's classic poller; the same server with gRPC's default EventEngine listener is measured
+  beside it, for comparison), whose ``Predict`` answers a fixed
   ``PredictResponse`` (y = [[3.0]]) without looking at the request; the client is TF Serving's
   ``PredictionServiceStub`` on one channel, sending ``tf_serving_api.py``'s request.
 * **REST**: a Flask app of a dozen lines on gunicorn, started with the flags ``registry serve
@@ -94,12 +96,8 @@ ECHO = textwrap.dedent('''
 
 def grpc_server(port: int) -> None:
     """(In its own process.)  TF Serving's PredictionService answering a fixed response."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import grpc
+    from registry.serving.grpc_server import new_server  # first: it sets gRPC up before gRPC loads
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    from registry.serving.grpc_server import MAX_MESSAGE_BYTES
 
     response = predict_pb2.PredictResponse()
     response.model_spec.name = "half_plus_two"
@@ -115,9 +113,7 @@ def grpc_server(port: int) -> None:
         def Predict(self, request, context):
             return response
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=16), options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    server = new_server()
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Fixed(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
@@ -247,21 +243,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="registry-floors-") as directory:
         folder = Path(directory)
         (folder / "floor_app.py").write_text(FLASK_APP)
-        grpc_port, http_port = free_port(), free_port()
-        logs = {name: folder / f"{name}.log" for name in ("grpc", "gunicorn")}
-        with open(logs["grpc"], "wb") as grpc_log, open(logs["gunicorn"], "wb") as http_log:
-            servers = {
-                "grpc": subprocess.Popen([sys.executable, __file__, "--grpc-server", str(grpc_port)],
-                                         stdout=grpc_log, stderr=subprocess.STDOUT),
-                "gunicorn": subprocess.Popen(gunicorn_argv(http_port, folder), stdout=http_log,
-                                             stderr=subprocess.STDOUT),
-            }
+        ports = {"grpc": free_port(), "grpc-default": free_port(), "gunicorn": free_port()}
+        http_port = ports["gunicorn"]
+        logs = {name: folder / f"{name}.log" for name in ports}
+        servers = {}
+        for name, port in ports.items():
+            with open(logs[name], "wb") as log:
+                argv = (gunicorn_argv(port, folder) if name == "gunicorn"
+                        else [sys.executable, __file__, "--grpc-server", str(port)])
+                # "grpc-default": gRPC core's own default (an empty GRPC_EXPERIMENTS), for comparison
+                env = dict(os.environ, GRPC_EXPERIMENTS="") if name == "grpc-default" else None
+                servers[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         hop = Hop()
         try:
-            wait_listening(grpc_port, servers["grpc"], logs["grpc"])
-            wait_listening(http_port, servers["gunicorn"], logs["gunicorn"])
-            channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for name, port in ports.items():
+                wait_listening(port, servers[name], logs[name])
+            channels = [grpc.insecure_channel(f"127.0.0.1:{ports[name]}") for name in ("grpc", "grpc-default")]
+            stub, default_stub = (prediction_service_pb2_grpc.PredictionServiceStub(c) for c in channels)
             request = predict_pb2.PredictRequest()
             request.model_spec.name = "half_plus_two"
             request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[2.0]], dtype=np.float32)))
@@ -272,6 +270,7 @@ def main() -> int:
                 "issue 13 (tf_serving_api.py's rotation)": {
                     "plain Session.run (half_plus_two)": half_plus_two(),
                     "gRPC Predict, fixed answer": lambda: stub.Predict(request, timeout=30),
+                    "(the same, gRPC's EventEngine listener)": lambda: default_stub.Predict(request, timeout=30),
                     "REST :predict, fixed answer": rest.call("/v1/models/half_plus_two:predict",
                                                              json.dumps({"instances": [[2.0]]}).encode(),
                                                              "application/json"),
@@ -292,7 +291,8 @@ def main() -> int:
                 width = max(map(len, p50s[title]))
                 for name, value in p50s[title].items():
                     print(f"  {name:<{width}}  {value:7.3f}")
-            channel.close()
+            for channel in channels:
+                channel.close()
         finally:
             hop.close()
             for process in servers.values():
