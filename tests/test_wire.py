@@ -34,6 +34,21 @@ def test_arrays_and_ids_arrive_as_sent(ends):
         assert got["s:0"].tolist() == [b"a", b"", b"\xff"]
 
 
+def test_headers_carry_json_values_exactly_and_refuse_anything_else(ends):
+    sender, receiver, _ = ends
+    header = {"op": "load", "tensors": ["x:0", "é:0"], "timeout_seconds": 2.5, "rss": 2**40, "nan": float("nan"),
+              "ok": True, "none": None, "nested": {"a": [[], {}]}}
+    sender.send(header, id=3)
+    got, _ = receiver.recv()
+    assert got.pop("id") == 3 and got.pop("nan") != got.get("nan")  # NaN crosses as NaN
+    assert got == {k: v for k, v in header.items() if k != "nan"}
+    with pytest.raises(TypeError, match="float32"):
+        sender.send({"seconds": np.float32(1.0)})  # numpy scalars are not JSON: callers convert them
+    receiver.sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        receiver.sock.recv(1, socket.MSG_PEEK)  # nothing half-sent after the refusal
+
+
 def test_a_repeated_header_is_each_receivers_own(ends):
     """The second identical header is not parsed again, but changing the first one's keys does not
     change what the second says."""
