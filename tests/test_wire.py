@@ -4,6 +4,7 @@ hostile) worker sends is refused as a protocol error, never taken as data."""
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 
@@ -40,7 +41,7 @@ def test_headers_carry_json_values_exactly_and_refuse_anything_else(ends):
               "ok": True, "none": None, "nested": {"a": [[], {}]}}
     sender.send(header, id=3)
     got, _ = receiver.recv()
-    assert got.pop("id") == 3 and got.pop("nan") != got.get("nan")  # NaN crosses as NaN
+    assert got.pop("id") == 3 and math.isnan(got.pop("nan"))  # NaN crosses as NaN
     assert got == {k: v for k, v in header.items() if k != "nan"}
     with pytest.raises(TypeError, match="float32"):
         sender.send({"seconds": np.float32(1.0)})  # numpy scalars are not JSON: callers convert them
