@@ -7,7 +7,9 @@ as ``tf_serving_api.py`` runs one: ``registry serve --grpc-port`` (which convert
 --gunicorn`` on its own registry home, with TF Serving's ``half_plus_two`` pushed as a SavedModel.
 Their gRPC ``Predict``, REST ``:predict`` and REST ``:classify`` calls alternate in one rotation
 (``tf_serving_api.measure_latency``), so both see the same machine, and each round prints the p50 of
-each call and the ratio working tree / baseline (below 1: the working tree is faster).
+each call and the ratio working tree / baseline (below 1: the working tree is faster).  At the end, the
+tail of each over all rounds: p99, p99.9, the slowest call, and how many took over 50 ms (a call that
+slow waited for something else than its own work, such as a full garbage collection).
 
     .venv/bin/python benchmarks/ab_serving.py [--baseline HEAD] [--samples 2000] [--rounds 3]
 
@@ -39,13 +41,14 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from registry_server import RegistryServer, free_port  # noqa: E402
-from tf_serving_api import CLASSIFY_BODY, SMALL, Rest, _rest_call, measure_latency, push  # noqa: E402
+from tf_serving_api import CLASSIFY_BODY, SMALL, Rest, _rest_call, measure_latency, percentile, push  # noqa: E402
 
 from registry.client import RegistryClient  # noqa: E402
 from registry.converter.saved_model import write_archive  # noqa: E402
 from tests.tfmodels import build_half_plus_two  # noqa: E402
 
 CALLS = ("gRPC Predict", "REST :predict", "REST :classify")
+STALL_MS = 50.0  # a call this slow waited for something else than its own work (a full GC pass, say)
 
 
 def start(stack: ExitStack, label: str, code: Path, home: Path, archive: Path) -> dict:
@@ -96,11 +99,22 @@ def main() -> int:
                  **start(stack, "working tree", REPO, tmp / "home-working", tmp / f"{SMALL}.tar.gz")}
         print(f"baseline {args.baseline} against the working tree: {args.samples} rounds each, one call of each "
               "per round, order rotated; p50, ms")
+        every: dict[str, list[float]] = {name: [] for name in calls}
         for _ in range(args.rounds):
-            p50 = {name: statistics.median(times) for name, times in measure_latency(calls, args.samples).items()}
+            measured = measure_latency(calls, args.samples)
+            p50 = {name: statistics.median(times) for name, times in measured.items()}
             print("  " + "   ".join(f"{call}: {p50[f'{call} (baseline)']:.3f} -> {p50[f'{call} (working tree)']:.3f} "
                                     f"({p50[f'{call} (working tree)'] / p50[f'{call} (baseline)']:.3f}x)"
                                     for call in CALLS), flush=True)
+            for name, times in measured.items():
+                every[name].extend(times)
+        print(f"the tail over all {args.rounds * args.samples} calls of each: p99 / p99.9 / max, ms; calls over "
+              f"{STALL_MS:g} ms")
+        for call in CALLS:
+            print(f"  {call}: " + "   ".join(
+                f"{side} {percentile(times, 0.99):.2f} / {percentile(times, 0.999):.2f} / {max(times):.1f}, "
+                f"{sum(t > STALL_MS for t in times)} over"
+                for side, times in ((side, every[f"{call} ({side})"]) for side in ("baseline", "working tree"))))
     return 0
 
 

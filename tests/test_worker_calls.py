@@ -139,3 +139,12 @@ def test_a_damaged_image_or_a_graph_not_loaded_fails_the_shared_call_saying_whic
     assert caught.value.kind == "not_loaded"
     (a,), = pool.run_shared(worker, setting, np.array([data], dtype=object), [("a", "input:0", ["output:0"])])[0]
     assert a.shape == (1, HEIGHT, WIDTH, 3)  # the worker goes on
+
+
+def test_a_worker_keeps_tensorflows_objects_out_of_full_garbage_collections(pool, frozen):
+    """TensorFlow's import leaves ~430k objects a full GC pass would walk (0.2 s, GIL held) every few
+    thousand requests; the worker freezes them once imported (registry.heap), before any graph."""
+    worker, _ = pool.load("g", frozen, ["x:0", "y:0"], timeout_seconds=30, estimate=0)
+    assert worker.frozen_objects > 100_000
+    (y,) = pool.run(worker, "g", {"x:0": np.array([[1.0]], np.float32)}, ["y:0"])
+    assert y.tolist() == [[3.0]]

@@ -17,7 +17,6 @@ must all load together under the limits the child sets first.
 from __future__ import annotations
 
 import errno
-import gc
 import json
 import os
 import sys
@@ -26,6 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
+from registry import heap
 from registry.converter import ops
 from registry.converter.memory import MemoryTrace, no_mark, unmap_freed_memory
 from registry.converter.probe import probe
@@ -406,8 +406,7 @@ def warm(parent: int) -> int:
 
     # What the imports made is never garbage: each fork's collections skip it (a full collection between the
     # verification's two graphs scanned all of TensorFlow's objects), and its pages stay shared with the template.
-    gc.collect()
-    gc.freeze()
+    heap.freeze_imports()
     os.write(1, b"ready\n")
     while line := sys.stdin.buffer.readline().strip():
         request_path = Path(os.fsdecode(line))

@@ -40,7 +40,7 @@ import time
 import traceback
 from collections import OrderedDict
 
-from registry import native_logs
+from registry import heap, native_logs
 from registry.serving import wire
 
 RUN_THREADS = 32  # requests one worker runs at once (the label service batches before sending)
@@ -348,8 +348,9 @@ def main(argv: list[str]) -> None:
         from registry.serving.session import warm_up  # TensorFlow loads only now, under the limits above
 
         warm_up()  # import TensorFlow and create its thread pools before saying ready
+    heap.freeze_imports()  # full collections skip TensorFlow's objects from now on (registry.heap)
     worker = Worker(channel, config["max_output_bytes"])
-    channel.send({"op": "ready", "rss": rss_bytes(), "pid": os.getpid()})
+    channel.send({"op": "ready", "rss": rss_bytes(), "pid": os.getpid(), "frozen": gc.get_freeze_count()})
     Readers(channel, worker).serve()
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registry import catalog, metrics, safety
+from registry import catalog, heap, metrics, safety
 from registry.config import Settings
 from registry.db import Database
 from registry.entities import READY, VersionInfo
@@ -136,6 +136,7 @@ class LabelService:
     def _load(self, key):
         from registry.serving.loader import LoadedGraph  # TensorFlow: with the first graph, not the service
 
+        heap.freeze_imports()  # before the first graph: TensorFlow's objects out of full collections
         version = catalog.get_version_by_id(self.db, key[0])
         with self.storage.open(version.frozen_sha256) as stream:
             frozen = stream.read()

@@ -112,6 +112,7 @@ class WorkerProcess:
         self.held: dict[object, int] = {}  # loaded graphs and their estimated memory
         self.baseline_rss = 0  # resident memory once started, before any graph
         self.rss = 0
+        self.frozen_objects = 0
         self.drain_deadline = 0.0
         self.stopping = False
         self.exit_status = ""
@@ -250,6 +251,7 @@ class WorkerProcess:
                 if hello.get("op") != "ready":
                     raise wire.ProtocolError(f"worker {self.number} said {hello.get('op')!r} before 'ready'")
                 self.baseline_rss = self.rss = int(hello.get("rss", 0))
+                self.frozen_objects = int(hello.get("frozen", 0))  # out of full GC passes (registry.heap)
                 started = True
             except (wire.ProtocolError, MemoryError, ValueError, TypeError) as exc:
                 log.error("inference worker %d (pid %d) sent a malformed message (%s); stopping it",
