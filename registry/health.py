@@ -7,12 +7,14 @@ cheap call.  Load balancers and orchestrators stop sending traffic to a process
 that is not ready.  The write check writes nothing: PostgreSQL reports
 ``transaction_read_only`` (a standby, ``default_transaction_read_only``); on
 SQLite the database file must open for writing (a disk gone read-only fails
-this while old connections still look fine) and a connection must be able to
-start a write, which is then rolled back.
+this while old connections still look fine; the file is never opened, see
+``_file_refusal``) and a connection must be able to start a write, which is
+then rolled back.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 
@@ -55,10 +57,9 @@ def _write_refusal(db: Database, connection: sa.Connection) -> str | None:
         return None
     path = db.engine.url.database
     if path and path != ":memory:" and not path.startswith("file:"):
-        try:
-            os.close(os.open(path, os.O_RDWR))
-        except OSError as exc:
-            return f"cannot open {path} for writing ({exc.strerror})"
+        refusal = _file_refusal(path)
+        if refusal:
+            return refusal
     raw = connection.connection.driver_connection
     if raw.in_transaction:
         return None
@@ -74,4 +75,25 @@ def _write_refusal(db: Database, connection: sa.Connection) -> str | None:
         if raw.in_transaction:
             cursor.execute("ROLLBACK")
         cursor.close()
+    return None
+
+
+def _file_refusal(path: str) -> str | None:
+    """Why the database file could not be written (its file system read-only, no permission), found
+    without opening it.  This process must never open the file itself: closing any descriptor of a file
+    drops every POSIX lock the process holds on it, SQLite's included.  Another process (a CLI command)
+    would then take the database as unused, checkpoint it and delete the -wal and -shm files this
+    server still writes to, and its writes from then on would be lost.
+
+    An unnamed file made in the database's folder (``O_TMPFILE``: nothing to see, gone once closed)
+    meets the same refusal as the database would: ext4 after a disk error (``errors=remount-ro``) still
+    shows the mount as read-write to ``statvfs`` and ``access``, and refuses only actual writes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.close(os.open(folder, getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):  # no O_TMPFILE there: go on
+            return f"cannot write to {folder}, the database's folder ({exc.strerror})"
+    if not os.access(path, os.W_OK):
+        return f"cannot open {path} for writing (Permission denied)"
     return None

@@ -86,12 +86,13 @@ def ext4_on_loop(image: Path, path: Path, size_mb: int = 16):
 
 def fail_disk(trigger: Path, database: Path) -> None:
     """Report an error on the file system, as a failing disk does, and wait until the kernel
-    refuses to open the database for writing."""
+    refuses writes there (probed with an unnamed file beside the database: opening the database
+    itself here, in the server's process, would drop SQLite's locks when closed)."""
     trigger.write_text("test: the disk failed\n")
     deadline = time.monotonic() + 10
     while True:
         try:
-            os.close(os.open(database, os.O_RDWR))
+            os.close(os.open(database.parent, os.O_TMPFILE | os.O_WRONLY, 0o600))
         except OSError as exc:
             assert exc.errno == errno.EROFS, exc
             return

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from registry.db import Database
 
@@ -71,3 +72,37 @@ def test_registry_check_exits_zero_when_ready_and_one_naming_what_failed(tmp_pat
     env["REGISTRY_STORAGE"] = f"s3://missing-{uuid.uuid4().hex[:8]}"
     bad = subprocess.run([sys.executable, "-m", "registry.cli", "check"], env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "storage: error" in bad.stdout and "does not exist" in bad.stdout
+
+
+def test_readyz_keeps_sqlites_locks_so_another_process_cannot_pull_the_wal_from_under_the_server(tmp_path):
+    """/readyz checks that the SQLite file could be written without opening it: closing a descriptor of
+    the file in the server would drop SQLite's locks, and the next CLI command to close the database would
+    checkpoint it and delete the -wal file the server still writes to (its writes then lost)."""
+    import requests
+
+    from tests.conftest import make_settings, start_live_server
+    from tests.helpers import bearer
+
+    home = tmp_path / "home"
+    server, stop = start_live_server(make_settings(home), workers=False)
+    cli = [str(Path(sys.executable).with_name("registry")), "token", "create", "--scope", "admin"]
+    env = {"REGISTRY_HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    try:
+        assert requests.get(f"{server.url}/readyz", timeout=30).status_code == 200
+        made = subprocess.run(cli + ["--name", "alice"], env=env, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
+        alice = next(word for word in made.stdout.split() if word.startswith("rgt_"))
+        # the server sees what the command wrote, and its own writes go to the files other processes read
+        seen = requests.get(f"{server.url}/api/v1/tokens", headers=bearer(alice), timeout=30)
+        assert seen.status_code == 200, seen.text
+        posted = requests.post(f"{server.url}/api/v1/tokens", json={"name": "bob", "scope": "read"},
+                               headers=bearer(alice), timeout=30)
+        assert posted.status_code == 201, posted.text
+        gone = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.islink(f"/proc/self/fd/{fd}")]
+        assert not [link for link in gone if "registry.db" in link and link.endswith("(deleted)")]
+    finally:
+        stop()
+    listed = subprocess.run([cli[0], "token", "ls"], env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "alice" in listed.stdout and "bob" in listed.stdout  # the server's write outlived it
