@@ -45,6 +45,19 @@ PREPROCESSING_KEYS = ("input_height", "input_width", "input_mean", "input_std")
 IMAGE_DECODE_OPS = ("DecodeJpeg", "DecodeAndCropJpeg", "DecodePng", "DecodeBmp", "DecodeGif", "DecodeImage")
 
 
+def label_lines(text: bytes | str) -> list[str]:
+    """A labels file's labels, one per line, each stripped as label_image.py strips them, without the
+    blank lines that end the file: an editor's extra newline at the end is not a class (counted as one,
+    it made a 1001-line ImageNet list look like a background line plus 1001 classes, and shifted every
+    label by one)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
 @dataclass(frozen=True)
 class FileInfo:
     role: str

@@ -87,6 +87,24 @@ def test_a_missing_prefix_lists_the_checkpoints_there(live_server, train, tmp_pa
     assert "--frozen" in result.output
 
 
+def test_a_checkpoint_missing_one_kind_of_file_names_that_one(live_server, train):
+    prefix = train / "model.ckpt"
+    for data in train.glob("model.ckpt.data-*"):
+        data.rename(train / ("moved-" + data.name))
+    result = run_cli("push", "m1", str(prefix), "--url", live_server.url)
+    assert result.exit_code == 1, result.output
+    assert f"{prefix}.data-*-of-* files missing ({prefix}.index, {prefix}.meta found)" in result.output
+    assert f"{prefix}.index and" not in result.output  # the .index is there: not said missing
+
+    for data in train.glob("moved-*"):
+        data.rename(train / data.name.removeprefix("moved-"))
+    (train / "model.ckpt.index").unlink()
+    result = run_cli("push", "m1", str(prefix), "--url", live_server.url)
+    assert result.exit_code == 2, result.output
+    assert f"{prefix}.index is missing (1 .data file(s) found)" in result.output
+    assert versions(live_server, "m1") == []
+
+
 def test_push_with_nothing_to_push_lists_every_kind_of_input(live_server):
     result = run_cli("push", "m1", "--url", live_server.url)
     assert result.exit_code == 2

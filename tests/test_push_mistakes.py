@@ -216,6 +216,22 @@ def test_the_labels_warning_is_on_the_version_record_show_and_page(converting_se
     assert f'<p class="warn labels-warning" role="note">{SEVEN}</p>' in page
 
 
+def test_show_names_the_uploads_training_ops_in_words_not_as_raw_records(converting_server, seven_labels):
+    """A .meta push carries the training graph's saving and assigning ops; freezing leaves them behind.
+    `registry show` names them on one line, not as Python dicts under "nothing flagged"."""
+    folder, _ = seven_labels
+    safety = RegistryClient(converting_server.url).get_version("seven", "1")["safety"]
+    left = [f for f in safety["upload_flags"] if f["op"] not in {g["op"] for g in safety["flags"]}]
+    assert {f["op"] for f in left} >= {"SaveV2", "RestoreV2"}, safety["upload_flags"]
+    shown = registry_cli(folder, "show", "seven:1", "--url", converting_server.url)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "{'" not in shown.stdout and "'op'" not in shown.stdout, shown.stdout
+    (line,) = [line for line in shown.stdout.splitlines() if "only in the upload" in line]
+    assert "not in the frozen graph (never run)" in line
+    for flag in left[:6]:
+        assert f"{flag['op']} ({flag['count']}, {flag['category'].replace('_', ' ')})" in line, line
+
+
 def test_labels_with_a_background_line_first_fit_and_label_without_it(converting_server, models, tmp_path):
     """Five classes and six lines, the first a background line (TF-slim's 1001-line ImageNet list for a
     1000-class ResNet): no warning, and :label names class i with line i + 1."""
@@ -235,6 +251,27 @@ def test_labels_with_a_background_line_first_fit_and_label_without_it(converting
     predictions = answer["predictions"] if "predictions" in answer else answer
     assert {p["label"] for p in predictions} == {f"class {p['index']}" for p in predictions}
     assert len(predictions) == 5
+
+
+def test_blank_lines_ending_a_labels_file_are_no_classes_and_shift_no_label(converting_server, models, tmp_path):
+    """Five labels and the extra newlines an editor leaves at the end: six lines by count, which read
+    as "a background line first" shifted every label by one.  Blank lines that end the file are not
+    classes: no warning, and :label names class i with line i (as label_image.py does)."""
+    from tests import images
+
+    model = models["resource_graph"]
+    lines = b"".join(b"class %d\n" % i for i in range(5)) + b"\n \r\n"
+    files = _files(model, model.inference_graph) + [("labels", ("labels.txt", lines))]
+    assert _push(converting_server.url, "blank-end", files).status_code == 202
+    client = RegistryClient(converting_server.url)
+    record = client.wait("blank-end", 1, timeout=300)
+    assert record["status"] == "ready", record["status_message"]
+    assert "warning" not in record["status_message"]
+    answer = client.label("blank-end", "1", images.write_images(tmp_path)["chart.png"], top_k=5)
+    predictions = answer["predictions"] if "predictions" in answer else answer
+    assert [p["label"] for p in predictions] == [f"class {p['index']}" for p in predictions]
+    shown = registry_cli(tmp_path, "show", "blank-end:1", "--url", converting_server.url)
+    assert shown.returncode == 0 and "labels: 5 " in shown.stdout, shown.stdout + shown.stderr
 
 
 @pytest.mark.parametrize("lines, classes, said", [

@@ -12,6 +12,7 @@ from registry.cli.options import connect, split_ref, url_option
 from registry.cli.output import print_model, print_version_detail, table, when
 from registry.cli.wording import for_cli
 from registry.client import ClientError, RegistryClient
+from registry.entities import label_lines
 
 
 @click.command()
@@ -39,7 +40,7 @@ def show_version(client: RegistryClient, name: str, ref: str) -> None:
     """A version in full (``show NAME:REF`` and ``version show``)."""
     record = client.get_version(name, ref)
     has_labels = any(f["role"] == "labels" for f in record.get("files") or [])
-    labels = len(client.get_labels(name, record["version"]).splitlines()) if has_labels else None
+    labels = len(label_lines(client.get_labels(name, record["version"]))) if has_labels else None
     print_version_detail(record, labels)
 
 

@@ -125,6 +125,9 @@ def print_model(m: dict, versions: list[dict], more: bool) -> None:
     table(VERSION_HEADER, version_rows(versions), indent="    ")
 
 
+UPLOAD_FLAGS_SHOWN = 6  # flagged ops of the uploaded graph named by `registry show`
+
+
 def _safety(v: dict) -> list[str]:
     """The op scan's verdict: nothing flagged, or each flagged op and whether the allowlist covers it."""
     s = v.get("safety")
@@ -142,8 +145,13 @@ def _safety(v: dict) -> list[str]:
         lines += [f"  flagged {f['op']} ({f['category']}, {f.get('count', 0)} node(s)): "
                   + ("allowed" if f.get("allowed") else f"not allowed (registry allow-ops {v['model']} {f['op']} "
                                                          "--reason ... with an admin token)") for f in flags]
-    for flag in s.get("upload_flags") or []:
-        lines.append(f"  upload: {flag if isinstance(flag, str) else flag.get('message', flag)}")
+    frozen_ops = {f["op"] for f in flags}
+    upload = [f for f in s.get("upload_flags") or [] if isinstance(f, dict) and f.get("op") not in frozen_ops]
+    if upload:  # training and saving ops of the uploaded graph that freezing left behind
+        named = [f"{f.get('op')} ({f.get('count', 0)}, {str(f.get('category', 'flagged')).replace('_', ' ')})"
+                 for f in upload[:UPLOAD_FLAGS_SHOWN]]
+        more = f" and {len(upload) - UPLOAD_FLAGS_SHOWN} more" if len(upload) > UPLOAD_FLAGS_SHOWN else ""
+        lines.append(f"  only in the upload, not in the frozen graph (never run): {', '.join(named)}{more}")
     return lines
 
 

@@ -46,6 +46,10 @@ def checkpoint_prefix(given: Path) -> Path:
     if given.is_file():
         raise click.UsageError(f"{given} is a file, not a checkpoint prefix: a frozen graph is pushed with "
                                f"--frozen {given}, a Keras file with --keras {given}")
+    data = sorted(folder.glob(f"{given.name}.data-*-of-*")) if folder.is_dir() else []
+    if data:
+        raise click.UsageError(f"no checkpoint at {given}: {given}.index is missing ({len(data)} .data file(s) "
+                               "found): copy the .index file saver.save wrote with them")
     raise click.UsageError(f"no checkpoint at {given}: {given}.index and {given}.data-*-of-* are missing "
                            "(give the path training passed to saver.save)")
 

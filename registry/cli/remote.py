@@ -79,11 +79,13 @@ def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, si
             raise click.UsageError(INPUT_KINDS)
         checkpoint_prefix = paths.checkpoint_prefix(checkpoint_prefix)
         found = checkpoint_files(checkpoint_prefix)
-        missing = [k for k in ("index", "data") if k not in found]
+        missing = [f"{checkpoint_prefix}.index" if k == "index" else f"{checkpoint_prefix}.data-*-of-* files"
+                   for k in ("index", "data") if k not in found]
         if missing:
+            there = [f"{checkpoint_prefix}.{k}" for k in ("index", "meta") if k in found]
             raise click.ClickException(
-                f"no checkpoint at {checkpoint_prefix}: missing {checkpoint_prefix}.index / .data-*-of-* files"
-            )
+                f"no checkpoint at {checkpoint_prefix}: {' and '.join(missing)} missing"
+                + (f" ({', '.join(there)} found): copy every file saver.save wrote for it" if there else ""))
         if "meta" not in found and not graph:
             raise click.ClickException(f"no {checkpoint_prefix}.meta: pass the inference graph with --graph")
         for role in ("meta", "index", "data"):

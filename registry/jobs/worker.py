@@ -30,7 +30,7 @@ from registry.converter import heads, ops  # graph logic on names only: no Tenso
 from registry.converter.runner import Outcome, run_conversion, warm_up
 from registry.db import Database
 from registry.entities import (SAVED_MODEL, SAVED_MODEL_FILENAME, SAVED_MODEL_JOB, SAVED_MODEL_SOURCE, NewFile,
-                               VersionInfo)
+                               VersionInfo, label_lines)
 from registry.errors import NotFound, StorageError
 from registry.evaluation import auto as auto_compare
 from registry.jobs import queue
@@ -260,13 +260,10 @@ class Worker:
             queue.finish_compare(self.db, job, None if outcome == "done" else outcome)
 
     def _count_lines(self, sha256: str) -> int:
-        """Lines of a labels file, as the label service reads it (one class per line)."""
-        lines, last = 0, b"\n"
+        """Labels in a labels file, as the label service reads it (``entities.label_lines``; the upload
+        checks bound the file to a few MiB)."""
         with self.storage.open(sha256) as stream:
-            while chunk := stream.read(1 << 20):
-                lines += chunk.count(b"\n")
-                last = chunk[-1:]
-        return lines + (last != b"\n")
+            return len(label_lines(stream.read()))
 
     def _record(self, job: queue.ClaimedJob, version: VersionInfo, outcome: Outcome, workdir: Path,
                 labels_count: int | None = None) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 from registry import catalog, heap, metrics, safety
 from registry.config import Settings
 from registry.db import Database
-from registry.entities import READY, VersionInfo
+from registry.entities import READY, VersionInfo, label_lines
 from registry.errors import Conflict, InvalidRequest, RegistryError
 from registry.serving.cache import GraphCache
 from registry.serving.images import ImageInfo, LabelFeed, sniff
@@ -144,7 +144,7 @@ class LabelService:
         labels_file = version.file("labels")
         if labels_file is not None:
             with self.storage.open(labels_file.sha256) as stream:
-                labels = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()]
+                labels = label_lines(stream.read())
             labels = version.class_labels(labels)
         graph = LoadedGraph(version, key, frozen, labels, pool=self.pool, reload=self._reload,
                             max_batch=self.settings.batch_max_size,
