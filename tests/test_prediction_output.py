@@ -129,8 +129,12 @@ def test_changing_the_prediction_output_is_audited_and_label_ranks_by_the_new_ou
     np.testing.assert_allclose([p["score"] for p in predictions], scores, rtol=0, atol=1e-5)
     assert not np.allclose(scores, expected_top(two_heads["frozen"], image, before)[1], atol=1e-3)
 
+    # the converter's choice again, with a reason: the reason is shown (not only kept in the audit log)
+    kept = choose(converting_server, tokens["write"], before, reason="the head label_image.py reads").json()
+    assert kept["prediction_output"] == before
+    assert kept["prediction_output_reason"].endswith(": the head label_image.py reads")
     back = choose(converting_server, tokens["write"], f"{before}:0").json()  # a tensor name names its node
-    assert back["prediction_output"] == before
+    assert back["prediction_output"] == before  # and without one: the converter's own reason again
     assert back["prediction_output_reason"] == two_heads["record"]["prediction_output_reason"]
 
 

@@ -325,3 +325,44 @@ def test_a_ready_version_shows_the_input_size_read_from_its_graph(converting_ser
     assert (record["preprocessing"]["input_height"], record["preprocessing"]["input_width"]) == (8, 8)
     page = requests.get(f"{converting_server.url}/models/eight/versions/1", timeout=30).text
     assert input_size(page) == "8 × 8"
+
+
+# -- a training graph pushed without its inference graph (TF-slim users: the checkpoint's .meta alone) ----
+
+def test_a_training_graph_pushed_alone_is_pointed_at_its_inference_graph_and_warned_of_having_no_input(
+        converting_server, tmp_path):
+    """The .meta of a training graph reads its batch from an input pipeline: no placeholder.  Detection
+    says to push the inference graph with --graph; forcing an output with --output-nodes gives a version
+    that computes the same thing on every run, and the version says so."""
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    prefix = tmp_path / "train" / "model.ckpt"
+    graph = tf.Graph()
+    with graph.as_default():
+        batch = tf1.random.normal([4, 8], seed=1, name="batch")  # what an input pipeline hands the model
+        weights = tf1.get_variable("w", [8, 3], use_resource=True)
+        probs = tf.nn.softmax(tf.matmul(batch, weights), name="probs")
+        loss = tf.reduce_mean(-tf.math.log(probs[:, 0]), name="loss")
+        train = tf1.train.GradientDescentOptimizer(0.1).minimize(loss)
+        saver = tf1.train.Saver()
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())
+            session.run(train)
+            saver.save(session, str(prefix))
+
+    url = ("--url", converting_server.url)
+    done = registry_cli(tmp_path, "push", "slim-train", str(prefix), "--wait", "--timeout", "300", *url)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "it has no input placeholder, so it reads its data from an input pipeline" in done.stdout
+    assert "push again with --graph INFERENCE_GRAPH.pb beside the checkpoint prefix" in done.stdout
+    assert "or with --output-nodes NAME[,NAME...]" in done.stdout and "'graph'" not in done.stdout
+
+    done = registry_cli(tmp_path, "push", "slim-train", str(prefix), "--output-nodes", "probs", "--wait",
+                        "--timeout", "300", *url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ready - frozen and verified" in done.stdout
+    assert "warning: the version has no input: every run computes the same outputs" in done.stdout
+    assert "push again with --graph INFERENCE_GRAPH.pb" in done.stdout
+    record = RegistryClient(converting_server.url).get_version("slim-train", "2")
+    assert any(w.startswith("the version has no input") for w in record["conversion"]["warnings"])

@@ -219,7 +219,7 @@ def set_prediction_output(db: Database, name: str, ref: str, node: str, *, reaso
     The label service reads the choice from the version it resolves for each request, so it applies
     without loading the graph again.  Why this output is kept with the conversion's own record
     (``conversion["prediction_output"]``): the user's choice and reason, or, when the converter's
-    choice is chosen again, the converter's reason.
+    choice is chosen again without a reason, the converter's reason.
     """
     node = (node or "").strip()
     node = node[:-2] if node.endswith(":0") else node
@@ -243,7 +243,7 @@ def set_prediction_output(db: Database, name: str, ref: str, node: str, *, reaso
         recorded = conversion.get("prediction_output") or {}
         converter = recorded.get("converter") if "set_by" in recorded else (recorded or None)
         now = utcnow()
-        if converter and converter.get("node") == node:
+        if converter and converter.get("node") == node and not reason:  # back to the converter's choice
             conversion["prediction_output"] = converter
         else:
             conversion["prediction_output"] = {

@@ -14,7 +14,7 @@ from tensorflow.core.framework import graph_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework import dtypes
 
-from registry.converter.heads import prediction_heads
+from registry.converter.heads import PUSH_INFERENCE_GRAPH, prediction_heads
 from registry.errors import ConversionError
 
 # Ops that exist only for training, checkpointing or bookkeeping: never an output.
@@ -168,6 +168,14 @@ def detect_outputs(graph_def: graph_pb2.GraphDef) -> list[str]:
     if variables:
         weighted = [c for c in candidates if ancestors(nodes, [c]) & variables]
         candidates = weighted or candidates
+    if not candidates and not placeholders:  # data from an input pipeline: a training graph
+        raise ConversionError(
+            f"could not find the graph's outputs: it has no input placeholder, so it reads its data from an "
+            f"input pipeline, as a training graph does. {PUSH_INFERENCE_GRAPH} (TF-slim's "
+            "export_inference_graph.py writes one), or pass output_nodes (comma-separated node names) with "
+            "the push.",
+            code="no_output_nodes",
+        )
     if not candidates:
         raise ConversionError(
             "could not find the graph's outputs: no node that depends on an input is left unconsumed. "

@@ -28,6 +28,8 @@ SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank"})
 # Ops a weight passes through on its way from the variable (or frozen constant) to the layer.
 WEIGHT_PASSTHROUGH_OPS = frozenset({"Identity", "ReadVariableOp", "Cast", "Enter", "Snapshot"})
 PLACEHOLDER_OPS = frozenset({"Placeholder", "PlaceholderV2"})
+# What to do about a training graph (no input placeholder), in the server's words (registry.cli.wording).
+PUSH_INFERENCE_GRAPH = "Push the inference graph exported for serving as 'graph' with the checkpoint"
 
 
 def _ref_name(ref: str) -> str:

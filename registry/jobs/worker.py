@@ -331,7 +331,7 @@ class Worker:
         failed = result["conversion"].get("failed_signatures") or {}
         if failed:
             message += "; not served: " + "; ".join(f"signature {n!r} ({r})" for n, r in failed.items())
-        warnings = [w for w in (_labels_warning(version, result, labels_count),) if w]
+        warnings = [w for w in (_labels_warning(version, result, labels_count), _inputs_warning(result)) if w]
         if warnings:
             result["conversion"]["warnings"] = warnings
             message += "".join(f"; warning: {w}" for w in warnings)
@@ -353,6 +353,15 @@ class Worker:
             follow_on=SAVED_MODEL_JOB,  # ready means frozen and verified; the SavedModel follows
         )
         return message if recorded else None
+
+
+def _inputs_warning(result: dict) -> str | None:
+    """A graph with no input computes the same outputs on every run: a training graph whose data comes
+    from an input pipeline, pushed without its inference graph and with output names."""
+    if result.get("input_nodes"):
+        return None
+    return (f"the version has no input: every run computes the same outputs from what is built into the "
+            f"graph. If this is a training graph: {heads.PUSH_INFERENCE_GRAPH}")
 
 
 def _labels_warning(version: VersionInfo, result: dict, lines: int | None) -> str | None:
