@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import os
 
+from registry import heap
 from registry.app import create_app
 from registry.config import Settings
+
+heap.own_process()  # a gunicorn worker runs the registry alone (registry.heap)
 
 _workers = int(os.environ.get("REGISTRY_EMBEDDED_WORKERS") or 0)
 app = create_app(Settings.from_env(embedded_workers=_workers), start_workers=_workers > 0)

@@ -15,9 +15,12 @@ SCRIPT = textwrap.dedent("""
     from registry import heap
 
     before = len(gc.get_objects(2))
+    heap.freeze_imports()  # a program that embeds the registry: its objects stay the collector's
+    embedded = gc.get_freeze_count()
+    heap.own_process()
     heap.freeze_imports()
     frozen = gc.get_freeze_count()
-    heap.freeze_imports()  # once per process: nothing more is frozen, nothing collected
+    heap.freeze_imports()  # no module imported since: nothing more is frozen, nothing collected
     again = gc.get_freeze_count()
 
     def loaded_graph():  # what a graph loaded afterwards leaves: a tf.Graph in a reference cycle
@@ -32,6 +35,7 @@ SCRIPT = textwrap.dedent("""
     del holder
     gc.collect()
     print(json.dumps({"before": before, "after": len(gc.get_objects(2)), "frozen": frozen, "again": again,
+                      "embedded": embedded,
                       "graph_collected": ref() is None}))
 """)
 
@@ -42,6 +46,7 @@ def test_freezing_the_imports_leaves_full_collections_only_what_came_after_and_l
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["before"] > 100_000  # what importing TensorFlow leaves for a full pass to walk
+    assert seen["embedded"] == 0
     assert seen["frozen"] >= seen["before"]
     assert seen["after"] < seen["before"] / 20
     assert seen["again"] == seen["frozen"]

@@ -3,7 +3,7 @@ versions, TensorFlow Serving's REST API, refusals and concurrency."""
 
 from __future__ import annotations
 
-import gc
+import json
 import os
 import subprocess
 import sys
@@ -201,11 +201,43 @@ def test_cli_label_and_compare_print_tables(served, tmp_path):
 
 # -- TensorFlow Serving REST ---------------------------------------------------------------------
 
-def test_the_label_service_keeps_tensorflows_objects_out_of_full_garbage_collections(served):
-    """Once a graph is loaded, TensorFlow's ~430k objects are frozen (registry.heap): a full GC pass no
-    longer walks them, so no request waits 0.2 s for one every few thousand requests."""
-    assert label(served, served["images"]["photo.jpg"], "/versions/2").status_code == 200
-    assert gc.get_freeze_count() > 100_000
+GC_SCRIPT = """
+import gc, json, sys
+from registry import heap
+from registry.app import create_app
+from registry.config import Settings
+if sys.argv[1] == "own":
+    heap.own_process()  # as registry serve, label-serve and gunicorn's app do
+app = create_app(Settings.from_env(embedded_workers=0, demo=False))
+client = app.test_client()
+answers = [client.post("/v1/models/cnn/versions/2:label", data=open(sys.argv[2], "rb").read(),
+                       content_type="image/png").status_code,
+           client.get("/v1/models/cnn/versions/2/metadata").status_code]
+tensorflow = "tensorflow" in sys.modules
+print(json.dumps({"answers": answers, "frozen": gc.get_freeze_count(), "tensorflow": tensorflow,
+                  "unfrozen": len(gc.get_objects())}))
+app.extensions["registry"].label_service().close()
+"""
+
+
+@pytest.mark.parametrize("process", ["own", "embedded"])
+def test_a_serving_process_keeps_tensorflows_objects_out_of_full_garbage_collections(served, process):
+    """TensorFlow's Python leaves ~400k objects that every full GC pass walks (0.2 s, GIL held, every few
+    thousand requests).  A process of the registry's own freezes what its imports made before its first
+    graph, and again when a TF Serving request has brought TensorFlow in (registry.heap); a program that
+    embeds the app keeps its objects."""
+    settings = served["registry"].settings
+    env = dict(os.environ, REGISTRY_HOME=str(settings.home), REGISTRY_DATABASE_URL=settings.database_url,
+               REGISTRY_STORAGE=settings.storage_url, REGISTRY_AUTH="off", TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", GC_SCRIPT, process, str(served["images"]["chart.png"])],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["answers"] == [200, 200] and seen["tensorflow"]
+    if process == "own":
+        assert seen["frozen"] > 200_000 and seen["unfrozen"] < seen["frozen"] / 4, seen
+    else:
+        assert seen["frozen"] == 0, seen
 
 
 def test_status_lists_available_versions_like_tf_serving(served):

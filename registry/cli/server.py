@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 from werkzeug.serving import make_server
 
+from registry import heap
 from registry.app import create_app
 from registry.cli import local
 from registry.native_logs import held_back as native_logs_hidden
@@ -105,6 +106,7 @@ def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_d
     settings = Settings.from_env(**overrides).bound_to(host)
     if grpc_port is not None:
         _grpc_api()
+    heap.own_process()
     app = create_app(settings, start_workers=True)
     lines = [
         f"  data: {settings.database_url}  blobs: {settings.storage_url}",
@@ -205,6 +207,7 @@ def label_serve(host: str, port: int, grpc_port: int, no_grpc: bool) -> None:
         import registry.serving.service  # noqa: F401
         import registry.serving.signature  # noqa: F401
         import registry.serving.tensors  # noqa: F401
+    heap.own_process()
     app = create_app(Settings.from_env().bound_to(host), serving_only=True)
     _serve_http(app, host, port, "Label service", [], None if no_grpc else grpc_port)
 

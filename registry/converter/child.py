@@ -406,6 +406,7 @@ def warm(parent: int) -> int:
 
     # What the imports made is never garbage: each fork's collections skip it (a full collection between the
     # verification's two graphs scanned all of TensorFlow's objects), and its pages stay shared with the template.
+    heap.own_process()
     heap.freeze_imports()
     os.write(1, b"ready\n")
     while line := sys.stdin.buffer.readline().strip():

@@ -348,6 +348,7 @@ def main(argv: list[str]) -> None:
         from registry.serving.session import warm_up  # TensorFlow loads only now, under the limits above
 
         warm_up()  # import TensorFlow and create its thread pools before saying ready
+    heap.own_process()
     heap.freeze_imports()  # full collections skip TensorFlow's objects from now on (registry.heap)
     worker = Worker(channel, config["max_output_bytes"])
     channel.send({"op": "ready", "rss": rss_bytes(), "pid": os.getpid(), "frozen": gc.get_freeze_count()})

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from registry import heap
 from registry.entities import VersionInfo
 from registry.errors import InferenceUnavailable, InvalidRequest, PayloadTooLarge, RegistryError, TimedOut
 from registry.serving.batching import Batcher
@@ -48,6 +49,7 @@ class TensorSpec:
         if type(dtype).__name__ != "DType":
             import tensorflow as tf  # on first use (see the module's docstring)
 
+            heap.freeze_imports()  # TensorFlow has just come: its objects out of full collections
             dtype = self._dtype = tf.as_dtype(dtype)
         return dtype
 

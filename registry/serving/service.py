@@ -136,7 +136,7 @@ class LabelService:
     def _load(self, key):
         from registry.serving.loader import LoadedGraph  # TensorFlow: with the first graph, not the service
 
-        heap.freeze_imports()  # before the first graph: TensorFlow's objects out of full collections
+        heap.freeze_imports()  # what the imports made, out of full collections before the first graph
         version = catalog.get_version_by_id(self.db, key[0])
         with self.storage.open(version.frozen_sha256) as stream:
             frozen = stream.read()
