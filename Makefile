@@ -36,6 +36,7 @@ bench: $(STAMP)
 	-$(BIN)/python benchmarks/scale.py
 	-$(BIN)/python benchmarks/metrics_overhead.py
 	-$(BIN)/python benchmarks/tf_serving_api.py
+	-$(BIN)/python benchmarks/gc_pauses.py
 	-$(BIN)/python benchmarks/search.py
 	-$(BIN)/python benchmarks/compare.py
 	-$(BIN)/python benchmarks/shadow_overhead.py
