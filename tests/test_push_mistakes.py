@@ -158,6 +158,17 @@ def test_a_text_frozen_graph_with_a_checkpoint_fails_its_conversion_saying_so(co
     assert input_size(page) == f'<span class="muted">{NOT_KNOWN_FAILED}</span>'
 
 
+def test_an_input_that_is_not_in_the_graph_fails_naming_the_placeholders_there(converting_server, models):
+    model = models["resource_graph"]
+    answer = _push(converting_server.url, "wrong-input", _files(model, model.inference_graph),
+                   output_nodes=model.output, input_nodes="images")
+    assert answer.status_code == 202, answer.text
+    record = RegistryClient(converting_server.url).wait("wrong-input", 1, timeout=300)
+    assert record["status"] == "failed"
+    assert record["status_message"].startswith("input node 'images' is not in the graph.")
+    assert "Its placeholders: input." in record["status_message"]
+
+
 def test_outputs_that_read_no_variable_fail_the_conversion_naming_them(converting_server, models):
     model = models["resource_graph"]
     answer = _push(converting_server.url, "no-weights", _files(model, model.inference_graph), output_nodes="input")

@@ -14,7 +14,7 @@ from tensorflow.core.framework import graph_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework import dtypes
 
-from registry.converter.heads import PUSH_INFERENCE_GRAPH, prediction_heads
+from registry.converter.heads import PLACEHOLDER_OPS, PUSH_INFERENCE_GRAPH, prediction_heads
 from registry.errors import ConversionError
 
 # Ops that exist only for training, checkpointing or bookkeeping: never an output.
@@ -131,6 +131,11 @@ def require_nodes(graph_def: graph_pb2.GraphDef, names: list[str], kind: str) ->
         if name not in existing:
             suggestions = closest_names(name, existing)
             hint = f" Closest existing nodes: {', '.join(suggestions)}." if suggestions else ""
+            if kind == "input":  # what can be fed: the graph's placeholders
+                placeholders = [n.name for n in graph_def.node if n.op in PLACEHOLDER_OPS]
+                more = " ..." if len(placeholders) > 10 else ""
+                hint += f" Its placeholders: {', '.join(placeholders[:10])}{more}." if placeholders else \
+                    " It has no placeholder."
             raise ConversionError(
                 f"{kind} node {name!r} is not in the graph.{hint} Pass the exact node name "
                 f"(see the graph's nodes with tf.compat.v1.graph_util or Netron).",
