@@ -127,6 +127,8 @@ def test_names_one_letter_off_get_did_you_mean(live_server, train):
     assert "note: this push created a new model 'inceptio'; did you mean 'inception'?" in result.output
     result = run_cli("push", "resnet", str(train), "--url", live_server.url)
     assert "note:" not in result.output  # nothing close: no note
+    result = run_cli("push", "inception-v1", str(train), "--url", live_server.url)
+    assert result.exit_code == 0 and "note:" not in result.output  # a name of its own, not a typo
 
 
 def test_name_v3_means_version_3(live_server, train):

@@ -243,43 +243,39 @@ def test_show_names_the_uploads_training_ops_in_words_not_as_raw_records(convert
         assert f"{flag['op']} ({flag['count']}, {flag['category'].replace('_', ' ')})" in line, line
 
 
-def test_labels_with_a_background_line_first_fit_and_label_without_it(converting_server, models, tmp_path):
-    """Five classes and six lines, the first a background line (TF-slim's 1001-line ImageNet list for a
-    1000-class ResNet): no warning, and :label names class i with line i + 1."""
+def _labelled(server, models, tmp_path, name: str, lines: bytes) -> list[dict]:
+    """Push the session's CNN with a labels file of ``lines``: it becomes ready without a warning, and
+    :label's five predictions on a test image."""
     from tests import images
 
     model = models["resource_graph"]
-    lines = b"background\n" + b"".join(b"class %d\n" % i for i in range(5))
     files = _files(model, model.inference_graph) + [("labels", ("labels.txt", lines))]
-    assert _push(converting_server.url, "six", files).status_code == 202
-    client = RegistryClient(converting_server.url)
-    record = client.wait("six", 1, timeout=300)
+    assert _push(server.url, name, files).status_code == 202
+    client = RegistryClient(server.url)
+    record = client.wait(name, 1, timeout=300)
     assert record["status"] == "ready", record["status_message"]
     assert "warning" not in record["status_message"]
     assert "warnings" not in (record["conversion"] or {})
-    image = images.write_images(tmp_path)["chart.png"]
-    answer = client.label("six", "1", image, top_k=5)
+    answer = client.label(name, "1", images.write_images(tmp_path)["chart.png"], top_k=5)
     predictions = answer["predictions"] if "predictions" in answer else answer
-    assert {p["label"] for p in predictions} == {f"class {p['index']}" for p in predictions}
     assert len(predictions) == 5
+    return predictions
+
+
+def test_labels_with_a_background_line_first_fit_and_label_without_it(converting_server, models, tmp_path):
+    """Five classes and six lines, the first a background line (TF-slim's 1001-line ImageNet list for a
+    1000-class ResNet): no warning, and :label names class i with line i + 1."""
+    lines = b"background\n" + b"".join(b"class %d\n" % i for i in range(5))
+    predictions = _labelled(converting_server, models, tmp_path, "six", lines)
+    assert [p["label"] for p in predictions] == [f"class {p['index']}" for p in predictions]
 
 
 def test_blank_lines_ending_a_labels_file_are_no_classes_and_shift_no_label(converting_server, models, tmp_path):
     """Five labels and the extra newlines an editor leaves at the end: six lines by count, which read
     as "a background line first" shifted every label by one.  Blank lines that end the file are not
     classes: no warning, and :label names class i with line i (as label_image.py does)."""
-    from tests import images
-
-    model = models["resource_graph"]
     lines = b"".join(b"class %d\n" % i for i in range(5)) + b"\n \r\n"
-    files = _files(model, model.inference_graph) + [("labels", ("labels.txt", lines))]
-    assert _push(converting_server.url, "blank-end", files).status_code == 202
-    client = RegistryClient(converting_server.url)
-    record = client.wait("blank-end", 1, timeout=300)
-    assert record["status"] == "ready", record["status_message"]
-    assert "warning" not in record["status_message"]
-    answer = client.label("blank-end", "1", images.write_images(tmp_path)["chart.png"], top_k=5)
-    predictions = answer["predictions"] if "predictions" in answer else answer
+    predictions = _labelled(converting_server, models, tmp_path, "blank-end", lines)
     assert [p["label"] for p in predictions] == [f"class {p['index']}" for p in predictions]
     shown = registry_cli(tmp_path, "show", "blank-end:1", "--url", converting_server.url)
     assert shown.returncode == 0 and "labels: 5 " in shown.stdout, shown.stdout + shown.stderr

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
 import tempfile
@@ -122,11 +121,24 @@ def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, si
 def _note_close_names(client, name: str) -> None:
     """A first push under a name close to an existing model's may be a typo: say so (the push stands)."""
     others = [m["name"] for m in client.list_models() if m["name"] != name]
-    close = [m for m in others if m.lower() == name.lower()] or difflib.get_close_matches(name, others, n=3,
-                                                                                          cutoff=0.75)
+    close = [m for m in others if _one_letter_off(m.lower(), name.lower())][:3]
     if close:
         click.echo(f"note: this push created a new model {name!r}; did you mean {' or '.join(map(repr, close))}? "
                    f"(if so: registry delete {name} --model, and push to {close[0]})", err=True)
+
+
+def _one_letter_off(a: str, b: str) -> bool:
+    """Equal but for one letter added, dropped or changed, or two neighbours swapped (a typo; not
+    ``inception-v1`` beside ``inception``, which names a model of its own)."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    a, b = a[start:], b[start:]
+    return a[1:] == b[1:] or a[1:] == b or a == b[1:] or (len(a) >= 2 and a[:2] == b[1::-1] and a[2:] == b[2:])
 
 
 def _signature_options(args: tuple[str, ...], path: Path | None) -> tuple[str, list[dict]]:
