@@ -6,10 +6,10 @@ processes without HTTP such as workers) says whether the database answers a
 cheap call.  Load balancers and orchestrators stop sending traffic to a process
 that is not ready.  The write check writes nothing: PostgreSQL reports
 ``transaction_read_only`` (a standby, ``default_transaction_read_only``); on
-SQLite the database file must open for writing (a disk gone read-only fails
-this while old connections still look fine; the file is never opened, see
-``_file_refusal``) and a connection must be able to start a write, which is
-then rolled back.
+SQLite the database's folder must take a write and the file must be writable
+(a disk gone read-only fails this while old connections still look fine; the
+file itself is never opened, see ``_file_refusal``) and a connection must be
+able to start a write, which is then rolled back.
 """
 
 from __future__ import annotations
