@@ -249,7 +249,7 @@ def _labelled(server, models, tmp_path, name: str, lines: bytes) -> list[dict]:
     from tests import images
 
     model = models["resource_graph"]
-    files = _files(model, model.inference_graph) + [("labels", ("labels.txt", lines))]
+    files = _files(model, model.inference_graph) + [("labels", (f"{name}-labels.txt", lines))]
     assert _push(server.url, name, files).status_code == 202
     client = RegistryClient(server.url)
     record = client.wait(name, 1, timeout=300)
@@ -278,7 +278,8 @@ def test_blank_lines_ending_a_labels_file_are_no_classes_and_shift_no_label(conv
     predictions = _labelled(converting_server, models, tmp_path, "blank-end", lines)
     assert [p["label"] for p in predictions] == [f"class {p['index']}" for p in predictions]
     shown = registry_cli(tmp_path, "show", "blank-end:1", "--url", converting_server.url)
-    assert shown.returncode == 0 and "labels: 5 " in shown.stdout, shown.stdout + shown.stderr
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "labels: 5 (blank-end-labels.txt)" in shown.stdout, shown.stdout  # the count and the file pushed
 
 
 @pytest.mark.parametrize("lines, classes, said", [

@@ -189,7 +189,9 @@ def print_version_detail(v: dict, labels: int | None) -> None:
     for line in safety[1:]:
         click.echo(f"  {line}")
     click.echo(f"  preprocessing: {_preprocessing(v.get('preprocessing'))}")
-    click.echo(f"  labels: {labels} (labels.txt)" if labels is not None else "  labels: none (class indexes)")
+    labels_file = next((f.get("filename") for f in v.get("files") or [] if f.get("role") == "labels"), None)
+    click.echo(f"  labels: {labels} ({labels_file or 'labels.txt'})" if labels is not None
+               else "  labels: none (class indexes)")
     print_signatures(v)
     saved = v.get("saved_model") or {}
     if saved.get("state"):
