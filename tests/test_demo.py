@@ -249,8 +249,11 @@ def test_serve_no_demo_seeds_nothing(tmp_path):
     try:
         banner, url = _banner(proc, home)
         assert requests.get(f"{url}/api/v1/models", timeout=5).json()["models"] == []
+        assert requests.get(f"{url}/api/v1/models/nope", timeout=5).status_code == 404  # werkzeug colours a 404
     finally:
         rest = _stop(proc)
     assert "demo:" not in banner + rest
     assert not (home / "demo").exists()
     assert "registry.demo" not in _log(home)
+    # the access log, written to a file here, reads as plain text (werkzeug colours it for terminals only)
+    assert "GET /api/v1/models/nope HTTP/1.1" in _log(home) and "\x1b[" not in _log(home), _log(home)

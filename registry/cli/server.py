@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import click
+from werkzeug import serving as werkzeug_serving
 from werkzeug.serving import make_server
 
 from registry import heap
@@ -55,6 +56,8 @@ def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_po
             grpc_server, grpc_port = start_grpc_server(registry, host, grpc_port)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from exc
+    # werkzeug colours its access-log lines for a terminal; in a log file they would carry escape codes
+    werkzeug_serving._log_add_style = sys.stderr.isatty()  # noqa: SLF001 - no public switch for it
     server = make_server(host, port, app, threaded=True)
     url = f"http://{host}:{server.port}"
     click.echo(f"{title} listening on {url}")
