@@ -36,6 +36,15 @@ def test_a_client_command_does_not_load_the_server():
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_push_refuses_the_version_numbers_the_registry_refuses_without_loading_it():
+    """`registry push --version-number` writes the registry's limit out (a client command does not load the
+    database layer): it must be the one the registry checks."""
+    from registry.catalog.versions import MAX_VERSION_NUMBER
+    from registry.cli import remote
+
+    assert remote.MAX_VERSION_NUMBER == MAX_VERSION_NUMBER
+
+
 def test_registry_version_prints_the_installed_package_version():
     from importlib.metadata import version
 

@@ -35,6 +35,34 @@ def test_concurrent_pushes_get_distinct_consecutive_numbers_on_postgresql(tmp_pa
         stop()
 
 
+def test_concurrent_pushes_of_one_chosen_number_register_it_once_on_postgresql(tmp_path, pg_url, models):
+    """Half the pushes ask for TF Serving's folder number 1546532211, half for the next number: the row
+    lock lets exactly one take 1546532211 (the others get version_number_taken), and the rest number on
+    from wherever the counter stood, never reusing nor going back."""
+    chosen = 1546532211
+    server, stop = start_live_server(make_settings(tmp_path / "home", database_url=pg_url), workers=False)
+    try:
+        frozen = models["frozen"].frozen_graph.read_bytes()
+
+        def one(index):
+            response = requests.post(f"{server.url}/api/v1/models/busy/versions", files={"frozen": ("f.pb", frozen)},
+                                     data={"version": str(chosen)} if index % 2 == 0 else {}, timeout=60)
+            return index % 2 == 0, response.status_code, response.json()
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(one, range(24)))
+        asked = [(status, body) for chose, status, body in answers if chose]
+        assert sorted(status for status, _ in asked) == [202] + [409] * 11, asked
+        assert {body["error"]["code"] for status, body in asked if status == 409} == {"version_number_taken"}
+        numbers = sorted(body["version"] for _, status, body in answers if status == 202)
+        below = [n for n in numbers if n < chosen]
+        assert numbers == list(range(1, len(below) + 1)) + list(range(chosen, chosen + 13 - len(below)))
+        with server.registry.db.transaction() as session:
+            assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == 13  # one job per version
+    finally:
+        stop()
+
+
 def test_workers_never_claim_the_same_job_on_postgresql(tmp_path, pg_url, models):
     from registry.app import create_app
 

@@ -456,6 +456,12 @@ def _push_tags(value: object) -> object:
     return tags
 
 
+def _push_version_number(value: object) -> object:
+    """A push's ``version`` field: blank is the next number; anything else the service's check refuses with
+    the range to use."""
+    return None if value in ("", None) else catalog.check_version_number(value)
+
+
 class PushForm(Request):
     """A push's text fields, validated; its files are streamed to storage as they arrive
     (``registry.uploads.multipart``) and only documented here (``file_fields``)."""
@@ -486,6 +492,9 @@ class PushForm(Request):
     run_url: Annotated[str, AfterValidator(lambda v: _web_url(v, "run_url")),
                        Field(max_length=2048, description="lineage: the training run's URL (http or https)")] = ""
     dataset: str = Field("", max_length=255, description="lineage: the dataset it was trained on")
+    version: Annotated[Annotated[int, Field(ge=1, le=catalog.MAX_VERSION_NUMBER)] | None, _check(_push_version_number),
+                       Field(description="the version number to register, above every number the model had (TF "
+                                         "Serving's folder number, e.g. 123); default: the next one")] = None
 
     @property
     def lineage(self) -> dict[str, str]:

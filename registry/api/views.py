@@ -101,12 +101,17 @@ def list_versions(name: str, query: schemas.VersionQuery):
 
 @bp.post("/models/<name>/versions")
 @operation("pushVersion", summary="Push the next version (creates the model on first push)", path=(NAME,),
+           description="The field `version` registers that number instead of the next one (to keep TF Serving's "
+                       "folder numbers of an imported export): it must be above every number the model had.",
            form=schemas.PushForm, answers={
                202: Json(schemas.Version, "Registered and queued for conversion",
                          headers={"Location": {"schema": {"type": "string"}}}),
                400: "Missing, empty or invalid files or fields, an unsafe archive, more parts than "
                     "REGISTRY_MAX_UPLOAD_PARTS (too_many_parts), or a multipart preamble, part header or epilogue "
                     "over 64 KiB (multipart_header_too_long)",
+               409: "The version number asked for is not above every number the model had "
+                    "(version_number_taken), or the model had the largest number there is "
+                    "(version_numbers_exhausted)",
                413: "Upload larger than the limit (REGISTRY_MAX_UPLOAD_BYTES)",
                429: {"description": "Too many pushes from this client (REGISTRY_RATE_LIMIT_PUSH)",
                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -134,7 +139,7 @@ def push_version(name: str):
     push_request = PushRequest(
         files=files, output_nodes=fields.output_nodes, input_nodes=fields.input_nodes,
         description=fields.description, preprocessing=fields.preprocessing, signature=fields.signature,
-        signatures=fields.signatures, tags=fields.tags, lineage=fields.lineage,
+        signatures=fields.signatures, tags=fields.tags, lineage=fields.lineage, version=fields.version,
     )
     settings = registry.settings
     version = push(

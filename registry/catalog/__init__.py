@@ -41,7 +41,10 @@ from registry.catalog.shadow import (
 from registry.catalog.tags import MAX_TAG_VALUE, TAG_KEY_RE, set_tags, validate_tags
 from registry.catalog.versions import (
     MAX_REASON,
+    MAX_VERSION_NUMBER,
     attach_file,
+    check_version_available,
+    check_version_number,
     create_version,
     get_version,
     get_version_by_id,
@@ -62,6 +65,8 @@ __all__ = [
     "set_prediction_output", "set_served_versions", "signature_report", "update_model", "update_version",
     "validate_alias_name", "validate_model_name", "validate_preprocessing", "version_number",
     "MAX_TAG_VALUE", "TAG_KEY_RE", "set_tags", "validate_tags",
+    # a push's own version number (TF Serving's folder numbers)
+    "MAX_VERSION_NUMBER", "check_version_available", "check_version_number",
     # shadow traffic (shadow.py)
     "Sample", "ShadowReport", "ShadowSetting", "WindowCounts", "delete_shadow", "get_shadow", "record_shadow",
     "set_shadow", "shadow_overview", "shadow_route", "stop_shadow",

@@ -1,7 +1,9 @@
 """Versions: pushing the next one, editing it, choosing its prediction output, reading one or a page of them.
 
-Version numbers come from a per-model counter bumped by ``UPDATE ... SET
-last_version = last_version + 1`` inside the push transaction: the row lock
+Version numbers come from a per-model counter, ``last_version``, set inside the
+push transaction to ``last_version + 1`` or to the number the push asks for
+(TF Serving's folder number of an imported export), which must be above it: a
+number is never reused nor goes back, also after deletes.  The row lock
 (PostgreSQL) or the write lock (SQLite) serialises concurrent pushes, a
 rolled-back push gives its number back, and the unique constraint on
 ``(model_id, version)`` backs it up.  The push transaction also adds the
@@ -47,22 +49,26 @@ def create_version(
     lineage: dict[str, str] | None = None,
     max_attempts: int = 3,
     actor: Actor = SYSTEM,
+    version: int | None = None,
 ) -> VersionInfo:
-    """Register the next version of ``name`` (creating the model on first push)
+    """Register version ``version`` of ``name`` (None: the next one), creating the model on first push,
     and queue its conversion, all in one transaction."""
     validate_model_name(name)
+    if version is not None:
+        version = check_version_number(version)
     for attempt in range(5):
         try:
             with db.transaction(write=True) as session:
                 model_id = _get_or_create_model_id(session, name)
-                # Bump the counter (the model's row is locked already).
+                # Move the counter on (the model's row is locked already, so nothing moves it meanwhile).
+                highest = session.scalar(sa.select(RegisteredModel.last_version).where(RegisteredModel.id == model_id))
+                number = _number_for(name, highest, version)
                 session.execute(
                     sa.update(RegisteredModel)
                     .where(RegisteredModel.id == model_id)
-                    .values(last_version=RegisteredModel.last_version + 1,
-                            version_count=RegisteredModel.version_count + 1, updated_at=utcnow())
+                    .values(last_version=number, version_count=RegisteredModel.version_count + 1,
+                            updated_at=utcnow())
                 )
-                number = session.scalar(sa.select(RegisteredModel.last_version).where(RegisteredModel.id == model_id))
                 row = ModelVersion(
                     model_id=model_id,
                     version=number,
@@ -100,6 +106,55 @@ def create_version(
             if attempt == 4:
                 raise
     raise AssertionError("unreachable")
+
+
+# The version columns (``model_versions.version``, ``models.last_version``: registry/models.py, migration
+# 0001) are plain Integer columns, 32-bit on PostgreSQL, so no version may be numbered above 2^31 - 1.
+# A Unix timestamp in seconds (TF Serving exports' usual folder name, e.g. 1546532211) fits until 2038.
+MAX_VERSION_NUMBER = 2**31 - 1
+
+
+def check_version_number(value: object) -> int:
+    """The version number a push asks for, as an int: a whole number from 1 to MAX_VERSION_NUMBER,
+    given as an int or as ASCII digits (leading zeros allowed: TF Serving's folder 00000123 is 123)."""
+    number = value
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
+        digits = value.strip().lstrip("0") or "0"
+        number = int(digits) if len(digits) <= len(str(MAX_VERSION_NUMBER)) else MAX_VERSION_NUMBER + 1
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_VERSION_NUMBER:
+        raise InvalidRequest(
+            f"the version number to register must be a whole number from 1 to {MAX_VERSION_NUMBER} (2^31 - 1, "
+            f"the largest the database keeps), not {value!r}: e.g. 123 for TF Serving's folder 00000123, or "
+            "leave it out to get the model's next number", code="invalid_version_number")
+    return number
+
+
+def check_version_available(db: Database, name: str, version: int) -> None:
+    """Refuse ``version`` at once when ``name`` (deleted or not) already had that number or a higher one.
+
+    A push checks this before publishing its blobs, so a refused number costs no storage.  The
+    counter only goes up once committed, so a number found taken here stays taken; one found free
+    is checked again under the row lock by :func:`create_version`.
+    """
+    with db.transaction() as session:
+        highest = session.scalar(sa.select(RegisteredModel.last_version).where(RegisteredModel.name == name))
+    if highest is not None:
+        _number_for(name, highest, version)
+
+
+def _number_for(name: str, highest: int, asked: int | None) -> int:
+    """The number a new version of ``name`` gets: ``asked`` if above ``highest`` (the highest number the
+    model ever had), else the next one; a Conflict that says what to do when there is none."""
+    if asked is not None and asked <= highest:
+        instead = (f"push without a version number to get {highest + 1}, or choose a number above {highest}"
+                   if highest < MAX_VERSION_NUMBER else "push it under another model name")
+        raise Conflict(f"model {name!r} already had version {highest} (numbers are never reused nor go back, "
+                       f"also after a delete), so it cannot get version {asked}: {instead}",
+                       code="version_number_taken")
+    if asked is None and highest >= MAX_VERSION_NUMBER:
+        raise Conflict(f"model {name!r} already had version {highest}, the largest number a version can have "
+                       f"({MAX_VERSION_NUMBER}): push it under another model name", code="version_numbers_exhausted")
+    return highest + 1 if asked is None else asked
 
 
 def _get_or_create_model_id(session: Session, name: str) -> int:

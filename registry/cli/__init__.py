@@ -4,6 +4,7 @@ One module per group of commands, each imported only when one of its commands
 runs (or ``--help`` lists them), so ``registry ls`` does not load the server:
 
 * ``server.py``: the server roles: ``serve``, ``label-serve``, ``worker``, ``migrate``, ``init``, ``check``;
+* ``model_server.py``: ``model-server`` (also ``tensorflow_model_server``): TF Serving's command line;
 * ``admin.py``: against the database and blob storage: ``token``, ``gc``, ``export-serving``,
   ``saved-models``, and ``serving-reload`` (to a running TF Serving);
 * ``remote.py``: through the registry's HTTP API: ``push``, ``pull``, ``ls``, ``delete``,
@@ -48,7 +49,7 @@ from registry.errors import RegistryError
 # command name -> the module of registry.cli that defines it (as a function named like the command)
 COMMANDS = {
     "serve": "server", "label-serve": "server", "worker": "server", "migrate": "server", "init": "server",
-    "check": "server",
+    "check": "server", "model-server": "model_server",
     "token": "admin", "gc": "admin", "export-serving": "admin", "saved-models": "admin",
     "serving-reload": "admin",
     "push": "remote", "pull": "remote", "ls": "remote", "alias": "promotion", "rollback": "promotion", "delete": "remote",
@@ -61,7 +62,7 @@ COMMANDS = {
 
 # how --help groups the commands: by what they work on
 SECTIONS = [
-    ("Set up and run the registry (on REGISTRY_HOME or REGISTRY_DATABASE_URL)", ("server",), ()),
+    ("Set up and run the registry (on REGISTRY_HOME or REGISTRY_DATABASE_URL)", ("server", "model_server"), ()),
     ("Through the HTTP API (--url or REGISTRY_URL, --token or REGISTRY_TOKEN)",
      ("remote", "versions", "edit", "inspect", "labels", "tags", "promotion", "shadow", "evalsets", "webhooks"), ()),
     ("On the database and blob storage directly (REGISTRY_HOME or REGISTRY_DATABASE_URL)", ("admin",),

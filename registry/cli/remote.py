@@ -22,6 +22,11 @@ from registry.client import checkpoint_files
 from registry.converter.saved_model import write_archive  # writes a .tar.gz: no TensorFlow
 
 
+# The largest version number the registry keeps (registry.catalog.versions.MAX_VERSION_NUMBER: 32-bit columns),
+# written out so that a client command does not load the database layer; a test keeps the two equal.
+MAX_VERSION_NUMBER = 2**31 - 1
+
+
 @click.command()
 @click.argument("name")
 @click.argument("checkpoint_prefix", required=False, type=click.Path(path_type=Path))
@@ -48,13 +53,15 @@ from registry.converter.saved_model import write_archive  # writes a .tar.gz: no
 @click.option("--source-commit", default="", help="Lineage: the commit the model was trained from.")
 @click.option("--run-url", default="", help="Lineage: the training run's URL.")
 @click.option("--dataset", default="", help="Lineage: the dataset it was trained on.")
+@click.option("--version-number", type=click.IntRange(1, MAX_VERSION_NUMBER), default=None, metavar="N",
+              help="Register as version N (above every number the model had; TF Serving's folder number).")
 @preprocessing_options
 @click.option("--wait", is_flag=True, help="Wait until the version is ready or failed.")
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
 @url_option
 def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, signatures_file, keras, output_nodes,
-         input_nodes, labels, description, tag_pairs, source_commit, run_url, dataset, input_height, input_width,
-         input_mean, input_std, wait, timeout, url):
+         input_nodes, labels, description, tag_pairs, source_commit, run_url, dataset, version_number, input_height,
+         input_width, input_mean, input_std, wait, timeout, url):
     """Push a checkpoint (CHECKPOINT_PREFIX, e.g. train/model.ckpt) as the next version of NAME."""
     signature, declared = _signature_options(signature_args, signatures_file)
     files: list[tuple[str, Path]] = []
@@ -98,6 +105,7 @@ def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, si
                                 "signatures": json.dumps(declared) if declared else "",
                                 "tags": json.dumps(dict(parse_tag(t) for t in tag_pairs)) if tag_pairs else "",
                                 "source_commit": source_commit, "run_url": run_url, "dataset": dataset,
+                                "version": "" if version_number is None else str(version_number),
                                 **{k: "" if n is None else str(n) for k, n in (
                                     ("input_height", input_height), ("input_width", input_width),
                                     ("input_mean", input_mean), ("input_std", input_std))}}.items() if v}
@@ -107,7 +115,7 @@ def push(name, checkpoint_prefix, graph, frozen, saved_model, signature_args, si
         with progress(total, f"push {name}") as bar:
             record = client.push(name, files, fields, progress=bar.update)
         click.echo(f"{name} version {record['version']}: {record['status']}")
-        if record["version"] == 1:
+        if record["version"] == 1 or (version_number is not None and client.get_model(name)["version_count"] == 1):
             _note_close_names(client, name)
         if wait:
             record = client.wait(name, record["version"], timeout=timeout)

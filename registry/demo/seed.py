@@ -36,8 +36,7 @@ from pathlib import Path
 
 from registry import catalog
 from registry.errors import NotFound
-from registry.uploads.files import GRAPH_FIELDS, PushRequest, ReceivedFile, UploadSink
-from registry.uploads.pushing import abort, push
+from registry.uploads.local import push_paths
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,6 @@ OUTPUT_NODE = "predictions/Softmax"
 INPUT_NODE = "input"
 MARKER = ".seeded"
 TRAIN_TIMEOUT_SECONDS = 300.0
-CHUNK = 256 * 1024
 _lock = threading.Lock()  # one seeding at a time in this process
 
 
@@ -186,20 +184,6 @@ def _push_version(registry, directory: Path, labels: Path, description: str):
              ("index", directory / "model.ckpt.index")]
     files += [("data", p) for p in sorted(directory.glob("model.ckpt.data-*"))]
     files.append(("labels", labels))
-    received: list[ReceivedFile] = []
-    try:
-        for role, path in files:
-            sink = UploadSink(registry.storage.writer(), scan=role in GRAPH_FIELDS)
-            received.append(ReceivedFile(role, path.name, sink))
-            with open(path, "rb") as stream:
-                while chunk := stream.read(CHUNK):
-                    sink.write(chunk)
-    except BaseException:
-        abort(received)
-        raise
-    request = PushRequest(
-        files=received, output_nodes=[OUTPUT_NODE], input_nodes=[INPUT_NODE], description=description,
-        preprocessing={"input_height": 8, "input_width": 8, "input_mean": 0, "input_std": 255},
-    )
-    return push(registry.db, registry.storage, MODEL, request,
-                max_attempts=registry.settings.job_max_attempts)
+    return push_paths(registry, MODEL, files, output_nodes=[OUTPUT_NODE], input_nodes=[INPUT_NODE],
+                      description=description,
+                      preprocessing={"input_height": 8, "input_width": 8, "input_mean": 0, "input_std": 255})

@@ -362,26 +362,30 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def new_server(max_workers: int = 16, **kwargs) -> grpc.Server:
+def new_server(max_workers: int = 16, options: list[tuple[str, int | str]] | tuple = (), **kwargs) -> grpc.Server:
     """The label service's sync gRPC server.  Where this module is what loads gRPC, gRPC core serves with
     its classic poller (``-event_engine_listener`` in GRPC_EXPERIMENTS, unless the operator set their own):
     it reads connections in the thread that polls the completion queue, where the default EventEngine
     listener reads in a pool of its own and hands each message over (0.15-0.2 ms more a call back to back
-    here, about 0.03-0.08 ms spaced out; README, "Performance")."""
-    return grpc.server(ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-serving"), options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
-    ], **kwargs)
+    here, about 0.03-0.08 ms spaced out; README, "Performance").  ``options``: more channel arguments
+    (``--grpc_channel_arguments``), which win over these."""
+    defaults = {"grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+                "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+                "grpc.so_reuseport": 0}  # a second server on a taken port must fail, not share it
+    return grpc.server(ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-serving"),
+                       options=list({**defaults, **dict(options)}.items()), **kwargs)
 
 
-def start_grpc_server(registry, host: str = "127.0.0.1", port: int = 8500,
-                      max_workers: int = 16) -> tuple[grpc.Server, int]:
-    """Serve TF Serving's gRPC API for ``registry`` on ``host:port`` (0: any free port).
+def start_grpc_server(registry, host: str = "127.0.0.1", port: int = 8500, max_workers: int = 16, *,
+                      unix_socket: str | None = None,
+                      options: list[tuple[str, int | str]] | tuple = ()) -> tuple[grpc.Server, int]:
+    """Serve TF Serving's gRPC API for ``registry`` on ``host:port`` (0: any free port), and on the Unix
+    socket ``unix_socket`` too when given (TF Serving's ``--grpc_socket_path``).
 
     Returns the started server and the port it is bound to; raises RuntimeError
     when the address cannot be bound (port taken, or host not an address here).
     """
-    server = new_server(max_workers, interceptors=[TokenCheck(registry)])
+    server = new_server(max_workers, options, interceptors=[TokenCheck(registry)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(registry), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
     address = _address(host, port)
@@ -395,6 +399,9 @@ def start_grpc_server(registry, host: str = "127.0.0.1", port: int = 8500,
         server.stop(None)
         raise RuntimeError(f"cannot serve gRPC on {address}: the port is in use or the host is not an address "
                            "of this machine (pick another port, or 0 for any free port)")
+    if unix_socket and not server.add_insecure_port(f"unix:{unix_socket}"):
+        server.stop(None)
+        raise RuntimeError(f"cannot serve gRPC on the Unix socket {unix_socket}: is its folder there and writable?")
     server.start()
     log.info("TensorFlow Serving gRPC API on %s", _address(host, bound))
     return server, bound

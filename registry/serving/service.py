@@ -28,7 +28,7 @@ from registry import catalog, heap, metrics, safety
 from registry.config import Settings
 from registry.db import Database
 from registry.entities import READY, VersionInfo, label_lines
-from registry.errors import Conflict, InvalidRequest, RegistryError
+from registry.errors import Conflict, InvalidRequest, NotFound, RegistryError
 from registry.serving.cache import GraphCache
 from registry.serving.images import ImageInfo, LabelFeed, sniff
 from registry.serving.shadow import ShadowTraffic
@@ -114,7 +114,14 @@ class LabelService:
         return version
 
     def _resolve(self, name: str, ref: str) -> VersionInfo:
-        version = catalog.get_version(self.db, name, ref)
+        try:
+            version = catalog.get_version(self.db, name, ref)
+        except NotFound as exc:
+            # TF Serving's words first (its clients and tests look for them), then ours
+            request = f"Latest({name})" if ref == "latest" else f"Specific({name}, {ref})" if ref.isdigit() else None
+            if request is None:
+                raise
+            raise NotFound(f"Servable not found for request: {request}: {exc.message}", code=exc.code) from None
         if version.status != READY:
             detail = f" ({version.status_message})" if version.status_message else ""
             raise Conflict(f"version {version.version} of {name!r} is {version.status}{detail}; only ready "

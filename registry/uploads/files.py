@@ -134,3 +134,4 @@ class PushRequest:
     signatures: list[dict] = field(default_factory=list)  # declared with a checkpoint or frozen-graph push
     tags: dict[str, str] = field(default_factory=dict)
     lineage: dict[str, str] = field(default_factory=dict)  # source_commit, run_url, dataset
+    version: int | None = None  # the version number asked for (TF Serving's folder number); None: the next one

@@ -40,7 +40,8 @@ def push(
     archive_limits: ArchiveLimits | None = None,
     actor: Actor = SYSTEM,
 ) -> VersionInfo:
-    """Validate, publish blobs and register the next version with a queued conversion."""
+    """Validate, publish blobs and register the next version (or the one ``request.version`` asks for) with
+    a queued conversion."""
     try:
         version = _push(db, storage, name, request, max_attempts=max_attempts, archive_limits=archive_limits,
                         actor=actor)
@@ -69,6 +70,8 @@ def _push(db: Database, storage: BlobStorage, name: str, request: PushRequest, *
     if len(request.description) > 10_000:
         raise InvalidUpload("description is longer than 10,000 characters", code="invalid_description")
     try:
+        if request.version is not None:  # a number refused now costs no storage (checked again on commit)
+            catalog.check_version_available(db, name, catalog.check_version_number(request.version))
         source, ordered = plan_push(request)
         check_fields(source, request)
         check_archives(source, ordered, archive_limits or ArchiveLimits())
@@ -95,6 +98,7 @@ def _push(db: Database, storage: BlobStorage, name: str, request: PushRequest, *
             lineage=request.lineage,
             max_attempts=max_attempts,
             actor=actor,
+            version=request.version,
         )
     except BaseException:
         # What was published stays for the garbage collector: another push may be using the same bytes.
