@@ -283,8 +283,9 @@ def _config(entries: dict[str, Path], labels: dict[str, dict[str, int]] | None =
 def configured(exports, tmp_path_factory):
     folder = tmp_path_factory.mktemp("config")
     config = folder / "model_config.txt"
-    config.write_text(_config({name: exports[name] for name in (
-        "half_plus_two", "half_plus_three", "tf2_module", "two_signatures")}))
+    config.write_text(_config({**{name: exports[name] for name in (
+        "half_plus_two", "half_plus_three", "tf2_module", "two_signatures")},
+        "misplaced": exports["half_plus_three"] / "00000123"}))  # a SavedModel where version folders belong
     server = ModelServer(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
                          "--file_system_poll_wait_seconds=1")
     try:
@@ -305,6 +306,18 @@ def test_tf2_saved_models_as_tf_servings_test_saves_them(configured):
     verify_predict(configured.address, 12.0, 123, model_name="tf2_module", specify_output=False)
     verify_predict(configured.address, 2.0, 123, model_name="two_signatures", signature_name="custom_signature_key")
     verify_predict(configured.address, 1.0, 123, model_name="two_signatures")
+
+
+def test_a_base_path_holding_a_saved_model_itself_is_explained(configured, exports):
+    assert (f"No versions of servable misplaced found under base path {exports['half_plus_three'] / '00000123'}: "
+            "it holds a SavedModel itself") in configured.output()
+    assert f"move it to {exports['half_plus_three'] / '00000123' / '1'}" in configured.output()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "misplaced"
+    with grpc.insecure_channel(configured.address) as channel, pytest.raises(grpc.RpcError) as error:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, RPC_TIMEOUT)
+    assert error.value.code() is grpc.StatusCode.NOT_FOUND
+    assert error.value.details().startswith("Servable not found for request: Latest(misplaced)")
 
 
 def test_config_and_version_folders_are_polled(configured, exports):

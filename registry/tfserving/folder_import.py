@@ -20,10 +20,20 @@ from registry import catalog
 from registry.converter.saved_model import write_archive
 from registry.entities import FAILED, READY, VersionInfo
 from registry.errors import NotFound, RegistryError
-from registry.tfserving.sources import ModelSource, oversized, version_folders
+from registry.tfserving.sources import SAVED_MODEL_FILES, ModelSource, oversized, version_folders
 from registry.uploads.local import push_paths
 
 log = logging.getLogger(__name__)
+
+
+def no_versions(source: ModelSource) -> str:
+    """What to say of a base path with no version folder: TF Serving's words, and what to do."""
+    base = Path(source.base_path)
+    if any((base / name).is_file() for name in SAVED_MODEL_FILES):
+        return (f"No versions of servable {source.name} found under base path {base}: it holds a SavedModel "
+                f"itself; TF Serving reads one folder per version under it: move it to {base / '1'}")
+    return (f"No versions of servable {source.name} found under base path {base}: it needs one folder per version, "
+            "named by its number (1, 2, 00000123), each holding saved_model.pb; new ones are picked up as they come")
 
 
 class FolderImport:
@@ -41,9 +51,8 @@ class FolderImport:
         pushed = []
         for source in self.sources:
             folders = version_folders(source.base_path)
-            self._say_once(source.name, f"no versions of model {source.name!r} found under base path "
-                           f"{source.base_path} (folders named by their version number, holding saved_model.pb)",
-                           when=not folders)
+            if not folders:
+                self._say_once(source.name, no_versions(source))
             for name in oversized(source.base_path):
                 self._say_once(source.name, f"model {source.name!r}: version folder {name} left out: registry "
                                "versions are numbered 1 to 2147483647")
