@@ -205,6 +205,25 @@ def test_entrypoint_skips_migrations_for_client_commands(tmp_path):
     assert (tmp_path / "log").read_text().splitlines() == ["registry ls"]
 
 
+def test_entrypoint_serves_model_name_as_tf_servings_image_does(tmp_path):
+    env = dict(_fake_registry(tmp_path, failures=0), MODEL_NAME="half_plus_two")
+    result = subprocess.run(["sh", str(ENTRYPOINT), "model-server", "--file_system_poll_wait_seconds=5"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "log").read_text().splitlines() == [
+        "registry migrate", "registry model-server --port=8500 --rest_api_port=8501 --model_name=half_plus_two "
+        "--model_base_path=/models/half_plus_two --file_system_poll_wait_seconds=5"]
+
+
+def test_entrypoint_leaves_a_model_server_given_its_own_models_alone(tmp_path):
+    env = dict(_fake_registry(tmp_path, failures=0), MODEL_NAME="ignored")
+    flags = ["--port=9000", "--model_config_file=/models/models.config"]
+    result = subprocess.run(["sh", str(ENTRYPOINT), "model-server", *flags], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "log").read_text().splitlines()[-1] == "registry model-server " + " ".join(flags)
+
+
 # -- registry serve --gunicorn ---------------------------------------------------
 
 
