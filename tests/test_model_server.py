@@ -13,6 +13,7 @@ import re
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -381,6 +382,20 @@ def test_what_it_cannot_serve_is_refused_saying_what_to_do(flags, words):
     result = _run(*flags)
     assert result.returncode == 1
     assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_taken_port_is_said_at_once(exports):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run([str(SERVER), f"--port={port}", f"--model_base_path={exports['half_plus_two']}"],
+                                capture_output=True, text=True, timeout=120,
+                                env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")})
+    assert result.returncode == 1
+    assert f"cannot listen on 0.0.0.0:{port} (--port)" in result.stderr and "pick another --port" in result.stderr
+    assert time.monotonic() - started < 30, "it converted the versions before finding the port taken"
 
 
 def test_a_named_registry_home_keeps_the_imported_versions(exports, tmp_path):

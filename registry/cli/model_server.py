@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -155,6 +156,12 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments) -> int
     from registry.tfserving import sources as tfs_sources
     from registry.tfserving.folder_import import FolderImport
 
+    for flag, port in (("--port", args.port), ("--rest_api_port", args.rest_api_port)):
+        taken = _taken(args.host, port)
+        if taken:  # said now, not after every version has converted
+            print(f"Error: cannot listen on {args.host}:{port} ({flag}): {taken}; pick another {flag}",
+                  file=sys.stderr)
+            return 1
     start_grpc_server = _grpc_api()
     heap.own_process()
     settings = Settings.from_env(demo=False, embedded_workers=max(1, int(os.environ.get(
@@ -203,6 +210,19 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments) -> int
     grpc_server.stop(grace=2)
     registry.stop_workers.set()
     return 0
+
+
+def _taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now (None: it can, or port 0)."""
+    if not port:
+        return None
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _follow(args, importer, stop: threading.Event, tfs_sources) -> None:
