@@ -47,7 +47,8 @@ def test_freezing_the_imports_leaves_full_collections_only_what_came_after_and_l
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["before"] > 100_000  # what importing TensorFlow leaves for a full pass to walk
     assert seen["embedded"] == 0
-    assert seen["frozen"] >= seen["before"]
+    # what the imports left is frozen; a full collection runs first, so the garbage among it is not
+    assert seen["frozen"] > 0.95 * seen["before"]
     assert seen["after"] < seen["before"] / 20
     assert seen["again"] == seen["frozen"]
     assert seen["graph_collected"]
