@@ -75,15 +75,48 @@ def _two_signatures():
     return root, {"serving_default": root.f, "custom_signature_key": root.g}
 
 
+class _Tf2HalfPlusTwo(tf.Module):
+    """A TF2 half_plus_two as TF Serving's saved_model_half_plus_two_tf2_cpu: classify and regress signatures
+    that parse serialized tf.Examples inside their functions, saved (as TF2 saves every signature) as
+    predict signatures shaped for the call."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = tf.Variable(0.5), tf.Variable(2.0), tf.Variable(3.0)
+
+    def _x(self, serialized):
+        return tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify_x_to_y(self, inputs):
+        return {"scores": self.a * self._x(inputs) + self.b}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def regress_x_to_y2(self, inputs):
+        return {"outputs": self.a * self._x(inputs) + self.c}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+    def predict(self, x):
+        return {"y": self.a * x + self.b}
+
+
+def _tf2_examples():
+    root = _Tf2HalfPlusTwo()
+    return root, {"serving_default": root.predict, "classify_x_to_y": root.classify_x_to_y,
+                  "regress_x_to_y2": root.regress_x_to_y2}
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory) -> dict[str, Path]:
     """Model base paths, each with a version folder 00000123, as TF Serving's testdata lays them out."""
     top = tmp_path_factory.mktemp("tfs-models")
-    bases = {name: top / name for name in ("half_plus_two", "half_plus_three", "tf2_module", "two_signatures")}
+    bases = {name: top / name for name in ("half_plus_two", "half_plus_three", "tf2_module", "two_signatures",
+                                            "tf2_examples")}
     tfmodels.build_half_plus_two(bases["half_plus_two"] / "00000123")
     _tf2_export(bases["half_plus_three"] / "00000123", _half_plus_three)
     _tf2_export(bases["tf2_module"] / "00000123", _v1_times_v2)
     _tf2_export(bases["two_signatures"] / "00000123", _two_signatures)
+    _tf2_export(bases["tf2_examples"] / "00000123", _tf2_examples)
     (top / "monitoring_config.txt").write_text(
         'prometheus_config {\n  enable: true,\n  path: "/monitoring/prometheus/metrics"\n}\n')
     return {**bases, "top": top}
@@ -285,7 +318,7 @@ def configured(exports, tmp_path_factory):
     folder = tmp_path_factory.mktemp("config")
     config = folder / "model_config.txt"
     config.write_text(_config({**{name: exports[name] for name in (
-        "half_plus_two", "half_plus_three", "tf2_module", "two_signatures")},
+        "half_plus_two", "half_plus_three", "tf2_module", "two_signatures", "tf2_examples")},
         "misplaced": exports["half_plus_three"] / "00000123"}))  # a SavedModel where version folders belong
     server = ModelServer(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
                          "--file_system_poll_wait_seconds=1")
@@ -307,6 +340,45 @@ def test_tf2_saved_models_as_tf_servings_test_saves_them(configured):
     verify_predict(configured.address, 12.0, 123, model_name="tf2_module", specify_output=False)
     verify_predict(configured.address, 2.0, 123, model_name="two_signatures", signature_name="custom_signature_key")
     verify_predict(configured.address, 1.0, 123, model_name="two_signatures")
+
+
+def test_tf2_classify_and_regress_signatures_answer_as_tf_serving_does(configured):
+    """TF Serving's testClassifyTf2 / testRegressTf2 / testMultiInferenceTf2: TF2 writes every signature as
+    predict; one shaped for classify (regress) answers Classify (Regress), its examples parsed in its function."""
+    assert "tf2_examples v123: frozen and verified (3 signatures" in configured.output()
+    with grpc.insecure_channel(configured.address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        classify = classification_pb2.ClassificationRequest()
+        classify.model_spec.name = "tf2_examples"
+        classify.model_spec.signature_name = "classify_x_to_y"
+        classify.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        result = stub.Classify(classify, RPC_TIMEOUT)
+        assert result.result.classifications[0].classes[0].score == 3.0
+        regress = regression_pb2.RegressionRequest()
+        regress.model_spec.name = "tf2_examples"
+        regress.model_spec.signature_name = "regress_x_to_y2"
+        regress.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        assert stub.Regress(regress, RPC_TIMEOUT).result.regressions[0].value == 4.0
+        multi = inference_pb2.MultiInferenceRequest()
+        for signature, method in (("regress_x_to_y2", "tensorflow/serving/regress"),
+                                  ("classify_x_to_y", "tensorflow/serving/classify")):
+            task = multi.tasks.add()
+            task.model_spec.name = "tf2_examples"
+            task.model_spec.signature_name = signature
+            task.method_name = method
+        multi.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        results = stub.MultiInference(multi, RPC_TIMEOUT).results
+        assert results[0].regression_result.regressions[0].value == 4.0
+        assert results[1].classification_result.classifications[0].classes[0].score == 3.0
+        predict_shaped = regression_pb2.RegressionRequest()  # x -> y is not shaped for regress: refused
+        predict_shaped.model_spec.name = "tf2_examples"
+        predict_shaped.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Regress(predict_shaped, RPC_TIMEOUT)
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "regress_x_to_y2" in error.value.details()  # the signature that fits the call is named
+    assert rest(configured, "/v1/models/tf2_examples:classify",
+                {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}) == {"results": [[["", 3.0]]]}
 
 
 def test_a_base_path_holding_a_saved_model_itself_is_explained(configured, exports):

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.framework import graph_pb2
+from tensorflow.python.framework.function_def_to_graph import function_def_to_graph
 
 from registry.converter import ops
 from registry.converter.freeze import RESOURCE_VARIABLE_OPS, VARIABLE_OPS
@@ -111,8 +112,9 @@ def _encoded_image(image_format: str, rng: np.random.Generator) -> bytes:
         return session.run(encode(tf.constant(pixels)))
 
 
-def _example_parser(tensor: tf.Tensor) -> tf.Operation | None:
-    """The tf.Example parse op that reads ``tensor`` (through Identity ops), if one does."""
+def _example_parser(tensor: tf.Tensor, depth: int = 0) -> tf.Operation | None:
+    """The tf.Example parse op that reads ``tensor`` (through Identity ops, and into the body of a
+    function call: a TF2 SavedModel parses inside its signature's function), if one does."""
     pending, seen = [tensor], set()
     while pending:
         current = pending.pop()
@@ -124,7 +126,30 @@ def _example_parser(tensor: tf.Tensor) -> tf.Operation | None:
                 return consumer
             if consumer.type in ("Identity", "IdentityN", "Reshape", "ExpandDims", "Squeeze"):
                 pending.extend(consumer.outputs)
+            if consumer.type in CALL_OPS and depth < MAX_CALL_DEPTH:
+                for index in (i for i, t in enumerate(consumer.inputs) if t is current):
+                    body = _function_body(consumer)
+                    found = body is not None and _example_parser(body.inputs[index], depth + 1)
+                    if found:
+                        return found
     return None
+
+
+CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+MAX_CALL_DEPTH = 8
+
+
+def _function_body(call: tf.Operation):
+    """The graph of the function ``call`` runs (its inputs are the call's), or None if it cannot be built."""
+    name = call.get_attr("f").name
+    library = {f.signature.name: f for f in call.graph.as_graph_def().library.function}
+    if name not in library:
+        return None
+    try:
+        with call.graph.as_default():  # where the functions it calls in turn are found
+            return function_def_to_graph(library[name], include_library_functions=True)
+    except (ValueError, KeyError, TypeError, tf.errors.OpError):  # a body TensorFlow cannot rebuild: no example
+        return None
 
 
 def _example_features(parse: tf.Operation) -> list[tuple[str, tf.DType, list[int]]]:

@@ -244,14 +244,14 @@ def regressions(output: TensorSpec, outputs: dict[str, np.ndarray], count: int) 
 
 def run(graph, tasks: list[Task], request: input_pb2.Input, max_elements: int | None = None,
         offer: Callable[[Signature, dict, dict], None] | None = None) -> list[list]:
-    """Every task's result from one run of the graph on the request's examples (they share one input);
+    """Every task's result from one run of the graph on the request's examples (fed to every task's input);
     outputs of more than ``max_elements`` values are refused (a JSON answer's bound).  ``offer`` (an alias's
     shadow, ``ShadowTraffic.offer``) is given each task's signature, the feeds and the outputs once the
     results are made."""
     examples = serialized(request)
     fetch = list(dict.fromkeys(name for task in tasks for name in task.fetch))
     try:
-        outputs = graph.run({tasks[0].examples.name: examples}, fetch)
+        outputs = graph.run({task.examples.name: examples for task in tasks}, fetch)
     except InvalidRequest as exc:  # the parse op's reason: say what a fitting example holds
         if exc.code != "invalid_input":
             raise
@@ -292,7 +292,9 @@ def multi_tasks(graph, specs: list[tuple[str, str]]) -> list[Task]:
                                  status=501)
         require_method(graph, signature, method)
         tasks.append(Task.of(signature, method))
-        if tasks[0].examples.name != tasks[-1].examples.name:
+        first, this = tasks[0].examples, tasks[-1].examples
+        if first.name != this.name and not (first.dtype.name == this.dtype.name == "string"):
+            # inputs of their own are fed the same examples (a TF2 export gives each signature its own input)
             raise _bad(f"Input tensor must be the same for all Signatures: {tasks[0].signature.name!r} takes "
                        f"{tasks[0].examples.name}, {name!r} takes {tasks[-1].examples.name}")
         _examples_input(signature, tasks[-1].examples)

@@ -118,9 +118,9 @@ def find(graph, name: str, *, api: str) -> Signature:
 def require_method(graph, signature: Signature, method: str) -> None:
     """A classify (regress) request needs a classify (regress) signature: say which call fits this one,
     and which signatures fit the call."""
-    if signature.method == method:
+    if signature.method == method or shaped_for(signature, method):
         return
-    fitting = sorted(name for name, sig in graph.signatures.items() if sig.method == method)
+    fitting = sorted(name for name, sig in graph.signatures.items() if sig.method == method or shaped_for(sig, method))
     kind = sigs.short_method(method)
     instead = (f"name a {kind} signature ({', '.join(fitting)})" if fitting
                else f"this version has no {kind} signature")
@@ -129,6 +129,22 @@ def require_method(graph, signature: Signature, method: str) -> None:
         f"Expected {_METHOD_NAMES[method]} signature method_name to be {method}. Was: {signature.method}. "
         f"Signature {signature.name!r} is a {sigs.short_method(signature.method)} signature"
         f"{': call ' + call + ' with it' if call else ''}, or {instead}", code="wrong_signature_method")
+
+
+def shaped_for(signature: Signature, method: str) -> bool:
+    """Whether a predict signature is shaped for a classify (regress) call: one string input keyed
+    ``inputs`` (serialized tf.Examples) and the call's outputs (``classes``/``scores``; ``outputs``).
+    TF Serving runs such a signature for the call (its method-name check is off by default), and
+    TF2's ``tf.saved_model.save`` writes every signature as predict, so its classifiers look so."""
+    if signature.method != sigs.PREDICT or len(signature.inputs) != 1:
+        return False
+    examples = signature.inputs[0]
+    if examples.key != sigs.CLASSIFY_INPUTS or examples.dtype.name != "string":
+        return False
+    keys = {s.key for s in signature.outputs}
+    if method == sigs.CLASSIFY:
+        return bool(keys) and keys <= {sigs.CLASSIFY_CLASSES, sigs.CLASSIFY_SCORES}
+    return method == sigs.REGRESS and keys == {sigs.REGRESS_OUTPUTS}
 
 
 def classify_tensors(signature: Signature) -> tuple[TensorSpec, TensorSpec | None, TensorSpec | None]:
