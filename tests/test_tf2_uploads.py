@@ -76,9 +76,18 @@ def tf2(tmp_path_factory):
     custom = keras.Sequential([keras.Input((2,)), Doubling()])
     custom.save(root / "custom.keras")
     keras.saving.get_custom_objects().clear()  # the registry does not have the class
+    # Keras 3 through tf.saved_model.save (as TF Serving's own test saves one): its serving function reads
+    # variable handles that its restore function never assigns; only the object graph ties them to keys
+    dense = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(2, name="dense")])
+    tf.saved_model.save(dense, str(root / "keras3_saved"))
+    write_archive(root / "keras3_saved", root / "keras3_saved.tar.gz")
+    dense_signature = tf.saved_model.load(str(root / "keras3_saved")).signatures["serving_default"]
+    dense_input = np.random.default_rng(7).random((2, 3), dtype=np.float32)
+    dense_expected = {k: v.numpy() for k, v in dense_signature(tf.constant(dense_input)).items()}
     return {"root": root, "features": features, "expected": expected, "keras_input": keras_input,
             "keras_expected": model.predict(keras_input, verbose=0),
-            "sequential_expected": sequential.predict(keras_input, verbose=0)}
+            "sequential_expected": sequential.predict(keras_input, verbose=0),
+            "dense_input": dense_input, "dense_expected": dense_expected}
 
 
 def convert(app) -> None:
@@ -130,6 +139,23 @@ def test_saved_model_push_freezes_its_signature(limited, tf2, archive, tmp_path)
     outputs = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"](
         features=tf.constant(tf2["features"]))
     np.testing.assert_allclose(outputs["probabilities"].numpy(), tf2["expected"]["probabilities"], atol=1e-6)
+
+
+def test_a_keras_3_model_saved_with_tf_saved_model_save_freezes_with_its_weights(limited, tf2, tmp_path):
+    client = limited.test_client()
+    assert push(client, "dense", file_form("saved_model", tf2["root"] / "keras3_saved.tar.gz")).status_code == 202
+    convert(limited)
+    version = client.get("/api/v1/models/dense/versions/1").get_json()
+    assert version["status"] == "ready", version["status_message"]
+    assert version["verification"]["status"] == "passed"
+    frozen = tmp_path / "frozen.pb"
+    frozen.write_bytes(client.get("/api/v1/models/dense/versions/1/frozen.pb").get_data())
+    (key, expected), = tf2["dense_expected"].items()
+    signature = version["signatures"]["serving_default"]
+    (input_entry,) = signature["inputs"].values()
+    got = tfmodels.run_frozen(frozen, signature["outputs"][key]["name"].split(":")[0], tf2["dense_input"],
+                              input_name=input_entry["name"].split(":")[0])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_saved_model_push_with_another_signature_and_a_missing_one(limited, tf2):

@@ -59,7 +59,7 @@ def convert(request: dict) -> dict:
     import tensorflow as tf
 
     from registry.converter import graphs, heads
-    from registry.converter.freeze import global_step, restore_key_map
+    from registry.converter.freeze import global_step, object_graph_keys, restore_key_map
     from registry.converter.plan import freeze_plan, graph_plan
     from registry.converter.tables import inline_tables
     from registry.converter.verify import describe_frozen, verify_signatures
@@ -111,6 +111,9 @@ def convert(request: dict) -> dict:
     # Keys can differ from node names; a Saver's restore ops say which key is which.
     key_map = restore_key_map(meta.graph_def) if meta is not None else {}
     key_map.update(restore_key_map(graph_def))
+    if plan is not None and plan.object_graph is not None and checkpoint_prefix:
+        for handle, key in object_graph_keys(graph_def, plan.object_graph, checkpoint_prefix).items():
+            key_map.setdefault(handle, key)  # handles only the object graph ties to a key (Keras 3)
     # Deterministic: the same upload always gives the same bytes, hence the same sha256 and ETag.  The
     # freeze writes them as it goes, keeping the variables' values out of the graph it returns.
     output_path = Path(request["output_path"])

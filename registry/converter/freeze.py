@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 from tensorflow.python.framework import convert_to_constants as ctc, dtypes, tensor_util
 from tensorflow.python.training import py_checkpoint_reader
 
@@ -110,6 +111,38 @@ def restore_key_map(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
                 if arg in args and args.index(arg) < len(node.input):
                     mapping[node_name(node.input[args.index(arg)])] = key
     return mapping
+
+
+def object_graph_keys(graph_def: graph_pb2.GraphDef, object_graph, prefix: str) -> dict[str, str]:
+    """Variable handle node → checkpoint key, through a TF2 SavedModel's object graph, as
+    ``tf.saved_model.load`` finds them: a function call's last inputs are its captures, the
+    SavedObjectGraph's ``bound_inputs`` name the objects they are, and the checkpoint's own object
+    graph (node for node the same) names each variable's key.  Keras 3 exports serve from handles
+    their restore function never assigns, so :func:`restore_key_map` alone does not find them."""
+    functions = object_graph.concrete_functions
+    reader = open_checkpoint(prefix)
+    if not functions or not reader.has_tensor(OBJECT_GRAPH_KEY):
+        return {}
+    saved = trackable_object_graph_pb2.TrackableObjectGraph()
+    saved.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+    keys = {index: attribute.checkpoint_key for index, node in enumerate(saved.nodes)
+            for attribute in node.attributes if attribute.name == "VARIABLE_VALUE"}
+    mapping: dict[str, str] = {}
+    for node in graph_def.node:
+        function = functions.get(node.attr["f"].func.name) if node.op in CALL_OPS else None
+        if function is None or not function.bound_inputs:
+            continue
+        inputs = [ref for ref in node.input if not ref.startswith("^")]
+        if len(inputs) < len(function.bound_inputs):
+            continue
+        for ref, obj in zip(inputs[len(inputs) - len(function.bound_inputs):], function.bound_inputs):
+            if obj in keys:
+                mapping[node_name(ref)] = keys[obj]
+    return mapping
+
+
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 
 
 def _function_tensor(ref: str) -> str:

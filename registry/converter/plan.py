@@ -38,6 +38,7 @@ class Plan:
     default: str
     checkpoint_prefix: str | None = None
     failed: dict[str, str] = field(default_factory=dict)  # signature → why it is not served
+    object_graph: Any = None  # a TF2 SavedModel's SavedObjectGraph: which objects its functions capture
 
     @property
     def outputs(self) -> list[str]:
@@ -118,7 +119,8 @@ def saved_model_plan(proto, folder: Path, requested: str | None) -> Plan:
         signatures[name] = entry
     _name_default_outputs(graph_def, signatures[default])
     index = folder / "variables" / "variables.index"
-    return Plan(graph_def, signatures, default, str(index.with_suffix("")) if index.is_file() else None, failed)
+    return Plan(graph_def, signatures, default, str(index.with_suffix("")) if index.is_file() else None, failed,
+                meta.object_graph_def if meta.HasField("object_graph_def") else None)
 
 
 def _unusable(signature, nodes: dict) -> str | None:
