@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -117,6 +118,8 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     _tf2_export(bases["tf2_module"] / "00000123", _v1_times_v2)
     _tf2_export(bases["two_signatures"] / "00000123", _two_signatures)
     _tf2_export(bases["tf2_examples"] / "00000123", _tf2_examples)
+    (top / "lite" / "00000001").mkdir(parents=True)
+    (top / "lite" / "00000001" / "model.tflite").write_bytes(b"TFL3")
     (top / "monitoring_config.txt").write_text(
         'prometheus_config {\n  enable: true,\n  path: "/monitoring/prometheus/metrics"\n}\n')
     return {**bases, "top": top}
@@ -179,13 +182,17 @@ def single(exports, tmp_path_factory):
     """``--model_name=default --model_base_path=...`` with a monitoring config, a Unix socket and channel
     arguments, as TF Serving's test runs its server for half_plus_two."""
     socket_path = tmp_path_factory.mktemp("uds") / "tf-serving.sock"
+    stale = Path(tempfile.gettempdir()) / "registry-model-server-999999999-killed"  # a server SIGKILL left behind
+    stale.mkdir(exist_ok=True)
     server = ModelServer(f"--grpc_socket_path={socket_path}", "--model_name=default",
                          f"--model_base_path={exports['half_plus_two']}",
                          f"--monitoring_config_file={exports['top'] / 'monitoring_config.txt'}",
-                         "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb")
+                         "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb",
+                         "--prefer_tflite_model=true", "--enable_batching")  # preferences: SavedModels served
     try:
         server.wait_ready()
         server.socket = socket_path
+        server.stale = stale
         yield server
     finally:
         home = server.home()
@@ -291,6 +298,10 @@ def test_rest_answers_as_tf_servings_test_expects(single, exports):
     assert metrics.status_code == 200 and "# TYPE" in metrics.text
 
 
+def test_the_temporary_registry_of_a_killed_server_is_removed(single):
+    assert not single.stale.exists()
+
+
 def test_a_version_not_served_is_tf_servings_not_found(single):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "default"
@@ -319,7 +330,8 @@ def configured(exports, tmp_path_factory):
     config = folder / "model_config.txt"
     config.write_text(_config({**{name: exports[name] for name in (
         "half_plus_two", "half_plus_three", "tf2_module", "two_signatures", "tf2_examples")},
-        "misplaced": exports["half_plus_three"] / "00000123"}))  # a SavedModel where version folders belong
+        "misplaced": exports["half_plus_three"] / "00000123",  # a SavedModel where version folders belong
+        "lite": exports["top"] / "lite"}))
     server = ModelServer(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
                          "--file_system_poll_wait_seconds=1")
     try:
@@ -381,10 +393,12 @@ def test_tf2_classify_and_regress_signatures_answer_as_tf_serving_does(configure
                 {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}) == {"results": [[["", 3.0]]]}
 
 
-def test_a_base_path_holding_a_saved_model_itself_is_explained(configured, exports):
+def test_a_base_path_without_version_folders_is_explained(configured, exports):
     assert (f"No versions of servable misplaced found under base path {exports['half_plus_three'] / '00000123'}: "
             "it holds a SavedModel itself") in configured.output()
     assert f"move it to {exports['half_plus_three'] / '00000123' / '1'}" in configured.output()
+    assert "lite found under base path" in configured.output()
+    assert "TF Lite models (model.tflite), which the registry does not serve" in configured.output()
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "misplaced"
     with grpc.insecure_channel(configured.address) as channel, pytest.raises(grpc.RpcError) as error:
@@ -446,7 +460,6 @@ def test_a_bad_model_config_is_refused_with_tf_servings_message(tmp_path):
 
 @pytest.mark.parametrize("flags, words", [
     ((), "--model_base_path"),
-    (("--model_base_path=/models/x", "--use_tflite_model=true"), "TF Lite"),
     (("--model_base_path=s3://bucket/models/x",), "not a local folder"),
     (("--model_base_path=/models/x", "--ssl_config_file=/etc/ssl.conf"), "TLS"),
 ])

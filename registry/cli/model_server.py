@@ -18,6 +18,7 @@ otherwise a temporary one, removed when the server stops.
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import click
 
@@ -96,9 +98,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _refusals(args: argparse.Namespace) -> None:
-    if args.use_tflite_model or args.prefer_tflite_model:
-        raise Refused("TF Lite models are not served by the registry: serve the SavedModel the .tflite was "
-                      "converted from")
     if args.ssl_config_file or args.use_alts_credentials:
         raise Refused("TLS (--ssl_config_file, --use_alts_credentials) is not served here: put a TLS proxy in "
                       "front of the gRPC and REST ports")
@@ -131,22 +130,38 @@ def main(argv: list[str] | None = None) -> int:
     except (Refused, tfs_sources.ConfigError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    if args.use_tflite_model or args.prefer_tflite_model:  # TF Serving's preference, not a requirement
+        log.warning("TF Lite models are not served here: each version's SavedModel (saved_model.pb) is")
     ignored = [name for name in IGNORED if getattr(args, name) not in (None, False)]
     if ignored:
         log.info("taken and left alone (the label service batches and threads on its own): %s",
                  ", ".join(f"--{name}" for name in ignored))
     temporary = None
     if not os.environ.get("REGISTRY_HOME") and not os.environ.get("REGISTRY_DATABASE_URL"):
-        temporary = tempfile.mkdtemp(prefix="registry-model-server-")
+        _remove_stale_homes()
+        temporary = tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-")
         os.environ["REGISTRY_HOME"] = temporary
     try:
-        return _serve(args, sources, prometheus_path, channel_arguments)
+        return _serve(args, sources, prometheus_path, channel_arguments, temporary=temporary is not None)
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
 
 
-def _serve(args, sources, prometheus_path: str | None, channel_arguments) -> int:
+TEMPORARY_PREFIX = "registry-model-server-"
+
+
+def _remove_stale_homes() -> None:
+    """The temporary registries of model servers that were killed (SIGKILL leaves them behind)."""
+    from registry.cli.server import _running
+
+    for stale in Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*-*"):
+        pid = stale.name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and stale.is_dir() and stale.owner() == getpass.getuser() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _serve(args, sources, prometheus_path: str | None, channel_arguments, *, temporary: bool) -> int:
     from werkzeug.serving import make_server
 
     from registry import heap
@@ -172,14 +187,14 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments) -> int
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.info("registry: %s, blobs %s%s", settings.database_url, settings.storage_url,
-             " (temporary: removed when this server stops)" if os.environ.get("REGISTRY_HOME", "").startswith(
-                 tempfile.gettempdir()) else "")
+             " (temporary: removed when this server stops)" if temporary else "")
 
     importer = FolderImport(registry, sources)
     for version in importer.wait(importer.sync(), SECONDS_BEFORE_GIVING_UP):
         log.info("model %r version %d: %s%s", version.model, version.version, version.status,
                  f" ({version.status_message})" if version.status != "ready" else "")
     importer.apply_labels()
+    _warm(registry, importer.sources)
     if stop.is_set():
         return 0
 
@@ -210,6 +225,19 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments) -> int
     grpc_server.stop(grace=2)
     registry.stop_workers.set()
     return 0
+
+
+def _warm(registry, sources) -> None:
+    """Start the inference worker and load each model's newest ready version, so that the first request
+    after the ports open does not wait for them (seconds), as TF Serving has loaded its models by then."""
+    from registry.errors import RegistryError
+
+    service = registry.label_service()
+    for source in sources:
+        try:
+            service.graph(service.resolve(source.name, None))
+        except RegistryError as exc:  # nothing of it to serve yet: answered as TF Serving answers
+            log.debug("model %r not loaded ahead: %s", source.name, exc.message)
 
 
 def _taken(host: str, port: int) -> str | None:

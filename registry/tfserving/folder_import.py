@@ -32,6 +32,10 @@ def no_versions(source: ModelSource) -> str:
     if any((base / name).is_file() for name in SAVED_MODEL_FILES):
         return (f"No versions of servable {source.name} found under base path {base}: it holds a SavedModel "
                 f"itself; TF Serving reads one folder per version under it: move it to {base / '1'}")
+    if any(base.glob("[0-9]*/model.tflite")):
+        return (f"No versions of servable {source.name} found under base path {base}: its version folders hold TF "
+                "Lite models (model.tflite), which the registry does not serve: put the SavedModel each was "
+                "converted from (saved_model.pb, variables/) in its folder")
     return (f"No versions of servable {source.name} found under base path {base}: it needs one folder per version, "
             "named by its number (1, 2, 00000123), each holding saved_model.pb; new ones are picked up as they come")
 
