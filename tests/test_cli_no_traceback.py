@@ -96,3 +96,24 @@ def test_the_usual_mistakes_are_one_line(server, args):
     live, home, frozen = server
     result = run(args, live.url, frozen, home)
     assert_one_clean_error(result, args)
+
+
+@pytest.mark.parametrize("command", [["registry", "serve", "--no-demo", "--port", "0"], ["registry", "worker", "--once"],
+                                     ["tensorflow_model_server", "--port=0", "--model_base_path=/nonexistent"]],
+                         ids=lambda c: c[0] if c[0] != "registry" else c[1])
+def test_a_server_whose_database_cannot_be_reached_says_so_in_one_line(command, closed_url):
+    """A server role started against a database that is not running: one Error line naming the setting."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port = closed_url.rsplit(":", 1)[1]
+    env = {**os.environ, "REGISTRY_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"}
+    done = subprocess.run([str(Path(sys.executable).with_name(command[0])), *command[1:]], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "the database cannot be reached" in errors[0], done.stderr[-2000:]
+    assert "REGISTRY_DATABASE_URL" in errors[0] or f"127.0.0.1:{port}/test" in errors[0]  # where to look

@@ -39,6 +39,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 
 import click
 
@@ -105,6 +106,25 @@ class RegistryGroup(click.Group):
             return super().invoke(ctx)
         except RegistryError as exc:  # the client's errors too (ClientError): what went wrong and what to do
             raise click.ClickException(for_cli(exc.message)) from None
+        except Exception as exc:
+            fault = database_fault(exc)
+            if fault is None:
+                raise
+            raise click.ClickException(fault) from None
+
+
+def database_fault(exc: BaseException) -> str | None:
+    """A one-line message for a database that cannot be reached or used (a server or command started
+    against it), or None when ``exc`` is not a database driver's error."""
+    sqlalchemy = sys.modules.get("sqlalchemy.exc")  # loaded only by commands that open the database
+    if sqlalchemy is None or not isinstance(exc, sqlalchemy.DBAPIError):
+        return None
+    from registry.errors import database_fault as fault_of
+
+    fault = fault_of(exc)
+    detail = fault.message if fault is not None else str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    return f"{detail.removesuffix(' Nothing was changed: try again shortly.')} Check REGISTRY_DATABASE_URL (or " \
+           "REGISTRY_HOME) and that the database is running."
 
 
 @click.group(cls=RegistryGroup)

@@ -143,6 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["REGISTRY_HOME"] = temporary
     try:
         return _serve(args, sources, prometheus_path, channel_arguments, temporary=temporary is not None)
+    except Exception as exc:  # what the registry can say in a line, said so; anything else is a bug
+        from registry.cli import database_fault
+        from registry.errors import RegistryError
+
+        message = exc.message if isinstance(exc, RegistryError) else database_fault(exc)
+        if message is None:
+            raise
+        print(f"Error: {message}", file=sys.stderr)
+        return 1
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
