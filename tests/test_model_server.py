@@ -28,7 +28,6 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_status_pb2,
-    inference_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -39,7 +38,7 @@ from registry import catalog
 from registry.db import Database
 from tests import tfmodels
 from tests.helpers import free_port
-from tests.test_tf_serving_api import sorted_object
+from tests.test_tf_serving_api import examples_request, multi_request, predict_request, sorted_object
 
 SERVER = Path(sys.executable).with_name("tensorflow_model_server")
 RPC_TIMEOUT = 5.0
@@ -204,16 +203,7 @@ def verify_predict(address: str, expected_output: float, expected_version: int, 
                    specify_output: bool = True, batch_input: bool = False,
                    signature_name: str = "serving_default") -> None:
     """TF Serving's VerifyPredictRequest: x = [2.0] (or [[2.0]]) in, y's one float and the model_spec out."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = signature_name
-    request.inputs["x"].dtype = types_pb2.DT_FLOAT
-    request.inputs["x"].float_val.append(2.0)
-    request.inputs["x"].tensor_shape.dim.add().size = 1
-    if batch_input:
-        request.inputs["x"].tensor_shape.dim.add().size = 1
-    if specify_output:
-        request.output_filter.append("y")
+    request = predict_request(specify_output, signature_name, model_name=model_name, batch_input=batch_input)
     with grpc.insecure_channel(address) as channel:
         result = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, RPC_TIMEOUT)
     assert "y" in result.outputs
@@ -243,30 +233,17 @@ def test_get_model_status_names_the_folder_version(single):
 def test_classify_regress_and_multi_inference(single):
     with grpc.insecure_channel(single.address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        classify = classification_pb2.ClassificationRequest()
-        classify.model_spec.name = "default"
-        classify.model_spec.signature_name = "classify_x_to_y"
-        classify.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        classify = examples_request(classification_pb2.ClassificationRequest, "classify_x_to_y", model_name="default")
         result = stub.Classify(classify, RPC_TIMEOUT)
         assert [[c.score for c in cls.classes] for cls in result.result.classifications] == [[3.0]]
         assert (result.model_spec.signature_name, result.model_spec.version.value) == ("classify_x_to_y", 123)
 
-        regress = regression_pb2.RegressionRequest()
-        regress.model_spec.name = "default"
-        regress.model_spec.signature_name = "regress_x_to_y"
-        regress.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        regress = examples_request(regression_pb2.RegressionRequest, "regress_x_to_y", model_name="default")
         result = stub.Regress(regress, RPC_TIMEOUT)
         assert [r.value for r in result.result.regressions] == [3.0]
         assert result.model_spec.version.value == 123
 
-        multi = inference_pb2.MultiInferenceRequest()
-        for signature, method in (("regress_x_to_y", "tensorflow/serving/regress"),
-                                  ("classify_x_to_y", "tensorflow/serving/classify")):
-            task = multi.tasks.add()
-            task.model_spec.name = "default"
-            task.model_spec.signature_name = signature
-            task.method_name = method
-        multi.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        multi = multi_request([("regress_x_to_y", "regress"), ("classify_x_to_y", "classify")], model_name="default")
         result = stub.MultiInference(multi, RPC_TIMEOUT)
     assert result.results[0].regression_result.regressions[0].value == 3.0
     assert result.results[1].classification_result.classifications[0].classes[0].score == 3.0
@@ -360,31 +337,19 @@ def test_tf2_classify_and_regress_signatures_answer_as_tf_serving_does(configure
     assert "tf2_examples v123: frozen and verified (3 signatures" in configured.output()
     with grpc.insecure_channel(configured.address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        classify = classification_pb2.ClassificationRequest()
-        classify.model_spec.name = "tf2_examples"
-        classify.model_spec.signature_name = "classify_x_to_y"
-        classify.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        classify = examples_request(classification_pb2.ClassificationRequest, "classify_x_to_y",
+                                    model_name="tf2_examples")
         result = stub.Classify(classify, RPC_TIMEOUT)
         assert result.result.classifications[0].classes[0].score == 3.0
-        regress = regression_pb2.RegressionRequest()
-        regress.model_spec.name = "tf2_examples"
-        regress.model_spec.signature_name = "regress_x_to_y2"
-        regress.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        regress = examples_request(regression_pb2.RegressionRequest, "regress_x_to_y2", model_name="tf2_examples")
         assert stub.Regress(regress, RPC_TIMEOUT).result.regressions[0].value == 4.0
-        multi = inference_pb2.MultiInferenceRequest()
-        for signature, method in (("regress_x_to_y2", "tensorflow/serving/regress"),
-                                  ("classify_x_to_y", "tensorflow/serving/classify")):
-            task = multi.tasks.add()
-            task.model_spec.name = "tf2_examples"
-            task.model_spec.signature_name = signature
-            task.method_name = method
-        multi.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        multi = multi_request([("regress_x_to_y2", "regress"), ("classify_x_to_y", "classify")],
+                              model_name="tf2_examples")
         results = stub.MultiInference(multi, RPC_TIMEOUT).results
         assert results[0].regression_result.regressions[0].value == 4.0
         assert results[1].classification_result.classifications[0].classes[0].score == 3.0
-        predict_shaped = regression_pb2.RegressionRequest()  # x -> y is not shaped for regress: refused
-        predict_shaped.model_spec.name = "tf2_examples"
-        predict_shaped.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+        # serving_default (x -> y) is not shaped for regress: refused
+        predict_shaped = examples_request(regression_pb2.RegressionRequest, "", model_name="tf2_examples")
         with pytest.raises(grpc.RpcError) as error:
             stub.Regress(predict_shaped, RPC_TIMEOUT)
     assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT

@@ -102,6 +102,16 @@ def file_form(field: str, path: Path, **fields) -> dict:
     return {field: (io.BytesIO(path.read_bytes()), path.name), **fields}
 
 
+def pushed_and_converted(app, name: str, field: str, path: Path) -> dict:
+    """Push ``path`` as ``field``, run its conversion, and return version 1's record, checked ready."""
+    client = app.test_client()
+    assert push(client, name, file_form(field, path)).status_code == 202
+    convert(app)
+    version = client.get(f"/api/v1/models/{name}/versions/1").get_json()
+    assert version["status"] == "ready", version["status_message"]
+    return version
+
+
 @pytest.fixture
 def limited(settings):
     """An app whose archive limits are small enough to test."""
@@ -142,14 +152,10 @@ def test_saved_model_push_freezes_its_signature(limited, tf2, archive, tmp_path)
 
 
 def test_a_keras_3_model_saved_with_tf_saved_model_save_freezes_with_its_weights(limited, tf2, tmp_path):
-    client = limited.test_client()
-    assert push(client, "dense", file_form("saved_model", tf2["root"] / "keras3_saved.tar.gz")).status_code == 202
-    convert(limited)
-    version = client.get("/api/v1/models/dense/versions/1").get_json()
-    assert version["status"] == "ready", version["status_message"]
+    version = pushed_and_converted(limited, "dense", "saved_model", tf2["root"] / "keras3_saved.tar.gz")
     assert version["verification"]["status"] == "passed"
     frozen = tmp_path / "frozen.pb"
-    frozen.write_bytes(client.get("/api/v1/models/dense/versions/1/frozen.pb").get_data())
+    frozen.write_bytes(limited.test_client().get("/api/v1/models/dense/versions/1/frozen.pb").get_data())
     (key, expected), = tf2["dense_expected"].items()
     signature = version["signatures"]["serving_default"]
     (input_entry,) = signature["inputs"].values()
@@ -175,14 +181,10 @@ def test_saved_model_push_with_another_signature_and_a_missing_one(limited, tf2)
 
 def test_a_sequential_keras_model_names_its_output_after_its_last_layer(limited, tf2, tmp_path):
     """Keras 3's Sequential has no output_names: the output node is still the output layer's name."""
-    client = limited.test_client()
-    assert push(client, "seq", file_form("keras", tf2["root"] / "sequential.keras")).status_code == 202
-    convert(limited)
-    version = client.get("/api/v1/models/seq/versions/1").get_json()
-    assert version["status"] == "ready", version["status_message"]
+    version = pushed_and_converted(limited, "seq", "keras", tf2["root"] / "sequential.keras")
     assert version["output_nodes"] == ["class_probs"]
     frozen = tmp_path / "frozen.pb"
-    frozen.write_bytes(client.get("/api/v1/models/seq/versions/1/frozen.pb").get_data())
+    frozen.write_bytes(limited.test_client().get("/api/v1/models/seq/versions/1/frozen.pb").get_data())
     input_name = version["input_nodes"][0]["name"]
     got = tfmodels.run_frozen(frozen, "class_probs", tf2["keras_input"], input_name=input_name)
     np.testing.assert_allclose(got, tf2["sequential_expected"], atol=1e-6)

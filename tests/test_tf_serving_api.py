@@ -165,14 +165,18 @@ def test_prometheus_metrics_count_requests_per_signature(served):
 
 # -- TF Serving's own calls, over gRPC -------------------------------------------------------------
 
-def predict_request(specify_output: bool, signature: str = "") -> predict_pb2.PredictRequest:
-    """TF Serving's VerifyPredictRequest: x = [2.0] (shape [1]), output_filter y when asked."""
+def predict_request(specify_output: bool, signature: str = "", *, model_name: str = NAME,
+                    batch_input: bool = False) -> predict_pb2.PredictRequest:
+    """TF Serving's VerifyPredictRequest: x = [2.0] (shape [1], or [1, 1] for a batch), output_filter y
+    when asked."""
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = NAME
+    request.model_spec.name = model_name
     request.model_spec.signature_name = signature
     request.inputs["x"].dtype = types_pb2.DT_FLOAT
     request.inputs["x"].float_val.append(2.0)
     request.inputs["x"].tensor_shape.dim.add().size = 1
+    if batch_input:
+        request.inputs["x"].tensor_shape.dim.add().size = 1
     if specify_output:
         request.output_filter.append("y")
     return request
@@ -218,11 +222,20 @@ def test_grpc_classify_regress_and_multi_inference_answer_as_tf_serving(served):
         assert_model_spec(result.results[i].model_spec, signature)
 
 
-def multi_request(tasks, **features) -> inference_pb2.MultiInferenceRequest:
+def examples_request(kind, signature: str, *, model_name: str = NAME, x: float = 2.0):
+    """A ClassificationRequest or RegressionRequest (``kind``) of one example x = ``x``, as TF Serving's test."""
+    request = kind()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    request.input.example_list.examples.add().features.feature["x"].float_list.value.extend([x])
+    return request
+
+
+def multi_request(tasks, *, model_name: str = NAME, **features) -> inference_pb2.MultiInferenceRequest:
     request = inference_pb2.MultiInferenceRequest()
     for signature, method in tasks:
         task = request.tasks.add()
-        task.model_spec.name = NAME
+        task.model_spec.name = model_name
         task.model_spec.signature_name = signature
         task.method_name = f"tensorflow/serving/{method}"
     values = features or {"x": 2.0}
