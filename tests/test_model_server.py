@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from tensorflow_serving.apis import (
 from registry import catalog
 from registry.db import Database
 from tests import tfmodels
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_server
 from tests.test_tf_serving_api import examples_request, multi_request, predict_request, sorted_object
 
 SERVER = Path(sys.executable).with_name("tensorflow_model_server")
@@ -160,12 +159,7 @@ class ModelServer:
 
     def stop(self) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_server(self.proc)
         self.log.close()
         return self.proc.returncode
 
