@@ -18,7 +18,6 @@ otherwise a temporary one, removed when the server stops.
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 import os
 import shutil
@@ -131,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     if args.use_tflite_model or args.prefer_tflite_model:  # TF Serving's preference, not a requirement
-        log.warning("TF Lite models are not served here: each version's SavedModel (saved_model.pb) is")
+        log.warning("TF Lite models are not served here; each version's SavedModel (saved_model.pb) is served "
+                    "instead")
     ignored = [name for name in IGNORED if getattr(args, name) not in (None, False)]
     if ignored:
         log.info("taken and left alone (the label service batches and threads on its own): %s",
@@ -166,7 +166,7 @@ def _remove_stale_homes() -> None:
 
     for stale in Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*-*"):
         pid = stale.name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and stale.is_dir() and stale.owner() == getpass.getuser() and not _running(int(pid)):
+        if pid.isdigit() and stale.is_dir() and stale.stat().st_uid == os.geteuid() and not _running(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
 
