@@ -43,10 +43,13 @@ class LeaseLost(Exception):
 class Template:
     def __init__(self, env: dict[str, str]) -> None:
         """``env``: the child's environment (``runner``'s, with HOME and TMPDIR at :data:`HOME`)."""
+        # Unbuffered (bufsize=0): ``line`` selects on the pipe, then reads one line.  A buffered reader
+        # would take "pid N" and "exit S" of a job that ended at once in one read, and the select for
+        # "exit S" would then wait on an empty pipe for ever (a conversion hung in CI that way).
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "registry.converter.child", "--warm", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/",
-            env=env, start_new_session=True,
+            env=env, start_new_session=True, bufsize=0,
         )
         self.ready = False
 
@@ -54,7 +57,8 @@ class Template:
         return self.proc.poll() is None
 
     def line(self, timeout: float | None) -> bytes | None:
-        """The template's next line (b"" once it is gone); None when none came within ``timeout``."""
+        """The template's next line (b"" once it is gone); None when none came within ``timeout``.  The
+        pipe is unbuffered, so what select sees is all there is: readline takes a byte at a time."""
         if not select.select([self.proc.stdout], [], [], timeout)[0]:
             return None
         return self.proc.stdout.readline()
