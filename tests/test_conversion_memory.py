@@ -21,7 +21,8 @@ tf = pytest.importorskip("tensorflow")
 tf1 = tf.compat.v1
 
 from registry.converter import graphs  # noqa: E402
-from registry.converter.freeze import freeze, restore_key_map  # noqa: E402
+from registry.converter.checkpoint_keys import restore_key_map  # noqa: E402
+from registry.converter.freeze import freeze  # noqa: E402
 from registry.converter.graphfile import GraphWriter, read_graph_def  # noqa: E402
 from registry.converter.verify import FED_CONSTANT_BYTES, load_frozen, verify_signatures  # noqa: E402
 

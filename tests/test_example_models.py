@@ -237,13 +237,13 @@ def test_a_model_decoding_jpeg_bytes_is_verified_on_jpegs_and_predicts_b64_insta
 @pytest.mark.parametrize("image_format, decode", [("jpeg", tf.io.decode_jpeg), ("png", tf.io.decode_png),
                                                   ("bmp", tf.io.decode_bmp)])
 def test_verification_images_decode_with_the_op_the_graph_uses(image_format, decode):
-    from registry.converter.verify import TEST_IMAGE_SIZE, _encoded_image
+    from registry.converter.sample_inputs import TEST_IMAGE_SIZE, encoded_image
 
-    encoded = _encoded_image(image_format, np.random.default_rng(1))
+    encoded = encoded_image(image_format, np.random.default_rng(1))
     decoded = decode(encoded).numpy()
     assert decoded.shape == (*TEST_IMAGE_SIZE, 3)
     if image_format != "jpeg":  # lossless: the very pixels
-        again = _encoded_image(image_format, np.random.default_rng(1))
+        again = encoded_image(image_format, np.random.default_rng(1))
         assert again == encoded
         expected = np.random.default_rng(1).integers(0, 256, size=(*TEST_IMAGE_SIZE, 3), dtype=np.uint8)
         assert (decoded == expected).all()

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import click
 
+from registry.tfserving import sources as tfs_sources  # TF Serving's config protos, no TensorFlow
+
 SECONDS_BEFORE_GIVING_UP = 3600.0  # the first load of the configured models, as TF Serving waits for them
 
 log = logging.getLogger("registry.model_server")
@@ -117,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"TensorFlow ModelServer: registry {version('tf-model-registry')}")
         return 0
-    from registry.tfserving import sources as tfs_sources
-
     try:
         _refusals(args)
         sources = (tfs_sources.read_config(args.model_config_file) if args.model_config_file
@@ -177,7 +177,6 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments, *, tem
     from registry.app import create_app
     from registry.cli.server import _grpc_api
     from registry.config import Settings
-    from registry.tfserving import sources as tfs_sources
     from registry.tfserving.folder_import import FolderImport
 
     for flag, port in (("--port", args.port), ("--rest_api_port", args.rest_api_port)):
@@ -228,7 +227,7 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments, *, tem
         threading.Thread(target=http.serve_forever, name="rest-api", daemon=True).start()
         log.info("Exporting HTTP/REST API at %s:%d", args.host, http.port)
     sys.stderr.flush()
-    _follow(args, importer, stop, tfs_sources)
+    _follow(args, importer, stop)
     if http is not None:
         http.shutdown()
     grpc_server.stop(grace=2)
@@ -262,7 +261,7 @@ def _taken(host: str, port: int) -> str | None:
     return None
 
 
-def _follow(args, importer, stop: threading.Event, tfs_sources) -> None:
+def _follow(args, importer, stop: threading.Event) -> None:
     """Until stopped: new version folders every --file_system_poll_wait_seconds, the config file again every
     --model_config_file_poll_wait_seconds (a config that no longer parses is logged, and the last one kept)."""
     files_every = args.file_system_poll_wait_seconds

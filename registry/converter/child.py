@@ -59,7 +59,8 @@ def convert(request: dict) -> dict:
     import tensorflow as tf
 
     from registry.converter import graphs, heads
-    from registry.converter.freeze import global_step, object_graph_keys, restore_key_map
+    from registry.converter.checkpoint_keys import object_graph_keys, restore_key_map
+    from registry.converter.freeze import global_step
     from registry.converter.plan import freeze_plan, graph_plan
     from registry.converter.tables import inline_tables
     from registry.converter.verify import describe_frozen, verify_signatures
@@ -405,7 +406,9 @@ def warm(parent: int) -> int:
     die_with_parent(parent)
     import tensorflow  # noqa: F401  (what each conversion would otherwise wait for)
 
-    from registry.converter import freeze, graphfile, graphs, heads, memory, plan, tables, tf2, verify, vocabulary  # noqa: F401,E501
+    from registry.converter import (  # noqa: F401
+        checkpoint_keys, freeze, graphfile, graphs, heads, memory, plan, sample_inputs, tables, tf2, verify, vocabulary,
+    )
 
     # What the imports made is never garbage: each fork's collections skip it (a full collection between the
     # verification's two graphs scanned all of TensorFlow's objects), and its pages stay shared with the template.
