@@ -53,6 +53,7 @@ from registry.serving import examples, tensors
 from registry.serving.grpc_auth import TokenCheck
 from registry.serving.signature import find, signature_def_map
 from registry.tfserving import has_version, reload_folder
+from registry.tfserving.sources import config_refusal
 
 log = logging.getLogger(__name__)
 
@@ -330,19 +331,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         looked at, so the answer never tells whether a server path exists.
         """
         config = request.config
-        if config.WhichOneof("config") != "model_config_list":
-            raise InvalidRequest("the config has no model_config_list (custom_model_config is not supported)",
-                                 code="invalid_config")
-        seen: set[str] = set()
+        refusal = config_refusal(config)
+        if refusal:
+            raise InvalidRequest(refusal, code="invalid_config")
         for model in config.model_config_list.config:
-            if not model.name:
-                raise InvalidRequest("a model config has no name", code="invalid_config")
-            if model.name in seen:
-                raise InvalidRequest(f"model {model.name!r} is configured twice", code="invalid_config")
-            seen.add(model.name)
-            if model.model_platform not in ("", "tensorflow"):
-                raise InvalidRequest(f"model {model.name!r}: platform {model.model_platform!r} is not "
-                                     "supported (tensorflow)", code="invalid_config")
             folder = reload_folder(self.registry.settings, model.base_path)  # None: an S3 root
             policy = model.model_version_policy
             served = set(policy.specific.versions) if policy.WhichOneof("policy_choice") == "specific" else None

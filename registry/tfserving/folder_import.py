@@ -20,7 +20,7 @@ from registry import catalog
 from registry.converter.saved_model import write_archive
 from registry.entities import FAILED, READY, VersionInfo
 from registry.errors import NotFound, RegistryError
-from registry.tfserving.sources import SAVED_MODEL_FILES, ModelSource, oversized, version_folders
+from registry.tfserving.sources import SAVED_MODEL_FILES, ModelSource, version_folders
 from registry.uploads.local import push_paths
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,10 @@ class FolderImport:
         """Push every chosen version folder not in the registry yet; the versions pushed now."""
         pushed = []
         for source in self.sources:
-            folders = version_folders(source.base_path)
+            folders, unnumbered = version_folders(source.base_path)
             if not folders:
                 self._say_once(source.name, no_versions(source))
-            for name in oversized(source.base_path):
+            for name in unnumbered:
                 self._say_once(source.name, f"model {source.name!r}: version folder {name} left out: registry "
                                "versions are numbered 1 to 2147483647")
             for number, folder in sorted(source.chosen(folders).items()):
@@ -72,8 +72,8 @@ class FolderImport:
                     log.error("model %r version %d (%s) not imported: %s", source.name, number, folder, exc.message)
         return pushed
 
-    def _say_once(self, name: str, message: str, *, when: bool = True) -> None:
-        if when and (name, message) not in self._said:
+    def _say_once(self, name: str, message: str) -> None:
+        if (name, message) not in self._said:
             self._said.add((name, message))
             log.warning("%s", message)
 

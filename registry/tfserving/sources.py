@@ -65,20 +65,29 @@ def read_config(path: str) -> list[ModelSource]:
     except text_format.ParseError as exc:
         raise ConfigError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {exc} (in {path}; "
                           "see TF Serving's model_server_config.proto for the format)") from exc
+    refusal = config_refusal(config)
+    if refusal:
+        raise ConfigError(f"{path}: {refusal}")
+    return [_source(model) for model in config.model_config_list.config]
+
+
+def config_refusal(config) -> str | None:
+    """Why TF Serving would refuse a ``ModelServerConfig``'s model list, if it would: no
+    ``model_config_list``, a model without a name or named twice, a platform other than tensorflow.
+    (A config file read here, and one a gRPC ``HandleReloadConfigRequest`` sends.)"""
     if config.WhichOneof("config") != "model_config_list":
-        raise ConfigError(f"{path} has no model_config_list: list the models as model_config_list "
-                          "{ config { name: ... base_path: ... } } (custom_model_config is not supported)")
-    sources: list[ModelSource] = []
+        return ("the config has no model_config_list (custom_model_config is not supported): list the models as "
+                "model_config_list { config { name: ... base_path: ... } }")
+    seen: set[str] = set()
     for model in config.model_config_list.config:
         if not model.name:
-            raise ConfigError(f"{path}: a model config has no name: give each config a name")
-        if any(s.name == model.name for s in sources):
-            raise ConfigError(f"{path}: model {model.name!r} is configured twice: give each model one config")
+            return "a model config has no name: give each config a name"
+        if model.name in seen:
+            return f"model {model.name!r} is configured twice: give each model one config"
+        seen.add(model.name)
         if model.model_platform not in ("", "tensorflow"):
-            raise ConfigError(f"{path}: model {model.name!r} has platform {model.model_platform!r}; "
-                              "only tensorflow models are served")
-        sources.append(_source(model))
-    return sources
+            return f"model {model.name!r}: platform {model.model_platform!r} is not supported (tensorflow)"
+    return None
 
 
 def _source(model) -> ModelSource:
@@ -107,32 +116,25 @@ def _local(name: str, base_path: str) -> str:
     return os.path.abspath(base_path)
 
 
-def version_folders(base_path: str) -> dict[int, Path]:
+def version_folders(base_path: str) -> tuple[dict[int, Path], list[str]]:
     """Version number -> folder, for each folder under ``base_path`` named by a number and holding a
-    SavedModel (as TF Serving finds them: other folders and files are left alone)."""
+    SavedModel (as TF Serving finds them: other folders and files are left alone); and the names of
+    the version folders whose number a registry version cannot take (0, or above 2**31 - 1)."""
     try:
         entries = list(os.scandir(base_path))
     except OSError:
-        return {}  # not there (yet): TF Serving waits for it too
+        return {}, []  # not there (yet): TF Serving waits for it too
     found: dict[int, Path] = {}
+    unnumbered: list[str] = []
     for entry in entries:
         if not entry.name.isdigit() or not entry.is_dir():
             continue
         number = int(entry.name)
         if not 0 < number <= MAX_VERSION_NUMBER:
-            continue  # a registry version cannot have it; the caller says so (see oversized)
-        if any(os.path.isfile(os.path.join(entry.path, name)) for name in SAVED_MODEL_FILES):
+            unnumbered.append(entry.name)
+        elif any(os.path.isfile(os.path.join(entry.path, name)) for name in SAVED_MODEL_FILES):
             found[number] = Path(entry.path)
-    return found
-
-
-def oversized(base_path: str) -> list[str]:
-    """Version folders whose number a registry version cannot take (0, or above 2**31 - 1)."""
-    try:
-        names = [e.name for e in os.scandir(base_path) if e.name.isdigit() and e.is_dir()]
-    except OSError:
-        return []
-    return sorted(n for n in names if not 0 < int(n) <= MAX_VERSION_NUMBER)
+    return found, sorted(unnumbered)
 
 
 def _monitoring_message():
