@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -162,11 +163,11 @@ TEMPORARY_PREFIX = "registry-model-server-"
 
 def _remove_stale_homes() -> None:
     """The temporary registries of model servers that were killed (SIGKILL leaves them behind)."""
-    from registry.cli.server import _running
+    from registry.cli.server import process_running
 
     for stale in Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*-*"):
         pid = stale.name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and stale.is_dir() and stale.stat().st_uid == os.geteuid() and not _running(int(pid)):
+        if pid.isdigit() and stale.is_dir() and stale.stat().st_uid == os.geteuid() and not process_running(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -175,7 +176,7 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments, *, tem
 
     from registry import heap
     from registry.app import create_app
-    from registry.cli.server import _grpc_api
+    from registry.cli.server import grpc_api
     from registry.config import Settings
     from registry.tfserving.folder_import import FolderImport
 
@@ -185,10 +186,10 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments, *, tem
             print(f"Error: cannot listen on {args.host}:{port} ({flag}): {taken}; pick another {flag}",
                   file=sys.stderr)
             return 1
-    start_grpc_server = _grpc_api()
+    start_grpc_server = grpc_api()
     heap.own_process()
-    settings = Settings.from_env(demo=False, embedded_workers=max(1, int(os.environ.get(
-        "REGISTRY_EMBEDDED_WORKERS", "1") or 1))).bound_to(args.host)
+    settings = Settings.from_env(demo=False).bound_to(args.host)
+    settings = replace(settings, embedded_workers=max(1, settings.embedded_workers))  # versions must convert
     app = create_app(settings, start_workers=True, serving_only=True)
     registry = app.extensions["registry"]
     stop = threading.Event()
@@ -283,17 +284,18 @@ def _follow(args, importer, stop: threading.Event) -> None:
                     next_files = now  # look for the new models' folders now
         if now >= next_files:
             next_files = now + files_every if files_every > 0 else float("inf")
-            if importer.sync():
-                importer.labels_pending = True
+            importer.sync()
         if importer.labels_pending:
             importer.apply_labels()
 
 
 def _metrics_at(wsgi, path: str):
     """``wsgi`` answering the monitoring config's Prometheus ``path`` with the metrics endpoint."""
+    from registry import metrics
+
     def app(environ, start_response):
         if environ.get("PATH_INFO") == path:
-            environ = dict(environ, PATH_INFO="/monitoring/prometheus/metrics")
+            environ = dict(environ, PATH_INFO=metrics.PATH)
         return wsgi(environ, start_response)
 
     return app

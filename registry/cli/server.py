@@ -35,7 +35,7 @@ except ImportError:  # only serve --gunicorn needs it, and says so
     KNOWN_SETTINGS = ()
 
 
-def _grpc_api():
+def grpc_api():
     """The gRPC server's starter.  Its TF Serving protos load TensorFlow, whose native start-up lines are
     kept off the output (see registry.native_logs): call it first, before any thread or child process starts,
     so that nothing else writes while they are held back."""
@@ -51,7 +51,7 @@ def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_po
         metrics_folder(os.environ[MULTIPROC_ENV])
     grpc_server = None
     if grpc_port is not None:
-        start_grpc_server = _grpc_api()
+        start_grpc_server = grpc_api()
         try:
             grpc_server, grpc_port = start_grpc_server(registry, host, grpc_port)
         except RuntimeError as exc:
@@ -108,7 +108,7 @@ def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_d
         return
     settings = Settings.from_env(**overrides).bound_to(host)
     if grpc_port is not None:
-        _grpc_api()
+        grpc_api()
     heap.own_process()
     app = create_app(settings, start_workers=True)
     lines = [
@@ -171,17 +171,17 @@ def metrics_folder(named: str | None) -> str:
     else:
         for stale in Path(tempfile.gettempdir()).glob(f"{PRIVATE_DIR_PREFIX}*-*"):
             pid = stale.name[len(PRIVATE_DIR_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and is_private_dir(stale, int(pid)) and not _running(int(pid)):
+            if pid.isdigit() and is_private_dir(stale, int(pid)) and not process_running(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
         folder = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_DIR_PREFIX}{os.getpid()}-"))  # gunicorn keeps this pid
     for path in folder.glob("*.db"):  # prometheus_client's files: {kind}_{pid}.db
         pid = path.stem.rsplit("_", 1)[-1]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_running(int(pid)):
             path.unlink(missing_ok=True)
     return str(folder)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -204,7 +204,7 @@ def _gunicorn_has_setting(name: str) -> bool:
 def label_serve(host: str, port: int, grpc_port: int, no_grpc: bool) -> None:
     """Run a label service alone (any number of them): TF Serving's REST and gRPC APIs, :label, :compare."""
     if not no_grpc:
-        _grpc_api()
+        grpc_api()
     with native_logs_hidden():  # what its first request would load (TensorFlow's tensor helpers), loaded now
         import registry.serving.examples  # noqa: F401
         import registry.serving.service  # noqa: F401

@@ -70,6 +70,7 @@ class FolderImport:
                     pushed.append(self._push(source.name, number, folder))
                 except RegistryError as exc:
                     log.error("model %r version %d (%s) not imported: %s", source.name, number, folder, exc.message)
+        self.labels_pending = self.labels_pending or bool(pushed)  # a label may name one of them
         return pushed
 
     def _say_once(self, name: str, message: str) -> None:
