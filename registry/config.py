@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from registry import cpus
+
 DEFAULT_PORT = 8080
 AUTH_MODES = ("auto", "on", "off")
 
@@ -20,6 +22,33 @@ AUTH_MODES = ("auto", "on", "off")
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return default if value is None or value == "" else value
+
+
+class SettingError(ValueError):
+    """An environment setting the registry cannot use: the message names it and what it takes."""
+
+
+def _int(name: str, default: str) -> int:
+    value = _env(name, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _float(name: str, default: str) -> float:
+    value = _env(name, default)
+    try:
+        return float(value)
+    except ValueError:
+        raise SettingError(f"{name} must be a number, not {value!r}") from None
+
+
+def _label_cpu() -> str:
+    try:
+        return cpus.check_setting(_env(cpus.SETTING, "auto"))
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
 
 
 def _flag(value: str) -> bool:
@@ -72,6 +101,7 @@ class Settings:
     label_timeout_seconds: float = 30.0
     label_workers: int = 1
     label_memory_mb: int = 8192
+    label_cpu: str = "auto"  # the CPU a serving process's threads run on (registry.cpus)
     predict_max_elements: int = 5_000_000
     # Shadow traffic (registry.serving.shadow): aggregation window, flush period, queue bound, the largest
     # |difference| of numeric outputs that still agrees, and how many disagreeing inputs to keep per alias.
@@ -120,62 +150,63 @@ class Settings:
         embedded = _env("REGISTRY_DATABASE_URL", "") == ""
         auth = _env("REGISTRY_AUTH", "auto").strip().lower()
         if auth not in AUTH_MODES:
-            raise ValueError(f"REGISTRY_AUTH must be one of {', '.join(AUTH_MODES)}, not {auth!r}")
+            raise SettingError(f"REGISTRY_AUTH must be one of {', '.join(AUTH_MODES)}, not {auth!r}")
         settings = cls(
             home=home,
             database_url=_env("REGISTRY_DATABASE_URL", f"sqlite:///{home / 'registry.db'}"),
             storage_url=_env("REGISTRY_STORAGE", (home / "blobs").as_uri()),
             server_url=_env("REGISTRY_URL", f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/"),
-            embedded_workers=int(_env("REGISTRY_EMBEDDED_WORKERS", "1")),
-            job_lease_seconds=float(_env("REGISTRY_JOB_LEASE_SECONDS", "60")),
-            job_max_attempts=int(_env("REGISTRY_JOB_MAX_ATTEMPTS", "3")),
-            worker_poll_seconds=float(_env("REGISTRY_WORKER_POLL_SECONDS", "1")),
-            convert_timeout_seconds=float(_env("REGISTRY_CONVERT_TIMEOUT_SECONDS", "900")),
-            convert_memory_mb=int(_env("REGISTRY_CONVERT_MEMORY_MB", "8192")),
-            convert_max_output_mb=int(_env("REGISTRY_CONVERT_MAX_OUTPUT_MB", "3072")),
+            embedded_workers=_int("REGISTRY_EMBEDDED_WORKERS", "1"),
+            job_lease_seconds=_float("REGISTRY_JOB_LEASE_SECONDS", "60"),
+            job_max_attempts=_int("REGISTRY_JOB_MAX_ATTEMPTS", "3"),
+            worker_poll_seconds=_float("REGISTRY_WORKER_POLL_SECONDS", "1"),
+            convert_timeout_seconds=_float("REGISTRY_CONVERT_TIMEOUT_SECONDS", "900"),
+            convert_memory_mb=_int("REGISTRY_CONVERT_MEMORY_MB", "8192"),
+            convert_max_output_mb=_int("REGISTRY_CONVERT_MAX_OUTPUT_MB", "3072"),
             convert_user=_env("REGISTRY_CONVERT_USER", "nobody"),
             convert_warm=_flag(_env("REGISTRY_CONVERT_WARM", "1")),
-            verify_tolerance=float(_env("REGISTRY_VERIFY_TOLERANCE", "1e-4")),
-            max_upload_bytes=int(_env("REGISTRY_MAX_UPLOAD_BYTES", str(20 * 1024**3))),
-            label_cache_mb=int(_env("REGISTRY_LABEL_CACHE_MB", "2048")),
-            max_image_pixels=int(_env("REGISTRY_MAX_IMAGE_PIXELS", "50000000")),
-            compare_max_versions=int(_env("REGISTRY_COMPARE_MAX_VERSIONS", "8")),
-            compare_max_images=int(_env("REGISTRY_COMPARE_MAX_IMAGES", "64")),
-            compare_sync_max=int(_env("REGISTRY_COMPARE_SYNC_MAX", "256")),
-            batch_max_size=int(_env("REGISTRY_BATCH_MAX_SIZE", "16")),
-            label_timeout_seconds=float(_env("REGISTRY_LABEL_TIMEOUT_SECONDS", "30")),
-            label_workers=int(_env("REGISTRY_LABEL_WORKERS", "1")),
-            label_memory_mb=int(_env("REGISTRY_LABEL_MEMORY_MB", "8192")),
-            predict_max_elements=int(_env("REGISTRY_PREDICT_MAX_ELEMENTS", "5000000")),
-            shadow_window_seconds=float(_env("REGISTRY_SHADOW_WINDOW_SECONDS", "60")),
-            shadow_flush_seconds=float(_env("REGISTRY_SHADOW_FLUSH_SECONDS", "10")),
-            shadow_queue_size=int(_env("REGISTRY_SHADOW_QUEUE_SIZE", "1000")),
-            shadow_tolerance=float(_env("REGISTRY_SHADOW_TOLERANCE", "1e-5")),
-            shadow_samples=int(_env("REGISTRY_SHADOW_SAMPLES", "0")),
+            verify_tolerance=_float("REGISTRY_VERIFY_TOLERANCE", "1e-4"),
+            max_upload_bytes=_int("REGISTRY_MAX_UPLOAD_BYTES", str(20 * 1024**3)),
+            label_cache_mb=_int("REGISTRY_LABEL_CACHE_MB", "2048"),
+            max_image_pixels=_int("REGISTRY_MAX_IMAGE_PIXELS", "50000000"),
+            compare_max_versions=_int("REGISTRY_COMPARE_MAX_VERSIONS", "8"),
+            compare_max_images=_int("REGISTRY_COMPARE_MAX_IMAGES", "64"),
+            compare_sync_max=_int("REGISTRY_COMPARE_SYNC_MAX", "256"),
+            batch_max_size=_int("REGISTRY_BATCH_MAX_SIZE", "16"),
+            label_timeout_seconds=_float("REGISTRY_LABEL_TIMEOUT_SECONDS", "30"),
+            label_workers=_int("REGISTRY_LABEL_WORKERS", "1"),
+            label_memory_mb=_int("REGISTRY_LABEL_MEMORY_MB", "8192"),
+            label_cpu=_label_cpu(),
+            predict_max_elements=_int("REGISTRY_PREDICT_MAX_ELEMENTS", "5000000"),
+            shadow_window_seconds=_float("REGISTRY_SHADOW_WINDOW_SECONDS", "60"),
+            shadow_flush_seconds=_float("REGISTRY_SHADOW_FLUSH_SECONDS", "10"),
+            shadow_queue_size=_int("REGISTRY_SHADOW_QUEUE_SIZE", "1000"),
+            shadow_tolerance=_float("REGISTRY_SHADOW_TOLERANCE", "1e-5"),
+            shadow_samples=_int("REGISTRY_SHADOW_SAMPLES", "0"),
             demo=_env("REGISTRY_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"),
             s3_presign=_env("REGISTRY_S3_PRESIGN", "0").strip().lower() in ("1", "true", "yes", "on"),
             embedded=embedded,
             auth=auth,
             public_read=_flag(_env("REGISTRY_PUBLIC_READ", "1" if embedded else "0")),
             secret_key=_env("REGISTRY_SECRET_KEY", "") or None,
-            gc_interval_seconds=float(_env("REGISTRY_GC_INTERVAL_SECONDS", "3600")),
-            gc_grace_seconds=float(_env("REGISTRY_GC_GRACE_SECONDS", "3600")),
+            gc_interval_seconds=_float("REGISTRY_GC_INTERVAL_SECONDS", "3600"),
+            gc_grace_seconds=_float("REGISTRY_GC_GRACE_SECONDS", "3600"),
             rate_limit_push=_env("REGISTRY_RATE_LIMIT_PUSH", "off"),
             rate_limit_label=_env("REGISTRY_RATE_LIMIT_LABEL", "off"),
             ratelimit_storage=_env("REGISTRY_RATELIMIT_STORAGE", "memory://"),
             serving_export_root=_env("REGISTRY_SERVING_EXPORT_ROOT", ""),
             serving_base_path=_env("REGISTRY_SERVING_BASE_PATH", ""),
-            serving_label_delay=float(_env("REGISTRY_SERVING_LABEL_DELAY", "0")),
-            max_archive_bytes=int(_env("REGISTRY_MAX_ARCHIVE_BYTES", str(8 * 1024**3))),
-            max_archive_files=int(_env("REGISTRY_MAX_ARCHIVE_FILES", "10000")),
-            max_upload_parts=int(_env("REGISTRY_MAX_UPLOAD_PARTS", "256")),
-            eval_set_max_bytes=int(_env("REGISTRY_EVAL_SET_MAX_BYTES", str(2 * 1024**3))),
-            eval_set_max_inputs=int(_env("REGISTRY_EVAL_SET_MAX_INPUTS", "100000")),
+            serving_label_delay=_float("REGISTRY_SERVING_LABEL_DELAY", "0"),
+            max_archive_bytes=_int("REGISTRY_MAX_ARCHIVE_BYTES", str(8 * 1024**3)),
+            max_archive_files=_int("REGISTRY_MAX_ARCHIVE_FILES", "10000"),
+            max_upload_parts=_int("REGISTRY_MAX_UPLOAD_PARTS", "256"),
+            eval_set_max_bytes=_int("REGISTRY_EVAL_SET_MAX_BYTES", str(2 * 1024**3)),
+            eval_set_max_inputs=_int("REGISTRY_EVAL_SET_MAX_INPUTS", "100000"),
             webhook_allow_private=_flag(_env("REGISTRY_WEBHOOK_ALLOW_PRIVATE", "0")),
-            webhook_timeout_seconds=float(_env("REGISTRY_WEBHOOK_TIMEOUT_SECONDS", "10")),
-            webhook_max_attempts=int(_env("REGISTRY_WEBHOOK_MAX_ATTEMPTS", "8")),
-            webhook_backoff_seconds=float(_env("REGISTRY_WEBHOOK_BACKOFF_SECONDS", "10")),
-            webhook_backoff_max_seconds=float(_env("REGISTRY_WEBHOOK_BACKOFF_MAX_SECONDS", "3600")),
+            webhook_timeout_seconds=_float("REGISTRY_WEBHOOK_TIMEOUT_SECONDS", "10"),
+            webhook_max_attempts=_int("REGISTRY_WEBHOOK_MAX_ATTEMPTS", "8"),
+            webhook_backoff_seconds=_float("REGISTRY_WEBHOOK_BACKOFF_SECONDS", "10"),
+            webhook_backoff_max_seconds=_float("REGISTRY_WEBHOOK_BACKOFF_MAX_SECONDS", "3600"),
             allowed_hosts=host_names(_env("REGISTRY_ALLOWED_HOSTS", ""),
                                      urlsplit(_env("REGISTRY_URL", "")).hostname or ""),
         )

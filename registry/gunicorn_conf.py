@@ -22,6 +22,19 @@ from pathlib import Path
 PRIVATE_DIR_PREFIX = "registry-metrics-"  # + the server's pid + "-": registry.cli.server makes it
 
 
+def post_fork(server, worker) -> None:
+    """In a new gunicorn process: its threads on one CPU (``registry.cpus``) when it is the only one, or
+    on the CPU ``REGISTRY_LABEL_CPU`` names; ``auto`` leaves several processes to the kernel to place."""
+    from registry import cpus
+
+    try:
+        setting = cpus.check_setting(os.environ.get(cpus.SETTING) or "auto")
+        if setting != "auto" or server.cfg.workers == 1:
+            cpus.pin_process(setting)
+    except ValueError as exc:
+        server.log.warning("%s: threads left on every CPU", exc)
+
+
 def child_exit(server, worker) -> None:
     """A gunicorn worker exited: drop its live gauges from the sums (prometheus_client's bookkeeping)."""
     from prometheus_client import multiprocess

@@ -44,6 +44,7 @@ import sys
 import click
 
 from registry import native_logs
+from registry.config import SettingError
 from registry.cli.wording import for_cli
 from registry.errors import RegistryError
 
@@ -106,6 +107,8 @@ class RegistryGroup(click.Group):
             return super().invoke(ctx)
         except RegistryError as exc:  # the client's errors too (ClientError): what went wrong and what to do
             raise click.ClickException(for_cli(exc.message)) from None
+        except SettingError as exc:  # a REGISTRY_* variable it cannot use: its message names it
+            raise click.ClickException(str(exc)) from None
         except Exception as exc:
             fault = database_fault(exc)
             if fault is None:

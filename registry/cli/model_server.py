@@ -174,7 +174,7 @@ def _remove_stale_homes() -> None:
 def _serve(args, sources, prometheus_path: str | None, channel_arguments, *, temporary: bool) -> int:
     from werkzeug.serving import make_server
 
-    from registry import heap
+    from registry import cpus, heap
     from registry.app import create_app
     from registry.cli.server import grpc_api
     from registry.config import Settings
@@ -188,7 +188,12 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments, *, tem
             return 1
     start_grpc_server = grpc_api()
     heap.own_process()
-    settings = Settings.from_env(demo=False).bound_to(args.host)
+    try:
+        settings = Settings.from_env(demo=False).bound_to(args.host)
+        cpus.pin_process(settings.label_cpu)  # before the inference worker starts (registry.cpus)
+    except ValueError as exc:  # a REGISTRY_* setting it cannot use (SettingError), a CPU not there
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     settings = replace(settings, embedded_workers=max(1, settings.embedded_workers))  # versions must convert
     app = create_app(settings, start_workers=True, serving_only=True)
     registry = app.extensions["registry"]

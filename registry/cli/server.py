@@ -14,7 +14,7 @@ import click
 from werkzeug import serving as werkzeug_serving
 from werkzeug.serving import make_server
 
-from registry import heap
+from registry import cpus, heap
 from registry.app import create_app
 from registry.cli import local
 from registry.native_logs import held_back as native_logs_hidden
@@ -42,6 +42,15 @@ def grpc_api():
     with native_logs_hidden():
         from registry.serving.grpc_server import start_grpc_server  # TensorFlow: only with a gRPC port
     return start_grpc_server
+
+
+def pin_request_threads(settings: Settings) -> None:
+    """Keep this serving process's threads, and its inference workers' request threads, on one CPU
+    (``REGISTRY_LABEL_CPU``, see registry.cpus): called before the workers and servers start."""
+    try:
+        cpus.pin_process(settings.label_cpu)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_port: int | None = None) -> None:
@@ -109,6 +118,7 @@ def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_d
     settings = Settings.from_env(**overrides).bound_to(host)
     if grpc_port is not None:
         grpc_api()
+    pin_request_threads(settings)
     heap.own_process()
     app = create_app(settings, start_workers=True)
     lines = [
@@ -210,8 +220,10 @@ def label_serve(host: str, port: int, grpc_port: int, no_grpc: bool) -> None:
         import registry.serving.service  # noqa: F401
         import registry.serving.signature  # noqa: F401
         import registry.serving.tensors  # noqa: F401
+    settings = Settings.from_env().bound_to(host)
+    pin_request_threads(settings)
     heap.own_process()
-    app = create_app(Settings.from_env().bound_to(host), serving_only=True)
+    app = create_app(settings, serving_only=True)
     _serve_http(app, host, port, "Label service", [], None if no_grpc else grpc_port)
 
 

@@ -25,7 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
-from registry import heap
+from registry import cpus, heap
 from registry.converter import ops
 from registry.converter.memory import MemoryTrace, no_mark, unmap_freed_memory
 from registry.converter.probe import probe
@@ -51,6 +51,7 @@ def _child_environment() -> None:
     # one BLAS thread no server starts, so the template is single-threaded when it forks; a conversion
     # needs no parallel BLAS.
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    cpus.release()  # started by a serving process whose threads stay on one CPU: a conversion uses them all
 
 
 def convert(request: dict) -> dict:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from registry import cpus
 from registry.converter import sandbox, warm
 from registry.storage import open_regular
 
@@ -34,7 +35,8 @@ MAX_OUTPUT_MB = 3072  # a GraphDef cannot exceed 2 GiB anyway
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 DEFAULT_USER = "nobody"
 CHILD_ENV = {"PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS",
-             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS"}
+             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS",
+             cpus.ORIGINAL_ENV}  # a serving process keeps its threads on one CPU; a conversion gets them all
 _reported: set[str] = set()
 
 

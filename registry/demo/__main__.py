@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+from registry import cpus
+
 
 def _exit_when_orphaned() -> None:
     """Stop training when the registry that started us is gone (it kills us when it stops, unless killed itself)."""
@@ -26,6 +28,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "train":
         print("usage: python -m registry.demo train OUTDIR", file=sys.stderr)
         return 2
+    cpus.release()  # started by a serving process whose threads stay on one CPU: training uses them all
     _exit_when_orphaned()
     from registry.demo.train import train  # TensorFlow loads only now, with the orphan watch on
 

@@ -40,7 +40,7 @@ import time
 import traceback
 from collections import OrderedDict
 
-from registry import heap, native_logs
+from registry import cpus, heap, native_logs
 from registry.serving import wire
 
 RUN_THREADS = 32  # requests one worker runs at once (the label service batches before sending)
@@ -343,11 +343,14 @@ def main(argv: list[str]) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the label service decides when this stops
     channel = wire.Channel(socket.socket(fileno=config["fd"]), max_bytes=config["max_input_bytes"])
+    if config.get("cpus"):  # the label service's threads are on one CPU: TensorFlow's pools get them all
+        cpus.release(set(config["cpus"]))
 
     with native_logs.held_back():  # TensorFlow's native start-up lines, unless REGISTRY_NATIVE_LOGS=1
         from registry.serving.session import warm_up  # TensorFlow loads only now, under the limits above
 
         warm_up()  # import TensorFlow and create its thread pools before saying ready
+    cpus.pin_thread(config.get("cpu"))  # the threads that read requests (and run small graphs) from here on
     heap.own_process()
     heap.freeze_imports()  # full collections skip TensorFlow's objects from now on (registry.heap)
     worker = Worker(channel, config["max_output_bytes"])

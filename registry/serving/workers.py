@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from registry import cpus
 from registry.serving import wire
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ class WorkerProcess:
         self._broken = False  # the connection ended or sent garbage: nothing more is read from it
         ours, theirs = socket.socketpair()
         config = {"fd": theirs.fileno(), "parent": os.getpid(), "memory_mb": pool.memory_mb,
-                  "max_output_bytes": MAX_OUTPUT_BYTES, "max_input_bytes": MAX_INPUT_BYTES}
+                  "max_output_bytes": MAX_OUTPUT_BYTES, "max_input_bytes": MAX_INPUT_BYTES,
+                  # its request threads join ours on one CPU, TensorFlow's pools get them all (registry.cpus)
+                  "cpu": cpus.pinned, "cpus": sorted(cpus.original() or ())}
         env = {k: v for k, v in os.environ.items() if k in WORKER_ENV}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENAS)
