@@ -6,12 +6,13 @@ code of the registry can remove, and prints the bound each puts on those targets
 
 * **gRPC**: a ``grpcio`` server in another process, made as the label service makes its own
   (``registry.serving.grpc_server.new_server``: sync server, 16 threads, the same message limits,
-  gRPC core's classic poller; the same server with gRPC's default EventEngine listener is measured
-  beside it, for comparison), whose ``Predict`` answers a fixed
+  gRPC core's classic poller, its threads on one CPU as ``registry.cpus`` puts the label service's;
+  the same server with gRPC's default EventEngine listener is measured beside it, for comparison),
+  whose ``Predict`` answers a fixed
   ``PredictResponse`` (y = [[3.0]]) without looking at the request; the client is TF Serving's
   ``PredictionServiceStub`` on one channel, sending ``tf_serving_api.py``'s request.
 * **REST**: a Flask app of a dozen lines on gunicorn, started with the flags ``registry serve
-  --gunicorn`` uses (gthread, one process x 8 threads, keep-alive, access log), answering
+  --gunicorn`` uses (gthread, one process x 8 threads, keep-alive, access log, its hooks), answering
   ``:predict`` with ``{"predictions": [[3.0]]}`` after parsing the JSON body, and ``:label`` with a
   five-label JSON after reading the body, which is ``label_service.py``'s 640x480 JPEG.  One
   keep-alive ``http.client`` connection, as the other benchmarks use.
@@ -113,6 +114,9 @@ def grpc_server(port: int) -> None:
         def Predict(self, request, context):
             return response
 
+    from registry import cpus
+
+    cpus.pin_process(os.environ.get(cpus.SETTING) or "auto")  # its threads on one CPU, as the label service's
     server = new_server()
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Fixed(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -139,7 +143,8 @@ def gunicorn_argv(port: int, folder: Path) -> list[str]:
     from gunicorn.config import KNOWN_SETTINGS
 
     argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "1", "--threads", "8",
-            "-k", "gthread", "--timeout", "0", "--access-logfile", "-", "--chdir", str(folder)]
+            "-k", "gthread", "--timeout", "0", "--access-logfile", "-", "--chdir", str(folder),
+            "-c", "python:registry.gunicorn_conf"]  # its hooks: one process keeps its threads on one CPU
     if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
         argv.append("--no-control-socket")
     return [*argv, "floor_app:app"]
