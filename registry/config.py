@@ -9,8 +9,10 @@ local blob folder.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from registry import cpus
@@ -28,20 +30,20 @@ class SettingError(ValueError):
     """An environment setting the registry cannot use: the message names it and what it takes."""
 
 
-def _int(name: str, default: str) -> int:
+def _parsed(name: str, default: str, parse: Callable[[str], Any], what: str) -> Any:
     value = _env(name, default)
     try:
-        return int(value)
+        return parse(value)
     except ValueError:
-        raise SettingError(f"{name} must be a whole number, not {value!r}") from None
+        raise SettingError(f"{name} must be {what}, not {value!r}") from None
+
+
+def _int(name: str, default: str) -> int:
+    return _parsed(name, default, int, "a whole number")
 
 
 def _float(name: str, default: str) -> float:
-    value = _env(name, default)
-    try:
-        return float(value)
-    except ValueError:
-        raise SettingError(f"{name} must be a number, not {value!r}") from None
+    return _parsed(name, default, float, "a number")
 
 
 def _label_cpu() -> str:

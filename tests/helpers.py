@@ -82,20 +82,24 @@ def server_env(home: Path, **settings: str) -> dict[str, str]:
 
 def start_gunicorn(env: dict[str, str], processes: int, *options: str) -> tuple[subprocess.Popen, str]:
     """`registry serve --gunicorn` with ``processes`` worker processes, once it answers /readyz."""
+    return start_registry(["serve", "--gunicorn", "--processes", str(processes), *options, "--no-demo"], env)
+
+
+def start_registry(command: list[str], env: dict[str, str], ready: str = "/readyz") -> tuple[subprocess.Popen, str]:
+    """`registry COMMAND --port P` (a serving command), once it answers ``ready`` with 200; its URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", "--gunicorn", "--processes",
-                             str(processes), *options, "--port", str(port), "--no-demo"],
+    proc = subprocess.Popen([sys.executable, "-m", "registry.cli", *command, "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
         assert proc.poll() is None, proc.communicate()[0]
         try:
-            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+            if requests.get(f"{base}{ready}", timeout=2).status_code == 200:
                 return proc, base
         except requests.RequestException:
             pass
-        assert time.monotonic() < deadline, "gunicorn did not become ready"
+        assert time.monotonic() < deadline, f"registry {command[0]} did not become ready"
         time.sleep(0.3)
 
 

@@ -98,22 +98,42 @@ def test_the_usual_mistakes_are_one_line(server, args):
     assert_one_clean_error(result, args)
 
 
-@pytest.mark.parametrize("command", [["registry", "serve", "--no-demo", "--port", "0"], ["registry", "worker", "--once"],
-                                     ["tensorflow_model_server", "--port=0", "--model_base_path=/nonexistent"]],
-                         ids=lambda c: c[0] if c[0] != "registry" else c[1])
+SERVER_ROLES = [["registry", "serve", "--no-demo", "--port", "0"], ["registry", "worker", "--once"],
+                ["tensorflow_model_server", "--port=0", "--model_base_path=/nonexistent"]]
+
+
+@pytest.mark.parametrize("command", SERVER_ROLES, ids=lambda c: c[0] if c[0] != "registry" else c[1])
 def test_a_server_whose_database_cannot_be_reached_says_so_in_one_line(command, closed_url):
     """A server role started against a database that is not running: one Error line naming the setting."""
+    port = closed_url.rsplit(":", 1)[1]
+    unreachable = f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"
+    errors, stderr = server_role_errors(command, REGISTRY_DATABASE_URL=unreachable)
+    assert len(errors) == 1 and "the database cannot be reached" in errors[0], stderr[-2000:]
+    assert "REGISTRY_DATABASE_URL" in errors[0] or f"127.0.0.1:{port}/test" in errors[0]  # where to look
+
+
+@pytest.mark.parametrize(("setting", "value", "says"), [
+    ("REGISTRY_LABEL_WORKERS", "two", "REGISTRY_LABEL_WORKERS must be a whole number, not 'two'"),
+    ("REGISTRY_LABEL_TIMEOUT_SECONDS", "30s", "REGISTRY_LABEL_TIMEOUT_SECONDS must be a number, not '30s'"),
+    ("REGISTRY_AUTH", "maybe", "REGISTRY_AUTH must be one of auto, on, off, not 'maybe'"),
+])
+@pytest.mark.parametrize("command", SERVER_ROLES, ids=lambda c: c[0] if c[0] != "registry" else c[1])
+def test_a_setting_of_the_wrong_kind_is_one_line_naming_it(command, setting, value, says, tmp_path):
+    """A REGISTRY_* variable a server role cannot use: one Error line naming it and what it takes."""
+    errors, stderr = server_role_errors(command, REGISTRY_HOME=str(tmp_path / "home"), **{setting: value})
+    assert errors == [f"Error: {says}"], stderr[-2000:]
+
+
+def server_role_errors(command: list[str], **settings: str) -> tuple[list[str], str]:
+    """Run a server role (its installed script) with ``settings`` in its environment; it must exit 1
+    without a traceback.  Its ``Error:`` lines, and all it printed on stderr."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    port = closed_url.rsplit(":", 1)[1]
-    env = {**os.environ, "REGISTRY_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"}
     done = subprocess.run([str(Path(sys.executable).with_name(command[0])), *command[1:]], capture_output=True,
-                          text=True, timeout=120, env=env)
+                          text=True, timeout=120, env={**os.environ, **settings})
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1 and "the database cannot be reached" in errors[0], done.stderr[-2000:]
-    assert "REGISTRY_DATABASE_URL" in errors[0] or f"127.0.0.1:{port}/test" in errors[0]  # where to look
+    return [line for line in done.stderr.splitlines() if line.startswith("Error: ")], done.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import requests
 
 from registry import cpus
 from registry.client import RegistryClient
-from tests.helpers import free_port, server_env, start_gunicorn, stop_server
+from tests.helpers import server_env, start_gunicorn, start_registry, stop_server
 
 ALLOWED = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 pytestmark = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs at least two CPUs to put threads on one")
@@ -53,21 +52,8 @@ def children(pid: int, marker: bytes) -> list[int]:
 
 
 def start(command: str, home: Path, setting: str, *options: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = server_env(home, REGISTRY_LABEL_CPU=setting, REGISTRY_DEMO="0")
-    proc = subprocess.Popen([sys.executable, "-m", "registry.cli", command, "--port", str(port), *options],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, f"{command} did not answer"
-        time.sleep(0.2)
+    return start_registry([command, *options], server_env(home, REGISTRY_LABEL_CPU=setting, REGISTRY_DEMO="0"),
+                          ready="/healthz")
 
 
 def predict(url: str, model) -> None:
