@@ -63,10 +63,12 @@ def pin_process(setting: str) -> int | None:
     """Put every thread of this process, and those it starts later, on the CPU ``setting`` names; its
     children call :func:`release` to get back the CPUs it had.  Returns that CPU (None: left alone)."""
     global pinned
+    if pinned is not None:  # already: what it has now is not what it started with
+        return pinned
     cpu = choose(setting)
     if cpu is None:
         return None
-    os.environ.setdefault(ORIGINAL_ENV, ",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
+    os.environ[ORIGINAL_ENV] = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
     for tid in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(tid), {cpu})
