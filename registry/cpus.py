@@ -38,25 +38,33 @@ pinned: int | None = None  # the CPU this process's threads were put on, if any
 
 
 def check_setting(value: str) -> str:
-    """``value`` as REGISTRY_LABEL_CPU takes it (``auto``, ``off`` or a CPU number); ValueError if not."""
+    """``value`` as REGISTRY_LABEL_CPU takes it (``auto``, ``off`` or a CPU this process may use);
+    ValueError saying what to set if not."""
     setting = value.strip().lower()
-    if setting in ("auto", "off") or (setting.isdigit() and len(setting) < 6):
+    if setting in ("auto", "off"):
         return setting
-    raise ValueError(f"{SETTING} must be auto, off or a CPU number (0, 1, ...), not {value!r}")
+    if not (setting.isdigit() and len(setting) < 6):
+        raise ValueError(f"{SETTING} must be auto, off or a CPU number (0, 1, ...), not {value!r}")
+    allowed = _allowed()
+    if allowed and int(setting) not in allowed:
+        raise ValueError(f"{SETTING}={setting} is not a CPU this process may use "
+                         f"({', '.join(map(str, allowed))}): pick one of those, auto or off")
+    return setting
+
+
+def _allowed() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
 def choose(setting: str) -> int | None:
-    """The CPU ``setting`` puts this process's threads on, or None (off, one CPU only, no affinity here)."""
-    if setting == "off" or not hasattr(os, "sched_getaffinity"):
+    """The CPU ``setting`` (checked by :func:`check_setting`) puts this process's threads on, or None
+    (off, one CPU only, no affinity here, a CPU no longer allowed)."""
+    allowed = _allowed()
+    if setting == "off" or not allowed:
         return None
-    allowed = sorted(os.sched_getaffinity(0))
     if setting == "auto":
         return allowed[os.getpid() % len(allowed)] if len(allowed) > 1 else None
-    cpu = int(setting)
-    if cpu not in allowed:
-        raise ValueError(f"{SETTING}={cpu} is not a CPU this process may use ({', '.join(map(str, allowed))}): "
-                         "pick one of those, auto or off")
-    return cpu
+    return int(setting) if int(setting) in allowed else None
 
 
 def pin_process(setting: str) -> int | None:
@@ -68,7 +76,7 @@ def pin_process(setting: str) -> int | None:
     cpu = choose(setting)
     if cpu is None:
         return None
-    os.environ[ORIGINAL_ENV] = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    os.environ[ORIGINAL_ENV] = ",".join(map(str, _allowed()))
     for tid in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(tid), {cpu})

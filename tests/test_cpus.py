@@ -122,9 +122,11 @@ def test_a_setting_it_cannot_use_is_one_line_saying_what_to_set(tmp_path, value,
 
 def test_the_setting_is_read_as_documented():
     assert cpus.check_setting(" Auto ") == "auto" and cpus.check_setting("off") == "off"
-    assert cpus.check_setting("1") == "1"
+    assert cpus.check_setting(str(ALLOWED[-1])) == str(ALLOWED[-1])
     with pytest.raises(ValueError, match="auto, off or a CPU number"):
         cpus.check_setting("-1")
+    with pytest.raises(ValueError, match="is not a CPU this process may use"):
+        cpus.check_setting(str(max(ALLOWED) + 1))
     assert cpus.choose("off") is None
     assert cpus.choose("auto") in ALLOWED
     assert cpus.choose(str(ALLOWED[0])) == ALLOWED[0]

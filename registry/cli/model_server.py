@@ -177,7 +177,7 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments, *, tem
     from registry import cpus, heap
     from registry.app import create_app
     from registry.cli.server import grpc_api
-    from registry.config import Settings
+    from registry.config import SettingError, Settings
     from registry.tfserving.folder_import import FolderImport
 
     for flag, port in (("--port", args.port), ("--rest_api_port", args.rest_api_port)):
@@ -190,10 +190,10 @@ def _serve(args, sources, prometheus_path: str | None, channel_arguments, *, tem
     heap.own_process()
     try:
         settings = Settings.from_env(demo=False).bound_to(args.host)
-        cpus.pin_process(settings.label_cpu)  # before the inference worker starts (registry.cpus)
-    except ValueError as exc:  # a REGISTRY_* setting it cannot use (SettingError), a CPU not there
+    except SettingError as exc:  # a REGISTRY_* variable it cannot use: its message names it
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    cpus.pin_process(settings.label_cpu)  # before the inference worker starts (registry.cpus)
     settings = replace(settings, embedded_workers=max(1, settings.embedded_workers))  # versions must convert
     app = create_app(settings, start_workers=True, serving_only=True)
     registry = app.extensions["registry"]

@@ -44,15 +44,6 @@ def grpc_api():
     return start_grpc_server
 
 
-def pin_request_threads(settings: Settings) -> None:
-    """Keep this serving process's threads, and its inference workers' request threads, on one CPU
-    (``REGISTRY_LABEL_CPU``, see registry.cpus): called before the workers and servers start."""
-    try:
-        cpus.pin_process(settings.label_cpu)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 def _serve_http(app, host: str, port: int, title: str, lines: list[str], grpc_port: int | None = None) -> None:
     """Run ``app`` on a threaded HTTP server (and the gRPC API beside it) until stopped."""
     registry = app.extensions["registry"]
@@ -118,7 +109,7 @@ def serve(host: str, port: int, workers: int | None, grpc_port: int | None, no_d
     settings = Settings.from_env(**overrides).bound_to(host)
     if grpc_port is not None:
         grpc_api()
-    pin_request_threads(settings)
+    cpus.pin_process(settings.label_cpu)  # before its workers and servers start (registry.cpus)
     heap.own_process()
     app = create_app(settings, start_workers=True)
     lines = [
@@ -221,7 +212,7 @@ def label_serve(host: str, port: int, grpc_port: int, no_grpc: bool) -> None:
         import registry.serving.signature  # noqa: F401
         import registry.serving.tensors  # noqa: F401
     settings = Settings.from_env().bound_to(host)
-    pin_request_threads(settings)
+    cpus.pin_process(settings.label_cpu)  # before its workers and servers start (registry.cpus)
     heap.own_process()
     app = create_app(settings, serving_only=True)
     _serve_http(app, host, port, "Label service", [], None if no_grpc else grpc_port)
